@@ -1,0 +1,798 @@
+//! Configuration: the TOML schema, environment overrides, `*_file` secrets and validation.
+//!
+//! Loading happens once, at start-up, in three steps over a `toml::Table`:
+//!
+//! 1. the file is parsed (`config.toml` by default);
+//! 2. every environment variable `REFRESH_PROXY_<SECTION>__<KEY>` (more `__` for deeper keys, e.g.
+//!    `REFRESH_PROXY_CLIENTS__WWW__SECRET`) replaces the key it names. Its value is read as a TOML
+//!    value when it is one (`30`, `true`, `"quoted"`), else as a plain string;
+//! 3. every secret key given as `<key>_file` (`secret_file`, `token_file`, `password_file`, …) is
+//!    replaced by the file's content, trailing newline trimmed.
+//!
+//! Then the table is deserialised with unknown keys rejected, and the result is checked once.
+//! Every error names the key (`server.listen: …`) so `refresh-proxy check-config` can say what is
+//! wrong; nothing here panics.
+//!
+//! ```
+//! let config = refresh_proxy::config::Config::from_toml_str(
+//!     "[upstream]\nurl = \"http://127.0.0.1:9090\"\n",
+//!     std::path::Path::new("."),
+//!     std::iter::empty(),
+//! )
+//! .expect("a minimal config is valid");
+//! assert_eq!(config.server.listen.port(), 8080);
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "REFRESH_PROXY_";
+/// The environment variable that names the config file (read by the CLI, not an override).
+pub const ENV_CONFIG_PATH: &str = "REFRESH_PROXY_CONFIG";
+
+/// Keys that hold secrets; each may instead be given as `<key>_file`.
+const SECRET_KEYS: &[&str] = &["secret", "token", "password", "introspection_client_secret"];
+
+/// A configuration error. Its message names the key and says what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, message: impl fmt::Display) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// A secret value from the config. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    // An environment override of a secret that looks like a number (`1234`) arrives as a TOML
+    // integer: accept any scalar as the secret's text.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub tokens: TokensConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub clients: BTreeMap<String, ClientConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Largest token-endpoint request body the proxy reads (others are streamed, unbounded).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// A client that has not sent a complete request head within this time is disconnected.
+    #[serde(default = "secs::<10>", deserialize_with = "seconds")]
+    pub header_read_timeout: Duration,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// After SIGTERM/SIGINT: readiness turns 503 and the proxy keeps serving this long.
+    #[serde(default = "secs::<5>", deserialize_with = "seconds")]
+    pub drain_delay: Duration,
+    /// After SIGTERM/SIGINT: the process exits by this deadline, in-flight requests or not.
+    #[serde(default = "secs::<30>", deserialize_with = "seconds")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        from_empty_table()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub url: String,
+    #[serde(default = "yes")]
+    pub discovery: bool,
+    pub issuer: Option<String>,
+    pub token_path: Option<String>,
+    pub revocation_path: Option<String>,
+    pub introspection_path: Option<String>,
+    pub jwks_path: Option<String>,
+    #[serde(default = "secs::<2>", deserialize_with = "seconds")]
+    pub connect_timeout: Duration,
+    /// Time until the upstream's response head arrives (bodies may stream for longer).
+    #[serde(default = "secs::<30>", deserialize_with = "seconds")]
+    pub request_timeout: Duration,
+    #[serde(default = "secs::<90>", deserialize_with = "seconds")]
+    pub pool_idle_timeout: Duration,
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle_per_host: usize,
+    /// PEM bundle of CAs trusted for an https upstream, instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Forward the client's Host header instead of the upstream's.
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default = "default_store_url")]
+    pub url: String,
+    /// ACL username; overrides the one in `url`.
+    pub username: Option<String>,
+    /// Password; overrides the one in `url`.
+    pub password: Option<Secret>,
+    #[serde(default = "secs::<1>", deserialize_with = "seconds")]
+    pub connect_timeout: Duration,
+    #[serde(default = "millis::<500>", deserialize_with = "seconds")]
+    pub response_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        from_empty_table()
+    }
+}
+
+/// How access tokens minted on refresh look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessTokenFormat {
+    Auto,
+    Jwt,
+    Opaque,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SigningAlg {
+    ES256,
+    EdDSA,
+    RS256,
+}
+
+/// Refresh-token policy keys that may be set per client or, as the default, in `[tokens]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientPolicy {
+    /// Idle lifetime of a refresh token, seconds; 0 = the client gets no refresh tokens.
+    pub refresh_token_ttl: Option<u64>,
+    /// Absolute lifetime of a token family, seconds.
+    pub refresh_token_max_lifetime: Option<u64>,
+    pub reuse_refresh_tokens: Option<bool>,
+    pub reuse_grace_period: Option<u64>,
+    pub access_token_format: Option<AccessTokenFormat>,
+    pub id_token_on_refresh: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfig {
+    #[serde(default = "default_access_token_ttl")]
+    pub access_token_ttl: u64,
+    #[serde(default = "default_signing_alg")]
+    pub signing_alg: SigningAlg,
+    pub signing_key_file: Option<PathBuf>,
+    pub refresh_token_ttl: Option<u64>,
+    pub refresh_token_max_lifetime: Option<u64>,
+    pub reuse_refresh_tokens: Option<bool>,
+    pub reuse_grace_period: Option<u64>,
+    pub access_token_format: Option<AccessTokenFormat>,
+    pub id_token_on_refresh: Option<bool>,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        from_empty_table()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token for the admin API.
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub secret: Option<Secret>,
+    /// Hex SHA-256 digest of the secret, so the secret itself need not be in the config.
+    pub secret_sha256: Option<String>,
+    pub refresh_token_ttl: Option<u64>,
+    pub refresh_token_max_lifetime: Option<u64>,
+    pub reuse_refresh_tokens: Option<bool>,
+    pub reuse_grace_period: Option<u64>,
+    pub access_token_format: Option<AccessTokenFormat>,
+    pub id_token_on_refresh: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+    /// A `tracing` filter directive, e.g. `info` or `refresh_proxy=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        from_empty_table()
+    }
+}
+
+impl ClientConfig {
+    /// This client's policy, with `[tokens]` defaults filled in where it sets nothing.
+    pub fn policy(&self, defaults: &TokensConfig) -> ClientPolicy {
+        ClientPolicy {
+            refresh_token_ttl: self.refresh_token_ttl.or(defaults.refresh_token_ttl),
+            refresh_token_max_lifetime: self
+                .refresh_token_max_lifetime
+                .or(defaults.refresh_token_max_lifetime),
+            reuse_refresh_tokens: self.reuse_refresh_tokens.or(defaults.reuse_refresh_tokens),
+            reuse_grace_period: self.reuse_grace_period.or(defaults.reuse_grace_period),
+            access_token_format: self.access_token_format.or(defaults.access_token_format),
+            id_token_on_refresh: self.id_token_on_refresh.or(defaults.id_token_on_refresh),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies the `REFRESH_PROXY_*` environment overrides and checks the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let overrides = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX));
+        Config::from_toml_str(&text, base, overrides).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses config text; relative `*_file` paths are resolved against `base`.
+    pub fn from_toml_str(
+        text: &str,
+        base: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: PathBuf::from("config"),
+            message: e.to_string(),
+        })?;
+        let mut env: Vec<_> = env.into_iter().collect();
+        env.sort();
+        for (var, value) in env {
+            apply_env_override(&mut table, &var, &value)?;
+        }
+        resolve_secret_files(&mut table, base, "")?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                // toml appends "in `section`" on a second line; the key path says it already.
+                let message = e.into_inner().to_string();
+                let first = message.lines().next().unwrap_or_default().replace('`', "'");
+                ConfigError::invalid(key, first)
+            })?;
+        config.validate(base)
+    }
+
+    fn validate(mut self, base: &Path) -> Result<Config, ConfigError> {
+        let url: http::Uri = self
+            .upstream
+            .url
+            .parse()
+            .map_err(|e| ConfigError::invalid("upstream.url", e))?;
+        match (url.scheme_str(), url.authority()) {
+            (Some("http" | "https"), Some(_)) if url.query().is_none() => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "upstream.url",
+                    "must be an http:// or https:// URL with a host and no query",
+                ));
+            }
+        }
+        self.upstream.url = self.upstream.url.trim_end_matches('/').to_owned();
+        for (key, path) in [
+            ("upstream.token_path", &self.upstream.token_path),
+            ("upstream.revocation_path", &self.upstream.revocation_path),
+            (
+                "upstream.introspection_path",
+                &self.upstream.introspection_path,
+            ),
+            ("upstream.jwks_path", &self.upstream.jwks_path),
+        ] {
+            if let Some(p) = path
+                && (!p.starts_with('/') || p.contains('?') || p.contains('#'))
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be a path starting with '/', without query or fragment",
+                ));
+            }
+        }
+        if !self.upstream.discovery && self.upstream.token_path.is_none() {
+            return Err(ConfigError::invalid(
+                "upstream.token_path",
+                "required when upstream.discovery = false",
+            ));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "server.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.server.drain_delay >= self.server.shutdown_timeout {
+            return Err(ConfigError::invalid(
+                "server.drain_delay",
+                "must be shorter than server.shutdown_timeout",
+            ));
+        }
+        match (&self.server.tls_cert_file, &self.server.tls_key_file) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "server.tls_key_file",
+                    "required when server.tls_cert_file is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "server.tls_cert_file",
+                    "required when server.tls_key_file is set",
+                ));
+            }
+            _ => {}
+        }
+        for path in [
+            &mut self.server.tls_cert_file,
+            &mut self.server.tls_key_file,
+            &mut self.upstream.ca_file,
+            &mut self.tokens.signing_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = base.join(&*path);
+        }
+        crate::store::StoreUrl::parse(&self.store.url)
+            .map_err(|e| ConfigError::invalid("store.url", e))?;
+        for (id, client) in &self.clients {
+            validate_client(id, client)?;
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(ConfigError::invalid(
+                "log.level",
+                "not a tracing filter directive (e.g. \"info\" or \"refresh_proxy=debug,info\")",
+            ));
+        }
+        Ok(self)
+    }
+}
+
+fn validate_client(id: &str, client: &ClientConfig) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("clients.{id}.{k}");
+    if id.is_empty() || id.chars().any(|c| c.is_control()) {
+        return Err(ConfigError::invalid(
+            format!("clients.{id:?}"),
+            "client ids must be non-empty and printable",
+        ));
+    }
+    if client.secret.is_some() && client.secret_sha256.is_some() {
+        return Err(ConfigError::invalid(
+            key("secret_sha256"),
+            "set either secret (or secret_file) or secret_sha256, not both",
+        ));
+    }
+    if let Some(hex) = &client.secret_sha256
+        && (hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(ConfigError::invalid(
+            key("secret_sha256"),
+            "must be 64 hex digits (a SHA-256 digest)",
+        ));
+    }
+    if let Some(secret) = &client.secret
+        && secret.expose().is_empty()
+    {
+        return Err(ConfigError::invalid(
+            key("secret"),
+            "must not be empty (omit it for a public client)",
+        ));
+    }
+    Ok(())
+}
+
+/// Applies `REFRESH_PROXY_SECTION__KEY=value` to the table.
+fn apply_env_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
+    if var == ENV_CONFIG_PATH {
+        return Ok(());
+    }
+    let env_err = |message: &str| ConfigError::Env {
+        var: var.to_owned(),
+        message: message.to_owned(),
+    };
+    let rest = &var[ENV_PREFIX.len()..];
+    let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+    if path.len() < 2 || path.iter().any(String::is_empty) {
+        return Err(env_err(
+            "expected REFRESH_PROXY_<SECTION>__<KEY> (e.g. REFRESH_PROXY_SERVER__LISTEN)",
+        ));
+    }
+    let value = parse_env_value(raw);
+    let (last, parents) = path.split_last().expect("path has at least two segments");
+    let mut node = table;
+    for segment in parents {
+        let entry = node
+            .entry(segment.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| env_err(&format!("{segment} is not a table in the config")))?;
+    }
+    node.insert(last.clone(), value);
+    Ok(())
+}
+
+/// An env value is a TOML value when it parses as one (`30`, `true`, `"x"`), else a string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+/// Replaces every `<secret>_file = "path"` with `<secret> = "<content>"`, at any depth.
+fn resolve_secret_files(
+    table: &mut toml::Table,
+    base: &Path,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    let file_keys: Vec<String> = table
+        .keys()
+        .filter(|k| {
+            k.strip_suffix("_file")
+                .is_some_and(|s| SECRET_KEYS.contains(&s))
+        })
+        .cloned()
+        .collect();
+    for file_key in file_keys {
+        let key = file_key.trim_end_matches("_file").to_owned();
+        let full = format!("{prefix}{file_key}");
+        if table.contains_key(&key) {
+            return Err(ConfigError::invalid(
+                full,
+                format!("set either {key} or {file_key}, not both"),
+            ));
+        }
+        let Some(toml::Value::String(path)) = table.remove(&file_key) else {
+            return Err(ConfigError::invalid(full, "must be a file path (a string)"));
+        };
+        let path = base.join(path);
+        let content = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::invalid(&full, format!("cannot read {}: {e}", path.display()))
+        })?;
+        let content = content.trim_end_matches(['\r', '\n']).to_owned();
+        table.insert(key, toml::Value::String(content));
+    }
+    for (k, v) in table.iter_mut() {
+        if let toml::Value::Table(inner) = v {
+            resolve_secret_files(inner, base, &format!("{prefix}{k}."))?;
+        }
+    }
+    Ok(())
+}
+
+fn from_empty_table<T: serde::de::DeserializeOwned>() -> T {
+    toml::Value::Table(toml::Table::new())
+        .try_into()
+        .expect("every key of this section has a default")
+}
+
+/// Durations are given in seconds, whole or fractional (`0.25`).
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = f64::deserialize(d)?;
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| serde::de::Error::custom("must be a non-negative number of seconds"))
+}
+
+const fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+const fn millis<const N: u64>() -> Duration {
+    Duration::from_millis(N)
+}
+const fn yes() -> bool {
+    true
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+const fn default_max_body_bytes() -> usize {
+    64 * 1024
+}
+const fn default_pool_max_idle() -> usize {
+    256
+}
+fn default_store_url() -> String {
+    "memory://".to_owned()
+}
+const fn default_access_token_ttl() -> u64 {
+    300
+}
+const fn default_signing_alg() -> SigningAlg {
+    SigningAlg::ES256
+}
+const fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml_str(
+            text,
+            Path::new("/nonexistent"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    const MINIMAL: &str = "[upstream]\nurl = \"http://127.0.0.1:9090/\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL, &[]).expect("valid");
+        assert_eq!(c.upstream.url, "http://127.0.0.1:9090");
+        assert_eq!(c.server.admin_listen.port(), 9901);
+        assert_eq!(c.store.url, "memory://");
+        assert_eq!(c.server.max_body_bytes, 65536);
+        assert_eq!(c.store.response_timeout, Duration::from_millis(500));
+        assert_eq!(c.tokens.signing_alg, SigningAlg::ES256);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_path() {
+        let err = parse(&format!("{MINIMAL}[server]\nlisten_addr = \"x\"\n"), &[])
+            .expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("server.listen_addr: unknown field 'listen_addr'"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err = parse(&format!("{MINIMAL}[server]\nlisten = \"nope\"\n"), &[]).expect_err("bad");
+        assert!(err.to_string().starts_with("server.listen:"), "{err}");
+        let err = parse(
+            &format!("{MINIMAL}[clients.www]\nreuse_grace_period = -1\n"),
+            &[],
+        )
+        .expect_err("negative");
+        assert!(
+            err.to_string()
+                .starts_with("clients.www.reuse_grace_period:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_replace_keys_with_typed_values() {
+        let c = parse(
+            MINIMAL,
+            &[
+                ("REFRESH_PROXY_SERVER__LISTEN", "0.0.0.0:8081"),
+                ("REFRESH_PROXY_SERVER__MAX_BODY_BYTES", "4096"),
+                ("REFRESH_PROXY_UPSTREAM__DISCOVERY", "false"),
+                ("REFRESH_PROXY_UPSTREAM__TOKEN_PATH", "/oauth/token"),
+                ("REFRESH_PROXY_CLIENTS__WWW__SECRET", "1234"),
+                ("REFRESH_PROXY_CONFIG", "ignored.toml"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.server.listen.port(), 8081);
+        assert_eq!(c.server.max_body_bytes, 4096);
+        assert!(!c.upstream.discovery);
+        assert_eq!(c.upstream.token_path.as_deref(), Some("/oauth/token"));
+        assert_eq!(
+            c.clients["www"].secret.as_ref().map(Secret::expose),
+            Some("1234")
+        );
+    }
+
+    #[test]
+    fn env_override_without_section_is_an_error() {
+        let err = parse(MINIMAL, &[("REFRESH_PROXY_LISTEN", "x")]).expect_err("bad var");
+        assert!(err.to_string().contains("REFRESH_PROXY_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn secret_files_are_read_and_exclusive() {
+        let dir = std::env::temp_dir().join(format!("rp-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        std::fs::write(dir.join("www.secret"), "Secr3t!\n").expect("write");
+        let text = format!("{MINIMAL}[clients.www]\nsecret_file = \"www.secret\"\n");
+        let c = Config::from_toml_str(&text, &dir, std::iter::empty()).expect("valid");
+        assert_eq!(
+            c.clients["www"].secret.as_ref().map(Secret::expose),
+            Some("Secr3t!")
+        );
+
+        let both = format!("{text}secret = \"x\"\n");
+        let err = Config::from_toml_str(&both, &dir, std::iter::empty()).expect_err("both");
+        assert!(
+            err.to_string().starts_with("clients.www.secret_file:"),
+            "{err}"
+        );
+
+        let missing = format!("{MINIMAL}[admin]\ntoken_file = \"nope\"\n");
+        let err = Config::from_toml_str(&missing, &dir, std::iter::empty()).expect_err("missing");
+        assert!(
+            err.to_string().starts_with("admin.token_file: cannot read"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let c = parse(
+            &format!("{MINIMAL}[clients.www]\nsecret = \"Secr3t!\"\n"),
+            &[],
+        )
+        .expect("valid");
+        let dump = format!("{c:?}");
+        assert!(!dump.contains("Secr3t!"), "{dump}");
+    }
+
+    #[test]
+    fn semantic_checks_name_the_key() {
+        for (extra, key) in [
+            (
+                "[server]\ntls_cert_file = \"c.pem\"\n",
+                "server.tls_key_file",
+            ),
+            ("[store]\nurl = \"mongodb://x\"\n", "store.url"),
+            ("[upstream]\n", "upstream"),
+            (
+                "[clients.www]\nsecret = \"a\"\nsecret_sha256 = \"00\"\n",
+                "clients.www.secret_sha256",
+            ),
+            (
+                "[clients.www]\nsecret_sha256 = \"00\"\n",
+                "clients.www.secret_sha256",
+            ),
+            ("[log]\nlevel = \"=[\"\n", "log.level"),
+            ("[tokens]\nsigning_alg = \"HS256\"\n", "tokens.signing_alg"),
+        ] {
+            let text = if extra.starts_with("[upstream]") {
+                format!("{extra}discovery = false\nurl = \"http://x\"\n")
+            } else {
+                format!("{MINIMAL}{extra}")
+            };
+            let err = parse(&text, &[]).expect_err(extra);
+            assert!(err.to_string().starts_with(key), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn client_policy_falls_back_to_tokens_defaults() {
+        let c = parse(
+            &format!(
+                "{MINIMAL}[tokens]\nreuse_grace_period = 10\nrefresh_token_ttl = 60\n\
+                 [clients.www]\nrefresh_token_ttl = 0\n"
+            ),
+            &[],
+        )
+        .expect("valid");
+        let p = c.clients["www"].policy(&c.tokens);
+        assert_eq!(p.refresh_token_ttl, Some(0));
+        assert_eq!(p.reuse_grace_period, Some(10));
+        assert_eq!(p.reuse_refresh_tokens, None);
+    }
+}

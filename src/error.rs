@@ -1,0 +1,19 @@
+//! The crate's error type: every failure the proxy answers itself.
+//!
+//! Each module has its own `thiserror` enum; this one gathers them so that
+//! [`crate::oauth::error_response`] can map all of them in one place.
+
+use crate::classify::FormError;
+use crate::proxy::ForwardError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("request body exceeds server.max_body_bytes")]
+    BodyTooLarge,
+    #[error("request body could not be read")]
+    BodyRead,
+    #[error(transparent)]
+    Form(#[from] FormError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+}

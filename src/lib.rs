@@ -1,0 +1,36 @@
+//! refresh-proxy: a reverse proxy and `tower::Layer` in front of an OAuth 2.0 / OpenID Connect
+//! server that forwards everything to it except the requests it owns.
+//!
+//! # Layout
+//!
+//! Data flows one way: request → [`layer`] → [`classify`] → (grant handling) → [`store`] →
+//! response; everything the layer does not own goes to [`proxy`] and on to the upstream.
+//!
+//! - [`config`]: the TOML schema, env overrides, `*_file` secrets, validation.
+//! - [`layer`]: [`RefreshGrantLayer`] / [`RefreshGrant`], the middleware, and its body types.
+//! - [`classify`]: which endpoint a request is for; strict form parsing. Pure.
+//! - [`oauth`]: wire types and the one mapping from [`error::Error`] to a response.
+//! - [`proxy`]: the forwarding service, header hygiene, the upstream connection pool.
+//! - [`discovery`]: the upstream's endpoint paths from its OIDC discovery document.
+//! - [`store`]: the `TokenStore` trait, `memory://` and `redis://`.
+//! - [`server`]: listeners (HTTP/1.1, h2c, TLS with ALPN) and graceful shutdown.
+//! - [`admin`]: `/healthz`, `/readyz`.
+//! - [`app`]: builds all of the above from a [`config::Config`] and runs it.
+//! - [`tls`]: rustls set-up on aws-lc-rs, the crate's one crypto backend.
+//!
+//! `main.rs` is a thin CLI: parse arguments, load config, bind, [`app::App::run`].
+
+pub mod admin;
+pub mod app;
+pub mod classify;
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod layer;
+pub mod oauth;
+pub mod proxy;
+pub mod server;
+pub mod store;
+pub mod tls;
+
+pub use layer::{RefreshGrant, RefreshGrantLayer};

@@ -1,0 +1,150 @@
+//! OAuth wire types and the one place where errors become responses.
+//!
+//! Every answer the proxy writes itself is built here: RFC 6749 §5.2 error bodies with the
+//! token-endpoint headers (`Cache-Control: no-store`, `Pragma: no-cache`), and the JSON bodies
+//! for gateway failures. [`error_response`] is the only function that maps an [`Error`] to a
+//! status and a body; the typed error is put in the response extensions for logs and metrics.
+//! Error descriptions are fixed strings: no client input, token or secret ever reaches a body.
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA, RETRY_AFTER};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// RFC 6749 §5.2 (and RFC 7009 / RFC 6750) error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidRequest,
+    InvalidClient,
+    InvalidGrant,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    InvalidScope,
+    TemporarilyUnavailable,
+    ServerError,
+}
+
+/// An RFC 6749 §5.2 error body.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorCode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<&'static str>,
+}
+
+/// The status, code and description an error is answered with.
+fn classify(err: &Error) -> (StatusCode, ErrorCode, &'static str) {
+    use crate::classify::FormError;
+    use crate::proxy::ForwardError;
+    match err {
+        Error::BodyTooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::InvalidRequest,
+            "request body too large",
+        ),
+        Error::BodyRead => (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            "request body could not be read",
+        ),
+        Error::Form(e) => (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            match e {
+                FormError::ContentType => "content type must be application/x-www-form-urlencoded",
+                FormError::Repeated => "a request parameter is repeated",
+                FormError::NotUtf8 => "request parameters must be UTF-8",
+            },
+        ),
+        Error::Forward(ForwardError::Timeout) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::TemporarilyUnavailable,
+            "the upstream did not answer in time",
+        ),
+        Error::Forward(ForwardError::Unreachable(_)) => (
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::TemporarilyUnavailable,
+            "the upstream is unreachable",
+        ),
+        Error::Forward(ForwardError::Failed(_)) => (
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::TemporarilyUnavailable,
+            "the upstream connection failed",
+        ),
+    }
+}
+
+/// Builds the JSON answer for `err`. The one error → response mapping of the crate.
+pub fn error_response(err: Error) -> Response<Full<Bytes>> {
+    let (status, error, description) = classify(&err);
+    let body = ErrorBody {
+        error,
+        error_description: Some(description),
+    };
+    let mut response = json_response(status, &body);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response.extensions_mut().insert(std::sync::Arc::new(err));
+    response
+}
+
+/// A JSON answer with the headers RFC 6749 §5.1 requires on token-endpoint answers
+/// ("Cache-Control: no-store", "Pragma: no-cache"); they do no harm on the others.
+pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).expect("wire types always serialise");
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn error_codes_serialise_as_rfc6749_strings() {
+        let body = ErrorBody {
+            error: ErrorCode::InvalidGrant,
+            error_description: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&body).expect("json"),
+            r#"{"error":"invalid_grant"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ErrorCode::TemporarilyUnavailable).expect("json"),
+            r#""temporarily_unavailable""#
+        );
+    }
+
+    #[tokio::test]
+    async fn repeated_parameter_is_a_400_with_no_store_headers() {
+        let response = error_response(Error::Form(crate::classify::FormError::Repeated));
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+        assert_eq!(response.headers()[PRAGMA], "no-cache");
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(
+            &body[..],
+            br#"{"error":"invalid_request","error_description":"a request parameter is repeated"}"#
+        );
+    }
+}

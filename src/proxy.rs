@@ -1,0 +1,318 @@
+//! Forwarding to the upstream IdP: the pooled client and header hygiene.
+//!
+//! [`Forward`] is a `tower::Service` that sends any request to the upstream and streams the
+//! answer back. It rewrites only what a reverse proxy must:
+//!
+//! - the target: the upstream's scheme and authority, with the request's path and query passed
+//!   byte for byte;
+//! - hop-by-hop headers are removed both ways (RFC 9110 §7.6.1: `Connection`, the headers it
+//!   names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`),
+//!   and `Expect`, since the proxy answers `100-continue` itself;
+//! - `Host` becomes the upstream's (or stays the client's with `preserve_host`);
+//! - `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` get this hop appended.
+//!
+//! Redirects and 4xx/5xx answers come back as they are. When the upstream cannot be reached the
+//! answer is a 502, when its response head does not arrive within `request_timeout` a 504, both
+//! with a JSON body ([`crate::oauth::error_response`]).
+//!
+//! Caveat: protocol upgrades (WebSocket) are not forwarded; an IdP does not need them.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::Service;
+
+use crate::config::{ConfigError, UpstreamConfig};
+use crate::error::Error;
+use crate::layer::ResponseBody;
+use crate::oauth;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type the upstream client sends.
+pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// Why forwarding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("the upstream's response head did not arrive within upstream.request_timeout")]
+    Timeout,
+    #[error("cannot connect to the upstream: {0}")]
+    Unreachable(BoxError),
+    #[error("the upstream request failed: {0}")]
+    Failed(BoxError),
+}
+
+/// What the server knows about the client's connection, put in each request's extensions.
+/// Without it (the layer used in another server), `X-Forwarded-For/Proto` are not added.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
+/// The forwarding service. Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct Forward {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: HttpClient,
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+    request_timeout: Duration,
+    preserve_host: bool,
+}
+
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forward")
+            .field("upstream", &self.inner.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forward {
+    pub fn new(config: &UpstreamConfig) -> Result<Forward, ConfigError> {
+        let uri: Uri = config
+            .url
+            .parse()
+            .map_err(|e| ConfigError::invalid("upstream.url", e))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            return Err(ConfigError::invalid(
+                "upstream.url",
+                "needs a scheme and a host",
+            ));
+        };
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| ConfigError::invalid("upstream.url", e))?;
+
+        let tls = crate::tls::client_config(config.ca_file.as_deref())?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            // Without a timer the idle timeout below is silently ignored.
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(Forward {
+            inner: Arc::new(Inner {
+                client,
+                scheme,
+                authority,
+                host,
+                request_timeout: config.request_timeout,
+                preserve_host: config.preserve_host,
+            }),
+        })
+    }
+
+    /// Sends `req` (whose URI is a path and query) to the upstream, within `request_timeout`.
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        match tokio::time::timeout(self.inner.request_timeout, self.inner.client.request(req)).await
+        {
+            Err(_) => Err(ForwardError::Timeout),
+            Ok(Ok(mut res)) => {
+                strip_hop_by_hop(res.headers_mut());
+                Ok(res)
+            }
+            Ok(Err(e)) if e.is_connect() => Err(ForwardError::Unreachable(e.into())),
+            Ok(Err(e)) => Err(ForwardError::Failed(e.into())),
+        }
+    }
+
+    /// The upstream URI for a path and query.
+    pub fn uri(&self, path_and_query: PathAndQuery) -> Uri {
+        Uri::builder()
+            .scheme(self.inner.scheme.clone())
+            .authority(self.inner.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .expect("scheme, authority and path are valid parts")
+    }
+
+    /// Rewrites a client's request into the upstream's.
+    fn upstream_request<B>(&self, req: Request<B>) -> Request<UpstreamBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = req.into_parts();
+        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = self.uri(path_and_query);
+        // The upstream connection's own protocol is negotiated by the client (ALPN).
+        parts.version = Version::HTTP_11;
+
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        headers.remove(header::EXPECT);
+        match (&client_host, self.inner.preserve_host) {
+            (Some(host), true) => headers.insert(header::HOST, host.clone()),
+            _ => headers.insert(header::HOST, self.inner.host.clone()),
+        };
+        if let Some(info) = parts.extensions.get::<ClientInfo>() {
+            append(headers, X_FORWARDED_FOR, &info.remote.ip().to_string());
+            append(
+                headers,
+                X_FORWARDED_PROTO,
+                if info.tls { "https" } else { "http" },
+            );
+        }
+        if let Some(host) = client_host.as_ref().and_then(|h| h.to_str().ok()) {
+            append(headers, X_FORWARDED_HOST, host);
+        }
+        Request::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Appends `value` to a comma-separated list header, folding earlier lines into one.
+fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let joined = {
+        let existing: Vec<&str> = headers
+            .get_all(&name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if existing.is_empty() {
+            value.to_owned()
+        } else {
+            format!("{}, {value}", existing.join(", "))
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(name, v);
+    }
+}
+
+/// RFC 9110 §7.6.1: "a proxy or gateway MUST ... remove any header or trailer field that
+/// is listed in the Connection header field" and the connection-specific fields.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+impl<B> Service<Request<B>> for Forward
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<Incoming>>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        let req = this.upstream_request(req);
+        Box::pin(async move {
+            match this.send(req).await {
+                Ok(res) => Ok(res.map(ResponseBody::inner)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "forwarding failed");
+                    Ok(oauth::error_response(Error::Forward(err)).map(ResponseBody::local))
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn append_folds_existing_values() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        append(&mut h, X_FORWARDED_FOR, "127.0.0.1");
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 127.0.0.1");
+        append(&mut h, X_FORWARDED_PROTO, "http");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+    }
+}

@@ -1,0 +1,85 @@
+//! TLS set-up with rustls on the aws-lc-rs provider (the crate's one crypto backend).
+//!
+//! - [`client_config`]: for an `https` upstream, trusting the system roots or a CA file;
+//!   ALPN offers `h2` and `http/1.1`.
+//! - [`server_acceptor`]: for the optional TLS listener, from PEM certificate chain and key
+//!   files; ALPN offers `h2` and `http/1.1`.
+//!
+//! Both are built once at start-up; a file that cannot be read or parsed is a config error
+//! naming its key.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::ConfigError;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The TLS configuration for connections to the upstream.
+pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ConfigError> {
+    let key = "upstream.ca_file";
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in read_certs(key, path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            // Unreadable system certificates are skipped, as every TLS client does.
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::invalid(key, e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The TLS acceptor of the proxy's listener.
+pub fn server_acceptor(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<tokio_rustls::TlsAcceptor, ConfigError> {
+    let certs = read_certs("server.tls_cert_file", cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+        ConfigError::invalid(
+            "server.tls_key_file",
+            format!("{}: no PEM private key ({e})", key_file.display()),
+        )
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::invalid("server.tls_cert_file", e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ConfigError::invalid("server.tls_key_file", e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{}: no PEM certificate found", path.display()),
+        ));
+    }
+    Ok(certs)
+}
