@@ -288,6 +288,20 @@ where
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn builds_for_http_and_https_upstreams() {
+        for url in ["http://127.0.0.1:9", "https://idp.example.com"] {
+            let text = format!("[upstream]\nurl = \"{url}\"\n");
+            let config = crate::config::Config::from_toml_str(
+                &text,
+                std::path::Path::new("."),
+                std::iter::empty(),
+            )
+            .expect("valid");
+            Forward::new(&config.upstream).expect("builds");
+        }
+    }
+
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut h = HeaderMap::new();

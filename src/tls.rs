@@ -1,7 +1,7 @@
 //! TLS set-up with rustls on the aws-lc-rs provider (the crate's one crypto backend).
 //!
 //! - [`client_config`]: for an `https` upstream, trusting the system roots or a CA file;
-//!   ALPN offers `h2` and `http/1.1`.
+//!   the connector offers `h2` and `http/1.1` by ALPN.
 //! - [`server_acceptor`]: for the optional TLS listener, from PEM certificate chain and key
 //!   files; ALPN offers `h2` and `http/1.1`.
 //!
@@ -40,13 +40,12 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Con
             roots.add_parsable_certificates(native.certs);
         }
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    // ALPN (h2, http/1.1) is set by the connector that uses this config.
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ConfigError::invalid(key, e))?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+        .with_no_client_auth())
 }
 
 /// The TLS acceptor of the proxy's listener.

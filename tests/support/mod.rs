@@ -1,0 +1,35 @@
+//! The test rig every integration test shares: real processes and real sockets.
+//!
+//! - [`redis`]: a private `redis-server` per test on a free port, which can be stopped and
+//!   restarted to inject faults.
+//! - [`idp`]: a real OpenID Connect provider (npm `oidc-provider`, pinned in tests/idp).
+//! - [`echo`]: a plain upstream that reports what reached it, for transparency tests.
+//! - [`proxy`]: the proxy itself, in-process or as the real binary.
+#![allow(dead_code)]
+
+pub mod echo;
+pub mod idp;
+pub mod proxy;
+pub mod redis;
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "refresh-proxy-test-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
