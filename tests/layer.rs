@@ -14,17 +14,22 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 type Seen = Arc<Mutex<Vec<(String, Bytes)>>>;
 
+/// The layer over a recording service, as the tests see it.
+trait TestService:
+    Service<Request<Full<Bytes>>, Response = Response<ResponseBody<Full<Bytes>>>, Error = Infallible>
+{
+}
+impl<S> TestService for S where
+    S: Service<
+            Request<Full<Bytes>>,
+            Response = Response<ResponseBody<Full<Bytes>>>,
+            Error = Infallible,
+        >
+{
+}
+
 /// A layer over an inner service that records each request's path and whole body.
-fn stack(
-    limit: usize,
-) -> (
-    impl Service<
-        Request<Full<Bytes>>,
-        Response = Response<ResponseBody<Full<Bytes>>>,
-        Error = Infallible,
-    >,
-    Seen,
-) {
+fn stack(limit: usize) -> (impl TestService, Seen) {
     let seen: Seen = Arc::default();
     let record = seen.clone();
     let layer = RefreshGrantLayer::builder()

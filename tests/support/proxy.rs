@@ -96,7 +96,11 @@ pub async fn wait_for_status(url: &str, status: u16, timeout: Duration) {
     loop {
         let last = match client.get(url).send().await {
             Ok(res) if res.status().as_u16() == status => return,
-            Ok(res) => format!("HTTP {}", res.status()),
+            Ok(res) => format!(
+                "HTTP {}: {}",
+                res.status(),
+                res.text().await.unwrap_or_default()
+            ),
             Err(e) => e.to_string(),
         };
         assert!(
@@ -125,6 +129,11 @@ impl ProxyProcess {
         let dir = super::temp_dir("proxy");
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config_text).expect("write config");
+        Self::spawn_with(config_path, &[])
+    }
+
+    /// Starts the binary on an existing config file, with extra environment variables.
+    pub fn spawn_with(config_path: PathBuf, env: &[(&str, &str)]) -> ProxyProcess {
         let port = super::free_port();
         let admin_port = super::free_port();
         let child = Command::new(binary())
@@ -135,6 +144,7 @@ impl ProxyProcess {
                 "REFRESH_PROXY_SERVER__ADMIN_LISTEN",
                 format!("127.0.0.1:{admin_port}"),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

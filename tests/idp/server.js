@@ -1,0 +1,228 @@
+// Test identity provider for refresh-proxy's end-to-end tests.
+//
+// A real OAuth 2.0 / OpenID Connect server (the `oidc-provider` package, pinned to 8.8.1 because
+// 9.x no longer runs on Node 20) with a fixed set of clients, development login/consent pages and
+// a small test-only API. It is started by tests/support/idp.rs, one process per test.
+//
+// Environment:
+//   PORT                   port to listen on, on 127.0.0.1 (0 or unset: any free port)
+//   ISSUER                 issuer identifier; default http://127.0.0.1:<port>. Every absolute URL
+//                          the server builds (discovery, form actions, redirects) uses the
+//                          issuer's scheme and host, whatever Host header the request carried,
+//                          so a proxy in front can use its own URL as the issuer. Routes are
+//                          always mounted at the root path.
+//   JWT_ACCESS_TOKENS=1    access tokens are JWTs (RFC 9068, typ at+jwt) for a default resource
+//                          server; otherwise they are opaque.
+//   ROTATE_REFRESH_TOKENS  "always" | "never" | unset. Unset keeps oidc-provider's default policy:
+//                          rotate only for public clients (token_endpoint_auth_method none) or
+//                          once a refresh token is past 70% of its lifetime (14 days).
+//   EXIT_ON_STDIN_EOF=1    exit when stdin closes (the test process died without killing us).
+//
+// Protocol with the test harness: once listening, exactly one line goes to stdout,
+// `{"listening":<port>}`; everything else (oidc-provider's notices included) goes to stderr.
+//
+// Test-only routes (not part of any standard):
+//   GET  /__test/grants        {"<grant_type>": <count>, ...} of every POST /token request seen,
+//                              successful or not, keyed by its grant_type ("unknown" if absent)
+//   POST /__test/grants/reset  zeroes those counters
+
+import * as crypto from 'node:crypto';
+import * as http from 'node:http';
+
+// oidc-provider prints its notices with console.info, which goes to stdout; keep stdout for the
+// one line the harness reads. Patched before oidc-provider is loaded (hence the dynamic import).
+const toStderr = (...args) => console.error(...args);
+console.log = toStderr;
+console.info = toStderr;
+console.debug = toStderr;
+
+const { default: Provider, errors } = await import('oidc-provider');
+
+const env = process.env;
+const requestedPort = Number.parseInt(env.PORT || '0', 10);
+if (!Number.isInteger(requestedPort) || requestedPort < 0 || requestedPort > 65535) {
+  console.error(`invalid PORT ${JSON.stringify(env.PORT)}`);
+  process.exit(2);
+}
+const jwtAccessTokens = env.JWT_ACCESS_TOKENS === '1';
+const rotation = env.ROTATE_REFRESH_TOKENS || '';
+if (!['', 'always', 'never'].includes(rotation)) {
+  console.error(`invalid ROTATE_REFRESH_TOKENS ${JSON.stringify(rotation)} (always | never | unset)`);
+  process.exit(2);
+}
+
+// The resource server that JWT access tokens are issued for (JWT_ACCESS_TOKENS=1 only).
+const API_RESOURCE = 'urn:refresh-proxy:test-api';
+const API_SCOPES = 'read write';
+const REDIRECT_URI = 'http://127.0.0.1/callback';
+
+const server = http.createServer();
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(requestedPort, '127.0.0.1', resolve);
+});
+const { port } = server.address();
+const issuer = env.ISSUER || `http://127.0.0.1:${port}`;
+let issuerUrl;
+try {
+  issuerUrl = new URL(issuer);
+} catch {
+  console.error(`invalid ISSUER ${JSON.stringify(issuer)}`);
+  process.exit(2);
+}
+
+const configuration = {
+  clients: [
+    {
+      // Confidential client. oidc-provider 8.8.1 treats client_secret_basic and
+      // client_secret_post as interchangeable at the token endpoint (both are accepted for a
+      // client registered with either), so one client covers both methods.
+      client_id: 'www',
+      client_secret: 'Secr3t!',
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
+      response_types: ['code'],
+      redirect_uris: [REDIRECT_URI],
+    },
+    {
+      // Public client: no secret, PKCE (required for every client anyway, S256 only).
+      client_id: 'spa',
+      token_endpoint_auth_method: 'none',
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: [REDIRECT_URI],
+    },
+    {
+      // Resource server: only authenticates to introspect (and revoke) tokens.
+      client_id: 'rs',
+      client_secret: 'rs-secret',
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: [],
+      response_types: [],
+      redirect_uris: [],
+    },
+  ],
+  // Per-process random cookie signing key (cookies then carry a .sig companion).
+  cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+  scopes: ['openid', 'offline_access', 'read', 'write'],
+  claims: {
+    openid: ['sub'],
+    profile: ['name', 'given_name', 'family_name', 'preferred_username'],
+    email: ['email', 'email_verified'],
+  },
+  // Any login name is an account whose subject is that name.
+  async findAccount(ctx, sub) {
+    return {
+      accountId: sub,
+      async claims() {
+        return {
+          sub,
+          name: `Test User ${sub}`,
+          given_name: 'Test',
+          family_name: sub,
+          preferred_username: sub,
+          email: `${sub}@example.test`,
+          email_verified: true,
+        };
+      },
+    };
+  },
+  features: {
+    devInteractions: { enabled: true },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+    resourceIndicators: jwtAccessTokens
+      ? {
+        enabled: true,
+        // Requests without a resource parameter are for the test API ...
+        defaultResource: () => API_RESOURCE,
+        // ... and so are the access tokens minted from codes and refresh tokens, even when
+        // `openid` was requested (otherwise they would be opaque tokens for userinfo).
+        useGrantedResource: () => true,
+        getResourceServerInfo(ctx, resourceIndicator) {
+          if (resourceIndicator !== API_RESOURCE) {
+            throw new errors.InvalidTarget();
+          }
+          return {
+            scope: API_SCOPES,
+            audience: API_RESOURCE,
+            accessTokenTTL: 60 * 60,
+            accessTokenFormat: 'jwt',
+            jwt: { sign: { alg: 'RS256' } },
+          };
+        },
+      }
+      : { enabled: false },
+  },
+  // No `pkce` setting: oidc-provider 8.8.1 requires PKCE (S256) for every authorization request.
+  // No `adapter`: the built-in in-memory adapter, an LRU of 1,000 entries (sessions,
+  // interactions, codes, tokens and grants all count), so a long test can see old entries
+  // evicted. Fine for tests, one process per test.
+};
+
+if (rotation === 'always') {
+  configuration.rotateRefreshToken = true;
+} else if (rotation === 'never') {
+  configuration.rotateRefreshToken = false;
+}
+
+const provider = new Provider(issuer, configuration);
+
+// Build every absolute URL (form actions, redirects, discovery) from the issuer rather than from
+// the request's Host header: trust X-Forwarded-Host/-Proto and overwrite them with the issuer's.
+// Cookies are Secure only when the issuer is https (the request is then "secure").
+provider.proxy = true;
+provider.use(async (ctx, next) => {
+  ctx.request.headers['x-forwarded-host'] = issuerUrl.host;
+  ctx.request.headers['x-forwarded-proto'] = issuerUrl.protocol.replace(/:$/, '');
+  await next();
+});
+
+// Token endpoint counters, by grant_type, for successes and errors alike. Read after the
+// request has been handled, from the parameters oidc-provider already parsed.
+let grantCounts = Object.create(null);
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/__test/grants' && ctx.method === 'GET') {
+    ctx.set('cache-control', 'no-store');
+    ctx.body = { ...grantCounts };
+    return;
+  }
+  if (ctx.path === '/__test/grants/reset' && ctx.method === 'POST') {
+    grantCounts = Object.create(null);
+    ctx.status = 204;
+    return;
+  }
+  if (ctx.path !== '/token' || ctx.method !== 'POST') {
+    await next();
+    return;
+  }
+  try {
+    await next();
+  } finally {
+    const grantType = ctx.oidc?.params?.grant_type || ctx.oidc?.body?.grant_type || 'unknown';
+    const key = typeof grantType === 'string' ? grantType : 'unknown';
+    grantCounts[key] = (grantCounts[key] || 0) + 1;
+  }
+});
+
+provider.on('server_error', (ctx, err) => {
+  console.error(`idp server_error on ${ctx.method} ${ctx.path}:`, err);
+});
+
+server.on('request', provider.callback());
+
+process.stdout.write(`${JSON.stringify({ listening: port })}\n`);
+
+if (env.EXIT_ON_STDIN_EOF === '1') {
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.on('error', () => process.exit(0));
+  process.stdin.resume();
+}
+
+const shutdown = () => {
+  server.close();
+  process.exit(0);
+};
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);
