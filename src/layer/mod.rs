@@ -22,9 +22,13 @@
 //!     .max_body_bytes(16 * 1024)
 //!     .expect("16 KiB is a valid limit")
 //!     .build();
-//! let _service = tower::ServiceBuilder::new().layer(layer).service_fn(|_req| async {
-//!     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
-//! });
+//! // The inner service gets `RequestBody<B>`: the client's stream, or the buffered form.
+//! type Inner = refresh_proxy::layer::RequestBody<http_body_util::Full<bytes::Bytes>>;
+//! let _service = tower::ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service_fn(|_req: http::Request<Inner>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+//!     });
 //! ```
 //!
 //! Caveat: endpoint paths may be swapped at run time (discovery finishes after start-up); until
