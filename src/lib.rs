@@ -27,6 +27,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod layer;
+pub mod mint;
 pub mod oauth;
 pub mod proxy;
 pub mod server;

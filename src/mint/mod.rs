@@ -1,0 +1,3 @@
+//! Minting: refresh tokens, access tokens (JWT and opaque), signing keys and the JWKS.
+
+pub mod jwt;
