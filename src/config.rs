@@ -203,6 +203,9 @@ pub struct StoreConfig {
     pub connect_timeout: Duration,
     #[serde(default = "millis::<500>", deserialize_with = "seconds")]
     pub response_timeout: Duration,
+    /// Prepended to every Redis key.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
 }
 
 impl Default for StoreConfig {
@@ -612,6 +615,9 @@ const fn default_max_body_bytes() -> usize {
 }
 const fn default_pool_max_idle() -> usize {
     256
+}
+fn default_key_prefix() -> String {
+    "rp:".to_owned()
 }
 fn default_store_url() -> String {
     "memory://".to_owned()

@@ -26,6 +26,7 @@ pub mod classify;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod grant;
 pub mod layer;
 pub mod mint;
 pub mod oauth;

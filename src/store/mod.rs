@@ -2,13 +2,21 @@
 //!
 //! [`TokenStore`] is what the grant logic talks to; [`AnyStore`] picks the implementation from
 //! `store.url` (`memory://` or `redis://`). Futures are `Send` and statically dispatched, so the
-//! hot path pays no boxing for the choice.
+//! hot path pays no boxing for the choice. Both implementations pass one contract suite
+//! (`tests/store_contract.rs`).
 //!
-//! Today the trait holds the health check that `/readyz` uses; the refresh-grant operations are
-//! added with the grant engine.
+//! What a family holds: its client, subject, granted and current scope, the claims to carry
+//! into minted tokens, its generation counter and clocks. No refresh token and no digest of
+//! one is stored (see [`crate::mint::refresh`]); opaque access tokens are stored under their
+//! SHA-256 digest. Every operation on a family is one atomic step — one Lua script on Redis,
+//! one critical section in memory — that runs [`crate::grant::rules::redeem`].
+//!
+//! Times are passed in by the caller (milliseconds since the epoch), so the rules are testable
+//! with any clock; Redis key expiry follows the same deadlines.
 //!
 //! Caveat: `rediss://`, `redis+sentinel://` and `redis+cluster://` URLs are recognised and
-//! refused with a clear config error until the production-Redis work lands.
+//! refused with a clear config error until the production-Redis work lands; the key layout is
+//! already cluster-ready (every key of a family in one hash slot).
 
 mod memory;
 mod redis;
@@ -18,18 +26,139 @@ use std::future::Future;
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 use crate::config::{ConfigError, StoreConfig};
+use crate::grant::rules::{Redeem, Verdict};
+use crate::mint::refresh::FamilyId;
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    #[error("store answered something unexpected: {0}")]
+    Protocol(String),
+}
+
+/// How access tokens of a family are minted (fixed at capture; `auto` is resolved then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFormat {
+    Jwt,
+    Opaque,
+}
+
+impl TokenFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenFormat::Jwt => "jwt",
+            TokenFormat::Opaque => "opaque",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TokenFormat> {
+        match s {
+            "jwt" => Some(TokenFormat::Jwt),
+            "opaque" => Some(TokenFormat::Opaque),
+            _ => None,
+        }
+    }
+}
+
+/// A family opened at capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFamily {
+    pub id: FamilyId,
+    pub client_id: String,
+    pub subject: String,
+    pub granted_scope: String,
+    pub format: TokenFormat,
+    /// JSON object of claims carried into minted access tokens.
+    pub at_claims: String,
+    /// JSON object of the original ID token's claims (empty when there was none).
+    pub id_claims: String,
+    pub auth_time: Option<i64>,
+    pub created_ms: i64,
+    pub idle_deadline_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// What a redemption returns about the family, for minting and for logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyData {
+    pub client_id: String,
+    pub subject: String,
+    pub format: TokenFormat,
+    pub at_claims: String,
+    pub id_claims: String,
+    pub auth_time: Option<i64>,
+}
+
+/// An opaque access token to store if the redemption grants one (and the family is opaque).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpaqueCandidate {
+    pub digest: String,
+    pub issued_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// One redemption of a refresh token of family `family`.
+#[derive(Debug, Clone)]
+pub struct RedeemRequest<'a> {
+    pub family: &'a str,
+    pub redeem: Redeem<'a>,
+    pub opaque: Option<OpaqueCandidate>,
+}
+
+/// The outcome of a redemption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redemption {
+    /// No such family: never existed, expired earlier, or revoked.
+    Unknown,
+    Decided {
+        verdict: Verdict,
+        family: FamilyData,
+        /// Whether the opaque candidate was stored.
+        opaque_stored: bool,
+    },
+}
+
+/// What the store keeps about an opaque access token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AccessTokenRecord {
+    #[serde(rename = "c")]
+    pub client_id: String,
+    #[serde(rename = "s")]
+    pub subject: String,
+    #[serde(rename = "sc")]
+    pub scope: String,
+    #[serde(rename = "iat")]
+    pub issued_ms: i64,
+    #[serde(rename = "exp")]
+    pub expires_ms: i64,
 }
 
 /// The operations the proxy needs from a store.
 pub trait TokenStore: Send + Sync + 'static {
     /// Succeeds when the store can serve requests now.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Opens a family (capture).
+    fn create_family(
+        &self,
+        family: &NewFamily,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Checks and applies one redemption atomically (DESIGN §4.7).
+    fn redeem(
+        &self,
+        request: &RedeemRequest<'_>,
+    ) -> impl Future<Output = Result<Redemption, StoreError>> + Send;
+
+    /// An opaque access token's record, if it and its family are live at `now_ms`.
+    fn access_token(
+        &self,
+        family: &str,
+        digest: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Option<AccessTokenRecord>, StoreError>> + Send;
 }
 
 /// The kinds of store URL.
@@ -46,7 +175,9 @@ impl StoreUrl {
             "memory" => Ok(StoreUrl::Memory),
             "redis" => Ok(StoreUrl::Redis(url.to_owned())),
             "rediss" | "redis+sentinel" | "rediss+sentinel" | "redis+cluster" | "rediss+cluster" => {
-                Err(format!("{scheme}:// is not supported yet; use redis:// or memory://"))
+                Err(format!(
+                    "{scheme}:// is not supported yet; use redis:// or memory://"
+                ))
             }
             _ => Err("must start with memory://, redis://, rediss://, redis+sentinel:// or redis+cluster://".to_owned()),
         }
@@ -67,6 +198,11 @@ impl AnyStore {
             StoreUrl::Redis(_) => Ok(AnyStore::Redis(RedisStore::open(config)?)),
         }
     }
+
+    /// Whether tokens outlive this process (a shared, durable store).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, AnyStore::Redis(_))
+    }
 }
 
 impl TokenStore for AnyStore {
@@ -74,6 +210,32 @@ impl TokenStore for AnyStore {
         match self {
             AnyStore::Memory(s) => s.ping().await,
             AnyStore::Redis(s) => s.ping().await,
+        }
+    }
+
+    async fn create_family(&self, family: &NewFamily) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.create_family(family).await,
+            AnyStore::Redis(s) => s.create_family(family).await,
+        }
+    }
+
+    async fn redeem(&self, request: &RedeemRequest<'_>) -> Result<Redemption, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.redeem(request).await,
+            AnyStore::Redis(s) => s.redeem(request).await,
+        }
+    }
+
+    async fn access_token(
+        &self,
+        family: &str,
+        digest: &str,
+        now_ms: i64,
+    ) -> Result<Option<AccessTokenRecord>, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.access_token(family, digest, now_ms).await,
+            AnyStore::Redis(s) => s.access_token(family, digest, now_ms).await,
         }
     }
 }

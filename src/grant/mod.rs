@@ -1,0 +1,4 @@
+//! Grant logic without I/O: scopes and the refresh-token rules.
+
+pub mod rules;
+pub mod scope;

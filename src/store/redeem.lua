@@ -1,0 +1,71 @@
+-- One redemption of a refresh token: the twin of grant::rules::redeem (src/grant/rules.rs),
+-- run atomically next to the family's state. Keep the two in step; the store contract suite
+-- (tests/store_contract.rs) runs the same cases against both.
+--
+-- KEYS[1]  the family hash            <prefix>{<family>}:f
+-- KEYS[2]  an opaque access token key <prefix>{<family>}:at:<digest>  (same slot)
+-- ARGV     1 presented generation, 2 client id, 3 scope given ('0'|'1'), 4 scope,
+--          5 now (ms), 6 grace (ms), 7 idle ttl (ms), 8 reuse refresh tokens ('0'|'1'),
+--          9 access token issued (ms), 10 access token expires (ms; '0' = no candidate)
+-- Returns  {'unknown'} or
+--          {verdict, generation, scope, client, subject, format, at claims, id claims,
+--           auth time, opaque stored ('0'|'1'), current generation}
+local function int(x) return string.format('%.0f', x) end
+
+local f = redis.call('HMGET', KEYS[1], 'c', 's', 'g', 'sc', 'n', 'r', 'i', 'e', 'f', 'a', 'd', 't')
+if not f[1] then return {'unknown'} end
+local client, subject, granted, scope = f[1], f[2], f[3], f[4]
+local n, rotated, idle, expires = tonumber(f[5]), tonumber(f[6]), tonumber(f[7]), tonumber(f[8])
+local fmt, atc, idc, auth = f[9], f[10], f[11], f[12]
+local g, now = tonumber(ARGV[1]), tonumber(ARGV[5])
+
+local function reply(verdict, gen, sc, stored)
+  return {verdict, int(gen), sc, client, subject, fmt, atc, idc, auth, stored, int(n)}
+end
+
+if now >= expires or now >= idle then
+  redis.call('DEL', KEYS[1])
+  return reply('expired', 0, '', '0')
+end
+-- RFC 6749 §6: the refresh token must have been issued to the authenticated client.
+if ARGV[2] ~= client then return reply('wrong_client', 0, '', '0') end
+
+local effective = scope
+if ARGV[3] == '1' then
+  -- RFC 6749 §6: the requested scope MUST NOT include any scope not originally granted.
+  local allowed, seen, out = {}, {}, {}
+  for t in string.gmatch(granted, '[^ ]+') do allowed[t] = true end
+  for t in string.gmatch(ARGV[4], '[^ ]+') do
+    if not allowed[t] then return reply('invalid_scope', 0, '', '0') end
+    if not seen[t] then seen[t] = true; out[#out + 1] = t end
+  end
+  effective = table.concat(out, ' ')
+end
+
+local new_idle = math.min(now + tonumber(ARGV[7]), expires)
+local verdict, gen
+if g == n and ARGV[8] == '1' then
+  redis.call('HSET', KEYS[1], 'sc', effective, 'i', int(new_idle))
+  redis.call('PEXPIREAT', KEYS[1], int(new_idle))
+  verdict, gen = 'reused', n
+elseif g >= n then
+  redis.call('HSET', KEYS[1], 'sc', effective, 'n', int(g + 1), 'r', int(now), 'i', int(new_idle))
+  redis.call('PEXPIREAT', KEYS[1], int(new_idle))
+  verdict, gen = 'rotated', g + 1
+elseif g + 1 == n and tonumber(ARGV[6]) > 0 and now - rotated <= tonumber(ARGV[6]) then
+  verdict, gen = 'grace', n
+else
+  -- RFC 9700 §4.14.2: a rotated-out token was presented again; revoke the family.
+  redis.call('DEL', KEYS[1])
+  return reply('reuse', g, '', '0')
+end
+
+local stored = '0'
+local at_expires = tonumber(ARGV[10])
+if fmt == 'opaque' and at_expires > 0 then
+  local record = '{"c":' .. cjson.encode(client) .. ',"s":' .. cjson.encode(subject) ..
+    ',"sc":' .. cjson.encode(effective) .. ',"iat":' .. ARGV[9] .. ',"exp":' .. ARGV[10] .. '}'
+  redis.call('SET', KEYS[2], record, 'PXAT', ARGV[10])
+  stored = '1'
+end
+return reply(verdict, gen, effective, stored)

@@ -1,0 +1,525 @@
+//! The store contract: the same cases run against `memory://` and a private `redis-server`.
+//! Times are passed in, so lifetimes and grace are tested without waiting.
+
+mod support;
+
+use std::sync::Arc;
+
+use refresh_proxy::config::StoreConfig;
+use refresh_proxy::grant::rules::{Redeem, Verdict};
+use refresh_proxy::mint::refresh::FamilyId;
+use refresh_proxy::store::{
+    MemoryStore, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, RedisStore, TokenFormat,
+    TokenStore,
+};
+
+const MIN: i64 = 60_000;
+const DAY: i64 = 24 * 60 * MIN;
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+fn family(t0: i64, format: TokenFormat) -> NewFamily {
+    NewFamily {
+        id: FamilyId::random(),
+        client_id: "www".into(),
+        subject: "alice".into(),
+        granted_scope: "openid profile read".into(),
+        format,
+        at_claims: r#"{"aud":"api","roles":["a"]}"#.into(),
+        id_claims: r#"{"sub":"alice","email":"a@example.com"}"#.into(),
+        auth_time: Some(t0 / 1000 - 5),
+        created_ms: t0,
+        idle_deadline_ms: t0 + DAY,
+        expires_at_ms: t0 + 7 * DAY,
+    }
+}
+
+fn redeem(generation: u64, now_ms: i64) -> Redeem<'static> {
+    Redeem {
+        generation,
+        client_id: "www",
+        scope: None,
+        now_ms,
+        grace_ms: 30_000,
+        idle_ttl_ms: DAY,
+        reuse_refresh_tokens: false,
+    }
+}
+
+async fn go<S: TokenStore>(store: &S, f: &NewFamily, r: Redeem<'_>) -> Redemption {
+    store
+        .redeem(&RedeemRequest {
+            family: f.id.as_str(),
+            redeem: r,
+            opaque: None,
+        })
+        .await
+        .expect("store answers")
+}
+
+fn verdict(r: Redemption) -> Verdict {
+    match r {
+        Redemption::Decided { verdict, .. } => verdict,
+        Redemption::Unknown => panic!("family unknown"),
+    }
+}
+
+async fn rotation_returns_the_family_and_advances_the_generation<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Jwt);
+    store.create_family(&f).await.expect("create");
+    match go(&store, &f, redeem(0, t0 + 1000)).await {
+        Redemption::Decided {
+            verdict,
+            family,
+            opaque_stored,
+        } => {
+            assert_eq!(
+                verdict,
+                Verdict::Rotated {
+                    generation: 1,
+                    scope: "openid profile read".into()
+                }
+            );
+            assert_eq!(family.client_id, "www");
+            assert_eq!(family.subject, "alice");
+            assert_eq!(family.format, TokenFormat::Jwt);
+            assert_eq!(family.at_claims, f.at_claims);
+            assert_eq!(family.id_claims, f.id_claims);
+            assert_eq!(family.auth_time, f.auth_time);
+            assert!(!opaque_stored);
+        }
+        Redemption::Unknown => panic!("family unknown"),
+    }
+    let v = verdict(go(&store, &f, redeem(1, t0 + 2000)).await);
+    assert!(matches!(v, Verdict::Rotated { generation: 2, .. }), "{v:?}");
+}
+
+async fn an_unknown_family_is_unknown<S: TokenStore>(store: S) {
+    let f = family(now(), TokenFormat::Jwt);
+    assert_eq!(go(&store, &f, redeem(0, now())).await, Redemption::Unknown);
+}
+
+async fn the_previous_token_within_grace_gets_the_live_generation<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Jwt);
+    store.create_family(&f).await.expect("create");
+    verdict(go(&store, &f, redeem(0, t0 + 1000)).await);
+    for dt in [1000, 20_000, 31_000] {
+        let v = verdict(go(&store, &f, redeem(0, t0 + dt)).await);
+        assert!(
+            matches!(v, Verdict::Grace { generation: 1, .. }),
+            "{dt}: {v:?}"
+        );
+    }
+    // The live token still rotates normally afterwards.
+    let v = verdict(go(&store, &f, redeem(1, t0 + 32_000)).await);
+    assert!(matches!(v, Verdict::Rotated { generation: 2, .. }), "{v:?}");
+}
+
+async fn reuse_outside_grace_revokes_the_family<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Jwt);
+    store.create_family(&f).await.expect("create");
+    verdict(go(&store, &f, redeem(0, t0)).await);
+    verdict(go(&store, &f, redeem(1, t0 + 1)).await);
+    let v = verdict(go(&store, &f, redeem(0, t0 + 2)).await);
+    assert_eq!(
+        v,
+        Verdict::ReuseDetected {
+            presented: 0,
+            current: 2
+        }
+    );
+    assert_eq!(go(&store, &f, redeem(2, t0 + 3)).await, Redemption::Unknown);
+}
+
+async fn zero_grace_makes_every_second_presentation_reuse<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Jwt);
+    store.create_family(&f).await.expect("create");
+    let mut r = redeem(0, t0);
+    r.grace_ms = 0;
+    verdict(go(&store, &f, r).await);
+    assert!(matches!(
+        verdict(go(&store, &f, r).await),
+        Verdict::ReuseDetected { .. }
+    ));
+}
+
+async fn another_clients_token_changes_nothing<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Jwt);
+    store.create_family(&f).await.expect("create");
+    let mut r = redeem(0, t0);
+    r.client_id = "mallory";
+    assert_eq!(verdict(go(&store, &f, r).await), Verdict::WrongClient);
+    let v = verdict(go(&store, &f, redeem(0, t0 + 1)).await);
+    assert!(matches!(v, Verdict::Rotated { generation: 1, .. }), "{v:?}");
+}
+
+async fn narrowing_sticks_and_widening_stops_at_the_grant<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Jwt);
+    store.create_family(&f).await.expect("create");
+    let mut r = redeem(0, t0);
+    r.scope = Some("read  profile read");
+    let v = verdict(go(&store, &f, r).await);
+    assert!(
+        matches!(v, Verdict::Rotated { ref scope, .. } if scope == "read profile"),
+        "{v:?}"
+    );
+    let v = verdict(go(&store, &f, redeem(1, t0 + 1)).await);
+    assert!(
+        matches!(v, Verdict::Rotated { ref scope, .. } if scope == "read profile"),
+        "{v:?}"
+    );
+    let mut r = redeem(2, t0 + 2);
+    r.scope = Some("read write");
+    assert_eq!(verdict(go(&store, &f, r).await), Verdict::InvalidScope);
+    let mut r = redeem(2, t0 + 3);
+    r.scope = Some("openid profile read");
+    let v = verdict(go(&store, &f, r).await);
+    assert!(
+        matches!(v, Verdict::Rotated { generation: 3, ref scope } if scope == "openid profile read"),
+        "{v:?}"
+    );
+}
+
+async fn reuse_mode_keeps_the_token_valid<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Jwt);
+    store.create_family(&f).await.expect("create");
+    let mut r = redeem(0, t0);
+    r.reuse_refresh_tokens = true;
+    for i in 0..3 {
+        r.now_ms = t0 + i;
+        assert!(matches!(
+            verdict(go(&store, &f, r).await),
+            Verdict::Reused { .. }
+        ));
+    }
+}
+
+async fn idle_and_absolute_lifetimes_end_the_family<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Jwt);
+    store.create_family(&f).await.expect("create");
+    // Used just before the idle deadline: the idle clock restarts.
+    verdict(go(&store, &f, redeem(0, t0 + DAY - 1)).await);
+    let v = verdict(go(&store, &f, redeem(1, t0 + 2 * DAY - 2)).await);
+    assert!(matches!(v, Verdict::Rotated { .. }), "{v:?}");
+    // Idle too long.
+    let v = go(&store, &f, redeem(2, t0 + 3 * DAY)).await;
+    assert!(
+        matches!(
+            v,
+            Redemption::Unknown
+                | Redemption::Decided {
+                    verdict: Verdict::Expired,
+                    ..
+                }
+        ),
+        "{v:?}"
+    );
+    assert_eq!(
+        go(&store, &f, redeem(2, t0 + 3 * DAY)).await,
+        Redemption::Unknown
+    );
+
+    // The absolute lifetime is never extended by use.
+    let g = family(t0, TokenFormat::Jwt);
+    store.create_family(&g).await.expect("create");
+    let mut generation = 0;
+    let mut t = t0 + 10;
+    while t < t0 + 7 * DAY {
+        let v = verdict(go(&store, &g, redeem(generation, t)).await);
+        assert!(
+            matches!(v, Verdict::Rotated { .. }),
+            "at +{}ms: {v:?}",
+            t - t0
+        );
+        generation += 1;
+        t += DAY - MIN;
+    }
+    let v = go(&store, &g, redeem(generation, t0 + 7 * DAY)).await;
+    assert!(
+        matches!(
+            v,
+            Redemption::Unknown
+                | Redemption::Decided {
+                    verdict: Verdict::Expired,
+                    ..
+                }
+        ),
+        "{v:?}"
+    );
+}
+
+async fn opaque_access_tokens_are_stored_with_the_family<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Opaque);
+    store.create_family(&f).await.expect("create");
+    let candidate = |digest: &str, t: i64| OpaqueCandidate {
+        digest: digest.into(),
+        issued_ms: t,
+        expires_ms: t + 5 * MIN,
+    };
+    let mut r = redeem(0, t0);
+    r.scope = Some("read");
+    let res = store
+        .redeem(&RedeemRequest {
+            family: f.id.as_str(),
+            redeem: r,
+            opaque: Some(candidate("d1", t0)),
+        })
+        .await
+        .expect("redeem");
+    assert!(
+        matches!(
+            res,
+            Redemption::Decided {
+                opaque_stored: true,
+                ..
+            }
+        ),
+        "{res:?}"
+    );
+    let rec = store
+        .access_token(f.id.as_str(), "d1", t0 + 1)
+        .await
+        .expect("lookup")
+        .expect("stored");
+    assert_eq!(
+        (
+            rec.client_id.as_str(),
+            rec.subject.as_str(),
+            rec.scope.as_str()
+        ),
+        ("www", "alice", "read")
+    );
+    assert_eq!((rec.issued_ms, rec.expires_ms), (t0, t0 + 5 * MIN));
+    assert!(
+        store
+            .access_token(f.id.as_str(), "d1", t0 + 5 * MIN)
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+    assert!(
+        store
+            .access_token(f.id.as_str(), "nope", t0)
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+
+    // A refused redemption stores nothing.
+    let mut r = redeem(1, t0 + 2);
+    r.scope = Some("write");
+    let res = store
+        .redeem(&RedeemRequest {
+            family: f.id.as_str(),
+            redeem: r,
+            opaque: Some(candidate("d2", t0)),
+        })
+        .await
+        .expect("redeem");
+    assert!(matches!(
+        res,
+        Redemption::Decided {
+            verdict: Verdict::InvalidScope,
+            opaque_stored: false,
+            ..
+        }
+    ));
+    assert!(
+        store
+            .access_token(f.id.as_str(), "d2", t0 + 3)
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+
+    // Revoking the family (reuse) makes its access tokens inactive.
+    verdict(go(&store, &f, redeem(1, t0 + 4)).await);
+    verdict(go(&store, &f, redeem(0, t0 + 5 * MIN)).await);
+    assert!(
+        store
+            .access_token(f.id.as_str(), "d1", t0 + 5)
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+
+    // JWT families never store opaque tokens.
+    let j = family(t0, TokenFormat::Jwt);
+    store.create_family(&j).await.expect("create");
+    let res = store
+        .redeem(&RedeemRequest {
+            family: j.id.as_str(),
+            redeem: redeem(0, t0),
+            opaque: Some(candidate("d3", t0)),
+        })
+        .await
+        .expect("redeem");
+    assert!(matches!(
+        res,
+        Redemption::Decided {
+            opaque_stored: false,
+            ..
+        }
+    ));
+}
+
+async fn concurrent_redemptions_fork_nothing<S: TokenStore + Clone>(store: S) {
+    let t0 = now();
+    let f = Arc::new(family(t0, TokenFormat::Jwt));
+    store.create_family(&f).await.expect("create");
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (store, f) = (store.clone(), f.clone());
+            tokio::spawn(async move { verdict(go(&store, &f, redeem(0, t0 + 10)).await) })
+        })
+        .collect();
+    let mut rotated = 0;
+    for t in tasks {
+        match t.await.expect("join") {
+            Verdict::Rotated { generation: 1, .. } => rotated += 1,
+            Verdict::Grace { generation: 1, .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(rotated, 1, "exactly one request opens generation 1");
+    let v = verdict(go(&store, &f, redeem(1, t0 + 20)).await);
+    assert!(matches!(v, Verdict::Rotated { generation: 2, .. }), "{v:?}");
+}
+
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(MemoryStore::new()).await;
+                }
+            )*
+        }
+        mod redis {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let server = support::redis::RedisServer::start();
+                    super::$case(redis_store(&server)).await;
+                }
+            )*
+        }
+    };
+}
+
+fn redis_store(server: &support::redis::RedisServer) -> RedisStore {
+    let config: StoreConfig =
+        toml::from_str(&format!("url = \"{}\"", server.url())).expect("config");
+    RedisStore::open(&config).expect("open")
+}
+
+contract!(
+    rotation_returns_the_family_and_advances_the_generation,
+    an_unknown_family_is_unknown,
+    the_previous_token_within_grace_gets_the_live_generation,
+    reuse_outside_grace_revokes_the_family,
+    zero_grace_makes_every_second_presentation_reuse,
+    another_clients_token_changes_nothing,
+    narrowing_sticks_and_widening_stops_at_the_grant,
+    reuse_mode_keeps_the_token_valid,
+    idle_and_absolute_lifetimes_end_the_family,
+    opaque_access_tokens_are_stored_with_the_family,
+    concurrent_redemptions_fork_nothing,
+);
+
+#[tokio::test]
+async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
+    let server = support::redis::RedisServer::start();
+    let store = redis_store(&server);
+    let key = refresh_proxy::mint::refresh::RefreshTokenKey::generate();
+    let t0 = now();
+    let f = family(t0, TokenFormat::Opaque);
+    let token = key.first(&f.id);
+    store.create_family(&f).await.expect("create");
+    let at = refresh_proxy::mint::opaque::mint(&f.id);
+    let res = store
+        .redeem(&RedeemRequest {
+            family: f.id.as_str(),
+            redeem: redeem(0, t0),
+            opaque: Some(OpaqueCandidate {
+                digest: at.digest.clone(),
+                issued_ms: t0,
+                expires_ms: t0 + MIN,
+            }),
+        })
+        .await
+        .expect("redeem");
+    assert!(matches!(
+        res,
+        Redemption::Decided {
+            opaque_stored: true,
+            ..
+        }
+    ));
+    let next = key.next(&key.parse(&token).expect("ours"));
+
+    let client = ::redis::Client::open(server.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let tag = format!("rp:{{{}}}:", f.id);
+    assert!(keys.iter().all(|k| k.starts_with(&tag)), "{keys:?}");
+    let mut dump = String::new();
+    for k in &keys {
+        let kind: String = ::redis::cmd("TYPE")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .expect("type");
+        let text: Vec<String> = if kind == "hash" {
+            ::redis::cmd("HGETALL")
+                .arg(k)
+                .query_async(&mut conn)
+                .await
+                .expect("hgetall")
+        } else {
+            vec![
+                ::redis::cmd("GET")
+                    .arg(k)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("get"),
+            ]
+        };
+        dump.push_str(&text.join("|"));
+    }
+    for secret in [&token, &next, &at.token] {
+        let random_part = secret.rsplit('.').next().expect("parts");
+        assert!(!dump.contains(random_part), "a token reached Redis: {dump}");
+    }
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .expect("pttl");
+    assert!(ttl > 0, "family keys expire");
+}
