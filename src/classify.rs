@@ -116,6 +116,11 @@ impl Form {
             .filter(|v| !v.is_empty())
     }
 
+    /// Decodes one form-urlencoded value; `None` when it is not UTF-8.
+    pub fn decode_value(bytes: &[u8]) -> Option<String> {
+        decode(bytes).ok()
+    }
+
     pub fn len(&self) -> usize {
         self.params.len()
     }

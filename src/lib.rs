@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod app;
 pub mod classify;
+pub mod client_auth;
 pub mod config;
 pub mod discovery;
 pub mod error;

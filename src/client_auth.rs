@@ -1,0 +1,414 @@
+//! Client authentication at the token endpoint (RFC 6749 §2.3.1). Pure: no I/O.
+//!
+//! [`presented`] reads which client a request names and how it authenticates: HTTP Basic
+//! (`client_secret_basic`), `client_id` + `client_secret` in the body (`client_secret_post`), or
+//! `client_id` alone (a public client). [`Clients::verify`] checks the secret against the
+//! configured SHA-256 digest in constant time (never a slow hash: this is the hot path).
+//!
+//! RFC 6749 §2.3.1 says Basic credentials are form-urlencoded before base64; clients in the
+//! wild send both `Secr3t%21` and the raw `Secr3t!`. Both are accepted: the decoded form is tried
+//! first, then the raw one.
+//!
+//! ```
+//! use refresh_proxy::client_auth::{Method, presented};
+//! use refresh_proxy::classify::Form;
+//! let basic = http::HeaderValue::from_static("Basic d3d3OlNlY3IzdCUyMQ=="); // www:Secr3t%21
+//! let p = presented(Some(&basic), &Form::parse(b"grant_type=refresh_token").expect("form"))
+//!     .expect("well-formed")
+//!     .expect("a client");
+//! assert_eq!((p.client_id.as_str(), p.method), ("www", Method::Basic));
+//! ```
+
+use std::collections::HashMap;
+
+use aws_lc_rs::{constant_time, digest};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use http::HeaderValue;
+
+use crate::classify::Form;
+use crate::config::{AccessTokenFormat, Config, ConfigError};
+
+/// How the client authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Basic,
+    Post,
+    None,
+}
+
+/// The credentials a request carries. `Debug` hides the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Presented {
+    pub client_id: String,
+    pub method: Method,
+    /// Secret candidates, in the order they are tried (decoded, then raw for Basic).
+    secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for Presented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Presented {
+            client_id,
+            method,
+            secrets: _,
+        } = self;
+        f.debug_struct("Presented")
+            .field("client_id", client_id)
+            .field("method", method)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why client authentication failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClientAuthError {
+    #[error("the Authorization header is not valid Basic credentials")]
+    MalformedBasic,
+    #[error("more than one client authentication method in one request")]
+    MultipleMethods,
+    #[error("no client credentials")]
+    Missing,
+    #[error("client authentication failed")]
+    Failed { basic: bool },
+}
+
+/// The credentials in a request, if it names a client.
+pub fn presented(
+    authorization: Option<&HeaderValue>,
+    form: &Form,
+) -> Result<Option<Presented>, ClientAuthError> {
+    let form_id = form.get("client_id");
+    let form_secret = form.get("client_secret");
+    if let Some(value) = authorization {
+        let bytes = value.as_bytes();
+        let is_basic = bytes.len() > 6 && bytes[..6].eq_ignore_ascii_case(b"basic ");
+        if is_basic {
+            // RFC 6749 §2.3: "The client MUST NOT use more than one authentication method in
+            // each request."
+            if form_secret.is_some() {
+                return Err(ClientAuthError::MultipleMethods);
+            }
+            let (raw_id, raw_secret) = decode_basic(&bytes[6..])?;
+            let id = form_decode(&raw_id);
+            if form_id.is_some_and(|f| f != id && f != raw_id) {
+                return Err(ClientAuthError::MultipleMethods);
+            }
+            let mut secrets = vec![form_decode(&raw_secret)];
+            if secrets[0] != raw_secret {
+                secrets.push(raw_secret);
+            }
+            return Ok(Some(Presented {
+                client_id: id,
+                method: Method::Basic,
+                secrets,
+            }));
+        }
+    }
+    Ok(form_id.map(|id| Presented {
+        client_id: id.to_owned(),
+        method: if form_secret.is_some() {
+            Method::Post
+        } else {
+            Method::None
+        },
+        secrets: form_secret.map(|s| vec![s.to_owned()]).unwrap_or_default(),
+    }))
+}
+
+/// `base64(id ":" secret)`, both still form-urlencoded.
+fn decode_basic(b64: &[u8]) -> Result<(String, String), ClientAuthError> {
+    let b64 = b64.trim_ascii();
+    let raw = STANDARD
+        .decode(b64)
+        .or_else(|_| STANDARD_NO_PAD.decode(b64))
+        .map_err(|_| ClientAuthError::MalformedBasic)?;
+    let text = String::from_utf8(raw).map_err(|_| ClientAuthError::MalformedBasic)?;
+    let (id, secret) = text
+        .split_once(':')
+        .ok_or(ClientAuthError::MalformedBasic)?;
+    if id.is_empty() {
+        return Err(ClientAuthError::MalformedBasic);
+    }
+    Ok((id.to_owned(), secret.to_owned()))
+}
+
+/// `application/x-www-form-urlencoded` decoding; text that does not decode to UTF-8 stays raw.
+fn form_decode(s: &str) -> String {
+    Form::decode_value(s.as_bytes()).unwrap_or_else(|| s.to_owned())
+}
+
+/// A client's refresh-token policy with every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Idle lifetime, seconds; 0 = the client gets no refresh tokens.
+    pub refresh_token_ttl: u64,
+    pub refresh_token_max_lifetime: u64,
+    pub reuse_refresh_tokens: bool,
+    pub reuse_grace_period: u64,
+    pub access_token_format: AccessTokenFormat,
+    pub id_token_on_refresh: bool,
+}
+
+/// A client the proxy handles.
+#[derive(Clone)]
+pub struct Client {
+    pub id: String,
+    /// SHA-256 of the secret; `None` for a public client.
+    secret_sha256: Option<[u8; 32]>,
+    pub policy: Policy,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Client {
+            id,
+            secret_sha256,
+            policy,
+        } = self;
+        f.debug_struct("Client")
+            .field("id", id)
+            .field("public", &secret_sha256.is_none())
+            .field("policy", policy)
+            .finish()
+    }
+}
+
+/// The clients the proxy handles, from `[clients.*]`.
+#[derive(Debug, Clone, Default)]
+pub struct Clients {
+    map: HashMap<String, Client>,
+}
+
+pub const DEFAULT_REFRESH_TOKEN_TTL: u64 = 2_592_000;
+pub const DEFAULT_REFRESH_TOKEN_MAX_LIFETIME: u64 = 31_536_000;
+pub const DEFAULT_REUSE_GRACE_PERIOD: u64 = 30;
+
+impl Clients {
+    pub fn from_config(config: &Config) -> Result<Clients, ConfigError> {
+        let mut map = HashMap::new();
+        for (id, c) in &config.clients {
+            let secret_sha256 = match (&c.secret, &c.secret_sha256) {
+                (Some(secret), _) => Some(sha256(secret.expose().as_bytes())),
+                (None, Some(hex)) => Some(parse_hex32(hex).ok_or_else(|| {
+                    ConfigError::invalid(format!("clients.{id}.secret_sha256"), "not 64 hex digits")
+                })?),
+                (None, None) => None,
+            };
+            let p = c.policy(&config.tokens);
+            let policy = Policy {
+                refresh_token_ttl: p.refresh_token_ttl.unwrap_or(DEFAULT_REFRESH_TOKEN_TTL),
+                refresh_token_max_lifetime: p
+                    .refresh_token_max_lifetime
+                    .unwrap_or(DEFAULT_REFRESH_TOKEN_MAX_LIFETIME),
+                reuse_refresh_tokens: p.reuse_refresh_tokens.unwrap_or(false),
+                reuse_grace_period: p.reuse_grace_period.unwrap_or(DEFAULT_REUSE_GRACE_PERIOD),
+                access_token_format: p.access_token_format.unwrap_or(AccessTokenFormat::Auto),
+                id_token_on_refresh: p.id_token_on_refresh.unwrap_or(false),
+            };
+            map.insert(
+                id.clone(),
+                Client {
+                    id: id.clone(),
+                    secret_sha256,
+                    policy,
+                },
+            );
+        }
+        Ok(Clients { map })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Client> {
+        self.map.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Client> {
+        self.map.values()
+    }
+
+    /// Checks the presented credentials against a configured client.
+    pub fn verify(client: &Client, presented: &Presented) -> Result<(), ClientAuthError> {
+        let basic = presented.method == Method::Basic;
+        match (&client.secret_sha256, presented.method) {
+            // A public client authenticates with nothing but its id.
+            (None, Method::None) => Ok(()),
+            (None, _) => {
+                if presented.secrets.iter().all(String::is_empty) {
+                    Ok(())
+                } else {
+                    Err(ClientAuthError::Failed { basic })
+                }
+            }
+            (Some(_), Method::None) => Err(ClientAuthError::Failed { basic }),
+            (Some(expected), _) => {
+                // Constant-time comparison of digests: the time taken says nothing about the
+                // secret.
+                let ok = presented.secrets.iter().fold(false, |ok, s| {
+                    let d = sha256(s.as_bytes());
+                    constant_time::verify_slices_are_equal(&d, expected).is_ok() | ok
+                });
+                if ok {
+                    Ok(())
+                } else {
+                    Err(ClientAuthError::Failed { basic })
+                }
+            }
+        }
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = digest::digest(&digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+        let s = std::str::from_utf8(chunk).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(raw: &str) -> HeaderValue {
+        HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(raw))).expect("header")
+    }
+
+    fn form(body: &str) -> Form {
+        Form::parse(body.as_bytes()).expect("form")
+    }
+
+    fn clients(extra: &str) -> Clients {
+        let text = format!(
+            "[upstream]\nurl = \"http://x\"\n[clients.www]\nsecret = \"Secr3t!\"\n\
+             [clients.spa]\n[clients.hashed]\nsecret_sha256 = \"{}\"\n{extra}",
+            "f52fbd32b2b3b86ff88ef6c490628285f482af15ddcb29541f94bcf526a3f6c7"
+        );
+        let config = Config::from_toml_str(&text, std::path::Path::new("."), std::iter::empty())
+            .expect("config");
+        Clients::from_config(&config).expect("clients")
+    }
+
+    fn check(c: &Clients, p: &Presented) -> Result<(), ClientAuthError> {
+        Clients::verify(c.get(&p.client_id).expect("configured"), p)
+    }
+
+    #[test]
+    fn basic_accepts_encoded_and_raw_secrets() {
+        let c = clients("");
+        for raw in ["www:Secr3t%21", "www:Secr3t!"] {
+            let p = presented(Some(&basic(raw)), &form(""))
+                .expect("ok")
+                .expect("client");
+            assert_eq!(p.method, Method::Basic);
+            assert_eq!(check(&c, &p), Ok(()), "{raw}");
+        }
+        let p = presented(Some(&basic("www:wrong")), &form(""))
+            .expect("ok")
+            .expect("client");
+        assert_eq!(check(&c, &p), Err(ClientAuthError::Failed { basic: true }));
+    }
+
+    #[test]
+    fn basic_scheme_is_case_insensitive_and_padding_optional() {
+        let v = HeaderValue::from_static("bAsIc d3d3OlNlY3IzdCE"); // www:Secr3t! unpadded
+        let p = presented(Some(&v), &form("")).expect("ok").expect("client");
+        assert_eq!(check(&clients(""), &p), Ok(()));
+    }
+
+    #[test]
+    fn malformed_basic_is_an_error() {
+        for bad in ["Basic !!!notbase64", "Basic d3d3", "Basic Og=="] {
+            // "d3d3" = "www" (no colon); "Og==" = ":" (empty id)
+            let v = HeaderValue::from_static(bad);
+            assert_eq!(
+                presented(Some(&v), &form("")),
+                Err(ClientAuthError::MalformedBasic),
+                "{bad}"
+            );
+        }
+        let v = HeaderValue::from_str(&format!("Basic {}", STANDARD.encode([0xff, b':', b'x'])))
+            .expect("header");
+        assert_eq!(
+            presented(Some(&v), &form("")),
+            Err(ClientAuthError::MalformedBasic)
+        );
+    }
+
+    #[test]
+    fn post_and_public_clients() {
+        let c = clients("");
+        let p = presented(None, &form("client_id=www&client_secret=Secr3t%21"))
+            .expect("ok")
+            .expect("client");
+        assert_eq!((p.method, check(&c, &p)), (Method::Post, Ok(())));
+        let p = presented(None, &form("client_id=spa"))
+            .expect("ok")
+            .expect("client");
+        assert_eq!((p.method, check(&c, &p)), (Method::None, Ok(())));
+        // A confidential client without its secret fails.
+        let p = presented(None, &form("client_id=www"))
+            .expect("ok")
+            .expect("client");
+        assert_eq!(check(&c, &p), Err(ClientAuthError::Failed { basic: false }));
+        assert_eq!(presented(None, &form("grant_type=x")), Ok(None));
+    }
+
+    #[test]
+    fn two_methods_at_once_are_refused() {
+        let b = basic("www:Secr3t!");
+        assert_eq!(
+            presented(Some(&b), &form("client_id=www&client_secret=Secr3t!")),
+            Err(ClientAuthError::MultipleMethods)
+        );
+        assert_eq!(
+            presented(Some(&b), &form("client_id=other")),
+            Err(ClientAuthError::MultipleMethods)
+        );
+        // The same client_id alongside Basic is harmless.
+        assert!(
+            presented(Some(&b), &form("client_id=www"))
+                .expect("ok")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_configured_digest_verifies() {
+        // sha256("hunter2")
+        let c = clients("");
+        let p = presented(Some(&basic("hashed:hunter2")), &form(""))
+            .expect("ok")
+            .expect("client");
+        assert_eq!(check(&c, &p), Ok(()));
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let p = presented(Some(&basic("www:Secr3t!")), &form(""))
+            .expect("ok")
+            .expect("client");
+        assert!(!format!("{p:?}").contains("Secr3t"));
+        let c = clients("");
+        assert!(!format!("{c:?}").contains("Secr3t"));
+    }
+
+    #[test]
+    fn policy_defaults_fill_in() {
+        let c = clients("[tokens]\nreuse_grace_period = 5\n");
+        let p = &c.get("www").expect("www").policy;
+        assert_eq!(p.refresh_token_ttl, DEFAULT_REFRESH_TOKEN_TTL);
+        assert_eq!(p.reuse_grace_period, 5);
+        assert_eq!(p.access_token_format, AccessTokenFormat::Auto);
+    }
+}
