@@ -5,12 +5,17 @@
 //! - [`idp`]: a real OpenID Connect provider (npm `oidc-provider`, pinned in tests/idp).
 //! - [`echo`]: a plain upstream that reports what reached it, for transparency tests.
 //! - [`proxy`]: the proxy itself, in-process or as the real binary.
+//! - [`jose`]: an independent JOSE implementation (Node's `jose`) to verify minted JWTs.
 #![allow(dead_code)]
 
 pub mod echo;
 pub mod idp;
+pub mod jose;
 pub mod proxy;
 pub mod redis;
+
+/// A `tokens.refresh_token_key` for tests (at least 32 bytes).
+pub const TEST_REFRESH_KEY: &str = "test-refresh-token-key-0123456789abcdef";
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
