@@ -1,9 +1,12 @@
-//! The admin listener: `/healthz` and `/readyz`.
+//! The admin listener: `/healthz`, `/readyz` and `/jwks`.
 //!
 //! - `GET /healthz`: 200 while the process runs; it checks nothing else, so a liveness probe
 //!   never restarts the proxy for an outage of Redis or the IdP.
 //! - `GET /readyz`: 200 when the store answers, discovery is done and the proxy is not
 //!   draining; 503 otherwise, with the state of each check in the JSON body.
+//!
+//! - `GET /jwks`: the proxy's public signing keys (the same ones merged into the upstream's
+//!   JWKS on the proxy port).
 //!
 //! Anything else is a 404 JSON answer.
 
@@ -53,6 +56,8 @@ pub struct Admin {
     pub store: AnyStore,
     /// How long `/readyz` waits for the store's answer.
     pub store_timeout: Duration,
+    /// The proxy's public keys (`GET /jwks`).
+    pub jwks: Arc<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -74,6 +79,7 @@ impl Admin {
                 json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
             }
             "/readyz" if get => self.ready().await,
+            "/jwks" if get => json_response(StatusCode::OK, &*self.jwks),
             _ => json_response(
                 StatusCode::NOT_FOUND,
                 &serde_json::json!({"error": "not_found"}),

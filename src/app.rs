@@ -18,12 +18,67 @@ use tower::ServiceBuilder;
 
 use crate::admin::{Admin, Readiness};
 use crate::classify::Endpoints;
+use crate::client_auth::Clients;
 use crate::config::{Config, ConfigError};
+use crate::grant::engine::Engine;
 use crate::layer::RefreshGrantLayer;
+use crate::mint::jwt::{self, Signer};
+use crate::mint::refresh::RefreshTokenKey;
 use crate::proxy::Forward;
 use crate::server::{self, ConnOptions};
 use crate::store::AnyStore;
 use crate::{discovery, tls};
+
+/// The grant engine: clients, keys and signers, parsed once.
+fn build_engine(config: &Config, store: AnyStore) -> Result<Engine, ConfigError> {
+    let tokens = &config.tokens;
+    let clients = Clients::from_config(config)?;
+    let refresh_key = match &tokens.refresh_token_key {
+        Some(secret) => RefreshTokenKey::from_secret(secret.expose().as_bytes()),
+        // Validation allows this only with the memory store, whose families die with the
+        // process anyway.
+        None => RefreshTokenKey::generate(),
+    };
+    let signer = match &tokens.signing_key_file {
+        Some(path) => Signer::from_pem_file(tokens.signing_alg, path, "tokens.signing_key_file")?,
+        None => {
+            tracing::warn!(
+                alg = ?tokens.signing_alg,
+                "tokens.signing_key_file is not set: access tokens are signed with an ephemeral key \
+                 that changes on every restart and differs between replicas; set it in production"
+            );
+            Signer::generate(tokens.signing_alg)
+        }
+    };
+    let id_signer = if clients.iter().any(|c| c.policy.id_token_on_refresh) {
+        Some(match &tokens.id_token_signing_key_file {
+            Some(path) => Signer::from_pem_file(
+                tokens.id_token_signing_alg,
+                path,
+                "tokens.id_token_signing_key_file",
+            )?,
+            None => {
+                tracing::warn!(
+                    alg = ?tokens.id_token_signing_alg,
+                    "tokens.id_token_signing_key_file is not set: ID tokens on refresh are signed \
+                     with an ephemeral key; set it in production"
+                );
+                Signer::generate(tokens.id_token_signing_alg)
+            }
+        })
+    } else {
+        None
+    };
+    Ok(Engine::new(
+        store,
+        clients,
+        refresh_key,
+        signer,
+        id_signer,
+        tokens.access_token_ttl,
+        tokens.audience.clone(),
+    ))
+}
 
 /// Everything the binary runs, built from config.
 pub struct App {
@@ -34,6 +89,7 @@ pub struct App {
     readiness: Arc<Readiness>,
     store: AnyStore,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    jwks: Arc<serde_json::Value>,
 }
 
 /// How [`App::run`] ended.
@@ -49,11 +105,21 @@ impl App {
     pub fn build(config: Config) -> Result<App, ConfigError> {
         let forward = Forward::new(&config.upstream)?;
         let endpoints = Arc::new(ArcSwap::from_pointee(Endpoints::default()));
-        let layer = RefreshGrantLayer::builder()
+        let store = AnyStore::open(&config.store)?;
+        let engine = Arc::new(build_engine(&config, store.clone())?);
+        let mut layer = RefreshGrantLayer::builder()
             .shared_endpoints(endpoints.clone())
             .max_body_bytes(config.server.max_body_bytes)?
-            .build();
-        let store = AnyStore::open(&config.store)?;
+            .engine(engine.clone())
+            .fallback_issuer(config.upstream.url.clone());
+        if let (Some(id), Some(secret)) = (
+            &config.upstream.introspection_client_id,
+            &config.upstream.introspection_client_secret,
+        ) {
+            layer = layer.introspection_client(id, secret.expose())?;
+        }
+        let layer = layer.build();
+        let jwks = Arc::new(jwt::jwks(&engine.signers()));
         let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
             (Some(cert), Some(key)) => Some(tls::server_acceptor(cert, key)?),
             _ => None,
@@ -66,6 +132,7 @@ impl App {
             readiness: Arc::new(Readiness::default()),
             store,
             tls,
+            jwks,
         })
     }
 
@@ -88,6 +155,7 @@ impl App {
             readiness,
             store,
             tls,
+            jwks,
         } = self;
         let options = ConnOptions {
             header_read_timeout: config.server.header_read_timeout,
@@ -105,6 +173,7 @@ impl App {
             readiness: readiness.clone(),
             store,
             store_timeout: config.store.response_timeout,
+            jwks,
         };
         let admin_service = tower::service_fn(move |req| {
             let admin = admin.clone();

@@ -37,7 +37,13 @@ pub const ENV_PREFIX: &str = "REFRESH_PROXY_";
 pub const ENV_CONFIG_PATH: &str = "REFRESH_PROXY_CONFIG";
 
 /// Keys that hold secrets; each may instead be given as `<key>_file`.
-const SECRET_KEYS: &[&str] = &["secret", "token", "password", "introspection_client_secret"];
+const SECRET_KEYS: &[&str] = &[
+    "secret",
+    "token",
+    "password",
+    "introspection_client_secret",
+    "refresh_token_key",
+];
 
 /// A configuration error. Its message names the key and says what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +194,10 @@ pub struct UpstreamConfig {
     /// Forward the client's Host header instead of the upstream's.
     #[serde(default)]
     pub preserve_host: bool,
+    /// Client credentials for the upstream's introspection endpoint at capture (instead of the
+    /// client's own).
+    pub introspection_client_id: Option<String>,
+    pub introspection_client_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +262,16 @@ pub struct TokensConfig {
     #[serde(default = "default_signing_alg")]
     pub signing_alg: SigningAlg,
     pub signing_key_file: Option<PathBuf>,
+    /// The server secret refresh tokens are derived and checked with (at least 32 bytes).
+    /// Required with a shared store: every replica and every restart must check the same tokens.
+    pub refresh_token_key: Option<Secret>,
+    /// `aud` of minted access tokens when the upstream's access token had none (default: the
+    /// client id).
+    pub audience: Option<String>,
+    /// Algorithm of ID tokens issued on refresh; one the upstream's discovery lists.
+    #[serde(default = "default_id_token_alg")]
+    pub id_token_signing_alg: SigningAlg,
+    pub id_token_signing_key_file: Option<PathBuf>,
     pub refresh_token_ttl: Option<u64>,
     pub refresh_token_max_lifetime: Option<u64>,
     pub reuse_refresh_tokens: Option<bool>,
@@ -443,14 +463,39 @@ impl Config {
             &mut self.server.tls_key_file,
             &mut self.upstream.ca_file,
             &mut self.tokens.signing_key_file,
+            &mut self.tokens.id_token_signing_key_file,
         ]
         .into_iter()
         .flatten()
         {
             *path = base.join(&*path);
         }
-        crate::store::StoreUrl::parse(&self.store.url)
+        let store = crate::store::StoreUrl::parse(&self.store.url)
             .map_err(|e| ConfigError::invalid("store.url", e))?;
+        match &self.tokens.refresh_token_key {
+            Some(key) if key.expose().len() < 32 => {
+                return Err(ConfigError::invalid(
+                    "tokens.refresh_token_key",
+                    "must be at least 32 bytes (e.g. `openssl rand -base64 48`)",
+                ));
+            }
+            None if store != crate::store::StoreUrl::Memory => {
+                return Err(ConfigError::invalid(
+                    "tokens.refresh_token_key",
+                    "required with a redis store: every replica and every restart must check the \
+                     same refresh tokens (e.g. `openssl rand -base64 48` in refresh_token_key_file)",
+                ));
+            }
+            _ => {}
+        }
+        if self.upstream.introspection_client_id.is_some()
+            != self.upstream.introspection_client_secret.is_some()
+        {
+            return Err(ConfigError::invalid(
+                "upstream.introspection_client_secret",
+                "introspection_client_id and introspection_client_secret go together",
+            ));
+        }
         for (id, client) in &self.clients {
             validate_client(id, client)?;
         }
@@ -624,6 +669,9 @@ fn default_store_url() -> String {
 }
 const fn default_access_token_ttl() -> u64 {
     300
+}
+const fn default_id_token_alg() -> SigningAlg {
+    SigningAlg::RS256
 }
 const fn default_signing_alg() -> SigningAlg {
     SigningAlg::ES256

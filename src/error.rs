@@ -4,6 +4,7 @@
 //! [`crate::oauth::error_response`] can map all of them in one place.
 
 use crate::classify::FormError;
+use crate::grant::engine::GrantError;
 use crate::proxy::ForwardError;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,4 +17,6 @@ pub enum Error {
     Form(#[from] FormError),
     #[error(transparent)]
     Forward(#[from] ForwardError),
+    #[error(transparent)]
+    Grant(#[from] GrantError),
 }

@@ -3,18 +3,24 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: request → [`layer`] → [`classify`] → (grant handling) → [`store`] →
-//! response; everything the layer does not own goes to [`proxy`] and on to the upstream.
+//! Data flows one way: request → [`layer`] → [`classify`] → [`client_auth`] →
+//! [`grant`] (rules, then one [`store`] operation) → [`mint`] → response; everything the layer
+//! does not own goes to [`proxy`] and on to the upstream, and a handled client's token answer
+//! comes back through [`grant::capture`].
 //!
 //! - [`config`]: the TOML schema, env overrides, `*_file` secrets, validation.
 //! - [`layer`]: [`RefreshGrantLayer`] / [`RefreshGrant`], the middleware, and its body types.
 //! - [`classify`]: which endpoint a request is for; strict form parsing. Pure.
+//! - [`client_auth`]: Basic / post / public client authentication, constant-time digests. Pure.
+//! - [`grant`]: scopes, the refresh rules and capture (pure), and the engine that runs them
+//!   over the store.
+//! - [`mint`]: refresh-token format, opaque access tokens, JWT signing and the JWKS.
 //! - [`oauth`]: wire types and the one mapping from [`error::Error`] to a response.
 //! - [`proxy`]: the forwarding service, header hygiene, the upstream connection pool.
 //! - [`discovery`]: the upstream's endpoint paths from its OIDC discovery document.
-//! - [`store`]: the `TokenStore` trait, `memory://` and `redis://`.
+//! - [`store`]: the `TokenStore` trait, `memory://` and `redis://` (Lua), one contract suite.
 //! - [`server`]: listeners (HTTP/1.1, h2c, TLS with ALPN) and graceful shutdown.
-//! - [`admin`]: `/healthz`, `/readyz`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/jwks`.
 //! - [`app`]: builds all of the above from a [`config::Config`] and runs it.
 //! - [`tls`]: rustls set-up on aws-lc-rs, the crate's one crypto backend.
 //!

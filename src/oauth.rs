@@ -7,7 +7,9 @@
 //! Error descriptions are fixed strings: no client input, token or secret ever reaches a body.
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA, RETRY_AFTER};
+use http::header::{
+    CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
@@ -36,11 +38,50 @@ pub struct ErrorBody {
     pub error_description: Option<&'static str>,
 }
 
+/// One description for every refused refresh token: reused, unknown, expired, revoked or
+/// another client's answer alike, so the answer is no oracle (DESIGN §4.5).
+const INVALID_GRANT: &str = "the refresh token is invalid, expired or revoked";
+
 /// The status, code and description an error is answered with.
 fn classify(err: &Error) -> (StatusCode, ErrorCode, &'static str) {
     use crate::classify::FormError;
+    use crate::client_auth::ClientAuthError;
+    use crate::grant::engine::GrantError;
     use crate::proxy::ForwardError;
     match err {
+        Error::Grant(GrantError::InvalidRequest(why)) => {
+            (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, why)
+        }
+        Error::Grant(GrantError::ClientAuth(ClientAuthError::MultipleMethods)) => (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            "more than one client authentication method",
+        ),
+        Error::Grant(GrantError::ClientAuth(_)) => (
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidClient,
+            "client authentication failed",
+        ),
+        Error::Grant(GrantError::UnauthorizedClient) => (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::UnauthorizedClient,
+            "the client is not allowed to use refresh tokens",
+        ),
+        Error::Grant(GrantError::InvalidGrant(_)) => (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidGrant,
+            INVALID_GRANT,
+        ),
+        Error::Grant(GrantError::InvalidScope) => (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidScope,
+            "the requested scope exceeds the granted scope",
+        ),
+        Error::Grant(GrantError::Store(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TemporarilyUnavailable,
+            "the token store is unavailable; retry shortly",
+        ),
         Error::BodyTooLarge => (
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::InvalidRequest,
@@ -91,6 +132,20 @@ pub fn error_response(err: Error) -> Response<Full<Bytes>> {
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    // RFC 6749 §5.2: with the Authorization header, invalid_client is a 401 that "MUST include
+    // the WWW-Authenticate response header field matching the authentication scheme used".
+    if let Error::Grant(crate::grant::engine::GrantError::ClientAuth(e)) = &err
+        && matches!(
+            e,
+            crate::client_auth::ClientAuthError::MalformedBasic
+                | crate::client_auth::ClientAuthError::Failed { basic: true }
+        )
+    {
+        response.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"refresh-proxy\", charset=\"UTF-8\""),
+        );
+    }
     response.extensions_mut().insert(std::sync::Arc::new(err));
     response
 }
@@ -108,10 +163,64 @@ pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full
     response
 }
 
+/// A successful token answer (RFC 6749 §5.1), with the same no-store headers.
+pub fn token_response(body: &crate::grant::engine::TokenResponse) -> Response<Full<Bytes>> {
+    json_response(StatusCode::OK, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn every_refused_refresh_token_gets_the_same_body() {
+        use crate::grant::engine::GrantError;
+        let mut bodies = Vec::new();
+        for why in [
+            "unknown family",
+            "reuse detected",
+            "expired",
+            "wrong client",
+        ] {
+            let r = error_response(Error::Grant(GrantError::InvalidGrant(why)));
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+            bodies.push(r.into_body().collect().await.expect("body").to_bytes());
+        }
+        assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
+        assert!(!String::from_utf8_lossy(&bodies[0]).contains("reuse"));
+    }
+
+    #[test]
+    fn basic_failures_carry_www_authenticate() {
+        use crate::client_auth::ClientAuthError;
+        use crate::grant::engine::GrantError;
+        let r = error_response(Error::Grant(GrantError::ClientAuth(
+            ClientAuthError::Failed { basic: true },
+        )));
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            r.headers()[WWW_AUTHENTICATE]
+                .to_str()
+                .expect("ascii")
+                .starts_with("Basic realm=")
+        );
+        let r = error_response(Error::Grant(GrantError::ClientAuth(
+            ClientAuthError::Failed { basic: false },
+        )));
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.headers().get(WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn store_outages_are_503_with_retry_after() {
+        use crate::grant::engine::GrantError;
+        let r = error_response(Error::Grant(GrantError::Store(
+            crate::store::StoreError::Unavailable("down".into()),
+        )));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+    }
 
     #[test]
     fn error_codes_serialise_as_rfc6749_strings() {

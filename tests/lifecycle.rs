@@ -132,8 +132,10 @@ async fn readyz_follows_redis_while_forwarding_keeps_working() {
     let mut redis = RedisServer::start();
     let echo = EchoServer::start().await;
     let text = format!(
-        "[store]\nurl = \"{}\"\nresponse_timeout = 0.3\nconnect_timeout = 0.3\n{}",
+        "[store]\nurl = \"{}\"\nresponse_timeout = 0.3\nconnect_timeout = 0.3\n\
+         [tokens]\nrefresh_token_key = \"{}\"\n{}",
         redis.url(),
+        support::TEST_REFRESH_KEY,
         config(&echo.url(), "")
     );
     let proxy = TestProxy::start(&text).await;

@@ -8,6 +8,8 @@ use tower::Layer;
 use super::service::RefreshGrant;
 use crate::classify::Endpoints;
 use crate::config::ConfigError;
+use crate::grant::engine::Engine;
+use http::HeaderValue;
 
 /// The smallest body limit the builder accepts: a token request with a long refresh token and
 /// a JWT client assertion fits comfortably.
@@ -18,6 +20,25 @@ const MIN_BODY_LIMIT: usize = 1024;
 pub(crate) struct Shared {
     pub(crate) endpoints: Arc<ArcSwap<Endpoints>>,
     pub(crate) max_body_bytes: usize,
+    /// Answers refresh grants and captures; without it the layer only checks token forms.
+    pub(crate) engine: Option<Arc<Engine>>,
+    /// The proxy's public keys, merged into the upstream's JWKS.
+    pub(crate) jwks_keys: Vec<serde_json::Value>,
+    /// `iss` of minted tokens when discovery and config name no issuer.
+    pub(crate) fallback_issuer: String,
+    /// Credentials for the upstream's introspection endpoint at capture, when configured.
+    pub(crate) introspection_auth: Option<HeaderValue>,
+}
+
+impl Shared {
+    /// The issuer of minted tokens: the upstream's (DESIGN §4.9).
+    pub(crate) fn issuer(&self) -> String {
+        self.endpoints
+            .load()
+            .issuer
+            .clone()
+            .unwrap_or_else(|| self.fallback_issuer.clone())
+    }
 }
 
 /// Applies [`RefreshGrant`] to a service. Cheap to clone.
@@ -31,6 +52,9 @@ impl RefreshGrantLayer {
         RefreshGrantLayerBuilder {
             endpoints: Arc::new(ArcSwap::from_pointee(Endpoints::default())),
             max_body_bytes: 64 * 1024,
+            engine: None,
+            fallback_issuer: String::new(),
+            introspection_auth: None,
         }
     }
 }
@@ -49,6 +73,9 @@ impl<S> Layer<S> for RefreshGrantLayer {
 pub struct RefreshGrantLayerBuilder {
     endpoints: Arc<ArcSwap<Endpoints>>,
     max_body_bytes: usize,
+    engine: Option<Arc<Engine>>,
+    fallback_issuer: String,
+    introspection_auth: Option<HeaderValue>,
 }
 
 impl RefreshGrantLayerBuilder {
@@ -76,11 +103,53 @@ impl RefreshGrantLayerBuilder {
         Ok(self)
     }
 
+    /// The grant engine: with it the layer answers refresh grants, captures handled clients'
+    /// refresh tokens and merges its keys into the JWKS.
+    pub fn engine(mut self, engine: Arc<Engine>) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
+    /// The `iss` of minted tokens when the endpoints name no issuer (normally the upstream URL).
+    pub fn fallback_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.fallback_issuer = issuer.into();
+        self
+    }
+
+    /// Basic credentials for the upstream's introspection endpoint at capture (instead of the
+    /// client's own).
+    pub fn introspection_client(
+        mut self,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<Self, ConfigError> {
+        let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let raw = format!("{}:{}", enc(client_id), enc(secret));
+        let value = format!(
+            "Basic {}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw)
+        );
+        let mut value = HeaderValue::from_str(&value)
+            .map_err(|e| ConfigError::invalid("upstream.introspection_client_id", e))?;
+        value.set_sensitive(true);
+        self.introspection_auth = Some(value);
+        Ok(self)
+    }
+
     pub fn build(self) -> RefreshGrantLayer {
+        let jwks_keys = self
+            .engine
+            .as_ref()
+            .map(|e| e.signers().iter().map(|s| s.public_jwk()).collect())
+            .unwrap_or_default();
         RefreshGrantLayer {
             shared: Arc::new(Shared {
                 endpoints: self.endpoints,
                 max_body_bytes: self.max_body_bytes,
+                engine: self.engine,
+                jwks_keys,
+                fallback_issuer: self.fallback_issuer,
+                introspection_auth: self.introspection_auth,
             }),
         }
     }

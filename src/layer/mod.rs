@@ -38,6 +38,7 @@ mod body;
 #[allow(clippy::module_inception)]
 mod layer;
 mod service;
+mod upstream;
 
 pub use body::{RequestBody, ResponseBody};
 pub use layer::{RefreshGrantLayer, RefreshGrantLayerBuilder};

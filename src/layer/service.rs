@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
@@ -14,9 +14,11 @@ use tower::Service;
 
 use super::body::{RequestBody, ResponseBody};
 use super::layer::Shared;
+use super::upstream;
 use crate::classify::{self, Endpoint, Form, FormError};
 use crate::error::Error;
 use crate::oauth;
+use crate::proxy::BoxError;
 
 /// The middleware; see the [module docs](crate::layer).
 #[derive(Debug, Clone)]
@@ -37,8 +39,11 @@ impl<S, B, ResB> Service<Request<B>> for RefreshGrant<S>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send,
+    S::Error: Send,
     B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = S::Error;
@@ -51,23 +56,18 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // Call the service that was polled ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = std::mem::replace(&mut self.inner, clone);
         let endpoint = self
             .shared
             .endpoints
             .load()
             .classify(req.method(), req.uri().path());
+        let shared = self.shared.clone();
         match endpoint {
-            Endpoint::Token => {
-                let limit = self.shared.max_body_bytes;
-                Box::pin(async move {
-                    match read_form(req, limit).await {
-                        Ok((req, _form)) => inner.call(req).await.map(inner_response),
-                        Err(err) => Ok(local_response(err)),
-                    }
-                })
-            }
+            Endpoint::Token => Box::pin(token_endpoint(inner, shared, req)),
+            Endpoint::Jwks if shared.engine.is_some() => Box::pin(jwks(inner, shared, req)),
             Endpoint::Revocation | Endpoint::Introspection | Endpoint::Jwks | Endpoint::Other => {
+                let mut inner = inner;
                 let fut = inner.call(req.map(RequestBody::streaming));
                 Box::pin(async move { fut.await.map(inner_response) })
             }
@@ -75,12 +75,83 @@ where
     }
 }
 
-fn inner_response<B>(res: Response<B>) -> Response<ResponseBody<B>> {
+pub(super) fn inner_response<B>(res: Response<B>) -> Response<ResponseBody<B>> {
     res.map(ResponseBody::inner)
 }
 
-fn local_response<B>(err: Error) -> Response<ResponseBody<B>> {
+pub(super) fn local_response<B>(err: Error) -> Response<ResponseBody<B>> {
     oauth::error_response(err).map(ResponseBody::local)
+}
+
+/// The token endpoint: refresh grants the proxy owns are answered here; everything else goes
+/// upstream, and a handled client's answer is captured on the way back.
+async fn token_endpoint<S, B, ResB>(
+    mut inner: S,
+    shared: Arc<Shared>,
+    req: Request<B>,
+) -> Result<Response<ResponseBody<ResB>>, S::Error>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let (req, form) = match read_form(req, shared.max_body_bytes).await {
+        Ok(read) => read,
+        Err(err) => return Ok(local_response(err)),
+    };
+    let Some(engine) = shared.engine.clone() else {
+        return inner.call(req).await.map(inner_response);
+    };
+    let authorization = req.headers().get(AUTHORIZATION).cloned();
+    if form.get("grant_type") == Some("refresh_token") {
+        let issuer = shared.issuer();
+        match engine.refresh(authorization.as_ref(), &form, &issuer).await {
+            Ok(Some(answer)) => {
+                return Ok(oauth::token_response(&answer).map(ResponseBody::local));
+            }
+            Err(err) => return Ok(local_response(Error::Grant(err))),
+            Ok(None) => {}
+        }
+    }
+    // Not answered here: forward, and capture a handled client's new refresh token.
+    let client = upstream::handled_client(&engine, authorization.as_ref(), &form);
+    let spare = inner.clone();
+    let res = inner.call(req).await?;
+    match client {
+        Some(client) => {
+            let ctx = upstream::CaptureContext {
+                engine,
+                shared,
+                client,
+                authorization,
+                form,
+            };
+            upstream::capture(spare, ctx, res).await
+        }
+        None => Ok(inner_response(res)),
+    }
+}
+
+/// The JWKS: the upstream's keys plus the proxy's, so resource servers that fetch the issuer's
+/// JWKS through the proxy accept the tokens it signs.
+async fn jwks<S, B, ResB>(
+    mut inner: S,
+    shared: Arc<Shared>,
+    req: Request<B>,
+) -> Result<Response<ResponseBody<ResB>>, S::Error>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Body<Data = Bytes> + Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let res = inner.call(req.map(RequestBody::streaming)).await?;
+    Ok(upstream::merge_jwks(res, &shared.jwks_keys).await)
 }
 
 /// Reads a token-endpoint request: form content type, body within `limit`, a valid form.
@@ -90,7 +161,7 @@ async fn read_form<B>(
 ) -> Result<(Request<RequestBody<B>>, Form), Error>
 where
     B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<BoxError>,
 {
     if !classify::is_form_content_type(req.headers().get(CONTENT_TYPE)) {
         return Err(FormError::ContentType.into());

@@ -1,0 +1,406 @@
+//! The grant engine: refresh grants and capture, over the [`TokenStore`] trait.
+//!
+//! It knows nothing of HTTP: the layer hands it the `Authorization` header value and the parsed
+//! form, and gets back either "not mine, forward it", a [`TokenResponse`], or a [`GrantError`]
+//! that [`crate::oauth::error_response`] turns into the answer.
+//!
+//! A refresh grant is the proxy's when its `refresh_token` is one the proxy minted (checked
+//! with the server key, no store access). Then, in order: client authentication, the client's
+//! policy (`refresh_token_ttl = 0` → `unauthorized_client`), one store round trip running the
+//! refresh rules, and minting. Reused, unknown, expired, revoked and other clients' tokens all
+//! get the same `invalid_grant` body, so the answer is no oracle (DESIGN §4.5).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use http::HeaderValue;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::capture::Identity;
+use super::rules::{Redeem, Verdict};
+use super::scope;
+use crate::classify::Form;
+use crate::client_auth::{self, Client, ClientAuthError, Clients};
+use crate::config::AccessTokenFormat;
+use crate::mint::jwt::Signer;
+use crate::mint::opaque;
+use crate::mint::refresh::{FamilyId, RefreshTokenKey};
+use crate::store::{
+    AnyStore, FamilyData, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, StoreError,
+    TokenFormat, TokenStore,
+};
+
+/// Why a grant the proxy owns was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
+    #[error(transparent)]
+    ClientAuth(#[from] ClientAuthError),
+    #[error("the client may not use refresh tokens")]
+    UnauthorizedClient,
+    #[error("invalid grant: {0}")]
+    InvalidGrant(&'static str),
+    #[error("the requested scope exceeds the granted scope")]
+    InvalidScope,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// RFC 6749 §5.1 successful answer. Curity always sends the first five fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub scope: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+}
+
+/// Everything refresh grants and capture need, built once from config.
+pub struct Engine {
+    pub store: AnyStore,
+    pub clients: Clients,
+    refresh_key: RefreshTokenKey,
+    signer: Signer,
+    id_signer: Option<Signer>,
+    access_token_ttl: u64,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("clients", &self.clients)
+            .field("signer", &self.signer)
+            .field("id_signer", &self.id_signer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// RFC 9068 §2.2 access-token claims the proxy sets (carried claims are appended).
+#[derive(Serialize)]
+struct AccessClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    client_id: &'a str,
+    scope: &'a str,
+    iat: i64,
+    exp: i64,
+    jti: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_time: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct IdClaims {
+    iat: i64,
+    exp: i64,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `{…ours}` + `{…carried}` as one JSON object. Capture keeps the two key sets apart.
+fn splice(ours: &str, carried: &str) -> String {
+    let carried = carried.trim();
+    if carried.len() <= 2 {
+        return ours.to_owned();
+    }
+    let mut out = String::with_capacity(ours.len() + carried.len());
+    out.push_str(&ours[..ours.len() - 1]);
+    out.push(',');
+    out.push_str(&carried[1..]);
+    out
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes).expect("the system RNG works");
+    B64.encode(bytes)
+}
+
+impl Engine {
+    pub fn new(
+        store: AnyStore,
+        clients: Clients,
+        refresh_key: RefreshTokenKey,
+        signer: Signer,
+        id_signer: Option<Signer>,
+        access_token_ttl: u64,
+        audience: Option<String>,
+    ) -> Engine {
+        Engine {
+            store,
+            clients,
+            refresh_key,
+            signer,
+            id_signer,
+            access_token_ttl,
+            audience,
+        }
+    }
+
+    /// The signers whose public keys belong in the JWKS.
+    pub fn signers(&self) -> Vec<&Signer> {
+        std::iter::once(&self.signer)
+            .chain(self.id_signer.as_ref())
+            .collect()
+    }
+
+    /// Whether `token` is a refresh token this proxy minted.
+    pub fn owns_refresh_token(&self, token: &str) -> bool {
+        self.refresh_key.parse(token).is_some()
+    }
+
+    /// A refresh grant. `Ok(None)`: not the proxy's (a client or token it does not handle);
+    /// forward it.
+    pub async fn refresh(
+        &self,
+        authorization: Option<&HeaderValue>,
+        form: &Form,
+        issuer: &str,
+    ) -> Result<Option<TokenResponse>, GrantError> {
+        let token_param = form.get("refresh_token");
+        let presented = client_auth::presented(authorization, form);
+        let handled = presented
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .and_then(|p| self.clients.get(&p.client_id));
+        let token = token_param.and_then(|t| self.refresh_key.parse(t));
+        // DESIGN §4.2: a handled client with refresh_token_ttl = 0 gets unauthorized_client
+        // for every refresh grant, whoever minted the token.
+        let no_refresh_tokens = handled.is_some_and(|c| c.policy.refresh_token_ttl == 0);
+        if token.is_none() && !no_refresh_tokens {
+            // Not a token the proxy minted: the upstream's own (sessions from before the proxy
+            // was deployed), or a client the proxy does not handle. A handled client that sent
+            // no token at all gets the error here.
+            if token_param.is_none() && handled.is_some() {
+                return Err(GrantError::InvalidRequest("refresh_token is required"));
+            }
+            return Ok(None);
+        }
+        let presented = presented?.ok_or(ClientAuthError::Missing)?;
+        let basic = presented.method == client_auth::Method::Basic;
+        let client = handled.ok_or(ClientAuthError::Failed { basic })?;
+        Clients::verify(client, &presented)?;
+        let policy = &client.policy;
+        if policy.refresh_token_ttl == 0 {
+            return Err(GrantError::UnauthorizedClient);
+        }
+        let Some(token) = token else {
+            return Err(GrantError::InvalidGrant("not a proxy token"));
+        };
+
+        let now = now_ms();
+        let family_id = FamilyId::parse(token.family).expect("a parsed token has a family id");
+        let candidate = (policy.access_token_format != AccessTokenFormat::Jwt)
+            .then(|| opaque::mint(&family_id));
+        let at_ttl_ms = self.access_token_ttl as i64 * 1000;
+        let request = RedeemRequest {
+            family: token.family,
+            redeem: Redeem {
+                generation: token.generation,
+                client_id: &client.id,
+                scope: form.get("scope"),
+                now_ms: now,
+                grace_ms: policy.reuse_grace_period as i64 * 1000,
+                idle_ttl_ms: policy.refresh_token_ttl as i64 * 1000,
+                reuse_refresh_tokens: policy.reuse_refresh_tokens,
+            },
+            opaque: candidate.as_ref().map(|c| OpaqueCandidate {
+                digest: c.digest.clone(),
+                issued_ms: now,
+                expires_ms: now + at_ttl_ms,
+            }),
+        };
+        let (verdict, family, opaque_stored) = match self.store.redeem(&request).await? {
+            Redemption::Unknown => return Err(GrantError::InvalidGrant("unknown family")),
+            Redemption::Decided {
+                verdict,
+                family,
+                opaque_stored,
+            } => (verdict, family, opaque_stored),
+        };
+        let (refresh_token, scope) = match verdict {
+            Verdict::Rotated { scope, .. } => (self.refresh_key.next(&token), scope),
+            Verdict::Grace { generation, scope } => {
+                tracing::info!(
+                    family = token.family,
+                    client_id = %client.id,
+                    generation,
+                    "refresh token presented again within the grace period; same answer"
+                );
+                (self.refresh_key.next(&token), scope)
+            }
+            Verdict::Reused { scope } => (token_param.unwrap_or_default().to_owned(), scope),
+            Verdict::ReuseDetected { presented, current } => {
+                // RFC 9700 §4.14.2: the family is revoked; tell the operators.
+                tracing::warn!(
+                    security_event = "refresh_token_reuse",
+                    family = token.family,
+                    client_id = %client.id,
+                    subject = %family.subject,
+                    presented_generation = presented,
+                    current_generation = current,
+                    "a rotated-out refresh token was presented again; the family is revoked"
+                );
+                return Err(GrantError::InvalidGrant("reuse detected"));
+            }
+            Verdict::Expired => return Err(GrantError::InvalidGrant("expired")),
+            Verdict::WrongClient => {
+                tracing::warn!(
+                    security_event = "refresh_token_wrong_client",
+                    family = token.family,
+                    client_id = %client.id,
+                    owner_client_id = %family.client_id,
+                    "a refresh token was presented by a client it was not issued to"
+                );
+                return Err(GrantError::InvalidGrant("wrong client"));
+            }
+            Verdict::InvalidScope => return Err(GrantError::InvalidScope),
+        };
+        let access_token = match (family.format, opaque_stored, candidate) {
+            (TokenFormat::Opaque, true, Some(c)) => c.token,
+            _ => self.mint_jwt(&family, &scope, issuer, now),
+        };
+        let id_token = (policy.id_token_on_refresh && scope::contains(&scope, "openid"))
+            .then(|| self.mint_id_token(&family, now))
+            .flatten();
+        Ok(Some(TokenResponse {
+            access_token,
+            refresh_token,
+            scope,
+            token_type: "bearer",
+            expires_in: self.access_token_ttl,
+            id_token,
+        }))
+    }
+
+    fn mint_jwt(&self, family: &FamilyData, scope: &str, issuer: &str, now_ms: i64) -> String {
+        let iat = now_ms / 1000;
+        let jti = random_id();
+        let ours = serde_json::to_string(&AccessClaims {
+            iss: issuer,
+            sub: &family.subject,
+            client_id: &family.client_id,
+            scope,
+            iat,
+            exp: iat + self.access_token_ttl as i64,
+            jti: &jti,
+            auth_time: family.auth_time,
+        })
+        .expect("claims serialise");
+        let payload = splice(&ours, &family.at_claims);
+        let raw = RawValue::from_string(payload).expect("spliced claims are JSON");
+        // RFC 9068 §2.1: "access tokens MUST include 'application/at+jwt' in the typ header".
+        self.signer.sign("at+jwt", &*raw)
+    }
+
+    /// OIDC Core §12.2: a new ID token keeps `iss`, `sub`, `aud`, `azp` and `auth_time` of the
+    /// original and gets a new `iat` and `exp`.
+    fn mint_id_token(&self, family: &FamilyData, now_ms: i64) -> Option<String> {
+        let signer = self.id_signer.as_ref()?;
+        if family.id_claims.trim().len() <= 2 {
+            return None;
+        }
+        let iat = now_ms / 1000;
+        let ours = serde_json::to_string(&IdClaims {
+            iat,
+            exp: iat + self.access_token_ttl as i64,
+        })
+        .expect("claims serialise");
+        let raw = RawValue::from_string(splice(&ours, &family.id_claims))
+            .expect("spliced claims are JSON");
+        Some(signer.sign("JWT", &*raw))
+    }
+
+    /// The `aud` of minted access tokens when the upstream's access token had none.
+    pub fn default_audience<'a>(&'a self, client_id: &'a str) -> &'a str {
+        self.audience.as_deref().unwrap_or(client_id)
+    }
+
+    /// Opens a family for a captured upstream answer and puts the proxy's refresh token in it.
+    pub async fn open_family(
+        &self,
+        client: &Client,
+        identity: Identity,
+        granted_scope: &str,
+        answer: &mut Map<String, Value>,
+    ) -> Result<(), StoreError> {
+        let policy = &client.policy;
+        let format = match policy.access_token_format {
+            AccessTokenFormat::Jwt => TokenFormat::Jwt,
+            AccessTokenFormat::Opaque => TokenFormat::Opaque,
+            AccessTokenFormat::Auto if identity.upstream_jwt => TokenFormat::Jwt,
+            AccessTokenFormat::Auto => TokenFormat::Opaque,
+        };
+        let now = now_ms();
+        let expires_at_ms = now + policy.refresh_token_max_lifetime as i64 * 1000;
+        let family = NewFamily {
+            id: FamilyId::random(),
+            client_id: client.id.clone(),
+            subject: identity.subject,
+            granted_scope: scope::tokens(granted_scope).join(" "),
+            format,
+            at_claims: Value::Object(identity.at_claims).to_string(),
+            id_claims: identity
+                .id_claims
+                .map(|c| Value::Object(c).to_string())
+                .unwrap_or_default(),
+            auth_time: identity.auth_time,
+            created_ms: now,
+            idle_deadline_ms: (now + policy.refresh_token_ttl as i64 * 1000).min(expires_at_ms),
+            expires_at_ms,
+        };
+        self.store.create_family(&family).await?;
+        let token = self.refresh_key.first(&family.id);
+        answer.insert("refresh_token".to_owned(), Value::String(token));
+        tracing::info!(
+            family = %family.id,
+            client_id = %client.id,
+            format = family.format.as_str(),
+            "captured the upstream's refresh token; family opened"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splice_joins_objects() {
+        assert_eq!(splice(r#"{"a":1}"#, r#"{"b":2}"#), r#"{"a":1,"b":2}"#);
+        assert_eq!(splice(r#"{"a":1}"#, "{}"), r#"{"a":1}"#);
+        assert_eq!(splice(r#"{"a":1}"#, ""), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn the_token_response_pins_curitys_shape() {
+        let r = TokenResponse {
+            access_token: "at".into(),
+            refresh_token: "rt".into(),
+            scope: "read profile".into(),
+            token_type: "bearer",
+            expires_in: 300,
+            id_token: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).expect("json"),
+            r#"{"access_token":"at","refresh_token":"rt","scope":"read profile","token_type":"bearer","expires_in":300}"#
+        );
+    }
+}

@@ -1,0 +1,297 @@
+//! The layer's own calls around the upstream: capturing refresh tokens from its answers (with
+//! an introspection call when its tokens say nothing of the subject), revoking refresh tokens
+//! of clients that get none, and merging the JWKS.
+//!
+//! These calls go through the inner service, so whatever forwards client traffic (pool, TLS,
+//! timeouts) also carries them. Failures here never fail the client's request: an answer that
+//! cannot be captured is passed on as the upstream gave it, and the reason is logged.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::{Map, Value};
+use tower::{Service, ServiceExt};
+
+use super::body::{RequestBody, ResponseBody};
+use super::layer::Shared;
+use super::service::inner_response;
+use crate::classify::Form;
+use crate::client_auth::{self, Client};
+use crate::grant::capture::{self, Identify};
+use crate::grant::engine::Engine;
+use crate::proxy::BoxError;
+
+/// Upstream token answers, JWKS and introspection answers larger than this are not read.
+const MAX_UPSTREAM_JSON: usize = 1024 * 1024;
+
+/// The client a token request names, when the proxy handles it (no secret check: the upstream
+/// authenticates what it is sent).
+pub(super) fn handled_client(
+    engine: &Engine,
+    authorization: Option<&HeaderValue>,
+    form: &Form,
+) -> Option<Client> {
+    let presented = client_auth::presented(authorization, form).ok()??;
+    engine.clients.get(&presented.client_id).cloned()
+}
+
+/// What capture needs from the original request.
+pub(super) struct CaptureContext {
+    pub engine: Arc<Engine>,
+    pub shared: Arc<Shared>,
+    pub client: Client,
+    pub authorization: Option<HeaderValue>,
+    pub form: Form,
+}
+
+fn is_json(res: &Response<impl Body>) -> bool {
+    res.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let media = v.split(';').next().unwrap_or("").trim();
+            media.eq_ignore_ascii_case("application/json") || media.ends_with("+json")
+        })
+}
+
+/// The upstream's response head with a new body the proxy holds.
+fn rebuilt<B>(mut parts: http::response::Parts, body: Bytes) -> Response<ResponseBody<B>> {
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Response::from_parts(parts, ResponseBody::local(Full::new(body)))
+}
+
+async fn read_json<B>(body: B) -> Result<Bytes, &'static str>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    Limited::new(body, MAX_UPSTREAM_JSON)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|_| "the upstream's answer could not be read (or is over 1 MiB)")
+}
+
+/// Captures a handled client's upstream answer: opens a family and swaps the refresh token.
+pub(super) async fn capture<S, B, ResB>(
+    spare: S,
+    ctx: CaptureContext,
+    res: Response<ResB>,
+) -> Result<Response<ResponseBody<ResB>>, S::Error>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    B: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    if res.status() != StatusCode::OK || !is_json(&res) {
+        return Ok(inner_response(res));
+    }
+    let (parts, body) = res.into_parts();
+    let bytes = match read_json(body).await {
+        Ok(b) => b,
+        Err(why) => {
+            tracing::warn!(client_id = %ctx.client.id, "capture skipped: {why}");
+            return Ok(super::service::local_response(
+                crate::error::Error::Forward(crate::proxy::ForwardError::Failed(why.into())),
+            ));
+        }
+    };
+    let Ok(Value::Object(mut answer)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Ok(rebuilt(parts, bytes));
+    };
+    let Some(Value::String(upstream_refresh_token)) = answer.get("refresh_token").cloned() else {
+        return Ok(rebuilt(parts, bytes));
+    };
+    let client = &ctx.client;
+    if client.policy.refresh_token_ttl == 0 {
+        // DESIGN §4.2: this client gets no refresh tokens; the upstream's is revoked.
+        answer.remove("refresh_token");
+        let revocation = ctx.shared.endpoints.load().revocation_path.clone();
+        if let Some(path) = revocation {
+            let form = upstream_form(
+                &ctx,
+                &[
+                    ("token", &upstream_refresh_token),
+                    ("token_type_hint", "refresh_token"),
+                ],
+            );
+            let auth = ctx.authorization.clone();
+            tokio::spawn(async move {
+                match call_upstream(spare, &path, auth, form).await {
+                    Some(_) => tracing::debug!("revoked the upstream refresh token"),
+                    None => tracing::warn!("could not revoke the upstream refresh token"),
+                }
+            });
+        }
+        tracing::info!(client_id = %client.id, "refresh token removed (refresh_token_ttl = 0)");
+        return Ok(rebuilt(parts, json_bytes(&answer)));
+    }
+    let audience = ctx.engine.default_audience(&client.id).to_owned();
+    let identity = match capture::identify(&answer, &audience) {
+        Identify::Found(identity) => identity,
+        Identify::Unknown(why) => {
+            tracing::warn!(client_id = %client.id, "capture skipped: {why}");
+            return Ok(rebuilt(parts, bytes));
+        }
+        Identify::Introspect { access_token } => {
+            match introspect(spare, &ctx, &access_token, &audience).await {
+                Ok(identity) => identity,
+                Err(why) => {
+                    tracing::warn!(client_id = %client.id, "capture skipped: {why}");
+                    return Ok(rebuilt(parts, bytes));
+                }
+            }
+        }
+    };
+    // The granted scope: the answer's, else the requested one (RFC 6749 §5.1: scope is
+    // OPTIONAL "if identical to the scope requested by the client").
+    let granted = answer
+        .get("scope")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| ctx.form.get("scope").map(str::to_owned))
+        .unwrap_or_default();
+    match ctx
+        .engine
+        .open_family(client, identity, &granted, &mut answer)
+        .await
+    {
+        Ok(()) => Ok(rebuilt(parts, json_bytes(&answer))),
+        Err(e) => {
+            // Fail open: the client keeps the upstream's token; its next refresh is forwarded
+            // and captured then.
+            tracing::warn!(client_id = %client.id, error = %e, "capture skipped: the store failed");
+            Ok(rebuilt(parts, bytes))
+        }
+    }
+}
+
+fn json_bytes(answer: &Map<String, Value>) -> Bytes {
+    Bytes::from(serde_json::to_vec(answer).expect("a JSON map serialises"))
+}
+
+/// The form of a call the proxy makes to the upstream on the client's behalf: the client's
+/// own `client_secret_post` credentials are added when it used them.
+fn upstream_form(ctx: &CaptureContext, params: &[(&str, &str)]) -> String {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        form.append_pair(k, v);
+    }
+    if ctx.authorization.is_none()
+        && let (Some(id), Some(secret)) = (ctx.form.get("client_id"), ctx.form.get("client_secret"))
+    {
+        form.append_pair("client_id", id);
+        form.append_pair("client_secret", secret);
+    }
+    form.finish()
+}
+
+/// POSTs a form to the upstream through the inner service; the JSON answer, if 2xx.
+async fn call_upstream<S, B, ResB>(
+    service: S,
+    path: &str,
+    authorization: Option<HeaderValue>,
+    form: String,
+) -> Option<Bytes>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(RequestBody::buffered(Bytes::from(form)))
+        .ok()?;
+    if let Some(auth) = authorization {
+        req.headers_mut().insert(AUTHORIZATION, auth);
+    }
+    let res = service.oneshot(req).await.ok()?;
+    if !res.status().is_success() {
+        tracing::debug!(status = %res.status(), path, "upstream call refused");
+        return None;
+    }
+    read_json(res.into_body()).await.ok()
+}
+
+/// Asks the upstream's introspection endpoint (RFC 7662) about its new access token, with the
+/// configured introspection client or else the client's own credentials.
+async fn introspect<S, B, ResB>(
+    service: S,
+    ctx: &CaptureContext,
+    access_token: &str,
+    audience: &str,
+) -> Result<capture::Identity, &'static str>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    let path = ctx
+        .shared
+        .endpoints
+        .load()
+        .introspection_path
+        .clone()
+        .ok_or("the access token is opaque, there is no ID token, and the upstream has no introspection endpoint")?;
+    let (authorization, form) = match &ctx.shared.introspection_auth {
+        Some(auth) => (
+            Some(auth.clone()),
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("token", access_token)
+                .append_pair("token_type_hint", "access_token")
+                .finish(),
+        ),
+        None => (
+            ctx.authorization.clone(),
+            upstream_form(
+                ctx,
+                &[("token", access_token), ("token_type_hint", "access_token")],
+            ),
+        ),
+    };
+    let body = call_upstream(service, &path, authorization, form)
+        .await
+        .ok_or("the upstream's introspection endpoint did not answer 2xx")?;
+    let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(&body) else {
+        return Err("the upstream's introspection answer is not a JSON object");
+    };
+    capture::from_introspection(&answer, audience)
+}
+
+/// Adds the proxy's public keys to a JWKS answer; anything else passes through.
+pub(super) async fn merge_jwks<ResB>(
+    res: Response<ResB>,
+    ours: &[Value],
+) -> Response<ResponseBody<ResB>>
+where
+    ResB: Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    if res.status() != StatusCode::OK || !is_json(&res) {
+        return inner_response(res);
+    }
+    let (parts, body) = res.into_parts();
+    match read_json(body).await {
+        Ok(bytes) => match crate::mint::jwt::merge_jwks(&bytes, ours) {
+            Some(merged) => rebuilt(parts, Bytes::from(merged)),
+            None => rebuilt(parts, bytes),
+        },
+        Err(why) => {
+            tracing::warn!("JWKS not merged: {why}");
+            super::service::local_response(crate::error::Error::Forward(
+                crate::proxy::ForwardError::Failed(why.into()),
+            ))
+        }
+    }
+}
