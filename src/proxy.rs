@@ -106,7 +106,13 @@ impl Forward {
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|e| ConfigError::invalid("upstream.url", e))?;
 
-        let tls = crate::tls::client_config(config.ca_file.as_deref())?;
+        let roots = match (&config.ca_file, scheme == Scheme::HTTPS) {
+            (Some(path), _) => crate::tls::Roots::File(path),
+            (None, true) => crate::tls::Roots::System,
+            // Start-up stays fast: nothing reads the system roots for a plain-http upstream.
+            (None, false) => crate::tls::Roots::Unused,
+        };
+        let tls = crate::tls::client_config(roots)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(config.connect_timeout));

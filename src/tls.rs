@@ -22,19 +22,31 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Which CAs an upstream connection trusts.
+#[derive(Debug, Clone, Copy)]
+pub enum Roots<'a> {
+    /// The system's roots (read from disk: tens of milliseconds).
+    System,
+    /// The certificates of a PEM file.
+    File(&'a Path),
+    /// None: the upstream is plain http, so no TLS connection is ever made.
+    Unused,
+}
+
 /// The TLS configuration for connections to the upstream.
-pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ConfigError> {
+pub fn client_config(roots_from: Roots<'_>) -> Result<rustls::ClientConfig, ConfigError> {
     let key = "upstream.ca_file";
     let mut roots = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
+    match roots_from {
+        Roots::Unused => {}
+        Roots::File(path) => {
             for cert in read_certs(key, path)? {
                 roots
                     .add(cert)
                     .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", path.display())))?;
             }
         }
-        None => {
+        Roots::System => {
             // Unreadable system certificates are skipped, as every TLS client does.
             let native = rustls_native_certs::load_native_certs();
             roots.add_parsable_certificates(native.certs);
