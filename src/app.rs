@@ -29,6 +29,21 @@ use crate::server::{self, ConnOptions};
 use crate::store::AnyStore;
 use crate::{discovery, tls};
 
+/// OIDC client libraries reject ID tokens signed with an algorithm discovery does not list.
+fn check_id_token_alg(alg: Option<&str>, listed: &[String]) {
+    if let Some(alg) = alg
+        && !listed.is_empty()
+        && !listed.iter().any(|l| l == alg)
+    {
+        tracing::warn!(
+            alg,
+            listed = ?listed,
+            "tokens.id_token_signing_alg is not in the upstream's id_token_signing_alg_values_supported; \
+             OIDC clients will reject ID tokens issued on refresh"
+        );
+    }
+}
+
 /// The grant engine: clients, keys and signers, parsed once.
 fn build_engine(config: &Config, store: AnyStore) -> Result<Engine, ConfigError> {
     let tokens = &config.tokens;
@@ -90,6 +105,7 @@ pub struct App {
     store: AnyStore,
     tls: Option<tokio_rustls::TlsAcceptor>,
     jwks: Arc<serde_json::Value>,
+    id_token_alg: Option<&'static str>,
 }
 
 /// How [`App::run`] ended.
@@ -120,6 +136,7 @@ impl App {
         }
         let layer = layer.build();
         let jwks = Arc::new(jwt::jwks(&engine.signers()));
+        let id_token_alg = engine.id_token_alg();
         let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
             (Some(cert), Some(key)) => Some(tls::server_acceptor(cert, key)?),
             _ => None,
@@ -133,6 +150,7 @@ impl App {
             store,
             tls,
             jwks,
+            id_token_alg,
         })
     }
 
@@ -156,17 +174,22 @@ impl App {
             store,
             tls,
             jwks,
+            id_token_alg,
         } = self;
         let options = ConnOptions {
             header_read_timeout: config.server.header_read_timeout,
         };
 
         let discovered = readiness.clone();
+        let found = endpoints.clone();
         let discovery = discovery::spawn(
             forward.clone(),
             config.upstream.clone(),
             endpoints,
-            move || discovered.set_discovered(),
+            move || {
+                check_id_token_alg(id_token_alg, &found.load().id_token_signing_algs);
+                discovered.set_discovered();
+            },
         );
 
         let admin = Admin {

@@ -493,6 +493,24 @@ async fn client_authentication_at_the_proxy(kind: Kind) {
     assert_eq!(st, 200, "{b}");
 }
 
+async fn another_clients_token_is_invalid_grant_and_stays_valid(kind: Kind) {
+    let s = Stack::start(
+        kind,
+        IdpOptions::default(),
+        Extra {
+            more: "[clients.other]\nsecret = \"0ther-secret\"",
+            ..Extra::default()
+        },
+    )
+    .await;
+    let tokens = s.login("openid offline_access").await;
+    let token = rt(&tokens);
+    let (status, body) = idp::refresh(s.url(), "other", "0ther-secret", token, None).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    // RFC 6749 §6: the token was issued to www; it still works for www.
+    s.refresh_ok(token, None).await;
+}
+
 async fn odd_refresh_tokens_never_break_anything(kind: Kind) {
     let s = Stack::default(kind).await;
     let huge = "A".repeat(60_000);
@@ -594,4 +612,5 @@ both_stores!(
     an_id_token_on_refresh_only_when_asked_and_openid,
     client_authentication_at_the_proxy,
     odd_refresh_tokens_never_break_anything,
+    another_clients_token_is_invalid_grant_and_stays_valid,
 );

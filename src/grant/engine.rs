@@ -158,6 +158,11 @@ impl Engine {
             .collect()
     }
 
+    /// The JOSE `alg` of ID tokens on refresh, when any client gets them.
+    pub fn id_token_alg(&self) -> Option<&'static str> {
+        self.id_signer.as_ref().map(Signer::alg_name)
+    }
+
     /// Whether `token` is a refresh token this proxy minted.
     pub fn owns_refresh_token(&self, token: &str) -> bool {
         self.refresh_key.parse(token).is_some()
