@@ -9,8 +9,8 @@ use refresh_proxy::config::StoreConfig;
 use refresh_proxy::grant::rules::{Redeem, Verdict};
 use refresh_proxy::mint::refresh::FamilyId;
 use refresh_proxy::store::{
-    MemoryStore, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, RedisStore, TokenFormat,
-    TokenStore,
+    MemoryStore, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, RedisStore, Revoke,
+    TokenFormat, TokenStore,
 };
 
 const MIN: i64 = 60_000;
@@ -400,6 +400,192 @@ async fn concurrent_redemptions_fork_nothing<S: TokenStore + Clone>(store: S) {
     assert!(matches!(v, Verdict::Rotated { generation: 2, .. }), "{v:?}");
 }
 
+async fn revocation_is_by_owner_and_ends_the_family<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Opaque);
+    store.create_family(&f).await.expect("create");
+    let at = OpaqueCandidate {
+        digest: "d".into(),
+        issued_ms: t0,
+        expires_ms: t0 + MIN,
+    };
+    store
+        .redeem(&RedeemRequest {
+            family: f.id.as_str(),
+            redeem: redeem(0, t0),
+            opaque: Some(at),
+        })
+        .await
+        .expect("redeem");
+    let id = f.id.as_str();
+    assert_eq!(
+        store
+            .revoke_family(id, Some("mallory"))
+            .await
+            .expect("revoke"),
+        Revoke::NotOwner
+    );
+    assert!(
+        store
+            .refresh_token_info(id, 1, t0 + 1)
+            .await
+            .expect("info")
+            .is_some()
+    );
+    assert_eq!(
+        store.revoke_family(id, Some("www")).await.expect("revoke"),
+        Revoke::Revoked
+    );
+    assert_eq!(
+        store.revoke_family(id, None).await.expect("revoke"),
+        Revoke::Unknown
+    );
+    assert_eq!(go(&store, &f, redeem(1, t0 + 2)).await, Redemption::Unknown);
+    assert!(
+        store
+            .access_token(id, "d", t0 + 3)
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+    assert!(
+        store
+            .refresh_token_info(id, 1, t0 + 3)
+            .await
+            .expect("info")
+            .is_none()
+    );
+}
+
+async fn introspection_sees_only_the_live_generation<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Jwt);
+    store.create_family(&f).await.expect("create");
+    let id = f.id.as_str();
+    let info = store
+        .refresh_token_info(id, 0, t0 + 1)
+        .await
+        .expect("info")
+        .expect("live");
+    assert_eq!(
+        (info.client_id.as_str(), info.subject.as_str()),
+        ("www", "alice")
+    );
+    assert_eq!(info.scope, "openid profile read");
+    assert_eq!((info.issued_ms, info.expires_ms), (t0, t0 + DAY));
+    let mut r = redeem(0, t0 + 10);
+    r.scope = Some("read");
+    verdict(go(&store, &f, r).await);
+    assert!(
+        store
+            .refresh_token_info(id, 0, t0 + 11)
+            .await
+            .expect("info")
+            .is_none(),
+        "rotated out"
+    );
+    let info = store
+        .refresh_token_info(id, 1, t0 + 11)
+        .await
+        .expect("info")
+        .expect("live");
+    assert_eq!((info.scope.as_str(), info.issued_ms), ("read", t0 + 10));
+    assert!(
+        store
+            .refresh_token_info(id, 1, t0 + 10 + DAY)
+            .await
+            .expect("info")
+            .is_none(),
+        "idle"
+    );
+}
+
+async fn revocation_by_subject_and_by_client<S: TokenStore>(store: S) {
+    let t0 = now();
+    let mk = |client: &str, subject: &str| NewFamily {
+        client_id: client.into(),
+        subject: subject.into(),
+        ..family(t0, TokenFormat::Jwt)
+    };
+    let alice_www = [mk("www", "alice"), mk("www", "alice")];
+    let alice_app = mk("app", "alice");
+    let bob_www = mk("www", "bob");
+    for f in alice_www.iter().chain([&alice_app, &bob_www]) {
+        store.create_family(f).await.expect("create");
+    }
+    assert_eq!(store.revoke_subject("alice").await.expect("revoke"), 3);
+    assert_eq!(
+        store.revoke_subject("alice").await.expect("revoke"),
+        0,
+        "idempotent"
+    );
+    for f in alice_www.iter().chain([&alice_app]) {
+        assert_eq!(go(&store, f, redeem(0, t0)).await, Redemption::Unknown);
+    }
+    let mut r = redeem(0, t0);
+    r.client_id = "www";
+    assert!(matches!(
+        verdict(go(&store, &bob_www, r).await),
+        Verdict::Rotated { .. }
+    ));
+    assert_eq!(store.revoke_client("www").await.expect("revoke"), 1);
+    assert_eq!(
+        go(&store, &bob_www, redeem(1, t0)).await,
+        Redemption::Unknown
+    );
+    assert_eq!(store.revoke_client("nobody").await.expect("revoke"), 0);
+}
+
+async fn many_families_at_once<S: TokenStore>(store: S) {
+    let t0 = now();
+    let batch: Vec<NewFamily> = (0..2500).map(|_| family(t0, TokenFormat::Opaque)).collect();
+    store.create_families(&batch).await.expect("create");
+    for f in [&batch[0], &batch[1234], &batch[2499]] {
+        let v = verdict(go(&store, f, redeem(0, t0 + 1)).await);
+        assert!(matches!(v, Verdict::Rotated { generation: 1, .. }), "{v:?}");
+        assert!(
+            store
+                .refresh_token_info(f.id.as_str(), 1, t0 + 2)
+                .await
+                .expect("info")
+                .is_some()
+        );
+    }
+    assert_eq!(store.revoke_subject("alice").await.expect("revoke"), 2500);
+}
+
+async fn a_revocation_racing_refreshes_always_wins<S: TokenStore + Clone>(store: S) {
+    for _ in 0..20 {
+        let t0 = now();
+        let f = Arc::new(family(t0, TokenFormat::Jwt));
+        store.create_family(&f).await.expect("create");
+        let mut tasks = Vec::new();
+        for i in 0..20u64 {
+            let (store, f) = (store.clone(), f.clone());
+            tasks.push(tokio::spawn(async move {
+                if i == 10 {
+                    store
+                        .revoke_family(f.id.as_str(), Some("www"))
+                        .await
+                        .expect("revoke");
+                } else {
+                    go(&store, &f, redeem(0, t0 + 1)).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("join");
+        }
+        for g in 0..3 {
+            assert_eq!(
+                go(&store, &f, redeem(g, t0 + 2)).await,
+                Redemption::Unknown,
+                "revoked, whoever won"
+            );
+        }
+    }
+}
+
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -442,6 +628,11 @@ contract!(
     idle_and_absolute_lifetimes_end_the_family,
     opaque_access_tokens_are_stored_with_the_family,
     concurrent_redemptions_fork_nothing,
+    revocation_is_by_owner_and_ends_the_family,
+    introspection_sees_only_the_live_generation,
+    revocation_by_subject_and_by_client,
+    many_families_at_once,
+    a_revocation_racing_refreshes_always_wins,
 );
 
 #[tokio::test]
@@ -480,8 +671,9 @@ async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
         .get_multiplexed_async_connection()
         .await
         .expect("conn");
+    // The family's own keys; the subject and client indexes are separate keys by design.
     let keys: Vec<String> = ::redis::cmd("KEYS")
-        .arg("*")
+        .arg("rp:{*")
         .query_async(&mut conn)
         .await
         .expect("keys");

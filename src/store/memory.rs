@@ -5,12 +5,12 @@
 //! across an `.await`; each redemption is one critical section running the shared rules.
 //! Expired entries are dropped when touched, and swept every 4,096 writes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    AccessTokenRecord, FamilyData, NewFamily, RedeemRequest, Redemption, StoreError, TokenFormat,
-    TokenStore,
+    AccessTokenRecord, FamilyData, NewFamily, RedeemRequest, Redemption, RefreshTokenInfo, Revoke,
+    StoreError, TokenFormat, TokenStore,
 };
 use crate::grant::rules::{self, Effect, FamilyState, Verdict};
 
@@ -30,7 +30,54 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Families {
     map: HashMap<String, Family>,
+    /// Family ids by subject and by client; stale ids are dropped when a revocation reads them.
+    by_subject: HashMap<String, HashSet<String>>,
+    by_client: HashMap<String, HashSet<String>>,
     writes: u64,
+}
+
+impl Families {
+    fn insert(&mut self, f: &NewFamily) {
+        let id = f.id.as_str().to_owned();
+        self.by_subject
+            .entry(f.subject.clone())
+            .or_default()
+            .insert(id.clone());
+        self.by_client
+            .entry(f.client_id.clone())
+            .or_default()
+            .insert(id.clone());
+        self.map.insert(id, new_family(f));
+    }
+
+    /// Removes the families in `ids` that are still live; how many were.
+    fn revoke_all(&mut self, ids: HashSet<String>) -> u64 {
+        ids.iter()
+            .filter(|id| self.map.remove(id.as_str()).is_some())
+            .count() as u64
+    }
+}
+
+fn new_family(f: &NewFamily) -> Family {
+    Family {
+        state: FamilyState {
+            client_id: f.client_id.clone(),
+            granted_scope: f.granted_scope.clone(),
+            scope: f.granted_scope.clone(),
+            generation: 0,
+            rotated_at_ms: f.created_ms,
+            idle_deadline_ms: f.idle_deadline_ms,
+            expires_at_ms: f.expires_at_ms,
+        },
+        data: FamilyData {
+            client_id: f.client_id.clone(),
+            subject: f.subject.clone(),
+            format: f.format,
+            at_claims: f.at_claims.clone(),
+            id_claims: f.id_claims.clone(),
+            auth_time: f.auth_time,
+        },
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +112,18 @@ impl MemoryStore {
         families
             .map
             .retain(|_, f| now_ms < f.state.idle_deadline_ms && now_ms < f.state.expires_at_ms);
+        let Families {
+            map,
+            by_subject,
+            by_client,
+            ..
+        } = families;
+        for index in [by_subject, by_client] {
+            index.retain(|_, ids| {
+                ids.retain(|id| map.contains_key(id));
+                !ids.is_empty()
+            });
+        }
         let live = &families.map;
         tokens
             .lock()
@@ -87,29 +146,67 @@ impl TokenStore for MemoryStore {
     }
 
     async fn create_family(&self, f: &NewFamily) -> Result<(), StoreError> {
-        let family = Family {
-            state: FamilyState {
-                client_id: f.client_id.clone(),
-                granted_scope: f.granted_scope.clone(),
-                scope: f.granted_scope.clone(),
-                generation: 0,
-                rotated_at_ms: f.created_ms,
-                idle_deadline_ms: f.idle_deadline_ms,
-                expires_at_ms: f.expires_at_ms,
-            },
-            data: FamilyData {
-                client_id: f.client_id.clone(),
-                subject: f.subject.clone(),
-                format: f.format,
-                at_claims: f.at_claims.clone(),
-                id_claims: f.id_claims.clone(),
-                auth_time: f.auth_time,
-            },
-        };
         let mut families = self.inner.families.lock().expect("store lock");
-        families.map.insert(f.id.as_str().to_owned(), family);
+        families.insert(f);
         Self::sweep(&mut families, &self.inner.access_tokens, f.created_ms);
         Ok(())
+    }
+
+    async fn create_families(&self, batch: &[NewFamily]) -> Result<(), StoreError> {
+        let mut families = self.inner.families.lock().expect("store lock");
+        for f in batch {
+            families.insert(f);
+            Self::sweep(&mut families, &self.inner.access_tokens, f.created_ms);
+        }
+        Ok(())
+    }
+
+    async fn refresh_token_info(
+        &self,
+        family: &str,
+        generation: u64,
+        now_ms: i64,
+    ) -> Result<Option<RefreshTokenInfo>, StoreError> {
+        let families = self.inner.families.lock().expect("store lock");
+        Ok(families.map.get(family).and_then(|f| {
+            let s = &f.state;
+            let live = now_ms < s.idle_deadline_ms && now_ms < s.expires_at_ms;
+            (live && generation >= s.generation).then(|| RefreshTokenInfo {
+                client_id: s.client_id.clone(),
+                subject: f.data.subject.clone(),
+                scope: s.scope.clone(),
+                issued_ms: s.rotated_at_ms,
+                expires_ms: s.idle_deadline_ms.min(s.expires_at_ms),
+            })
+        }))
+    }
+
+    async fn revoke_family(
+        &self,
+        family: &str,
+        client_id: Option<&str>,
+    ) -> Result<Revoke, StoreError> {
+        let mut families = self.inner.families.lock().expect("store lock");
+        match families.map.get(family) {
+            None => Ok(Revoke::Unknown),
+            Some(f) if client_id.is_some_and(|c| c != f.state.client_id) => Ok(Revoke::NotOwner),
+            Some(_) => {
+                families.map.remove(family);
+                Ok(Revoke::Revoked)
+            }
+        }
+    }
+
+    async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError> {
+        let mut families = self.inner.families.lock().expect("store lock");
+        let ids = families.by_subject.remove(subject).unwrap_or_default();
+        Ok(families.revoke_all(ids))
+    }
+
+    async fn revoke_client(&self, client_id: &str) -> Result<u64, StoreError> {
+        let mut families = self.inner.families.lock().expect("store lock");
+        let ids = families.by_client.remove(client_id).unwrap_or_default();
+        Ok(families.revoke_all(ids))
     }
 
     async fn redeem(&self, req: &RedeemRequest<'_>) -> Result<Redemption, StoreError> {

@@ -135,6 +135,29 @@ pub struct AccessTokenRecord {
     pub expires_ms: i64,
 }
 
+/// What introspection says about a live refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshTokenInfo {
+    pub client_id: String,
+    pub subject: String,
+    /// The family's current scope.
+    pub scope: String,
+    /// When this generation was issued (ms).
+    pub issued_ms: i64,
+    /// When the family dies if unused (ms): the idle deadline, capped by the absolute one.
+    pub expires_ms: i64,
+}
+
+/// The outcome of revoking one family on a client's behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoke {
+    Revoked,
+    /// The family belongs to another client; nothing changed.
+    NotOwner,
+    /// No such family (never existed, expired, or already revoked).
+    Unknown,
+}
+
 /// The operations the proxy needs from a store.
 pub trait TokenStore: Send + Sync + 'static {
     /// Succeeds when the store can serve requests now.
@@ -159,6 +182,40 @@ pub trait TokenStore: Send + Sync + 'static {
         digest: &str,
         now_ms: i64,
     ) -> impl Future<Output = Result<Option<AccessTokenRecord>, StoreError>> + Send;
+
+    /// The refresh token of generation `generation`, if it is the family's live one at `now_ms`
+    /// (rotated-out, revoked and expired tokens are `None`).
+    fn refresh_token_info(
+        &self,
+        family: &str,
+        generation: u64,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Option<RefreshTokenInfo>, StoreError>> + Send;
+
+    /// Revokes a family, atomically with respect to redemptions: a refresh racing it either
+    /// ran before (and the family is revoked after) or finds no family. `client_id` limits it
+    /// to that client's families (RFC 7009 §2.1); `None` revokes whatever the owner (admin).
+    fn revoke_family(
+        &self,
+        family: &str,
+        client_id: Option<&str>,
+    ) -> impl Future<Output = Result<Revoke, StoreError>> + Send;
+
+    /// Revokes every family of a subject (all clients); returns how many were live.
+    fn revoke_subject(&self, subject: &str)
+    -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Revokes every family of a client; returns how many were live.
+    fn revoke_client(
+        &self,
+        client_id: &str,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Opens many families at once (load-testing rigs); faster than one call each.
+    fn create_families(
+        &self,
+        families: &[NewFamily],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// The kinds of store URL.
@@ -236,6 +293,50 @@ impl TokenStore for AnyStore {
         match self {
             AnyStore::Memory(s) => s.access_token(family, digest, now_ms).await,
             AnyStore::Redis(s) => s.access_token(family, digest, now_ms).await,
+        }
+    }
+
+    async fn refresh_token_info(
+        &self,
+        family: &str,
+        generation: u64,
+        now_ms: i64,
+    ) -> Result<Option<RefreshTokenInfo>, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.refresh_token_info(family, generation, now_ms).await,
+            AnyStore::Redis(s) => s.refresh_token_info(family, generation, now_ms).await,
+        }
+    }
+
+    async fn revoke_family(
+        &self,
+        family: &str,
+        client_id: Option<&str>,
+    ) -> Result<Revoke, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.revoke_family(family, client_id).await,
+            AnyStore::Redis(s) => s.revoke_family(family, client_id).await,
+        }
+    }
+
+    async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.revoke_subject(subject).await,
+            AnyStore::Redis(s) => s.revoke_subject(subject).await,
+        }
+    }
+
+    async fn revoke_client(&self, client_id: &str) -> Result<u64, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.revoke_client(client_id).await,
+            AnyStore::Redis(s) => s.revoke_client(client_id).await,
+        }
+    }
+
+    async fn create_families(&self, families: &[NewFamily]) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.create_families(families).await,
+            AnyStore::Redis(s) => s.create_families(families).await,
         }
     }
 }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{
-    AccessTokenRecord, FamilyData, NewFamily, RedeemRequest, Redemption, StoreError, TokenFormat,
-    TokenStore,
+    AccessTokenRecord, FamilyData, NewFamily, RedeemRequest, Redemption, RefreshTokenInfo, Revoke,
+    StoreError, TokenFormat, TokenStore,
 };
 use crate::config::{ConfigError, StoreConfig};
 use crate::grant::rules::Verdict;
@@ -42,10 +42,24 @@ if now >= tonumber(d[1]) or now >= tonumber(d[2]) then return false end
 return redis.call('GET', KEYS[2])
 ";
 
+const REVOKE: &str = r"
+local c = redis.call('HGET', KEYS[1], 'c')
+if not c then return 'unknown' end
+if ARGV[1] ~= '' and ARGV[1] ~= c then return 'not_owner' end
+redis.call('DEL', KEYS[1])
+return 'revoked'
+";
+
+/// Families written per pipeline by `create_families`.
+const BATCH: usize = 1000;
+/// Index members read per SSCAN step when revoking by subject or client.
+const SCAN_COUNT: usize = 1000;
+
 struct Scripts {
     create: redis::Script,
     redeem: redis::Script,
     access_token: redis::Script,
+    revoke: redis::Script,
 }
 
 #[derive(Clone)]
@@ -96,6 +110,7 @@ impl RedisStore {
                 create: redis::Script::new(CREATE),
                 redeem: redis::Script::new(include_str!("redeem.lua")),
                 access_token: redis::Script::new(ACCESS_TOKEN),
+                revoke: redis::Script::new(REVOKE),
             }),
         })
     }
@@ -106,6 +121,68 @@ impl RedisStore {
 
     fn access_token_key(&self, family: &str, digest: &str) -> String {
         format!("{}{{{family}}}:at:{digest}", self.prefix)
+    }
+
+    /// The set of a subject's family ids (its own slot; DESIGN §6: secondary indexes may span
+    /// slots, and are idempotent and lazily cleaned).
+    fn subject_key(&self, subject: &str) -> String {
+        format!("{}idx:sub:{subject}", self.prefix)
+    }
+
+    fn client_key(&self, client_id: &str) -> String {
+        format!("{}idx:client:{client_id}", self.prefix)
+    }
+
+    /// Adds families to the subject and client indexes. Each set lives as long as the longest
+    /// family added to it (NX then GT: set a first expiry, then only ever extend it).
+    fn index(
+        &self,
+        pipe: &mut redis::Pipeline,
+        subject: &str,
+        client: &str,
+        ids: &[&str],
+        ttl_ms: i64,
+    ) {
+        for key in [self.subject_key(subject), self.client_key(client)] {
+            pipe.cmd("SADD").arg(&key).arg(ids).ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).arg("NX").ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).arg("GT").ignore();
+        }
+    }
+
+    /// Revokes every family listed in an index set, then drops the set.
+    async fn revoke_index(&self, key: String) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut revoked = 0u64;
+        loop {
+            let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if !ids.is_empty() {
+                let mut pipe = redis::pipe();
+                for id in &ids {
+                    pipe.cmd("DEL").arg(self.family_key(id));
+                }
+                let deleted: Vec<u64> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+                revoked += deleted.iter().sum::<u64>();
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        redis::cmd("DEL")
+            .arg(&key)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(revoked)
     }
 }
 
@@ -176,25 +253,137 @@ impl TokenStore for RedisStore {
 
     async fn create_family(&self, f: &NewFamily) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        self.scripts
-            .create
-            .key(self.family_key(f.id.as_str()))
-            .arg(&f.client_id)
-            .arg(&f.subject)
-            .arg(&f.granted_scope)
-            .arg(f.format.as_str())
-            .arg(&f.at_claims)
-            .arg(&f.id_claims)
-            .arg(f.auth_time.map(|t| t.to_string()).unwrap_or_default())
-            .arg(f.created_ms)
-            .arg(f.idle_deadline_ms)
-            .arg(f.expires_at_ms)
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map(drop)
-            .map_err(unavailable)
+        self.create_one(&mut conn, f).await?;
+        let mut pipe = redis::pipe();
+        self.index(
+            &mut pipe,
+            &f.subject,
+            &f.client_id,
+            &[f.id.as_str()],
+            f.expires_at_ms - f.created_ms,
+        );
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
+    async fn create_families(&self, families: &[NewFamily]) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        for chunk in families.chunks(BATCH) {
+            // Plain commands, not the script: nobody holds a token of a family that is being
+            // created, so there is nothing to race with, and a pipeline of them is fast.
+            let mut pipe = redis::pipe();
+            for f in chunk {
+                let key = self.family_key(f.id.as_str());
+                pipe.cmd("HSET")
+                    .arg(&key)
+                    .arg(&[
+                        ("c", f.client_id.as_str()),
+                        ("s", f.subject.as_str()),
+                        ("g", f.granted_scope.as_str()),
+                        ("sc", f.granted_scope.as_str()),
+                        ("n", "0"),
+                        ("f", f.format.as_str()),
+                        ("a", f.at_claims.as_str()),
+                        ("d", f.id_claims.as_str()),
+                    ])
+                    .arg(&[
+                        ("t", f.auth_time.map(|t| t.to_string()).unwrap_or_default()),
+                        ("r", f.created_ms.to_string()),
+                        ("i", f.idle_deadline_ms.to_string()),
+                        ("e", f.expires_at_ms.to_string()),
+                    ])
+                    .ignore();
+                pipe.cmd("PEXPIREAT")
+                    .arg(&key)
+                    .arg(f.idle_deadline_ms.min(f.expires_at_ms))
+                    .ignore();
+            }
+            // Index by (subject, client) group.
+            let mut groups: std::collections::HashMap<(&str, &str), (Vec<&str>, i64)> =
+                std::collections::HashMap::new();
+            for f in chunk {
+                let g = groups
+                    .entry((f.subject.as_str(), f.client_id.as_str()))
+                    .or_default();
+                g.0.push(f.id.as_str());
+                g.1 = g.1.max(f.expires_at_ms - f.created_ms);
+            }
+            for ((subject, client), (ids, ttl)) in &groups {
+                self.index(&mut pipe, subject, client, ids, *ttl);
+            }
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn refresh_token_info(
+        &self,
+        family: &str,
+        generation: u64,
+        now_ms: i64,
+    ) -> Result<Option<RefreshTokenInfo>, StoreError> {
+        let mut conn = self.conn.clone();
+        let f: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.family_key(family))
+            .arg(&["c", "s", "sc", "n", "r", "i", "e"])
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let [
+            Some(c),
+            Some(s),
+            Some(sc),
+            Some(n),
+            Some(r),
+            Some(i),
+            Some(e),
+        ] = <[Option<String>; 7]>::try_from(f).map_err(|_| StoreError::Protocol("HMGET".into()))?
+        else {
+            return Ok(None);
+        };
+        let num = |v: &str| v.parse::<i64>().unwrap_or(0);
+        let (idle, expires) = (num(&i), num(&e));
+        let current = n.parse::<u64>().unwrap_or(u64::MAX);
+        let live = now_ms < idle && now_ms < expires;
+        Ok((live && generation >= current).then(|| RefreshTokenInfo {
+            client_id: c,
+            subject: s,
+            scope: sc,
+            issued_ms: num(&r),
+            expires_ms: idle.min(expires),
+        }))
+    }
+
+    async fn revoke_family(
+        &self,
+        family: &str,
+        client_id: Option<&str>,
+    ) -> Result<Revoke, StoreError> {
+        let mut conn = self.conn.clone();
+        let outcome: String = self
+            .scripts
+            .revoke
+            .key(self.family_key(family))
+            .arg(client_id.unwrap_or(""))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        match outcome.as_str() {
+            "revoked" => Ok(Revoke::Revoked),
+            "not_owner" => Ok(Revoke::NotOwner),
+            "unknown" => Ok(Revoke::Unknown),
+            other => Err(StoreError::Protocol(format!("revoke answered {other:?}"))),
+        }
+    }
+
+    async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError> {
+        self.revoke_index(self.subject_key(subject)).await
+    }
+
+    async fn revoke_client(&self, client_id: &str) -> Result<u64, StoreError> {
+        self.revoke_index(self.client_key(client_id)).await
+    }
     async fn redeem(&self, req: &RedeemRequest<'_>) -> Result<Redemption, StoreError> {
         let r = &req.redeem;
         let (issued, expires, digest) = match &req.opaque {
@@ -243,5 +432,31 @@ impl TokenStore for RedisStore {
         let record: AccessTokenRecord = serde_json::from_str(&raw)
             .map_err(|e| StoreError::Protocol(format!("access token record: {e}")))?;
         Ok((now_ms < record.expires_ms).then_some(record))
+    }
+}
+
+impl RedisStore {
+    async fn create_one(
+        &self,
+        conn: &mut ConnectionManager,
+        f: &NewFamily,
+    ) -> Result<(), StoreError> {
+        self.scripts
+            .create
+            .key(self.family_key(f.id.as_str()))
+            .arg(&f.client_id)
+            .arg(&f.subject)
+            .arg(&f.granted_scope)
+            .arg(f.format.as_str())
+            .arg(&f.at_claims)
+            .arg(&f.id_claims)
+            .arg(f.auth_time.map(|t| t.to_string()).unwrap_or_default())
+            .arg(f.created_ms)
+            .arg(f.idle_deadline_ms)
+            .arg(f.expires_at_ms)
+            .invoke_async::<i64>(conn)
+            .await
+            .map(drop)
+            .map_err(unavailable)
     }
 }
