@@ -157,6 +157,9 @@ pub struct Client {
     /// SHA-256 of the secret; `None` for a public client.
     secret_sha256: Option<[u8; 32]>,
     pub policy: Policy,
+    /// May call the introspection endpoint (RFC 7662 §2.1: the endpoint MUST require
+    /// authorization of its callers).
+    pub may_introspect: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -165,11 +168,13 @@ impl std::fmt::Debug for Client {
             id,
             secret_sha256,
             policy,
+            may_introspect,
         } = self;
         f.debug_struct("Client")
             .field("id", id)
             .field("public", &secret_sha256.is_none())
             .field("policy", policy)
+            .field("may_introspect", may_introspect)
             .finish()
     }
 }
@@ -212,6 +217,7 @@ impl Clients {
                     id: id.clone(),
                     secret_sha256,
                     policy,
+                    may_introspect: c.may_introspect,
                 },
             );
         }

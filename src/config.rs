@@ -305,6 +305,9 @@ pub struct ClientConfig {
     pub reuse_grace_period: Option<u64>,
     pub access_token_format: Option<AccessTokenFormat>,
     pub id_token_on_refresh: Option<bool>,
+    /// A resource server allowed to introspect the proxy's tokens (RFC 7662).
+    #[serde(default)]
+    pub may_introspect: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -163,6 +163,16 @@ pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full
     response
 }
 
+/// RFC 7009 §2.2: "The authorization server responds with HTTP status code 200 if the token
+/// has been revoked successfully or if the client submitted an invalid token."
+pub fn revoked() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 /// A successful token answer (RFC 6749 §5.1), with the same no-store headers.
 pub fn token_response(body: &crate::grant::engine::TokenResponse) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, body)

@@ -506,7 +506,11 @@ async fn another_clients_token_is_invalid_grant_and_stays_valid(kind: Kind) {
     let tokens = s.login("openid offline_access").await;
     let token = rt(&tokens);
     let (status, body) = idp::refresh(s.url(), "other", "0ther-secret", token, None).await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
     // RFC 6749 §6: the token was issued to www; it still works for www.
     s.refresh_ok(token, None).await;
 }

@@ -28,10 +28,10 @@ use crate::client_auth::{self, Client, ClientAuthError, Clients};
 use crate::config::AccessTokenFormat;
 use crate::mint::jwt::Signer;
 use crate::mint::opaque;
-use crate::mint::refresh::{FamilyId, RefreshTokenKey};
+use crate::mint::refresh::{FamilyId, RefreshToken, RefreshTokenKey};
 use crate::store::{
-    AnyStore, FamilyData, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, StoreError,
-    TokenFormat, TokenStore,
+    AnyStore, FamilyData, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, Revoke,
+    StoreError, TokenFormat, TokenStore,
 };
 
 /// Why a grant the proxy owns was refused.
@@ -278,7 +278,7 @@ impl Engine {
         };
         let access_token = match (family.format, opaque_stored, candidate) {
             (TokenFormat::Opaque, true, Some(c)) => c.token,
-            _ => self.mint_jwt(&family, &scope, issuer, now),
+            _ => self.mint_jwt(token.family, &family, &scope, issuer, now),
         };
         let id_token = (policy.id_token_on_refresh && scope::contains(&scope, "openid"))
             .then(|| self.mint_id_token(&family, now))
@@ -293,9 +293,17 @@ impl Engine {
         }))
     }
 
-    fn mint_jwt(&self, family: &FamilyData, scope: &str, issuer: &str, now_ms: i64) -> String {
+    fn mint_jwt(
+        &self,
+        family_id: &str,
+        family: &FamilyData,
+        scope: &str,
+        issuer: &str,
+        now_ms: i64,
+    ) -> String {
         let iat = now_ms / 1000;
-        let jti = random_id();
+        // The jti carries the family id, so revoking or introspecting the JWT finds its family.
+        let jti = format!("{family_id}.{}", random_id());
         let ours = serde_json::to_string(&AccessClaims {
             iss: issuer,
             sub: &family.subject,
@@ -329,6 +337,222 @@ impl Engine {
         let raw = RawValue::from_string(splice(&ours, &family.id_claims))
             .expect("spliced claims are JSON");
         Some(signer.sign("JWT", &*raw))
+    }
+
+    /// What a presented token is, when the proxy issued it.
+    fn recognise<'a>(&self, token: &'a str) -> Option<Owned<'a>> {
+        if let Some(t) = self.refresh_key.parse(token) {
+            return Some(Owned::Refresh(t));
+        }
+        if let Some(family) = opaque::family_of(token) {
+            return Some(Owned::Opaque {
+                family,
+                digest: opaque::digest_of(token),
+            });
+        }
+        let claims = self.signers().iter().find_map(|s| s.verify(token))?;
+        let family = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .and_then(|j| j.split_once('.'))
+            .and_then(|(f, _)| FamilyId::parse(f))
+            .map(|f| f.as_str().to_owned());
+        Some(Owned::Jwt { claims, family })
+    }
+
+    /// Authenticates a client the proxy handles, for revocation and introspection.
+    fn authenticate(
+        &self,
+        authorization: Option<&HeaderValue>,
+        form: &Form,
+    ) -> Result<&Client, GrantError> {
+        let presented =
+            client_auth::presented(authorization, form)?.ok_or(ClientAuthError::Missing)?;
+        let basic = presented.method == client_auth::Method::Basic;
+        let client = self
+            .clients
+            .get(&presented.client_id)
+            .ok_or(ClientAuthError::Failed { basic })?;
+        Clients::verify(client, &presented)?;
+        Ok(client)
+    }
+
+    /// RFC 7009 revocation. `Ok(None)`: not a token the proxy issued; forward it.
+    /// `Ok(Some(()))`: answer 200 (RFC 7009 §2.2: also for invalid tokens).
+    pub async fn revoke(
+        &self,
+        authorization: Option<&HeaderValue>,
+        form: &Form,
+    ) -> Result<Option<()>, GrantError> {
+        let Some(owned) = form.get("token").and_then(|t| self.recognise(t)) else {
+            return Ok(None);
+        };
+        let client = self.authenticate(authorization, form)?;
+        let family = match &owned {
+            Owned::Refresh(t) => Some(t.family),
+            Owned::Opaque { family, .. } => Some(*family),
+            Owned::Jwt { family, .. } => family.as_deref(),
+        };
+        let Some(family) = family else {
+            return Ok(Some(()));
+        };
+        // RFC 7009 §2.1: the server "first validates the client credentials ... and then
+        // verifies whether the token was issued to the client making the revocation request".
+        match self.store.revoke_family(family, Some(&client.id)).await? {
+            Revoke::Revoked => tracing::info!(family, client_id = %client.id, "family revoked"),
+            Revoke::NotOwner => tracing::warn!(
+                security_event = "revocation_by_other_client",
+                family,
+                client_id = %client.id,
+                "a client tried to revoke another client's token; nothing was revoked"
+            ),
+            Revoke::Unknown => {}
+        }
+        Ok(Some(()))
+    }
+
+    /// RFC 7662 introspection of the proxy's own tokens, for a client with `may_introspect`.
+    /// `Ok(None)`: not a token the proxy issued; forward it.
+    pub async fn introspect(
+        &self,
+        authorization: Option<&HeaderValue>,
+        form: &Form,
+        issuer: &str,
+    ) -> Result<Option<Value>, GrantError> {
+        let Some(owned) = form.get("token").and_then(|t| self.recognise(t)) else {
+            return Ok(None);
+        };
+        let caller = self.authenticate(authorization, form)?;
+        if !caller.may_introspect {
+            return Err(ClientAuthError::Failed {
+                basic: authorization.is_some(),
+            }
+            .into());
+        }
+        let now = now_ms();
+        let inactive = || Ok(Some(serde_json::json!({"active": false})));
+        let answer = match owned {
+            Owned::Refresh(t) => {
+                let Some(info) = self
+                    .store
+                    .refresh_token_info(t.family, t.generation, now)
+                    .await?
+                else {
+                    return inactive();
+                };
+                Introspection {
+                    active: true,
+                    scope: info.scope,
+                    client_id: info.client_id,
+                    sub: info.subject,
+                    exp: info.expires_ms / 1000,
+                    iat: info.issued_ms / 1000,
+                    iss: issuer.to_owned(),
+                    token_type: "refresh_token",
+                    aud: None,
+                }
+            }
+            Owned::Opaque { family, digest } => {
+                let Some(at) = self.store.access_token(family, &digest, now).await? else {
+                    return inactive();
+                };
+                Introspection {
+                    active: true,
+                    scope: at.scope,
+                    client_id: at.client_id,
+                    sub: at.subject,
+                    exp: at.expires_ms / 1000,
+                    iat: at.issued_ms / 1000,
+                    iss: issuer.to_owned(),
+                    token_type: "Bearer",
+                    aud: None,
+                }
+            }
+            Owned::Jwt { claims, family } => {
+                let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+                let family_live = match &family {
+                    // A revoked family's JWTs are reported inactive, though they still verify.
+                    Some(f) => self
+                        .store
+                        .refresh_token_info(f, u64::MAX, now)
+                        .await?
+                        .is_some(),
+                    None => true,
+                };
+                if exp * 1000 <= now || !family_live {
+                    return inactive();
+                }
+                let text = |k: &str| {
+                    claims
+                        .get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                Introspection {
+                    active: true,
+                    scope: text("scope"),
+                    client_id: text("client_id"),
+                    sub: text("sub"),
+                    exp,
+                    iat: claims.get("iat").and_then(Value::as_i64).unwrap_or(0),
+                    iss: text("iss"),
+                    token_type: "Bearer",
+                    aud: claims.get("aud").cloned(),
+                }
+            }
+        };
+        Ok(Some(
+            serde_json::to_value(answer).expect("introspection serialises"),
+        ))
+    }
+
+    /// Opens `count` families for a client and subject (load-testing rigs, the admin API) and
+    /// returns their refresh tokens.
+    pub async fn issue(
+        &self,
+        client_id: &str,
+        subject: &str,
+        scope: &str,
+        count: usize,
+    ) -> Result<Vec<String>, GrantError> {
+        let client = self
+            .clients
+            .get(client_id)
+            .ok_or(GrantError::InvalidRequest("unknown client_id"))?;
+        let policy = &client.policy;
+        if policy.refresh_token_ttl == 0 {
+            return Err(GrantError::UnauthorizedClient);
+        }
+        let format = match policy.access_token_format {
+            AccessTokenFormat::Opaque => TokenFormat::Opaque,
+            // With no upstream token to go by, `auto` means JWT.
+            AccessTokenFormat::Jwt | AccessTokenFormat::Auto => TokenFormat::Jwt,
+        };
+        let now = now_ms();
+        let expires_at_ms = now + policy.refresh_token_max_lifetime as i64 * 1000;
+        let at_claims = serde_json::json!({"aud": self.default_audience(client_id)}).to_string();
+        let scope = scope::tokens(scope).join(" ");
+        let families: Vec<NewFamily> = (0..count)
+            .map(|_| NewFamily {
+                id: FamilyId::random(),
+                client_id: client.id.clone(),
+                subject: subject.to_owned(),
+                granted_scope: scope.clone(),
+                format,
+                at_claims: at_claims.clone(),
+                id_claims: String::new(),
+                auth_time: Some(now / 1000),
+                created_ms: now,
+                idle_deadline_ms: (now + policy.refresh_token_ttl as i64 * 1000).min(expires_at_ms),
+                expires_at_ms,
+            })
+            .collect();
+        self.store.create_families(&families).await?;
+        Ok(families
+            .iter()
+            .map(|f| self.refresh_key.first(&f.id))
+            .collect())
     }
 
     /// The `aud` of minted access tokens when the upstream's access token had none.
@@ -380,6 +604,34 @@ impl Engine {
         );
         Ok(())
     }
+}
+
+/// A token the proxy issued, recognised.
+enum Owned<'a> {
+    Refresh(RefreshToken<'a>),
+    Opaque {
+        family: &'a str,
+        digest: String,
+    },
+    Jwt {
+        claims: Map<String, Value>,
+        family: Option<String>,
+    },
+}
+
+/// RFC 7662 §2.2 answer for an active token.
+#[derive(Serialize)]
+struct Introspection {
+    active: bool,
+    scope: String,
+    client_id: String,
+    sub: String,
+    exp: i64,
+    iat: i64,
+    iss: String,
+    token_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<Value>,
 }
 
 #[cfg(test)]

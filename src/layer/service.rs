@@ -66,6 +66,9 @@ where
         match endpoint {
             Endpoint::Token => Box::pin(token_endpoint(inner, shared, req)),
             Endpoint::Jwks if shared.engine.is_some() => Box::pin(jwks(inner, shared, req)),
+            Endpoint::Revocation | Endpoint::Introspection if shared.engine.is_some() => {
+                Box::pin(own_tokens(inner, shared, req, endpoint))
+            }
             Endpoint::Revocation | Endpoint::Introspection | Endpoint::Jwks | Endpoint::Other => {
                 let mut inner = inner;
                 let fut = inner.call(req.map(RequestBody::streaming));
@@ -133,6 +136,47 @@ where
             upstream::capture(spare, ctx, res).await
         }
         None => Ok(inner_response(res)),
+    }
+}
+
+/// Revocation (RFC 7009) and introspection (RFC 7662): the proxy answers for the tokens it
+/// issued and forwards everything else.
+async fn own_tokens<S, B, ResB>(
+    mut inner: S,
+    shared: Arc<Shared>,
+    req: Request<B>,
+    endpoint: Endpoint,
+) -> Result<Response<ResponseBody<ResB>>, S::Error>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (req, form) = match read_form(req, shared.max_body_bytes).await {
+        Ok(read) => read,
+        Err(err) => return Ok(local_response(err)),
+    };
+    let engine = shared
+        .engine
+        .clone()
+        .expect("routed here only with an engine");
+    let authorization = req.headers().get(AUTHORIZATION);
+    let answer = if endpoint == Endpoint::Revocation {
+        engine
+            .revoke(authorization, &form)
+            .await
+            .map(|done| done.map(|()| oauth::revoked()))
+    } else {
+        engine
+            .introspect(authorization, &form, &shared.issuer())
+            .await
+            .map(|found| found.map(|v| oauth::json_response(http::StatusCode::OK, &v)))
+    };
+    match answer {
+        Ok(Some(res)) => Ok(res.map(ResponseBody::local)),
+        Ok(None) => inner.call(req).await.map(inner_response),
+        Err(err) => Ok(local_response(Error::Grant(err))),
     }
 }
 

@@ -219,6 +219,36 @@ impl Signer {
     }
 
     /// The public JWK: `{"kty", "crv"/"n", "e", "x", "y", …, "kid", "alg", "use": "sig"}`.
+    /// The claims of a compact JWS this key signed (its `kid` and `alg` in the header, a valid
+    /// signature), or `None`. Times are not checked: that is the caller's business.
+    pub fn verify(&self, token: &str) -> Option<serde_json::Map<String, Value>> {
+        use aws_lc_rs::signature::{self as sig, KeyPair as _};
+        let (signing_input, signature) = token.rsplit_once('.')?;
+        let (header, payload) = signing_input.split_once('.')?;
+        let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()?;
+        if header.get("kid")?.as_str()? != self.kid
+            || header.get("alg")?.as_str()? != self.alg_name()
+        {
+            return None;
+        }
+        let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
+        let ok = match &self.key {
+            Key::Es256(k) => {
+                sig::UnparsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, k.public_key().as_ref())
+                    .verify(signing_input.as_bytes(), &signature)
+            }
+            Key::EdDsa(k) => sig::UnparsedPublicKey::new(&sig::ED25519, k.public_key().as_ref())
+                .verify(signing_input.as_bytes(), &signature),
+            Key::Rs256(k) => sig::UnparsedPublicKey::new(
+                &sig::RSA_PKCS1_2048_8192_SHA256,
+                k.public_key().as_ref(),
+            )
+            .verify(signing_input.as_bytes(), &signature),
+        };
+        ok.ok()?;
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+    }
+
     pub fn public_jwk(&self) -> Value {
         self.jwk.clone()
     }
@@ -1178,6 +1208,21 @@ MC4CAQAwBQYDK2VuBCIEIEAeOAewyFOu3i+ShxDutGf3ichmyi/Ow4BJP0INgl5R\n\
             "{shown}"
         );
         std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn verify_accepts_only_this_keys_own_tokens() {
+        for alg in [SigningAlg::ES256, SigningAlg::EdDSA, SigningAlg::RS256] {
+            let a = Signer::generate(alg);
+            let b = Signer::generate(alg);
+            let t = a.sign(TYP_AT_JWT, &json!({"sub": "alice"}));
+            assert_eq!(a.verify(&t).expect("own token")["sub"], "alice");
+            assert!(b.verify(&t).is_none(), "{alg:?}: another key");
+            let (head, _) = t.rsplit_once('.').expect("dots");
+            let forged = format!("{head}.{}", URL_SAFE_NO_PAD.encode([0u8; 64]));
+            assert!(a.verify(&forged).is_none());
+            assert!(a.verify("not.a.jwt").is_none());
+        }
     }
 
     #[test]
