@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
-use crate::admin::{Admin, Readiness};
+use crate::admin::{Admin, AdminApi, Readiness};
 use crate::classify::Endpoints;
 use crate::client_auth::Clients;
 use crate::config::{Config, ConfigError};
@@ -106,6 +106,9 @@ pub struct App {
     tls: Option<tokio_rustls::TlsAcceptor>,
     jwks: Arc<serde_json::Value>,
     id_token_alg: Option<&'static str>,
+    /// The admin API, when `admin.token` is set.
+    admin_api: Option<Arc<AdminApi>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How [`App::run`] ended.
@@ -137,6 +140,9 @@ impl App {
         let layer = layer.build();
         let jwks = Arc::new(jwt::jwks(&engine.signers()));
         let id_token_alg = engine.id_token_alg();
+        // Checked here, with the rest of the config: `admin.token` turns the admin API on and
+        // must be long enough not to be guessed.
+        let admin_api = AdminApi::from_config(config.admin.token.as_ref(), engine.clone())?;
         let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
             (Some(cert), Some(key)) => Some(tls::server_acceptor(cert, key)?),
             _ => None,
@@ -151,6 +157,8 @@ impl App {
             tls,
             jwks,
             id_token_alg,
+            admin_api: admin_api.map(Arc::new),
+            metrics: engine.metrics.clone(),
         })
     }
 
@@ -175,6 +183,8 @@ impl App {
             tls,
             jwks,
             id_token_alg,
+            admin_api,
+            metrics,
         } = self;
         let options = ConnOptions {
             header_read_timeout: config.server.header_read_timeout,
@@ -192,11 +202,16 @@ impl App {
             },
         );
 
+        if admin_api.is_none() {
+            tracing::info!("admin.token is not set: the admin API is off (/admin/... answers 404)");
+        }
         let admin = Admin {
             readiness: readiness.clone(),
             store,
             store_timeout: config.store.response_timeout,
             jwks,
+            api: admin_api,
+            metrics,
         };
         let admin_service = tower::service_fn(move |req| {
             let admin = admin.clone();

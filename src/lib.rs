@@ -20,7 +20,10 @@
 //! - [`discovery`]: the upstream's endpoint paths from its OIDC discovery document.
 //! - [`store`]: the `TokenStore` trait, `memory://` and `redis://` (Lua), one contract suite.
 //! - [`server`]: listeners (HTTP/1.1, h2c, TLS with ALPN) and graceful shutdown.
-//! - [`admin`]: `/healthz`, `/readyz`, `/jwks`.
+//! - [`metrics`]: counters and the refresh latency histogram, Prometheus text.
+//! - [`admin`]: the admin listener: `/healthz`, `/readyz`, `/jwks`, `/metrics`, and the admin
+//!   API (revoke families, issue families for load tests) behind a bearer token.
+//! - [`cli`]: the `issue` and `admin revoke` front ends, which call a running proxy's admin API.
 //! - [`app`]: builds all of the above from a [`config::Config`] and runs it.
 //! - [`tls`]: rustls set-up on aws-lc-rs, the crate's one crypto backend.
 //!
@@ -29,12 +32,14 @@
 pub mod admin;
 pub mod app;
 pub mod classify;
+pub mod cli;
 pub mod client_auth;
 pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod grant;
 pub mod layer;
+pub mod metrics;
 pub mod mint;
 pub mod oauth;
 pub mod proxy;

@@ -1,10 +1,14 @@
 //! The `refresh-proxy` binary: arguments → config → bind → [`refresh_proxy::app::App::run`].
+//!
+//! `issue` and `admin revoke` are clients of a running proxy's admin API
+//! ([`refresh_proxy::cli`]): they read the same config to find it and its token.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use refresh_proxy::app::{App, Outcome};
+use refresh_proxy::cli::{self, AdminClient, IssueJob, RevokeTarget};
 use refresh_proxy::config::{Config, LogFormat};
 use tokio::net::TcpListener;
 
@@ -28,6 +32,64 @@ enum Command {
     /// Validate the config (files, URLs, TLS material) and exit 0, or print what is wrong and
     /// exit 1.
     CheckConfig,
+    /// Open COUNT token families on the running proxy (load-testing rigs) and write their
+    /// refresh tokens to OUT, one a line. Uses the admin API that the config names.
+    Issue(IssueArgs),
+    /// Operate a running proxy through its admin API (`server.admin_listen`, `admin.token`).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Args)]
+struct IssueArgs {
+    /// The client the families belong to (a `[clients.<id>]` table of the proxy's config).
+    #[arg(long = "client", value_name = "CLIENT_ID")]
+    client: String,
+    /// The subject (`sub`) of the families.
+    #[arg(long)]
+    subject: String,
+    /// The granted scope, space-separated.
+    #[arg(long, default_value = "")]
+    scope: String,
+    /// How many families (and refresh tokens).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: u64,
+    /// Where the tokens go, one a line; `-` is stdout.
+    #[arg(long, value_name = "FILE", default_value = "-")]
+    out: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Revoke a family, every family of a subject, or every family of a client; prints
+    /// `{"revoked":n}`.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct RevokeArgs {
+    /// A family id: the part of a refresh token before its first dot.
+    #[arg(long)]
+    family: Option<String>,
+    /// Every family of this subject, whatever the client.
+    #[arg(long)]
+    subject: Option<String>,
+    /// Every family of this client.
+    #[arg(long = "client", value_name = "CLIENT_ID")]
+    client: Option<String>,
+}
+
+impl RevokeArgs {
+    /// The one target clap's group lets through.
+    fn target(self) -> Option<RevokeTarget> {
+        match (self.family, self.subject, self.client) {
+            (Some(f), None, None) => Some(RevokeTarget::Family(f)),
+            (None, Some(s), None) => Some(RevokeTarget::Subject(s)),
+            (None, None, Some(c)) => Some(RevokeTarget::Client(c)),
+            _ => None,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -40,17 +102,123 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::CheckConfig) => match App::build(config) {
-            Ok(_) => {
-                println!("refresh-proxy: {} is valid", cli.config.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("refresh-proxy: config error: {e}");
-                ExitCode::from(1)
-            }
-        },
+        Some(Command::CheckConfig) => check_config(config, &cli.config),
+        Some(Command::Issue(args)) => issue(&config, &cli.config, args),
+        Some(Command::Admin(AdminCommand::Revoke(args))) => revoke(&config, &cli.config, args),
         None => run(config),
+    }
+}
+
+/// A small runtime for the admin clients.
+fn client_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("refresh-proxy: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
+}
+
+fn admin_client(config: &Config, config_path: &Path) -> Result<AdminClient, ExitCode> {
+    AdminClient::from_config(config, config_path).map_err(|e| {
+        eprintln!("refresh-proxy: {e}");
+        ExitCode::from(1)
+    })
+}
+
+fn issue(config: &Config, config_path: &Path, args: IssueArgs) -> ExitCode {
+    let (runtime, client) = match (client_runtime(), admin_client(config, config_path)) {
+        (Ok(rt), Ok(client)) => (rt, client),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let job = IssueJob {
+        client_id: args.client,
+        subject: args.subject,
+        scope: args.scope,
+        count: args.count,
+        out: args.out,
+    };
+    match runtime.block_on(cli::issue(&client, &job)) {
+        Ok(elapsed) => {
+            eprintln!(
+                "issued {} refresh tokens for client {} in {:.2}s",
+                job.count,
+                job.client_id,
+                elapsed.as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("refresh-proxy: issue failed: {}", failure.error);
+            if failure.written > 0 {
+                eprintln!(
+                    "refresh-proxy: {} of {} refresh tokens were issued and written to {} before \
+                     the failure",
+                    failure.written,
+                    job.count,
+                    if job.out == Path::new("-") {
+                        "stdout".to_owned()
+                    } else {
+                        job.out.display().to_string()
+                    }
+                );
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn revoke(config: &Config, config_path: &Path, args: RevokeArgs) -> ExitCode {
+    let Some(target) = args.target() else {
+        eprintln!("refresh-proxy: admin revoke needs exactly one of --family, --subject, --client");
+        return ExitCode::from(2);
+    };
+    let (runtime, client) = match (client_runtime(), admin_client(config, config_path)) {
+        (Ok(rt), Ok(client)) => (rt, client),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    match runtime.block_on(client.revoke(&target)) {
+        Ok(revoked) => {
+            // Not println!: it panics when stdout is a closed pipe.
+            let line = format!("{}\n", serde_json::json!({ "revoked": revoked }));
+            match std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("refresh-proxy: revoked {revoked}, but cannot write stdout: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("refresh-proxy: revoke failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Builds everything the config describes (files, keys, TLS, store client) without serving.
+/// The Redis client needs a runtime to exist, though it connects to nothing here.
+fn check_config(config: Config, path: &std::path::Path) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("refresh-proxy: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(async { App::build(config).map(drop) }) {
+        Ok(()) => {
+            println!("refresh-proxy: {} is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("refresh-proxy: config error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -119,6 +119,23 @@ fn classify(err: &Error) -> (StatusCode, ErrorCode, &'static str) {
     }
 }
 
+/// The metrics outcome of an error (the same mapping as the answer's code).
+pub fn outcome_of(err: &Error) -> crate::metrics::Outcome {
+    use crate::metrics::Outcome;
+    match classify(err) {
+        (StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT, _, _) => Outcome::UpstreamError,
+        (_, ErrorCode::InvalidRequest, _) => Outcome::InvalidRequest,
+        (_, ErrorCode::InvalidClient, _) => Outcome::InvalidClient,
+        (_, ErrorCode::InvalidGrant, _) => Outcome::InvalidGrant,
+        (_, ErrorCode::InvalidScope, _) => Outcome::InvalidScope,
+        (_, ErrorCode::UnauthorizedClient, _) => Outcome::UnauthorizedClient,
+        (_, ErrorCode::TemporarilyUnavailable | ErrorCode::ServerError, _) => {
+            Outcome::TemporarilyUnavailable
+        }
+        (_, ErrorCode::UnsupportedGrantType, _) => Outcome::InvalidRequest,
+    }
+}
+
 /// Builds the JSON answer for `err`. The one error → response mapping of the crate.
 pub fn error_response(err: Error) -> Response<Full<Bytes>> {
     let (status, error, description) = classify(&err);

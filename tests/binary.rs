@@ -104,6 +104,27 @@ fn check_config_names_the_key_and_exits_1() {
 }
 
 #[test]
+fn check_config_accepts_a_redis_store() {
+    let (code, stdout, stderr) = check_config(
+        &config(
+            "http://x",
+            "[store]\nurl = \"redis://127.0.0.1:1\"\n[tokens]\nrefresh_token_key = \"0123456789abcdef0123456789abcdef\"\n",
+        ),
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, _, stderr) = check_config(
+        &config("http://x", "[store]\nurl = \"redis://127.0.0.1:1\"\n"),
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("tokens.refresh_token_key: required with a redis store"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn env_overrides_reach_the_binary() {
     let (code, stdout, stderr) = check_config(
         &config("http://x", ""),

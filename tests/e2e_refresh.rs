@@ -168,6 +168,27 @@ async fn the_code_flow_is_captured_and_refreshes_rotate_at_the_proxy(kind: Kind)
         0,
         "no refresh reached the IdP"
     );
+
+    // The security event is counted.
+    let metrics = reqwest::get(format!("{}/metrics", s.proxy.admin_url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "refresh_proxy_reuse_detections_total 1",
+        "refresh_proxy_family_revocations_total 1",
+        "refresh_proxy_captures_total 1",
+        "refresh_proxy_rotations_total 1",
+        "refresh_proxy_requests_total{endpoint=\"token\",outcome=\"ok\"} 1",
+        "refresh_proxy_requests_total{endpoint=\"token\",outcome=\"invalid_grant\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from:\n{metrics}"
+        );
+    }
 }
 
 async fn a_chain_of_refreshes_continues_without_the_upstream(kind: Kind) {

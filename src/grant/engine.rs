@@ -10,6 +10,7 @@
 //! refresh rules, and minting. Reused, unknown, expired, revoked and other clients' tokens all
 //! get the same `invalid_grant` body, so the answer is no oracle (DESIGN §4.5).
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand;
@@ -26,6 +27,7 @@ use super::scope;
 use crate::classify::Form;
 use crate::client_auth::{self, Client, ClientAuthError, Clients};
 use crate::config::AccessTokenFormat;
+use crate::metrics::{Metrics, inc};
 use crate::mint::jwt::Signer;
 use crate::mint::opaque;
 use crate::mint::refresh::{FamilyId, RefreshToken, RefreshTokenKey};
@@ -66,6 +68,7 @@ pub struct TokenResponse {
 /// Everything refresh grants and capture need, built once from config.
 pub struct Engine {
     pub store: AnyStore,
+    pub metrics: Arc<Metrics>,
     pub clients: Clients,
     refresh_key: RefreshTokenKey,
     signer: Signer,
@@ -142,6 +145,7 @@ impl Engine {
     ) -> Engine {
         Engine {
             store,
+            metrics: Arc::default(),
             clients,
             refresh_key,
             signer,
@@ -230,7 +234,10 @@ impl Engine {
                 expires_ms: now + at_ttl_ms,
             }),
         };
-        let (verdict, family, opaque_stored) = match self.store.redeem(&request).await? {
+        let redemption = self.store.redeem(&request).await.inspect_err(|_| {
+            inc(&self.metrics.store_errors);
+        })?;
+        let (verdict, family, opaque_stored) = match redemption {
             Redemption::Unknown => return Err(GrantError::InvalidGrant("unknown family")),
             Redemption::Decided {
                 verdict,
@@ -239,8 +246,12 @@ impl Engine {
             } => (verdict, family, opaque_stored),
         };
         let (refresh_token, scope) = match verdict {
-            Verdict::Rotated { scope, .. } => (self.refresh_key.next(&token), scope),
+            Verdict::Rotated { scope, .. } => {
+                inc(&self.metrics.rotations);
+                (self.refresh_key.next(&token), scope)
+            }
             Verdict::Grace { generation, scope } => {
+                inc(&self.metrics.grace_hits);
                 tracing::info!(
                     family = token.family,
                     client_id = %client.id,
@@ -249,8 +260,13 @@ impl Engine {
                 );
                 (self.refresh_key.next(&token), scope)
             }
-            Verdict::Reused { scope } => (token_param.unwrap_or_default().to_owned(), scope),
+            Verdict::Reused { scope } => {
+                inc(&self.metrics.reuses);
+                (token_param.unwrap_or_default().to_owned(), scope)
+            }
             Verdict::ReuseDetected { presented, current } => {
+                inc(&self.metrics.reuse_detections);
+                inc(&self.metrics.family_revocations);
                 // RFC 9700 §4.14.2: the family is revoked; tell the operators.
                 tracing::warn!(
                     security_event = "refresh_token_reuse",
@@ -398,8 +414,16 @@ impl Engine {
         };
         // RFC 7009 §2.1: the server "first validates the client credentials ... and then
         // verifies whether the token was issued to the client making the revocation request".
-        match self.store.revoke_family(family, Some(&client.id)).await? {
-            Revoke::Revoked => tracing::info!(family, client_id = %client.id, "family revoked"),
+        let revoked = self
+            .store
+            .revoke_family(family, Some(&client.id))
+            .await
+            .inspect_err(|_| inc(&self.metrics.store_errors))?;
+        match revoked {
+            Revoke::Revoked => {
+                inc(&self.metrics.family_revocations);
+                tracing::info!(family, client_id = %client.id, "family revoked");
+            }
             Revoke::NotOwner => tracing::warn!(
                 security_event = "revocation_by_other_client",
                 family,
@@ -593,7 +617,11 @@ impl Engine {
             idle_deadline_ms: (now + policy.refresh_token_ttl as i64 * 1000).min(expires_at_ms),
             expires_at_ms,
         };
-        self.store.create_family(&family).await?;
+        self.store
+            .create_family(&family)
+            .await
+            .inspect_err(|_| inc(&self.metrics.store_errors))?;
+        inc(&self.metrics.captures);
         let token = self.refresh_key.first(&family.id);
         answer.insert("refresh_token".to_owned(), Value::String(token));
         tracing::info!(

@@ -9,6 +9,7 @@ use super::service::RefreshGrant;
 use crate::classify::Endpoints;
 use crate::config::ConfigError;
 use crate::grant::engine::Engine;
+use crate::metrics::{Outcome, Route};
 use http::HeaderValue;
 
 /// The smallest body limit the builder accepts: a token request with a long refresh token and
@@ -31,6 +32,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Counts a request (only with an engine, which owns the metrics).
+    pub(crate) fn record(&self, route: Route, outcome: Outcome) {
+        if let Some(engine) = &self.engine {
+            engine.metrics.request(route, outcome);
+        }
+    }
+
     /// The issuer of minted tokens: the upstream's (DESIGN §4.9).
     pub(crate) fn issuer(&self) -> String {
         self.endpoints

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -17,6 +18,7 @@ use super::layer::Shared;
 use super::upstream;
 use crate::classify::{self, Endpoint, Form, FormError};
 use crate::error::Error;
+use crate::metrics::{Outcome, Route};
 use crate::oauth;
 use crate::proxy::BoxError;
 
@@ -72,10 +74,38 @@ where
             Endpoint::Revocation | Endpoint::Introspection | Endpoint::Jwks | Endpoint::Other => {
                 let mut inner = inner;
                 let fut = inner.call(req.map(RequestBody::streaming));
-                Box::pin(async move { fut.await.map(inner_response) })
+                Box::pin(async move {
+                    let res = fut.await?;
+                    shared.record(route_of(endpoint), forwarded(&res));
+                    Ok(inner_response(res))
+                })
             }
         }
     }
+}
+
+fn route_of(endpoint: Endpoint) -> Route {
+    match endpoint {
+        Endpoint::Token => Route::Token,
+        Endpoint::Revocation => Route::Revocation,
+        Endpoint::Introspection => Route::Introspection,
+        Endpoint::Jwks => Route::Jwks,
+        Endpoint::Other => Route::Other,
+    }
+}
+
+/// A forwarded answer's outcome: the forwarding service marks its own 502/504 answers.
+pub(super) fn forwarded<B>(res: &Response<B>) -> Outcome {
+    match res.extensions().get::<Arc<Error>>() {
+        Some(err) => oauth::outcome_of(err),
+        None => Outcome::Forwarded,
+    }
+}
+
+/// The outcome and the local answer for an error the layer answers itself.
+fn refused<B>(shared: &Shared, route: Route, err: Error) -> Response<ResponseBody<B>> {
+    shared.record(route, oauth::outcome_of(&err));
+    local_response(err)
 }
 
 pub(super) fn inner_response<B>(res: Response<B>) -> Response<ResponseBody<B>> {
@@ -104,7 +134,7 @@ where
 {
     let (req, form) = match read_form(req, shared.max_body_bytes).await {
         Ok(read) => read,
-        Err(err) => return Ok(local_response(err)),
+        Err(err) => return Ok(refused(&shared, Route::Token, err)),
     };
     let Some(engine) = shared.engine.clone() else {
         return inner.call(req).await.map(inner_response);
@@ -112,11 +142,17 @@ where
     let authorization = req.headers().get(AUTHORIZATION).cloned();
     if form.get("grant_type") == Some("refresh_token") {
         let issuer = shared.issuer();
-        match engine.refresh(authorization.as_ref(), &form, &issuer).await {
+        let started = Instant::now();
+        let answered = engine.refresh(authorization.as_ref(), &form, &issuer).await;
+        if !matches!(answered, Ok(None)) {
+            engine.metrics.refresh_latency(started.elapsed());
+        }
+        match answered {
             Ok(Some(answer)) => {
+                shared.record(Route::Token, Outcome::Ok);
                 return Ok(oauth::token_response(&answer).map(ResponseBody::local));
             }
-            Err(err) => return Ok(local_response(Error::Grant(err))),
+            Err(err) => return Ok(refused(&shared, Route::Token, Error::Grant(err))),
             Ok(None) => {}
         }
     }
@@ -124,6 +160,7 @@ where
     let client = upstream::handled_client(&engine, authorization.as_ref(), &form);
     let spare = inner.clone();
     let res = inner.call(req).await?;
+    shared.record(Route::Token, forwarded(&res));
     match client {
         Some(client) => {
             let ctx = upstream::CaptureContext {
@@ -153,9 +190,10 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let route = route_of(endpoint);
     let (req, form) = match read_form(req, shared.max_body_bytes).await {
         Ok(read) => read,
-        Err(err) => return Ok(local_response(err)),
+        Err(err) => return Ok(refused(&shared, route, err)),
     };
     let engine = shared
         .engine
@@ -174,9 +212,16 @@ where
             .map(|found| found.map(|v| oauth::json_response(http::StatusCode::OK, &v)))
     };
     match answer {
-        Ok(Some(res)) => Ok(res.map(ResponseBody::local)),
-        Ok(None) => inner.call(req).await.map(inner_response),
-        Err(err) => Ok(local_response(Error::Grant(err))),
+        Ok(Some(res)) => {
+            shared.record(route, Outcome::Ok);
+            Ok(res.map(ResponseBody::local))
+        }
+        Ok(None) => {
+            let res = inner.call(req).await?;
+            shared.record(route, forwarded(&res));
+            Ok(inner_response(res))
+        }
+        Err(err) => Ok(refused(&shared, route, Error::Grant(err))),
     }
 }
 
@@ -195,6 +240,7 @@ where
     ResB::Error: Into<BoxError>,
 {
     let res = inner.call(req.map(RequestBody::streaming)).await?;
+    shared.record(Route::Jwks, forwarded(&res));
     Ok(upstream::merge_jwks(res, &shared.jwks_keys).await)
 }
 

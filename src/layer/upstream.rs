@@ -140,6 +140,7 @@ where
         Identify::Found(identity) => identity,
         Identify::Unknown(why) => {
             tracing::warn!(client_id = %client.id, "capture skipped: {why}");
+            crate::metrics::inc(&ctx.engine.metrics.capture_skips);
             return Ok(rebuilt(parts, bytes));
         }
         Identify::Introspect { access_token } => {
@@ -147,6 +148,7 @@ where
                 Ok(identity) => identity,
                 Err(why) => {
                     tracing::warn!(client_id = %client.id, "capture skipped: {why}");
+                    crate::metrics::inc(&ctx.engine.metrics.capture_skips);
                     return Ok(rebuilt(parts, bytes));
                 }
             }
@@ -170,6 +172,7 @@ where
             // Fail open: the client keeps the upstream's token; its next refresh is forwarded
             // and captured then.
             tracing::warn!(client_id = %client.id, error = %e, "capture skipped: the store failed");
+            crate::metrics::inc(&ctx.engine.metrics.capture_skips);
             Ok(rebuilt(parts, bytes))
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! One `std::sync::Mutex` over the families and one over opaque access tokens, never held
 //! across an `.await`; each redemption is one critical section running the shared rules.
-//! Expired entries are dropped when touched, and swept every 4,096 writes.
+//! Expired entries are dropped when touched, and swept once the writes since the last sweep
+//! reach the number of live families (at least 4,096): amortised O(1) per write.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -105,10 +106,20 @@ impl MemoryStore {
         tokens: &Mutex<HashMap<String, AccessTokenRecord>>,
         now_ms: i64,
     ) {
-        families.writes += 1;
-        if !families.writes.is_multiple_of(SWEEP_EVERY) {
+        Self::sweep_after(families, tokens, now_ms, 1);
+    }
+
+    fn sweep_after(
+        families: &mut Families,
+        tokens: &Mutex<HashMap<String, AccessTokenRecord>>,
+        now_ms: i64,
+        writes: u64,
+    ) {
+        families.writes += writes;
+        if families.writes < SWEEP_EVERY.max(families.map.len() as u64) {
             return;
         }
+        families.writes = 0;
         families
             .map
             .retain(|_, f| now_ms < f.state.idle_deadline_ms && now_ms < f.state.expires_at_ms);
@@ -156,7 +167,14 @@ impl TokenStore for MemoryStore {
         let mut families = self.inner.families.lock().expect("store lock");
         for f in batch {
             families.insert(f);
-            Self::sweep(&mut families, &self.inner.access_tokens, f.created_ms);
+        }
+        if let Some(f) = batch.first() {
+            Self::sweep_after(
+                &mut families,
+                &self.inner.access_tokens,
+                f.created_ms,
+                batch.len() as u64,
+            );
         }
         Ok(())
     }

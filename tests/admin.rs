@@ -1,0 +1,793 @@
+//! The admin API on the admin port, and its CLI front ends (`refresh-proxy issue`,
+//! `refresh-proxy admin revoke`).
+//!
+//! In-process: the proxy in front of an echo upstream (`discovery = false`, token path
+//! `/token`), so every refresh grant below is answered by the proxy itself; the cases that
+//! touch the store run on `memory://` and on a private redis-server. Then the real binary:
+//! the CLI against a running proxy process, and its failure exits.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::Value;
+use support::echo::EchoServer;
+use support::idp;
+use support::proxy::{ProxyProcess, TestProxy, binary};
+use support::redis::RedisServer;
+
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+const SECRET: &str = "Secr3t!";
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Memory,
+    Redis,
+}
+
+/// The proxy's config: clients `www` and `app` (refresh tokens), `nort` (none), the admin
+/// token when given, and the echo upstream.
+fn config_text(store: &str, admin_token: Option<&str>, upstream: &str) -> String {
+    let admin = admin_token
+        .map(|t| format!("[admin]\ntoken = \"{t}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[store]\nurl = \"{store}\"\n\
+         [tokens]\nrefresh_token_key = \"{key}\"\n\
+         {admin}\
+         [clients.www]\nsecret = \"{SECRET}\"\n\
+         [clients.app]\nsecret = \"{SECRET}\"\n\
+         [clients.nort]\nsecret = \"{SECRET}\"\nrefresh_token_ttl = 0\n\
+         [upstream]\nurl = \"{upstream}\"\ndiscovery = false\ntoken_path = \"/token\"\n",
+        key = support::TEST_REFRESH_KEY,
+    )
+}
+
+struct Stack {
+    proxy: TestProxy,
+    redis: Option<RedisServer>,
+    _echo: EchoServer,
+    http: reqwest::Client,
+}
+
+/// An admin API answer.
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Stack {
+    async fn start(kind: Kind, admin_token: Option<&str>) -> Stack {
+        let echo = EchoServer::start().await;
+        let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
+        let store = redis
+            .as_ref()
+            .map_or("memory://".to_owned(), RedisServer::url);
+        let proxy = TestProxy::start(&config_text(&store, admin_token, &echo.url())).await;
+        proxy.wait_ready().await;
+        Stack {
+            proxy,
+            redis,
+            _echo: echo,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn with_admin(kind: Kind) -> Stack {
+        Stack::start(kind, Some(ADMIN_TOKEN)).await
+    }
+
+    /// A request to the admin port with `Authorization: <authorization>` when given.
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        authorization: Option<&str>,
+        body: &str,
+    ) -> Answer {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.proxy.admin_url))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        let res = req.send().await.expect("admin request");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.expect("body");
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path} answered non-JSON ({e}): {text}"));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn post(&self, path: &str, body: &str) -> Answer {
+        self.admin(
+            reqwest::Method::POST,
+            path,
+            Some(&format!("Bearer {ADMIN_TOKEN}")),
+            body,
+        )
+        .await
+    }
+
+    async fn issue(&self, client_id: &str, subject: &str, scope: &str, count: u64) -> Vec<String> {
+        let body = serde_json::json!({
+            "client_id": client_id, "subject": subject, "scope": scope, "count": count,
+        });
+        let a = self.post("/admin/issue", &body.to_string()).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let tokens: Vec<String> = a.body["refresh_tokens"]
+            .as_array()
+            .expect("refresh_tokens")
+            .iter()
+            .map(|t| t.as_str().expect("a string").to_owned())
+            .collect();
+        assert_eq!(tokens.len() as u64, count);
+        tokens
+    }
+
+    async fn revoke(&self, body: Value) -> u64 {
+        let a = self.post("/admin/revoke", &body.to_string()).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.body["revoked"].as_u64().expect("revoked")
+    }
+
+    /// A refresh grant at the proxy's token endpoint, as `client_id`.
+    async fn refresh(&self, client_id: &str, rt: &str) -> (u16, Value) {
+        idp::refresh(&self.proxy.url, client_id, SECRET, rt, None).await
+    }
+
+    async fn refresh_ok(&self, client_id: &str, rt: &str) -> Value {
+        let (status, body) = self.refresh(client_id, rt).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    async fn assert_invalid_grant(&self, client_id: &str, rt: &str) {
+        let (status, body) = self.refresh(client_id, rt).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_grant"))
+        );
+    }
+}
+
+fn family_of(token: &str) -> &str {
+    token.split('.').next().expect("a family id")
+}
+
+// ---------------------------------------------------------------------------------------
+// Authentication and the switch
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_admin_api_needs_the_bearer_token() {
+    let s = Stack::with_admin(Kind::Memory).await;
+    let body = r#"{"subject":"nobody"}"#;
+    let wrong = format!("Bearer {ADMIN_TOKEN}x");
+    let basic = format!("Basic {ADMIN_TOKEN}");
+    for authorization in [
+        None,
+        Some(wrong.as_str()),
+        Some(basic.as_str()),
+        Some("Bearer"),
+        Some("Bearer "),
+    ] {
+        for path in ["/admin/revoke", "/admin/issue", "/admin/nope", "/admin"] {
+            let a = s
+                .admin(reqwest::Method::POST, path, authorization, body)
+                .await;
+            assert_eq!(a.status, 401, "{path} with {authorization:?}");
+            assert_eq!(a.body, serde_json::json!({"error": "unauthorized"}));
+            assert_eq!(
+                a.headers["www-authenticate"],
+                "Bearer realm=\"refresh-proxy-admin\""
+            );
+        }
+    }
+    // The right token, with the scheme in any case.
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let a = s
+            .admin(
+                reqwest::Method::POST,
+                "/admin/revoke",
+                Some(&format!("{scheme} {ADMIN_TOKEN}")),
+                body,
+            )
+            .await;
+        assert_eq!(
+            (a.status, &a.body),
+            (200, &serde_json::json!({"revoked": 0}))
+        );
+    }
+    // The probes and the JWKS stay open.
+    for path in ["/healthz", "/readyz", "/jwks"] {
+        let a = s.admin(reqwest::Method::GET, path, None, "").await;
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
+    }
+}
+
+#[tokio::test]
+async fn without_admin_token_the_admin_api_is_off() {
+    let s = Stack::start(Kind::Memory, None).await;
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    for (path, authorization) in [
+        ("/admin/issue", None),
+        ("/admin/revoke", Some(bearer.as_str())),
+        ("/admin", Some(bearer.as_str())),
+        ("/admin/anything", None),
+    ] {
+        let a = s
+            .admin(
+                reqwest::Method::POST,
+                path,
+                authorization,
+                r#"{"subject":"x"}"#,
+            )
+            .await;
+        assert_eq!(a.status, 404, "{path}");
+        assert_eq!(
+            a.body,
+            serde_json::json!({
+                "error": "admin_api_disabled",
+                "error_description": "set admin.token to enable the admin API",
+            })
+        );
+    }
+    let a = s.admin(reqwest::Method::GET, "/healthz", None, "").await;
+    assert_eq!(a.status, 200);
+}
+
+#[test]
+fn an_admin_token_shorter_than_16_characters_is_a_config_error() {
+    let text = config_text("memory://", Some("short-token-15c"), "http://127.0.0.1:9");
+    let config =
+        refresh_proxy::config::Config::from_toml_str(&text, Path::new("."), std::iter::empty())
+            .expect("the config parses");
+    let err = refresh_proxy::app::App::build(config)
+        .err()
+        .expect("App::build refuses it");
+    assert!(
+        err.to_string()
+            .starts_with("admin.token: must be at least 16 characters"),
+        "{err}"
+    );
+    // 16 is enough.
+    let text = config_text("memory://", Some("sixteen-chars-ok"), "http://127.0.0.1:9");
+    let config =
+        refresh_proxy::config::Config::from_toml_str(&text, Path::new("."), std::iter::empty())
+            .expect("the config parses");
+    assert!(refresh_proxy::app::App::build(config).is_ok());
+}
+
+#[tokio::test]
+async fn bad_admin_requests_are_400_and_say_why() {
+    let s = Stack::with_admin(Kind::Memory).await;
+    let family = family_of(&s.issue("www", "alice", "", 1).await[0]).to_owned();
+    for (path, body) in [
+        ("/admin/revoke", "not json".to_owned()),
+        ("/admin/revoke", "{}".to_owned()),
+        ("/admin/revoke", r#"{"subject":null}"#.to_owned()),
+        ("/admin/revoke", r#"{"subject":""}"#.to_owned()),
+        (
+            "/admin/revoke",
+            r#"{"subject":"alice","client_id":"www"}"#.to_owned(),
+        ),
+        (
+            "/admin/revoke",
+            format!(r#"{{"family":"{family}","subject":"alice"}}"#),
+        ),
+        (
+            "/admin/revoke",
+            r#"{"family":"not-a-family-id"}"#.to_owned(),
+        ),
+        ("/admin/revoke", r#"{"user":"alice"}"#.to_owned()),
+        ("/admin/revoke", r#"{"subject":42}"#.to_owned()),
+        ("/admin/revoke", "".to_owned()),
+        ("/admin/issue", "[]".to_owned()),
+        (
+            "/admin/issue",
+            r#"{"client_id":"www","subject":"a","scope":"","count":0}"#.to_owned(),
+        ),
+        (
+            "/admin/issue",
+            r#"{"client_id":"www","subject":"a","scope":"","count":1000001}"#.to_owned(),
+        ),
+        (
+            "/admin/issue",
+            r#"{"client_id":"www","subject":"a","scope":"","count":-3}"#.to_owned(),
+        ),
+        (
+            "/admin/issue",
+            r#"{"client_id":"www","subject":"a","scope":"","count":"5"}"#.to_owned(),
+        ),
+        (
+            "/admin/issue",
+            r#"{"client_id":"www","scope":"","count":5}"#.to_owned(),
+        ),
+        (
+            "/admin/issue",
+            r#"{"client_id":"nobody","subject":"a","scope":"","count":5}"#.to_owned(),
+        ),
+    ] {
+        let a = s.post(path, &body).await;
+        assert_eq!(a.status, 400, "{path} {body}: {}", a.body);
+        assert_eq!(a.body["error"], "invalid_request", "{path} {body}");
+        assert!(
+            a.body["error_description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "{path} {body}: {}",
+            a.body
+        );
+    }
+    // A client with refresh_token_ttl = 0 gets no refresh tokens from the admin API either.
+    let a = s
+        .post(
+            "/admin/issue",
+            r#"{"client_id":"nort","subject":"a","scope":"","count":1}"#,
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (400, Some("unauthorized_client"))
+    );
+    // Bodies are read up to 64 KiB.
+    let big = format!(r#"{{"subject":"{}"}}"#, "x".repeat(70 * 1024));
+    let a = s.post("/admin/revoke", &big).await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (413, Some("invalid_request"))
+    );
+    // Only POST, only the two endpoints.
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let a = s
+        .admin(reqwest::Method::GET, "/admin/revoke", Some(&bearer), "")
+        .await;
+    assert_eq!(a.status, 405);
+    assert_eq!(a.headers["allow"], "POST");
+    let a = s.post("/admin/unknown", "{}").await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (404, Some("not_found"))
+    );
+    // Nothing above changed the family.
+    s.refresh_ok("www", &s.issue("www", "alice", "", 1).await[0])
+        .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue and revoke, on both stores
+// ---------------------------------------------------------------------------------------
+
+async fn issued_tokens_are_refreshed_at_the_proxy(kind: Kind) {
+    let s = Stack::with_admin(kind).await;
+    let tokens = s.issue("www", "alice", "read write", 200).await;
+    let distinct: std::collections::HashSet<&String> = tokens.iter().collect();
+    assert_eq!(distinct.len(), 200);
+    let families: std::collections::HashSet<&str> = tokens.iter().map(|t| family_of(t)).collect();
+    assert_eq!(families.len(), 200, "one family per token");
+    for t in [&tokens[0], &tokens[99], &tokens[199]] {
+        let answer = s.refresh_ok("www", t).await;
+        assert_eq!(answer["scope"], "read write");
+        assert_eq!(answer["token_type"], "bearer");
+        let next = answer["refresh_token"].as_str().expect("rotated");
+        assert_ne!(next, t.as_str());
+        assert_eq!(family_of(next), family_of(t));
+        // The rotated token goes on.
+        s.refresh_ok("www", next).await;
+    }
+    // An empty scope is allowed; the tokens belong to their client only.
+    let bare = s.issue("app", "bob", "", 1).await;
+    let answer = s.refresh_ok("app", &bare[0]).await;
+    assert_eq!(answer["scope"], "");
+    let other = s.issue("app", "bob", "read", 1).await;
+    s.assert_invalid_grant("www", &other[0]).await;
+}
+
+async fn revocation_by_family_subject_and_client(kind: Kind) {
+    let s = Stack::with_admin(kind).await;
+    let alice_www = s.issue("www", "alice", "read", 3).await;
+    let alice_app = s.issue("app", "alice", "read", 2).await;
+    let bob_www = s.issue("www", "bob", "read", 3).await;
+    let carol_app = s.issue("app", "carol", "read", 4).await;
+
+    // One family: revoked once, then there is nothing left to revoke.
+    let family = family_of(&alice_www[0]).to_owned();
+    assert_eq!(s.revoke(serde_json::json!({"family": family})).await, 1);
+    assert_eq!(s.revoke(serde_json::json!({"family": family})).await, 0);
+    s.assert_invalid_grant("www", &alice_www[0]).await;
+    // Its siblings are untouched; a rotated family is still the subject's.
+    let rotated = s.refresh_ok("www", &alice_www[1]).await;
+
+    // A subject, across clients: the live ones (2 of www, 2 of app).
+    assert_eq!(s.revoke(serde_json::json!({"subject": "alice"})).await, 4);
+    assert_eq!(s.revoke(serde_json::json!({"subject": "alice"})).await, 0);
+    s.assert_invalid_grant("www", rotated["refresh_token"].as_str().expect("rt"))
+        .await;
+    s.assert_invalid_grant("www", &alice_www[2]).await;
+    for t in &alice_app {
+        s.assert_invalid_grant("app", t).await;
+    }
+    s.refresh_ok("www", &bob_www[0]).await;
+    s.refresh_ok("app", &carol_app[0]).await;
+
+    // A client: carol's 4 (alice's app families are gone already).
+    assert_eq!(s.revoke(serde_json::json!({"client_id": "app"})).await, 4);
+    for t in &carol_app[1..] {
+        s.assert_invalid_grant("app", t).await;
+    }
+    // The other client's families still work.
+    for t in &bob_www[1..] {
+        s.refresh_ok("www", t).await;
+    }
+    assert_eq!(
+        s.revoke(serde_json::json!({"subject": "nobody-at-all"}))
+            .await,
+        0
+    );
+    assert_eq!(s.revoke(serde_json::json!({"client_id": "nort"})).await, 0);
+}
+
+macro_rules! both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::Kind::Memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::Kind::Redis).await;
+                }
+            )*
+        }
+    };
+}
+
+both_stores!(
+    issued_tokens_are_refreshed_at_the_proxy,
+    revocation_by_family_subject_and_client,
+    the_cli_issues_tokens_the_proxy_accepts_and_revokes_them,
+);
+
+#[tokio::test]
+async fn a_store_outage_is_503_with_retry_after() {
+    let mut s = Stack::with_admin(Kind::Redis).await;
+    let token = s.issue("www", "alice", "read", 1).await.remove(0);
+    s.redis.as_mut().expect("redis").kill();
+    let family = family_of(&token).to_owned();
+    for (path, body) in [
+        (
+            "/admin/issue",
+            r#"{"client_id":"www","subject":"a","scope":"","count":5}"#.to_owned(),
+        ),
+        ("/admin/revoke", format!(r#"{{"family":"{family}"}}"#)),
+        ("/admin/revoke", r#"{"subject":"alice"}"#.to_owned()),
+        ("/admin/revoke", r#"{"client_id":"www"}"#.to_owned()),
+    ] {
+        let a = s.post(path, &body).await;
+        assert_eq!(a.status, 503, "{path} {body}: {}", a.body);
+        assert_eq!(a.body["error"], "temporarily_unavailable");
+        assert_eq!(a.headers["retry-after"], "1");
+    }
+    // Back again: nothing was revoked while it was down.
+    s.redis.as_mut().expect("redis").restart();
+    s.proxy.wait_ready().await;
+    s.refresh_ok("www", &token).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The binary: `refresh-proxy issue` and `refresh-proxy admin revoke`
+// ---------------------------------------------------------------------------------------
+
+/// Runs the CLI; `admin_listen` goes in as the same env override the proxy process got.
+async fn cli(config: &Path, admin_listen: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = tokio::process::Command::new(binary());
+    command
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("REFRESH_PROXY_SERVER__ADMIN_LISTEN", admin_listen)
+        .envs(env.iter().copied());
+    tokio::time::timeout(std::time::Duration::from_secs(120), command.output())
+        .await
+        .expect("the CLI finishes")
+        .expect("run the CLI")
+}
+
+fn admin_addr(process: &ProxyProcess) -> String {
+    process
+        .admin_url
+        .strip_prefix("http://")
+        .expect("http URL")
+        .to_owned()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn the_cli_issues_tokens_the_proxy_accepts_and_revokes_them(kind: Kind) {
+    let echo = EchoServer::start().await;
+    let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
+    let store = redis
+        .as_ref()
+        .map_or("memory://".to_owned(), RedisServer::url);
+    let proxy = ProxyProcess::spawn(&config_text(&store, Some(ADMIN_TOKEN), &echo.url()));
+    proxy.wait_ready().await;
+    let admin = admin_addr(&proxy);
+    let out_file = support::temp_dir("issue").join("tokens.txt");
+    let out = cli(
+        &proxy.config_path,
+        &admin,
+        &[
+            "issue",
+            "--client",
+            "www",
+            "--subject",
+            "load-test",
+            "--scope",
+            "read write",
+            "--count",
+            "2500",
+            "--out",
+            out_file.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.starts_with("issued 2500 refresh tokens for client www in ")
+            && stderr.ends_with("s\n"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    let written = std::fs::read_to_string(&out_file).expect("the output file");
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(lines.len(), 2500);
+    assert_eq!(
+        lines.iter().collect::<std::collections::HashSet<_>>().len(),
+        2500
+    );
+    for t in [lines[0], lines[1], lines[1234], lines[2499]] {
+        let (status, body) = idp::refresh(&proxy.url, "www", SECRET, t, None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["scope"], "read write");
+    }
+
+    // `--out -` is stdout.
+    let out = cli(
+        &proxy.config_path,
+        &admin,
+        &[
+            "issue",
+            "--client",
+            "app",
+            "--subject",
+            "other",
+            "--count",
+            "3",
+            "--out",
+            "-",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 3);
+
+    let out = cli(
+        &proxy.config_path,
+        &admin,
+        &["admin", "revoke", "--subject", "load-test"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "{\"revoked\":2500}\n");
+    let (status, body) = idp::refresh(&proxy.url, "www", SECRET, lines[7], None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    let out = cli(
+        &proxy.config_path,
+        &admin,
+        &["admin", "revoke", "--client", "app"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "{\"revoked\":3}\n");
+    drop(redis);
+}
+
+#[tokio::test]
+async fn the_cli_fails_with_exit_1_and_says_why() {
+    let echo = EchoServer::start().await;
+    let config = config_text("memory://", Some(ADMIN_TOKEN), &echo.url());
+
+    // Nothing listens on the admin address.
+    let dir = support::temp_dir("cli");
+    let path = dir.join("config.toml");
+    std::fs::write(&path, &config).expect("write config");
+    let nowhere = format!("127.0.0.1:{}", support::free_port());
+    let out_file = dir.join("tokens.txt");
+    let out_arg = out_file.to_str().expect("utf-8 path");
+    let issue = [
+        "issue",
+        "--client",
+        "www",
+        "--subject",
+        "s",
+        "--count",
+        "5",
+        "--out",
+        out_arg,
+    ];
+    let out = cli(&path, &nowhere, &issue, &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("is the proxy running at {nowhere}?")),
+        "{stderr}"
+    );
+    let out = cli(&path, &nowhere, &["admin", "revoke", "--subject", "s"], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(&format!("is the proxy running at {nowhere}?")),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let proxy = ProxyProcess::spawn(&config);
+    proxy.wait_ready().await;
+    let admin = admin_addr(&proxy);
+
+    // The wrong token.
+    let wrong = [("REFRESH_PROXY_ADMIN__TOKEN", "not-the-proxys-admin-token")];
+    for args in [&issue[..], &["admin", "revoke", "--subject", "s"]] {
+        let out = cli(&proxy.config_path, &admin, args, &wrong).await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("admin.token does not match the running proxy's"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("not-the-proxys-admin-token"), "{stderr}");
+    }
+
+    // What the proxy refuses is passed on: an unknown client, no refresh tokens for a client.
+    let out = cli(
+        &proxy.config_path,
+        &admin,
+        &[
+            "issue",
+            "--client",
+            "nobody",
+            "--subject",
+            "s",
+            "--count",
+            "5",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("400 Bad Request invalid_request: unknown client_id"),
+        "{stderr}"
+    );
+    let out = cli(
+        &proxy.config_path,
+        &admin,
+        &[
+            "issue",
+            "--client",
+            "nort",
+            "--subject",
+            "s",
+            "--count",
+            "5",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unauthorized_client"));
+    let out = cli(
+        &proxy.config_path,
+        &admin,
+        &["admin", "revoke", "--family", "nope"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("family must be a family id"));
+
+    // An output file that cannot be written: nothing is issued.
+    let out = cli(
+        &proxy.config_path,
+        &admin,
+        &[
+            "issue",
+            "--client",
+            "www",
+            "--subject",
+            "s",
+            "--count",
+            "5",
+            "--out",
+            dir.join("no/such/dir/tokens.txt").to_str().expect("utf-8"),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot write"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // No admin.token in the CLI's config.
+    let no_token_path = dir.join("no-token.toml");
+    std::fs::write(&no_token_path, config_text("memory://", None, &echo.url()))
+        .expect("write config");
+    let out = cli(&no_token_path, &admin, &issue, &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("admin.token is not set"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A proxy running without admin.token.
+    let off = ProxyProcess::spawn(&config_text("memory://", None, &echo.url()));
+    off.wait_ready().await;
+    let out = cli(&path, &admin_addr(&off), &issue, &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("admin API disabled"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A usage error is clap's (exit 2), never a panic.
+    let out = cli(&path, &admin, &["admin", "revoke"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let out = cli(
+        &path,
+        &admin,
+        &["admin", "revoke", "--subject", "a", "--client", "b"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    let out = cli(
+        &path,
+        &admin,
+        &["issue", "--client", "www", "--subject", "s", "--count", "0"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+}
