@@ -1,0 +1,583 @@
+"""Static checks of deploy/, driven by deploy/check.sh (run it, not this file).
+
+Each subcommand checks one thing, exits non-zero with a message on failure, and prints its summary
+as the last line of stdout. Run with the venv's Python from outside helm-python-sdk's source folder.
+
+  checks.py yaml DEPLOY                     every YAML file parses (templates/ excluded)
+  checks.py render CHART VALUES|- OUTDIR    render the chart (helm-python-sdk) into OUTDIR
+  checks.py lint CHART [VALUES...]          helm lint, strict, for each values set
+  checks.py servicemonitor FILE [--absent]  the rendered ServiceMonitor (a CRD) is well formed
+  checks.py policy [--external=KIND/NAME...] FILE...
+                                            restricted PSS, probes, shutdown budget, wiring
+  checks.py compose DEPLOY                  compose.yaml's references and settings
+  checks.py check-config BIN REPO FILE...   run `refresh-proxy check-config` on every config the
+                                            manifests, the chart, compose and the image carry
+  checks.py dockerfile DOCKERFILE REPO      the image is built with CI's build command
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import yaml
+
+PROXY_ARG = "--config"
+BUILD_COMMAND = "cargo build --release --locked"
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+
+
+class CheckError(Exception):
+    pass
+
+
+def fail(message: str) -> None:
+    raise CheckError(message)
+
+
+def load_docs(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        docs = [d for d in yaml.safe_load_all(f) if d is not None]
+    for d in docs:
+        if not isinstance(d, dict):
+            fail(f"{path}: a document is not a mapping")
+    return docs
+
+
+def label_of(file: str) -> str:
+    """kubernetes/x.yaml, or "chart (values)" for a render written to <tmp>/helm-<values>/."""
+    path = Path(file)
+    if path.parent.name.startswith("helm-"):
+        return f"chart ({path.parent.name[len('helm-'):]})"
+    return f"{path.parent.name}/{path.name}"
+
+
+def name_of(doc: dict) -> str:
+    return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# yaml
+
+
+def cmd_yaml(deploy: str) -> str:
+    root = Path(deploy)
+    files = docs = 0
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.suffix not in (".yaml", ".yml") or not path.is_file():
+            continue
+        if rel.parts[0] == ".venv" or "templates" in rel.parts[:-1]:
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                docs += sum(1 for _ in yaml.safe_load_all(f))
+        except yaml.YAMLError as e:
+            fail(f"{rel}: {e}")
+        files += 1
+    if files == 0:
+        fail("no YAML files found")
+    return f"{files} files, {docs} documents (Helm templates excluded: not YAML before rendering)"
+
+
+# ---------------------------------------------------------------------------------------------
+# helm
+
+
+def cmd_render(chart: str, values_file: str, outdir: str) -> str:
+    import helm_python
+
+    values = None
+    if values_file != "-":
+        values = helm_python.values_from_yaml(Path(values_file).read_text(encoding="utf-8"))
+    c = helm_python.Chart.load(chart)
+    try:
+        out = c.render(values, name="refresh-proxy", namespace="refresh-proxy", is_install=True)
+    finally:
+        c.close()
+    out_dir = Path(outdir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifests, crds, kinds = [], [], []
+    for template, text in sorted(out.items()):
+        if not template.endswith((".yaml", ".yml")):
+            continue  # NOTES.txt
+        for doc in yaml.safe_load_all(text):
+            if doc is None:
+                continue
+            if not isinstance(doc, dict) or "kind" not in doc or "apiVersion" not in doc:
+                fail(f"{template}: rendered a document without kind/apiVersion")
+            kinds.append(doc["kind"])
+            # kubernetes-validate has no schema for CRDs such as ServiceMonitor: kept apart.
+            (crds if doc["apiVersion"].startswith("monitoring.coreos.com/") else manifests).append(doc)
+    notes = next((t for k, t in out.items() if k.endswith("/NOTES.txt")), "")
+    for name, docs in (("manifests.yaml", manifests), ("crds.yaml", crds)):
+        with open(out_dir / name, "w", encoding="utf-8") as f:
+            yaml.safe_dump_all(docs, f, sort_keys=False)
+    (out_dir / "NOTES.txt").write_text(notes, encoding="utf-8")
+    if not manifests:
+        fail("the chart rendered nothing")
+    return f"{len(kinds)} objects: {', '.join(sorted(kinds))}"
+
+
+def cmd_lint(chart: str, *values_files: str) -> str:
+    import helm_python
+
+    sets = [("default values", None)] + [
+        (Path(v).name, helm_python.values_from_yaml(Path(v).read_text(encoding="utf-8")))
+        for v in values_files
+    ]
+    infos = 0
+    for label, values in sets:
+        report = helm_python.lint(chart, values, strict=True, kube_version="v1.33.0", quiet=False)
+        problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+        if report.get("errors") or problems:
+            lines = [f"  [{m.get('severity')}] {m.get('path')}: {m.get('error')}" for m in problems]
+            lines += [f"  {e}" for e in report.get("errors") or []]
+            fail(f"helm lint ({label}) found problems:\n" + "\n".join(lines))
+        infos += sum(1 for m in report.get("messages", []) if m.get("severity", 0) < 2)
+    return f"{len(sets)} values sets, strict, kube 1.33: no warnings or errors ({infos} info messages)"
+
+
+def cmd_servicemonitor(path: str, *flags: str) -> str:
+    docs = load_docs(Path(path))
+    if "--absent" in flags:
+        if docs:
+            fail(f"expected no ServiceMonitor with default values, found {len(docs)}")
+        return "absent with default values (serviceMonitor.enabled=false)"
+    if len(docs) != 1:
+        fail(f"expected one ServiceMonitor, found {len(docs)} documents")
+    sm = docs[0]
+    if sm.get("apiVersion") != "monitoring.coreos.com/v1" or sm.get("kind") != "ServiceMonitor":
+        fail(f"unexpected {sm.get('apiVersion')} {sm.get('kind')}")
+    spec = sm.get("spec") or {}
+    if not (spec.get("selector") or {}).get("matchLabels"):
+        fail("ServiceMonitor has no spec.selector.matchLabels")
+    eps = spec.get("endpoints") or []
+    if len(eps) != 1 or eps[0].get("port") != "admin" or eps[0].get("path") != "/metrics":
+        fail(f"ServiceMonitor endpoints should be port admin, path /metrics: {eps}")
+    if not sm.get("metadata", {}).get("labels", {}).get("release"):
+        fail("serviceMonitor.labels were not applied")
+    return "monitoring.coreos.com/v1 ServiceMonitor, port admin, path /metrics, labels applied"
+
+
+# ---------------------------------------------------------------------------------------------
+# policy: what kubernetes-validate's schemas cannot tell
+
+
+def pod_spec(doc: dict) -> dict | None:
+    if doc.get("kind") in WORKLOAD_KINDS:
+        return doc.get("spec", {}).get("template", {}).get("spec")
+    return None
+
+
+def pod_labels(doc: dict) -> dict:
+    return doc.get("spec", {}).get("template", {}).get("metadata", {}).get("labels") or {}
+
+
+def is_proxy(container: dict) -> bool:
+    return PROXY_ARG in (container.get("args") or []) or "refresh-proxy" in container.get("image", "")
+
+
+def http_path(probe: dict | None) -> str | None:
+    return ((probe or {}).get("httpGet") or {}).get("path")
+
+
+def config_for(container: dict, spec: dict, objects: dict) -> tuple[dict, str] | None:
+    """The config.toml the container reads, as a table, with its env overrides applied."""
+    args = container.get("args") or []
+    path = args[args.index(PROXY_ARG) + 1] if PROXY_ARG in args else "/etc/refresh-proxy/config.toml"
+    mount_dir, file_name = os.path.split(path)
+    for vm in container.get("volumeMounts") or []:
+        if vm.get("mountPath") != mount_dir:
+            continue
+        volume = next(v for v in spec.get("volumes") or [] if v["name"] == vm["name"])
+        sources = (volume.get("projected") or {}).get("sources") or [volume]
+        for src in sources:
+            cm = src.get("configMap")
+            if not cm:
+                continue
+            obj = objects.get(("ConfigMap", cm["name"]))
+            if obj and file_name in (obj.get("data") or {}):
+                text = obj["data"][file_name]
+                table = tomllib.loads(text)
+                for env in container.get("env") or []:
+                    m = re.fullmatch(r"REFRESH_PROXY_([A-Z0-9_]+)__([A-Z0-9_]+)", env["name"])
+                    if m and "value" in env:
+                        table.setdefault(m[1].lower(), {})[m[2].lower()] = env["value"]
+                return table, f"{name_of(obj)}:{file_name}"
+    return None
+
+
+def seconds(value, default: float) -> float:
+    return float(default if value is None else value)
+
+
+def check_pod_security(where: str, spec: dict, proxy_names: set[str]) -> None:
+    psc = spec.get("securityContext") or {}
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(field):
+            fail(f"{where}: {field} is not allowed (restricted)")
+    for v in spec.get("volumes") or []:
+        if "hostPath" in v:
+            fail(f"{where}: hostPath volume {v['name']} is not allowed (restricted)")
+    for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        cw = f"{where} container {c['name']}"
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            fail(f"{cw}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            fail(f"{cw}: allowPrivilegeEscalation must be false")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            fail(f"{cw}: capabilities.drop must contain ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            fail(f"{cw}: only NET_BIND_SERVICE may be added")
+        if not (sc.get("runAsNonRoot", psc.get("runAsNonRoot"))):
+            fail(f"{cw}: runAsNonRoot must be true")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            fail(f"{cw}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            fail(f"{cw}: seccompProfile must be RuntimeDefault or Localhost")
+        for p in c.get("ports") or []:
+            if p.get("hostPort"):
+                fail(f"{cw}: hostPort")
+        if c["name"] in proxy_names:
+            if sc.get("readOnlyRootFilesystem") is not True:
+                fail(f"{cw}: readOnlyRootFilesystem must be true")
+            if sc.get("runAsUser", psc.get("runAsUser")) != 65532:
+                fail(f"{cw}: runAsUser must be 65532 (the image's nonroot user)")
+
+
+def check_proxy_container(where: str, c: dict, spec: dict, objects: dict, replicas: int,
+                          sidecar: bool) -> tuple[float, float]:
+    """Returns (preStop seconds, shutdown_timeout)."""
+    cw = f"{where} container {c['name']}"
+    if http_path(c.get("livenessProbe")) != "/healthz":
+        fail(f"{cw}: livenessProbe must GET /healthz")
+    if http_path(c.get("readinessProbe")) != "/readyz":
+        fail(f"{cw}: readinessProbe must GET /readyz")
+    if not c.get("startupProbe"):
+        fail(f"{cw}: no startupProbe")
+    if sidecar and http_path(c.get("startupProbe")) == "/readyz":
+        fail(f"{cw}: a native sidecar's startupProbe must not need the IdP (use /healthz)")
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if (c[probe].get("httpGet") or {}).get("port") not in ("admin", 9901):
+            fail(f"{cw}: {probe} must target the admin port")
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+    if set(ports) < {"proxy", "admin"}:
+        fail(f"{cw}: needs ports named proxy and admin, has {sorted(ports)}")
+    res = c.get("resources") or {}
+    if not res.get("requests") or not (res.get("limits") or {}).get("memory"):
+        fail(f"{cw}: resources.requests and limits.memory must be set")
+    pre = ((c.get("lifecycle") or {}).get("preStop")) or {}
+    if "exec" in pre:
+        fail(f"{cw}: preStop exec cannot work in a distroless image; use the sleep action")
+    pre_stop = float((pre.get("sleep") or {}).get("seconds", 0))
+    found = config_for(c, spec, objects)
+    if not found:
+        fail(f"{cw}: cannot find its config.toml in a ConfigMap it mounts")
+    cfg, cfg_name = found
+    server = cfg.get("server", {})
+    for key, port_name in (("listen", "proxy"), ("admin_listen", "admin")):
+        addr = str(server.get(key, ""))
+        if addr != f"0.0.0.0:{ports[port_name]}":
+            fail(f"{cw}: {cfg_name} server.{key} = {addr!r}, want 0.0.0.0:{ports[port_name]}")
+    drain = seconds(server.get("drain_delay"), 5)
+    shutdown = seconds(server.get("shutdown_timeout"), 30)
+    if drain >= shutdown:
+        fail(f"{cw}: drain_delay must be shorter than shutdown_timeout")
+    store = str(cfg.get("store", {}).get("url", "memory://"))
+    tokens = cfg.get("tokens", {})
+    if store.startswith("memory:") and replicas > 1:
+        fail(f"{cw}: {replicas} replicas with a memory:// store (not shared between pods)")
+    if store.startswith("redis"):
+        if not (tokens.get("refresh_token_key") or tokens.get("refresh_token_key_file")):
+            fail(f"{cw}: a redis store needs tokens.refresh_token_key(_file)")
+        if not tokens.get("signing_key_file"):
+            fail(f"{cw}: with several replicas set tokens.signing_key_file (JWKS consistency)")
+    return pre_stop, shutdown
+
+
+def cmd_policy(*args: str) -> str:
+    # --external=Kind/Name: an object created out of band (existingSecret, extraVolumes), so
+    # not in the files.
+    external = {tuple(a.split("=", 1)[1].split("/", 1)) for a in args if a.startswith("--external=")}
+    files = [a for a in args if not a.startswith("--")]
+    objects_checked = pods = 0
+    for file in files:
+        docs = load_docs(Path(file))
+        label = label_of(file)
+        objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+        workloads = [d for d in docs if pod_spec(d) is not None]
+        for d in docs:
+            if "namespace" in d.get("metadata", {}):
+                fail(f"{label}: {name_of(d)} names a namespace (manifests are namespace-agnostic)")
+        for d in workloads:
+            spec = pod_spec(d)
+            where = f"{label}: {name_of(d)}"
+            pods += 1
+            inits = spec.get("initContainers") or []
+            mains = spec.get("containers") or []
+            proxies = [c for c in inits + mains if is_proxy(c)]
+            check_pod_security(where, spec, {c["name"] for c in proxies})
+            selector = d["spec"].get("selector", {}).get("matchLabels") or {}
+            if not selector or any(pod_labels(d).get(k) != v for k, v in selector.items()):
+                fail(f"{where}: selector does not match the pod template's labels")
+            for vol in spec.get("volumes") or []:
+                for src in ((vol.get("projected") or {}).get("sources") or [vol]):
+                    for kind, key, ref in (("ConfigMap", "configMap", "name"),
+                                           ("Secret", "secret", "name"),
+                                           ("Secret", "secret", "secretName")):
+                        name = (src.get(key) or {}).get(ref)
+                        if name and (kind, name) not in objects:
+                            if (kind, name) in external:
+                                continue
+                            fail(f"{where}: volume {vol['name']} needs {kind} {name}, not in the file")
+            if d["kind"] == "StatefulSet":
+                svc = objects.get(("Service", d["spec"].get("serviceName")))
+                if not svc or svc["spec"].get("clusterIP") != "None":
+                    fail(f"{where}: serviceName must name a headless Service in the file")
+                for c in mains:
+                    if "redis" in c.get("image", ""):
+                        args = " ".join(c.get("command", []) + c.get("args", []))
+                        if "--appendonly yes" not in args or "--appendfsync everysec" not in args:
+                            fail(f"{where}: Redis must run with --appendonly yes --appendfsync everysec")
+                if not d["spec"].get("volumeClaimTemplates"):
+                    fail(f"{where}: no volumeClaimTemplates")
+            if not proxies:
+                continue
+            replicas = int(d["spec"].get("replicas", 1))
+            grace = float(spec.get("terminationGracePeriodSeconds", 30))
+            for c in proxies:
+                sidecar = c in inits
+                if sidecar and c.get("restartPolicy") != "Always":
+                    fail(f"{where}: refresh-proxy in initContainers must be a native sidecar "
+                         "(restartPolicy: Always)")
+                pre_stop, shutdown = check_proxy_container(where, c, spec, objects, replicas, sidecar)
+                budget = pre_stop + shutdown
+                if sidecar:  # stopped only after the main containers have exited
+                    budget += max((float((((m.get("lifecycle") or {}).get("preStop") or {})
+                                           .get("sleep") or {}).get("seconds", 0)) for m in mains),
+                                  default=0)
+                if grace <= budget:
+                    fail(f"{where}: terminationGracePeriodSeconds {grace:g} must exceed "
+                         f"preStop + shutdown_timeout ({budget:g})")
+        for d in docs:
+            objects_checked += 1
+            sel = None
+            if d["kind"] == "Service":
+                sel = d["spec"].get("selector") or {}
+            elif d["kind"] == "PodDisruptionBudget":
+                sel = d["spec"].get("selector", {}).get("matchLabels") or {}
+            if sel is None:
+                continue
+            matched = [w for w in workloads if sel and all(pod_labels(w).get(k) == v for k, v in sel.items())]
+            if not matched:
+                fail(f"{label}: {name_of(d)} selects no pod template in the file")
+            if d["kind"] == "Service":
+                for w in matched:
+                    spec = pod_spec(w)
+                    names = {p.get("name") for c in (spec.get("initContainers") or []) + spec["containers"]
+                             for p in c.get("ports") or []}
+                    for p in d["spec"]["ports"]:
+                        tp = p.get("targetPort", p["port"])
+                        if isinstance(tp, str) and tp not in names:
+                            fail(f"{label}: {name_of(d)} targetPort {tp} is not a port of {name_of(w)}")
+    return (f"{len(files)} files, {pods} pod templates, {objects_checked} objects: restricted PSS, "
+            "probes, preStop sleep, grace period, config/ports/store wiring, selectors")
+
+
+# ---------------------------------------------------------------------------------------------
+# compose
+
+
+def cmd_compose(deploy: str) -> str:
+    root = Path(deploy)
+    doc = load_docs(root / "compose.yaml")[0]
+    services = doc.get("services") or {}
+    for required in ("redis", "idp", "proxy"):
+        if required not in services:
+            fail(f"compose.yaml: no service {required}")
+    named_volumes = set((doc.get("volumes") or {}).keys())
+    for name, svc in services.items():
+        for vol in svc.get("volumes") or []:
+            source = vol.split(":")[0] if isinstance(vol, str) else vol.get("source")
+            if source.startswith((".", "/")):
+                if not (root / source).exists():
+                    fail(f"compose.yaml: {name} mounts {source}, which does not exist")
+            elif source not in named_volumes:
+                fail(f"compose.yaml: {name} uses volume {source}, not declared")
+        for dep in svc.get("depends_on") or {}:
+            if dep not in services:
+                fail(f"compose.yaml: {name} depends on unknown service {dep}")
+        mode = svc.get("network_mode", "")
+        if mode.startswith("service:") and mode[len("service:"):] not in services:
+            fail(f"compose.yaml: {name} network_mode names unknown service")
+        build = svc.get("build")
+        if build:
+            ctx = root / build.get("context", ".")
+            if not (ctx / build.get("dockerfile", "Dockerfile")).is_file():
+                fail(f"compose.yaml: {name}'s Dockerfile not found")
+        for key in svc.get("environment") or {}:
+            if key.startswith("REFRESH_PROXY_") and not re.fullmatch(r"REFRESH_PROXY_[A-Z0-9_]+__[A-Z0-9_]+", key):
+                fail(f"compose.yaml: {key} is not REFRESH_PROXY_<SECTION>__<KEY>")
+    redis_cmd = " ".join(map(str, services["redis"].get("command") or []))
+    if "--appendonly yes" not in redis_cmd or "--appendfsync everysec" not in redis_cmd:
+        fail("compose.yaml: redis must run with --appendonly yes --appendfsync everysec")
+    proxy = services["proxy"]
+    if not proxy.get("read_only") or str(proxy.get("user", "")).split(":")[0] != "65532":
+        fail("compose.yaml: proxy must run read-only as 65532")
+    idp_env = services["idp"].get("environment") or {}
+    if idp_env.get("ISSUER") != "http://localhost:8080" or str(idp_env.get("PORT")) != "9090":
+        fail("compose.yaml: idp must have ISSUER=http://localhost:8080 and PORT=9090")
+    return f"{len(services)} services: mounts, build, depends_on, network_mode, env names, AOF"
+
+
+# ---------------------------------------------------------------------------------------------
+# check-config with the real binary
+
+
+def write_volume(dest: Path, volume: dict, objects: dict, placeholders: dict[str, str]) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    sources = (volume.get("projected") or {}).get("sources") or [volume]
+    for src in sources:
+        for kind, key in (("ConfigMap", "configMap"), ("Secret", "secret")):
+            ref = src.get(key)
+            if ref is None:
+                continue
+            name = ref.get("name") or ref.get("secretName")
+            obj = objects.get((kind, name))
+            if obj is None:
+                fail(f"volume {volume['name']}: {kind} {name} is not among the checked objects")
+            data = dict(obj.get("data") or {})
+            if kind == "Secret":
+                data = {k: base64.b64decode(v).decode() for k, v in data.items()}
+                data.update(obj.get("stringData") or {})
+            items = ref.get("items") or [{"key": k, "path": k} for k in data]
+            for item in items:
+                content = data[item["key"]]
+                if "CHANGE-ME" in content and "-----BEGIN" in content:
+                    content = placeholders["pem"]
+                target = dest / item["path"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(content, encoding="utf-8")
+
+
+def run_check_config(binary: str, config: Path, env: dict[str, str], label: str) -> str:
+    base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    run = lambda extra: subprocess.run(  # noqa: E731
+        [binary, "check-config", "--config", str(config)],
+        env={**base_env, **env, **extra}, capture_output=True, text=True, timeout=60)
+    r = run({})
+    if r.returncode != 0:
+        fail(f"{label}: check-config failed:\n{r.stdout}{r.stderr}")
+    return label
+
+
+def cmd_check_config(binary: str, repo: str, *files: str) -> str:
+    deploy = Path(repo) / "deploy"
+    checked = []
+    with tempfile.TemporaryDirectory(prefix="deploy-check-config-") as tmp:
+        pem = Path(tmp) / "placeholder.pem"
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-out", str(pem)],
+                       check=True, capture_output=True)
+        placeholders = {"pem": pem.read_text()}
+        for n, file in enumerate(files):
+            docs = load_docs(Path(file))
+            objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+            label = label_of(file)
+            for d in docs:
+                spec = pod_spec(d)
+                if spec is None:
+                    continue
+                for c in (spec.get("initContainers") or []) + spec["containers"]:
+                    if not is_proxy(c):
+                        continue
+                    root = Path(tmp) / f"{n}-{d['metadata']['name']}-{c['name']}"
+                    mounts = c.get("volumeMounts") or []
+                    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+                    for vm in mounts:
+                        write_volume(root / vm["mountPath"].lstrip("/"), volumes[vm["name"]],
+                                     objects, placeholders)
+                    args = c.get("args") or []
+                    cfg = args[args.index(PROXY_ARG) + 1]
+                    cfg_path = root / cfg.lstrip("/")
+                    text = cfg_path.read_text()
+                    for vm in mounts:  # absolute paths into the mounts, if any
+                        text = text.replace(f'"{vm["mountPath"]}', f'"{root}{vm["mountPath"]}')
+                    cfg_path.write_text(text)
+                    env = {e["name"]: e["value"] for e in c.get("env") or [] if "value" in e}
+                    checked.append(run_check_config(binary, cfg_path, env, f"{label} {c['name']}"))
+        compose = load_docs(deploy / "compose.yaml")[0]["services"]["proxy"]
+        env = {k: str(v) for k, v in (compose.get("environment") or {}).items()}
+        checked.append(run_check_config(binary, deploy / "compose" / "config.toml", env, "compose"))
+        checked.append(run_check_config(binary, deploy / "image" / "config.toml", {}, "image default"))
+    return f"{len(checked)} configs valid: " + "; ".join(checked)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfile
+
+
+def cmd_dockerfile(dockerfile: str, repo: str) -> str:
+    text = Path(dockerfile).read_text(encoding="utf-8")
+    # Instructions with their continuation lines joined, comments dropped.
+    logical, current = [], ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") and not current:
+            continue
+        current += line.rstrip("\\").strip() + " "
+        if not line.rstrip().endswith("\\"):
+            logical.append(current.strip())
+            current = ""
+    runs = [l for l in logical if l.upper().startswith("RUN ")]
+    if not any(BUILD_COMMAND in r for r in runs):
+        fail(f"no RUN instruction runs `{BUILD_COMMAND}`")
+    other = [m for r in runs for m in re.findall(r"cargo build[^&;|]*", r) if m.strip() != BUILD_COMMAND]
+    if other:
+        fail(f"other cargo build commands in the Dockerfile: {other}")
+    final = [l for l in logical if l.upper().startswith("FROM ")][-1]
+    if "distroless" not in final and "RUNTIME_IMAGE" not in final:
+        fail("the final stage is not distroless")
+    for required in ("USER 65532", 'ENTRYPOINT ["', "EXPOSE 8080 9901"):
+        if not any(l.startswith(required) for l in logical):
+            fail(f"missing `{required}…`")
+    if any(l.upper().startswith("HEALTHCHECK") for l in logical):
+        fail("HEALTHCHECK present (Kubernetes probes are used instead)")
+    # CI's own build command, wherever CI scripts spell one out.
+    ci_files = [Path(repo) / ".ci" / "run", *sorted((Path(repo) / "scripts").glob("*"))]
+    ci_builds = {m.strip() for f in ci_files if f.is_file()
+                 for m in re.findall(r"cargo build[^\n&;|#]*", f.read_text(errors="replace"))}
+    if ci_builds - {BUILD_COMMAND}:
+        fail(f"CI builds with {sorted(ci_builds)}, the Dockerfile with `{BUILD_COMMAND}`")
+    where = "also in CI scripts" if ci_builds else "CI scripts spell out no other cargo build"
+    return f"`{BUILD_COMMAND}` in a RUN instruction ({where}); distroless, USER 65532, exec form"
+
+
+def main(argv: list[str]) -> int:
+    commands = {
+        "yaml": cmd_yaml, "render": cmd_render, "lint": cmd_lint,
+        "servicemonitor": cmd_servicemonitor, "policy": cmd_policy, "compose": cmd_compose,
+        "check-config": cmd_check_config, "dockerfile": cmd_dockerfile,
+    }
+    if len(argv) < 2 or argv[1] not in commands:
+        print(__doc__, file=sys.stderr)
+        return 2
+    try:
+        print(commands[argv[1]](*argv[2:]))
+    except CheckError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
