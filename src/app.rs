@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
+use crate::access_log::AccessLogLayer;
 use crate::admin::{Admin, AdminApi, Readiness};
 use crate::classify::Endpoints;
 use crate::client_auth::Clients;
@@ -122,10 +123,10 @@ pub enum Outcome {
 
 impl App {
     pub fn build(config: Config) -> Result<App, ConfigError> {
-        let forward = Forward::new(&config.upstream)?;
         let endpoints = Arc::new(ArcSwap::from_pointee(Endpoints::default()));
         let store = AnyStore::open(&config.store)?;
         let engine = Arc::new(build_engine(&config, store.clone())?);
+        let forward = Forward::new(&config.upstream)?.with_metrics(engine.metrics.clone());
         let mut layer = RefreshGrantLayer::builder()
             .shared_endpoints(endpoints.clone())
             .max_body_bytes(config.server.max_body_bytes)?
@@ -228,8 +229,13 @@ impl App {
             },
         ));
 
-        // The layer owns the token endpoint; everything it passes on is forwarded upstream.
-        let service = ServiceBuilder::new().layer(layer).service(forward);
+        let service = ServiceBuilder::new()
+            // Outermost: the request id exists before anything else runs, and the log line
+            // sees the final status, whoever answered.
+            .layer(AccessLogLayer::new(config.log.access_log))
+            // The layer owns the token endpoint; everything it passes on is forwarded upstream.
+            .layer(layer)
+            .service(forward);
 
         let (signalled, mut signal_seen) = tokio::sync::watch::channel(false);
         let drain_delay = config.server.drain_delay;

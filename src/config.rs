@@ -325,6 +325,9 @@ pub struct LogConfig {
     /// A `tracing` filter directive, e.g. `info` or `refresh_proxy=debug,info`.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// One `info` line per request (request id, method, path, status, duration).
+    #[serde(default = "yes")]
+    pub access_log: bool,
 }
 
 impl Default for LogConfig {

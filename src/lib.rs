@@ -8,6 +8,7 @@
 //! does not own goes to [`proxy`] and on to the upstream, and a handled client's token answer
 //! comes back through [`grant::capture`].
 //!
+//! - [`access_log`]: the request id and one log line per request (never a query or a header).
 //! - [`config`]: the TOML schema, env overrides, `*_file` secrets, validation.
 //! - [`layer`]: [`RefreshGrantLayer`] / [`RefreshGrant`], the middleware, and its body types.
 //! - [`classify`]: which endpoint a request is for; strict form parsing. Pure.
@@ -29,6 +30,7 @@
 //!
 //! `main.rs` is a thin CLI: parse arguments, load config, bind, [`app::App::run`].
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod classify;

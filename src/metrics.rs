@@ -83,7 +83,59 @@ impl Outcome {
     }
 }
 
-/// Upper bounds (seconds) of the refresh latency histogram's buckets.
+/// The `grant_type` of a token-endpoint request, from a closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    RefreshToken,
+    AuthorizationCode,
+    ClientCredentials,
+    Password,
+    DeviceCode,
+    TokenExchange,
+    Other,
+}
+
+impl Grant {
+    const ALL: [Grant; 7] = [
+        Grant::RefreshToken,
+        Grant::AuthorizationCode,
+        Grant::ClientCredentials,
+        Grant::Password,
+        Grant::DeviceCode,
+        Grant::TokenExchange,
+        Grant::Other,
+    ];
+
+    /// Maps a request's `grant_type`; anything unknown (or client-made-up) is `other`.
+    pub fn of(grant_type: Option<&str>) -> Grant {
+        match grant_type {
+            Some("refresh_token") => Grant::RefreshToken,
+            Some("authorization_code") => Grant::AuthorizationCode,
+            Some("client_credentials") => Grant::ClientCredentials,
+            Some("password") => Grant::Password,
+            Some("urn:ietf:params:oauth:grant-type:device_code") => Grant::DeviceCode,
+            Some("urn:ietf:params:oauth:grant-type:token-exchange") => Grant::TokenExchange,
+            _ => Grant::Other,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Grant::RefreshToken => "refresh_token",
+            Grant::AuthorizationCode => "authorization_code",
+            Grant::ClientCredentials => "client_credentials",
+            Grant::Password => "password",
+            Grant::DeviceCode => "device_code",
+            Grant::TokenExchange => "token_exchange",
+            Grant::Other => "other",
+        }
+    }
+}
+
+/// Upstream answers by status class.
+const UPSTREAM_CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "error"];
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5,
 ];
@@ -125,7 +177,12 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: [[AtomicU64; Outcome::ALL.len()]; Route::ALL.len()],
+    token_requests: [[AtomicU64; Outcome::ALL.len()]; Grant::ALL.len()],
     refresh_latency: Histogram,
+    store_latency: Histogram,
+    upstream_latency: Histogram,
+    upstream_responses: [AtomicU64; UPSTREAM_CLASSES.len()],
+    in_flight: AtomicU64,
     pub rotations: AtomicU64,
     pub reuses: AtomicU64,
     pub grace_hits: AtomicU64,
@@ -146,6 +203,34 @@ impl Metrics {
         let r = Route::ALL.iter().position(|x| *x == route).unwrap_or(0);
         let o = Outcome::ALL.iter().position(|x| *x == outcome).unwrap_or(0);
         inc(&self.requests[r][o]);
+    }
+
+    /// A token-endpoint request by grant type.
+    pub fn token_request(&self, grant: Grant, outcome: Outcome) {
+        let g = Grant::ALL.iter().position(|x| *x == grant).unwrap_or(0);
+        let o = Outcome::ALL.iter().position(|x| *x == outcome).unwrap_or(0);
+        inc(&self.token_requests[g][o]);
+    }
+
+    /// Time of one store round trip.
+    pub fn store_latency(&self, d: Duration) {
+        self.store_latency.observe(d);
+    }
+
+    /// An upstream answer's head arrived (status) or the request failed (`None`), after `d`.
+    pub fn upstream(&self, status: Option<u16>, d: Duration) {
+        let class = match status {
+            Some(s @ 200..=599) => (s / 100 - 2) as usize,
+            _ => 4,
+        };
+        inc(&self.upstream_responses[class]);
+        self.upstream_latency.observe(d);
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn in_flight(self: &std::sync::Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
     }
 
     /// Time taken by a refresh grant the proxy answered (any outcome).
@@ -181,11 +266,63 @@ impl Metrics {
             }
         }
         out.push_str(
-            "# HELP refresh_proxy_refresh_duration_seconds Refresh grants answered by the proxy.\n\
-             # TYPE refresh_proxy_refresh_duration_seconds histogram\n",
+            "# HELP refresh_proxy_token_requests_total Token-endpoint requests by grant type and outcome.\n\
+             # TYPE refresh_proxy_token_requests_total counter\n",
         );
-        self.refresh_latency
-            .render(&mut out, "refresh_proxy_refresh_duration_seconds");
+        for (g, grant) in Grant::ALL.iter().enumerate() {
+            for (o, outcome) in Outcome::ALL.iter().enumerate() {
+                let n = self.token_requests[g][o].load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "refresh_proxy_token_requests_total{{grant_type=\"{}\",outcome=\"{}\"}} {n}",
+                        grant.label(),
+                        outcome.label()
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP refresh_proxy_in_flight_requests Requests being served.\n\
+             # TYPE refresh_proxy_in_flight_requests gauge\n\
+             refresh_proxy_in_flight_requests {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP refresh_proxy_upstream_responses_total Upstream answers by status class (error: no answer).\n\
+             # TYPE refresh_proxy_upstream_responses_total counter\n",
+        );
+        for (i, class) in UPSTREAM_CLASSES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "refresh_proxy_upstream_responses_total{{class=\"{class}\"}} {}",
+                self.upstream_responses[i].load(Ordering::Relaxed)
+            );
+        }
+        for (name, help, histogram) in [
+            (
+                "refresh_duration_seconds",
+                "Refresh grants answered by the proxy.",
+                &self.refresh_latency,
+            ),
+            (
+                "store_duration_seconds",
+                "Token store round trips of refresh grants.",
+                &self.store_latency,
+            ),
+            (
+                "upstream_duration_seconds",
+                "Time to the upstream's response head.",
+                &self.upstream_latency,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP refresh_proxy_{name} {help}\n# TYPE refresh_proxy_{name} histogram"
+            );
+            histogram.render(&mut out, &format!("refresh_proxy_{name}"));
+        }
         for (name, help, counter) in [
             ("rotations", "Refresh tokens rotated.", &self.rotations),
             (
@@ -231,6 +368,16 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// Decrements the in-flight gauge when dropped (the request finished or was abandoned).
+#[derive(Debug)]
+pub struct InFlight(std::sync::Arc<Metrics>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

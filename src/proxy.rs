@@ -41,6 +41,7 @@ use tower::Service;
 use crate::config::{ConfigError, UpstreamConfig};
 use crate::error::Error;
 use crate::layer::ResponseBody;
+use crate::metrics::Metrics;
 use crate::oauth;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -80,6 +81,7 @@ struct Inner {
     host: HeaderValue,
     request_timeout: Duration,
     preserve_host: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Forward {
@@ -138,12 +140,37 @@ impl Forward {
                 host,
                 request_timeout: config.request_timeout,
                 preserve_host: config.preserve_host,
+                metrics: None,
             }),
         })
     }
 
+    /// Counts upstream answers and their latency in `metrics`. Call before cloning.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Forward {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.metrics = Some(metrics),
+            None => tracing::warn!("Forward::with_metrics after cloning: metrics not attached"),
+        }
+        self
+    }
+
     /// Sends `req` (whose URI is a path and query) to the upstream, within `request_timeout`.
     pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let started = std::time::Instant::now();
+        let result = self.send_timed(req).await;
+        if let Some(m) = &self.inner.metrics {
+            m.upstream(
+                result.as_ref().ok().map(|r| r.status().as_u16()),
+                started.elapsed(),
+            );
+        }
+        result
+    }
+
+    async fn send_timed(
         &self,
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, ForwardError> {

@@ -183,6 +183,9 @@ async fn the_code_flow_is_captured_and_refreshes_rotate_at_the_proxy(kind: Kind)
         "refresh_proxy_rotations_total 1",
         "refresh_proxy_requests_total{endpoint=\"token\",outcome=\"ok\"} 1",
         "refresh_proxy_requests_total{endpoint=\"token\",outcome=\"invalid_grant\"} 2",
+        "refresh_proxy_token_requests_total{grant_type=\"refresh_token\",outcome=\"ok\"} 1",
+        "refresh_proxy_token_requests_total{grant_type=\"authorization_code\",outcome=\"forwarded\"} 1",
+        "refresh_proxy_store_duration_seconds_count 3",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

@@ -234,9 +234,10 @@ impl Engine {
                 expires_ms: now + at_ttl_ms,
             }),
         };
-        let redemption = self.store.redeem(&request).await.inspect_err(|_| {
-            inc(&self.metrics.store_errors);
-        })?;
+        let started = std::time::Instant::now();
+        let redemption = self.store.redeem(&request).await;
+        self.metrics.store_latency(started.elapsed());
+        let redemption = redemption.inspect_err(|_| inc(&self.metrics.store_errors))?;
         let (verdict, family, opaque_stored) = match redemption {
             Redemption::Unknown => return Err(GrantError::InvalidGrant("unknown family")),
             Redemption::Decided {

@@ -18,7 +18,7 @@ use super::layer::Shared;
 use super::upstream;
 use crate::classify::{self, Endpoint, Form, FormError};
 use crate::error::Error;
-use crate::metrics::{Outcome, Route};
+use crate::metrics::{Grant, Outcome, Route};
 use crate::oauth;
 use crate::proxy::BoxError;
 
@@ -65,7 +65,8 @@ where
             .load()
             .classify(req.method(), req.uri().path());
         let shared = self.shared.clone();
-        match endpoint {
+        let in_flight = shared.engine.as_ref().map(|e| e.metrics.in_flight());
+        let fut: Self::Future = match endpoint {
             Endpoint::Token => Box::pin(token_endpoint(inner, shared, req)),
             Endpoint::Jwks if shared.engine.is_some() => Box::pin(jwks(inner, shared, req)),
             Endpoint::Revocation | Endpoint::Introspection if shared.engine.is_some() => {
@@ -80,6 +81,14 @@ where
                     Ok(inner_response(res))
                 })
             }
+        };
+        match in_flight {
+            Some(guard) => Box::pin(async move {
+                let res = fut.await;
+                drop(guard);
+                res
+            }),
+            None => fut,
         }
     }
 }
@@ -140,7 +149,12 @@ where
         return inner.call(req).await.map(inner_response);
     };
     let authorization = req.headers().get(AUTHORIZATION).cloned();
-    if form.get("grant_type") == Some("refresh_token") {
+    let grant = Grant::of(form.get("grant_type"));
+    let record = |outcome: Outcome| {
+        shared.record(Route::Token, outcome);
+        engine.metrics.token_request(grant, outcome);
+    };
+    if grant == Grant::RefreshToken {
         let issuer = shared.issuer();
         let started = Instant::now();
         let answered = engine.refresh(authorization.as_ref(), &form, &issuer).await;
@@ -149,10 +163,14 @@ where
         }
         match answered {
             Ok(Some(answer)) => {
-                shared.record(Route::Token, Outcome::Ok);
+                record(Outcome::Ok);
                 return Ok(oauth::token_response(&answer).map(ResponseBody::local));
             }
-            Err(err) => return Ok(refused(&shared, Route::Token, Error::Grant(err))),
+            Err(err) => {
+                let err = Error::Grant(err);
+                record(oauth::outcome_of(&err));
+                return Ok(local_response(err));
+            }
             Ok(None) => {}
         }
     }
@@ -160,7 +178,7 @@ where
     let client = upstream::handled_client(&engine, authorization.as_ref(), &form);
     let spare = inner.clone();
     let res = inner.call(req).await?;
-    shared.record(Route::Token, forwarded(&res));
+    record(forwarded(&res));
     match client {
         Some(client) => {
             let ctx = upstream::CaptureContext {

@@ -134,7 +134,16 @@ impl ProxyProcess {
 
     /// Starts the binary on an existing config file, with extra environment variables.
     pub fn spawn_with(config_path: PathBuf, env: &[(&str, &str)]) -> ProxyProcess {
-        let port = super::free_port();
+        Self::spawn_full(config_path, env, super::free_port(), Stdio::null())
+    }
+
+    /// Starts the binary on a given proxy port, with its stdout (the logs) going to `stdout`.
+    pub fn spawn_full(
+        config_path: PathBuf,
+        env: &[(&str, &str)],
+        port: u16,
+        stdout: Stdio,
+    ) -> ProxyProcess {
         let admin_port = super::free_port();
         let child = Command::new(binary())
             .arg("--config")
@@ -145,7 +154,7 @@ impl ProxyProcess {
                 format!("127.0.0.1:{admin_port}"),
             )
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn refresh-proxy");
