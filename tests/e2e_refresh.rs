@@ -539,6 +539,27 @@ async fn another_clients_token_is_invalid_grant_and_stays_valid(kind: Kind) {
     s.refresh_ok(token, None).await;
 }
 
+async fn a_retry_after_a_lost_answer_gets_the_same_answer(kind: Kind) {
+    let s = Stack::default(kind).await;
+    let tokens = s.login("openid offline_access read").await;
+    let presented = rt(&tokens).to_owned();
+    // The answer to this refresh is "lost": the client never sees it and retries.
+    let lost = s.refresh_ok(&presented, None).await;
+    let retried = s.refresh_ok(&presented, None).await;
+    assert_eq!(
+        rt(&retried),
+        rt(&lost),
+        "the same refresh token again, not a new pair"
+    );
+    assert_eq!(retried["scope"], lost["scope"]);
+    // The family goes on from that token, and the presented one is now reuse.
+    let next = s.refresh_ok(rt(&retried), None).await;
+    let (status, _) = s.refresh(&presented, None).await;
+    assert_eq!(status, 400, "N-1 after N was used is reuse");
+    let (status, _) = s.refresh(rt(&next), None).await;
+    assert_eq!(status, 400, "and reuse revoked the family");
+}
+
 async fn odd_refresh_tokens_never_break_anything(kind: Kind) {
     let s = Stack::default(kind).await;
     let huge = "A".repeat(60_000);
@@ -641,4 +662,5 @@ both_stores!(
     client_authentication_at_the_proxy,
     odd_refresh_tokens_never_break_anything,
     another_clients_token_is_invalid_grant_and_stays_valid,
+    a_retry_after_a_lost_answer_gets_the_same_answer,
 );
