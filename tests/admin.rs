@@ -20,11 +20,7 @@ use support::redis::RedisServer;
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 const SECRET: &str = "Secr3t!";
 
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Memory,
-    Redis,
-}
+use support::StoreKind as Kind;
 
 /// The proxy's config: clients `www` and `app` (refresh tokens), `nort` (none), the admin
 /// token when given, and the echo upstream.
@@ -435,27 +431,6 @@ async fn revocation_by_family_subject_and_client(kind: Kind) {
         0
     );
     assert_eq!(s.revoke(serde_json::json!({"client_id": "nort"})).await, 0);
-}
-
-macro_rules! both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(super::Kind::Memory).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(super::Kind::Redis).await;
-                }
-            )*
-        }
-    };
 }
 
 both_stores!(

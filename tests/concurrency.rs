@@ -36,11 +36,7 @@ const SCOPE: &str = "openid offline_access read";
 /// No single request may take longer than this (a hang is a failure, not a stuck test).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Memory,
-    Redis,
-}
+use support::StoreKind as Kind;
 
 struct Stack {
     kind: Kind,
@@ -492,28 +488,8 @@ async fn racing_refreshes_without_grace_one_wins_and_reuse_revokes_the_family(ki
     );
 }
 
-macro_rules! both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Kind::Memory).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Kind::Redis).await;
-                }
-            )*
-        }
-    };
-}
-
 both_stores!(
+    multi_thread:
     racing_refreshes_with_grace_all_get_the_same_new_token,
     racing_refreshes_without_grace_one_wins_and_reuse_revokes_the_family,
 );

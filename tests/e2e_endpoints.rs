@@ -9,11 +9,7 @@ use support::idp::{self, CodeFlow, Idp, IdpOptions, WWW_CLIENT_ID, WWW_CLIENT_SE
 use support::proxy::TestProxy;
 use support::redis::RedisServer;
 
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Memory,
-    Redis,
-}
+use support::StoreKind as Kind;
 
 struct Stack {
     idp: Idp,
@@ -237,27 +233,6 @@ async fn tokens_the_proxy_did_not_issue_go_to_the_idp(kind: Kind) {
         false,
         "revoked at the IdP"
     );
-}
-
-macro_rules! both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(super::Kind::Memory).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(super::Kind::Redis).await;
-                }
-            )*
-        }
-    };
 }
 
 both_stores!(

@@ -9,11 +9,7 @@ use support::idp::{self, ClientAuth, CodeFlow, Idp, IdpOptions, WWW_CLIENT_ID, W
 use support::proxy::TestProxy;
 use support::redis::RedisServer;
 
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Memory,
-    Redis,
-}
+use support::StoreKind as Kind;
 
 /// Extra TOML for the sections the stack writes.
 #[derive(Default)]
@@ -625,27 +621,6 @@ async fn a_redis_outage_is_503_while_forwarding_goes_on() {
     s.proxy.wait_ready().await;
     // Nothing was half-rotated: the same token works after the outage.
     s.refresh_ok(&token, None).await;
-}
-
-macro_rules! both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(super::Kind::Memory).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(super::Kind::Redis).await;
-                }
-            )*
-        }
-    };
 }
 
 both_stores!(

@@ -14,6 +14,43 @@ pub mod jose;
 pub mod proxy;
 pub mod redis;
 
+/// Which token store a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis,
+}
+
+/// Runs each `async fn case(kind: StoreKind)` on both stores: generates `mod memory` and
+/// `mod redis` with one test each (`multi_thread:` first for a 2-worker runtime).
+#[macro_export]
+macro_rules! both_stores {
+    (multi_thread: $($case:ident),* $(,)?) => {
+        $crate::both_stores!(@gen (flavor = "multi_thread", worker_threads = 2); $($case),*);
+    };
+    ($($case:ident),* $(,)?) => {
+        $crate::both_stores!(@gen (); $($case),*);
+    };
+    (@gen $flavor:tt; $($case:ident),*) => {
+        mod memory {
+            $(
+                #[tokio::test $flavor]
+                async fn $case() {
+                    super::$case($crate::support::StoreKind::Memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test $flavor]
+                async fn $case() {
+                    super::$case($crate::support::StoreKind::Redis).await;
+                }
+            )*
+        }
+    };
+}
+
 /// A `tokens.refresh_token_key` for tests (at least 32 bytes).
 pub const TEST_REFRESH_KEY: &str = "test-refresh-token-key-0123456789abcdef";
 
