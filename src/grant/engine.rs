@@ -167,11 +167,6 @@ impl Engine {
         self.id_signer.as_ref().map(Signer::alg_name)
     }
 
-    /// Whether `token` is a refresh token this proxy minted.
-    pub fn owns_refresh_token(&self, token: &str) -> bool {
-        self.refresh_key.parse(token).is_some()
-    }
-
     /// A refresh grant. `Ok(None)`: not the proxy's (a client or token it does not handle);
     /// forward it.
     pub async fn refresh(

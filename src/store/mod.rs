@@ -255,11 +255,6 @@ impl AnyStore {
             StoreUrl::Redis(_) => Ok(AnyStore::Redis(RedisStore::open(config)?)),
         }
     }
-
-    /// Whether tokens outlive this process (a shared, durable store).
-    pub fn is_shared(&self) -> bool {
-        matches!(self, AnyStore::Redis(_))
-    }
 }
 
 impl TokenStore for AnyStore {
