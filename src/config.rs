@@ -43,6 +43,7 @@ const SECRET_KEYS: &[&str] = &[
     "password",
     "introspection_client_secret",
     "refresh_token_key",
+    "sentinel_password",
 ];
 
 /// A configuration error. Its message names the key and says what is wrong.
@@ -205,14 +206,40 @@ pub struct UpstreamConfig {
 pub struct StoreConfig {
     #[serde(default = "default_store_url")]
     pub url: String,
-    /// ACL username; overrides the one in `url`.
+    /// ACL username for the Redis servers; overrides the one in `url`.
     pub username: Option<String>,
-    /// Password; overrides the one in `url`.
+    /// Password for the Redis servers; overrides the one in `url`.
     pub password: Option<Secret>,
+    /// ACL username for the sentinels (`redis+sentinel://`), when they require one.
+    pub sentinel_username: Option<String>,
+    /// Password for the sentinels (`redis+sentinel://`), when they require one.
+    pub sentinel_password: Option<Secret>,
+    /// Database index (standalone and Sentinel; a cluster has only 0); overrides the URL's.
+    pub database: Option<i64>,
+    /// PEM CA bundle that signs the servers' certificates (`rediss…://`; default: system roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (`rediss…://`), with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     #[serde(default = "secs::<1>", deserialize_with = "seconds")]
     pub connect_timeout: Duration,
     #[serde(default = "millis::<500>", deserialize_with = "seconds")]
     pub response_timeout: Duration,
+    /// The longest one store operation may take in all, reconnects, redirects and retries
+    /// included; a refresh waiting longer answers 503.
+    #[serde(default = "secs::<1>", deserialize_with = "seconds")]
+    pub operation_timeout: Duration,
+    /// Reconnect attempts per reconnection (and, in a cluster, retries of a redirected or
+    /// failed command), within `operation_timeout`.
+    #[serde(default = "default_store_retries")]
+    pub retries: u32,
+    /// Backoff between reconnect attempts: first delay …
+    #[serde(default = "millis::<50>", deserialize_with = "seconds")]
+    pub retry_min_delay: Duration,
+    /// … growing exponentially up to this.
+    #[serde(default = "secs::<1>", deserialize_with = "seconds")]
+    pub retry_max_delay: Duration,
     /// Prepended to every Redis key.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
@@ -470,6 +497,9 @@ impl Config {
             &mut self.upstream.ca_file,
             &mut self.tokens.signing_key_file,
             &mut self.tokens.id_token_signing_key_file,
+            &mut self.store.tls_ca_file,
+            &mut self.store.tls_cert_file,
+            &mut self.store.tls_key_file,
         ]
         .into_iter()
         .flatten()
@@ -478,6 +508,7 @@ impl Config {
         }
         let store = crate::store::StoreUrl::parse(&self.store.url)
             .map_err(|e| ConfigError::invalid("store.url", e))?;
+        validate_store(&self.store, &store)?;
         match &self.tokens.refresh_token_key {
             Some(key) if key.expose().len() < 32 => {
                 return Err(ConfigError::invalid(
@@ -518,6 +549,73 @@ impl Config {
         }
         Ok(self)
     }
+}
+
+fn validate_store(store: &StoreConfig, url: &crate::store::StoreUrl) -> Result<(), ConfigError> {
+    use crate::store::{StoreUrl, Topology};
+    let redis = match url {
+        StoreUrl::Memory => None,
+        StoreUrl::Redis(redis) => Some(redis),
+    };
+    let tls = redis.is_some_and(|r| r.tls);
+    for (key, set) in [
+        ("store.tls_ca_file", store.tls_ca_file.is_some()),
+        ("store.tls_cert_file", store.tls_cert_file.is_some()),
+        ("store.tls_key_file", store.tls_key_file.is_some()),
+    ] {
+        if set && !tls {
+            return Err(ConfigError::invalid(
+                key,
+                "only with a TLS store URL (rediss://, rediss+sentinel://, rediss+cluster://)",
+            ));
+        }
+    }
+    if store.tls_cert_file.is_some() != store.tls_key_file.is_some() {
+        return Err(ConfigError::invalid(
+            "store.tls_key_file",
+            "tls_cert_file and tls_key_file go together (the client certificate and its key)",
+        ));
+    }
+    let sentinel = redis.is_some_and(|r| matches!(r.topology, Topology::Sentinel { .. }));
+    if !sentinel && (store.sentinel_username.is_some() || store.sentinel_password.is_some()) {
+        return Err(ConfigError::invalid(
+            "store.sentinel_password",
+            "sentinel credentials are only for redis+sentinel:// URLs",
+        ));
+    }
+    if let Some(db) = store.database {
+        if db < 0 {
+            return Err(ConfigError::invalid("store.database", "must be 0 or more"));
+        }
+        if redis.is_some_and(|r| r.topology == Topology::Cluster) && db != 0 {
+            return Err(ConfigError::invalid(
+                "store.database",
+                "a Redis Cluster has only database 0",
+            ));
+        }
+    }
+    for (key, d) in [
+        ("store.connect_timeout", store.connect_timeout),
+        ("store.response_timeout", store.response_timeout),
+        ("store.operation_timeout", store.operation_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(ConfigError::invalid(key, "must be more than 0"));
+        }
+    }
+    if store.operation_timeout < store.response_timeout {
+        return Err(ConfigError::invalid(
+            "store.operation_timeout",
+            "must be at least store.response_timeout",
+        ));
+    }
+    if store.retry_min_delay > store.retry_max_delay {
+        return Err(ConfigError::invalid(
+            "store.retry_min_delay",
+            "must not exceed store.retry_max_delay",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_client(id: &str, client: &ClientConfig) -> Result<(), ConfigError> {
@@ -670,6 +768,11 @@ const fn default_pool_max_idle() -> usize {
 fn default_key_prefix() -> String {
     "rp:".to_owned()
 }
+
+fn default_store_retries() -> u32 {
+    2
+}
+
 fn default_store_url() -> String {
     "memory://".to_owned()
 }
@@ -818,6 +921,28 @@ mod tests {
                 "server.tls_key_file",
             ),
             ("[store]\nurl = \"mongodb://x\"\n", "store.url"),
+            ("[store]\nurl = \"redis://a,b\"\n", "store.url"),
+            (
+                "[store]\nurl = \"redis://r\"\ntls_ca_file = \"ca.pem\"\n",
+                "store.tls_ca_file",
+            ),
+            (
+                "[store]\nurl = \"rediss://r\"\ntls_cert_file = \"c.pem\"\n",
+                "store.tls_key_file",
+            ),
+            (
+                "[store]\nurl = \"redis+cluster://a,b/\"\ndatabase = 2\n",
+                "store.database",
+            ),
+            (
+                "[store]\nurl = \"redis://r\"\nsentinel_password = \"x\"\n",
+                "store.sentinel_password",
+            ),
+            (
+                "[store]\nresponse_timeout = 2\noperation_timeout = 1\n",
+                "store.operation_timeout",
+            ),
+            ("[store]\nconnect_timeout = 0\n", "store.connect_timeout"),
             ("[upstream]\n", "upstream"),
             (
                 "[clients.www]\nsecret = \"a\"\nsecret_sha256 = \"00\"\n",

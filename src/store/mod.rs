@@ -24,7 +24,7 @@ mod redis;
 use std::future::Future;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisStore, RedisUrl, Topology};
 use crate::config::{ConfigError, StoreConfig};
 use crate::grant::rules::{Redeem, Verdict};
 use crate::mint::refresh::FamilyId;
@@ -222,21 +222,20 @@ pub trait TokenStore: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     Memory,
-    Redis(String),
+    Redis(RedisUrl),
 }
 
 impl StoreUrl {
     pub fn parse(url: &str) -> Result<StoreUrl, String> {
-        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
-        match scheme {
+        match url.split_once("://").map(|(s, _)| s).unwrap_or("") {
             "memory" => Ok(StoreUrl::Memory),
-            "redis" => Ok(StoreUrl::Redis(url.to_owned())),
-            "rediss" | "redis+sentinel" | "rediss+sentinel" | "redis+cluster" | "rediss+cluster" => {
-                Err(format!(
-                    "{scheme}:// is not supported yet; use redis:// or memory://"
-                ))
-            }
-            _ => Err("must start with memory://, redis://, rediss://, redis+sentinel:// or redis+cluster://".to_owned()),
+            "redis" | "rediss" | "redis+sentinel" | "rediss+sentinel" | "redis+cluster"
+            | "rediss+cluster" => RedisUrl::parse(url).map(StoreUrl::Redis),
+            _ => Err(
+                "must start with memory://, redis://, rediss://, redis+sentinel://, \
+                      rediss+sentinel://, redis+cluster:// or rediss+cluster://"
+                    .to_owned(),
+            ),
         }
     }
 }

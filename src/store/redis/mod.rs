@@ -1,24 +1,32 @@
-//! `redis://`: the Redis store, over one multiplexed, auto-reconnecting connection.
+//! The Redis store: standalone, Sentinel or Cluster, plain or TLS (DESIGN §6).
 //!
-//! Key layout (every key of a family in one cluster hash slot, DESIGN §6):
+//! Key layout (every key of a family in one cluster hash slot):
 //!
 //! - `<prefix>{<family>}:f` — a hash: client, subject, granted and current scope, generation,
 //!   clocks, format, carried claims. It expires with the family (idle or absolute deadline).
 //! - `<prefix>{<family>}:at:<digest>` — an opaque access token's record (JSON), expiring with
 //!   the token.
+//! - `<prefix>idx:sub:<subject>`, `<prefix>idx:client:<client>` — sets of family ids, each in
+//!   its own slot, for revocation by subject or client (idempotent, lazily cleaned).
 //!
-//! Each operation is one Lua script on one shard: one round trip per refresh
-//! (`redeem.lua`, the twin of [`crate::grant::rules::redeem`]). `Script::invoke_async` sends
-//! EVALSHA and loads the script on NOSCRIPT.
+//! Each family operation is one Lua script on one shard: one round trip per refresh
+//! (`redeem.lua`, the twin of [`crate::grant::rules::redeem`]), sent as EVALSHA, and as EVAL
+//! on the one node that answered NOSCRIPT (a failed-over replica, a restarted server).
 //!
-//! The connection is made lazily: the proxy starts (and forwards) while Redis is down, and
-//! `/readyz` says so until it is reachable. Every command is bounded by `store.response_timeout`
-//! and every connection attempt by `store.connect_timeout`. A command that failed may still have
-//! run on the server; the grace rule makes the client's retry safe.
+//! Every command is bounded by `store.response_timeout`, every connection attempt by
+//! `store.connect_timeout`, and every operation in all by `store.operation_timeout`. A command
+//! that failed may still have run on the server; the grace rule makes the client's retry safe.
 
+mod conn;
+mod url;
+
+pub use self::url::{RedisUrl, Topology};
+
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use self::conn::Conn;
 
 use super::{
     AccessTokenRecord, FamilyData, NewFamily, RedeemRequest, Redemption, RefreshTokenInfo, Revoke,
@@ -55,18 +63,57 @@ const BATCH: usize = 1000;
 /// Index members read per SSCAN step when revoking by subject or client.
 const SCAN_COUNT: usize = 1000;
 
+/// A Lua script: its source, and its SHA-1 for EVALSHA.
+struct Lua {
+    code: &'static str,
+    hash: String,
+}
+
+impl Lua {
+    fn new(code: &'static str) -> Lua {
+        Lua {
+            code,
+            hash: redis::Script::new(code).get_hash().to_owned(),
+        }
+    }
+
+    /// EVALSHA, then EVAL where the script is not cached (a promoted replica, a restarted
+    /// server): EVAL goes to the node of the keys, like EVALSHA, and caches the script there.
+    /// `args` appends the script's arguments.
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+        keys: &[&str],
+        args: impl Fn(&mut redis::Cmd),
+    ) -> redis::RedisResult<T> {
+        let call = |first: &str, body: &str| {
+            let mut cmd = redis::cmd(first);
+            cmd.arg(body).arg(keys.len()).arg(keys);
+            args(&mut cmd);
+            cmd
+        };
+        match call("EVALSHA", &self.hash).query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                call("EVAL", self.code).query_async(conn).await
+            }
+            answer => answer,
+        }
+    }
+}
+
 struct Scripts {
-    create: redis::Script,
-    redeem: redis::Script,
-    access_token: redis::Script,
-    revoke: redis::Script,
+    create: Lua,
+    redeem: Lua,
+    access_token: Lua,
+    revoke: Lua,
 }
 
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
+    operation_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -82,37 +129,34 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 }
 
 impl RedisStore {
+    /// Builds the store from validated config; connects on first use.
     pub fn open(config: &StoreConfig) -> Result<RedisStore, ConfigError> {
-        let invalid = |e: redis::RedisError| ConfigError::invalid("store.url", e);
-        let mut info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())
-            .map_err(invalid)?;
-        let mut settings = info.redis_settings().clone();
-        if let Some(user) = &config.username {
-            settings = settings.set_username(user);
-        }
-        if let Some(password) = &config.password {
-            settings = settings.set_password(password.expose());
-        }
-        info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(invalid)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(std::time::Duration::from_millis(50))
-            .set_max_delay(std::time::Duration::from_secs(1));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(invalid)?;
+        let url = RedisUrl::parse(&config.url).map_err(|e| ConfigError::invalid("store.url", e))?;
         Ok(RedisStore {
-            conn,
+            conn: Conn::open(&url, config)?,
             prefix: Arc::from(config.key_prefix.as_str()),
             scripts: Arc::new(Scripts {
-                create: redis::Script::new(CREATE),
-                redeem: redis::Script::new(include_str!("redeem.lua")),
-                access_token: redis::Script::new(ACCESS_TOKEN),
-                revoke: redis::Script::new(REVOKE),
+                create: Lua::new(CREATE),
+                redeem: Lua::new(include_str!("redeem.lua")),
+                access_token: Lua::new(ACCESS_TOKEN),
+                revoke: Lua::new(REVOKE),
             }),
+            operation_timeout: config.operation_timeout,
         })
+    }
+
+    /// Runs one store operation within `store.operation_timeout`.
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.operation_timeout, op).await {
+            Ok(answer) => answer.map_err(unavailable),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within store.operation_timeout ({:?})",
+                self.operation_timeout
+            ))),
+        }
     }
 
     fn family_key(&self, family: &str) -> String {
@@ -133,55 +177,57 @@ impl RedisStore {
         format!("{}idx:client:{client_id}", self.prefix)
     }
 
-    /// Adds families to the subject and client indexes. Each set lives as long as the longest
-    /// family added to it (NX then GT: set a first expiry, then only ever extend it).
+    /// Adds families to the subject and client indexes, one group (one slot) per set. Each
+    /// set lives as long as the longest family added to it (NX then GT: set a first expiry,
+    /// then only ever extend it).
     fn index(
         &self,
-        pipe: &mut redis::Pipeline,
+        groups: &mut Vec<redis::Pipeline>,
         subject: &str,
         client: &str,
         ids: &[&str],
         ttl_ms: i64,
     ) {
         for key in [self.subject_key(subject), self.client_key(client)] {
+            let mut pipe = redis::pipe();
             pipe.cmd("SADD").arg(&key).arg(ids).ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).arg("NX").ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).arg("GT").ignore();
+            groups.push(pipe);
         }
     }
 
-    /// Revokes every family listed in an index set, then drops the set.
+    /// Revokes every family listed in an index set, then drops the set. One multi-key DEL per
+    /// scan step (a cluster connection splits it by slot).
     async fn revoke_index(&self, key: String) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
         let mut cursor: u64 = 0;
         let mut revoked = 0u64;
         loop {
-            let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
-                .arg(&key)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let (next, ids): (u64, Vec<String>) = self
+                .bounded(
+                    redis::cmd("SSCAN")
+                        .arg(&key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT)
+                        .query_async(&mut conn),
+                )
+                .await?;
             if !ids.is_empty() {
-                let mut pipe = redis::pipe();
+                let mut del = redis::cmd("DEL");
                 for id in &ids {
-                    pipe.cmd("DEL").arg(self.family_key(id));
+                    del.arg(self.family_key(id));
                 }
-                let deleted: Vec<u64> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
-                revoked += deleted.iter().sum::<u64>();
+                revoked += self.bounded(del.query_async::<u64>(&mut conn)).await?;
             }
             if next == 0 {
                 break;
             }
             cursor = next;
         }
-        redis::cmd("DEL")
-            .arg(&key)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        self.bounded(redis::cmd("DEL").arg(&key).query_async::<()>(&mut conn))
+            .await?;
         Ok(revoked)
     }
 }
@@ -245,24 +291,35 @@ fn parse_redemption(reply: Vec<String>) -> Result<Redemption, StoreError> {
 impl TokenStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(unavailable)
+        self.bounded(conn.ping()).await
     }
 
     async fn create_family(&self, f: &NewFamily) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        self.create_one(&mut conn, f).await?;
-        let mut pipe = redis::pipe();
+        let key = self.family_key(f.id.as_str());
+        let keys = [key.as_str()];
+        let created = self.scripts.create.eval::<i64>(&mut conn, &keys, |cmd| {
+            cmd.arg(&f.client_id)
+                .arg(&f.subject)
+                .arg(&f.granted_scope)
+                .arg(f.format.as_str())
+                .arg(&f.at_claims)
+                .arg(&f.id_claims)
+                .arg(f.auth_time.map(|t| t.to_string()).unwrap_or_default())
+                .arg(f.created_ms)
+                .arg(f.idle_deadline_ms)
+                .arg(f.expires_at_ms);
+        });
+        self.bounded(created).await?;
+        let mut groups = Vec::new();
         self.index(
-            &mut pipe,
+            &mut groups,
             &f.subject,
             &f.client_id,
             &[f.id.as_str()],
             f.expires_at_ms - f.created_ms,
         );
-        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+        self.bounded(conn.run_groups(groups)).await
     }
 
     async fn create_families(&self, families: &[NewFamily]) -> Result<(), StoreError> {
@@ -270,9 +327,10 @@ impl TokenStore for RedisStore {
         for chunk in families.chunks(BATCH) {
             // Plain commands, not the script: nobody holds a token of a family that is being
             // created, so there is nothing to race with, and a pipeline of them is fast.
-            let mut pipe = redis::pipe();
+            let mut groups = Vec::with_capacity(chunk.len() + 2);
             for f in chunk {
                 let key = self.family_key(f.id.as_str());
+                let mut pipe = redis::pipe();
                 pipe.cmd("HSET")
                     .arg(&key)
                     .arg(&[
@@ -296,23 +354,22 @@ impl TokenStore for RedisStore {
                     .arg(&key)
                     .arg(f.idle_deadline_ms.min(f.expires_at_ms))
                     .ignore();
+                groups.push(pipe);
             }
             // Index by (subject, client) group.
-            let mut groups: std::collections::HashMap<(&str, &str), (Vec<&str>, i64)> =
+            let mut by_owner: std::collections::HashMap<(&str, &str), (Vec<&str>, i64)> =
                 std::collections::HashMap::new();
             for f in chunk {
-                let g = groups
+                let g = by_owner
                     .entry((f.subject.as_str(), f.client_id.as_str()))
                     .or_default();
                 g.0.push(f.id.as_str());
                 g.1 = g.1.max(f.expires_at_ms - f.created_ms);
             }
-            for ((subject, client), (ids, ttl)) in &groups {
-                self.index(&mut pipe, subject, client, ids, *ttl);
+            for ((subject, client), (ids, ttl)) in &by_owner {
+                self.index(&mut groups, subject, client, ids, *ttl);
             }
-            pipe.query_async::<()>(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            self.bounded(conn.run_groups(groups)).await?;
         }
         Ok(())
     }
@@ -324,12 +381,14 @@ impl TokenStore for RedisStore {
         now_ms: i64,
     ) -> Result<Option<RefreshTokenInfo>, StoreError> {
         let mut conn = self.conn.clone();
-        let f: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.family_key(family))
-            .arg(&["c", "s", "sc", "n", "r", "i", "e"])
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let f: Vec<Option<String>> = self
+            .bounded(
+                redis::cmd("HMGET")
+                    .arg(self.family_key(family))
+                    .arg(&["c", "s", "sc", "n", "r", "i", "e"])
+                    .query_async(&mut conn),
+            )
+            .await?;
         let [
             Some(c),
             Some(s),
@@ -361,14 +420,12 @@ impl TokenStore for RedisStore {
         client_id: Option<&str>,
     ) -> Result<Revoke, StoreError> {
         let mut conn = self.conn.clone();
+        let key = self.family_key(family);
         let outcome: String = self
-            .scripts
-            .revoke
-            .key(self.family_key(family))
-            .arg(client_id.unwrap_or(""))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .bounded(self.scripts.revoke.eval(&mut conn, &[&key], |cmd| {
+                cmd.arg(client_id.unwrap_or(""));
+            }))
+            .await?;
         match outcome.as_str() {
             "revoked" => Ok(Revoke::Revoked),
             "not_owner" => Ok(Revoke::NotOwner),
@@ -384,6 +441,7 @@ impl TokenStore for RedisStore {
     async fn revoke_client(&self, client_id: &str) -> Result<u64, StoreError> {
         self.revoke_index(self.client_key(client_id)).await
     }
+
     async fn redeem(&self, req: &RedeemRequest<'_>) -> Result<Redemption, StoreError> {
         let r = &req.redeem;
         let (issued, expires, digest) = match &req.opaque {
@@ -391,24 +449,28 @@ impl TokenStore for RedisStore {
             None => (0, 0, "-"),
         };
         let mut conn = self.conn.clone();
+        let keys = [
+            self.family_key(req.family),
+            self.access_token_key(req.family, digest),
+        ];
         let reply: Vec<String> = self
-            .scripts
-            .redeem
-            .key(self.family_key(req.family))
-            .key(self.access_token_key(req.family, digest))
-            .arg(r.generation)
-            .arg(r.client_id)
-            .arg(if r.scope.is_some() { "1" } else { "0" })
-            .arg(r.scope.unwrap_or(""))
-            .arg(r.now_ms)
-            .arg(r.grace_ms)
-            .arg(r.idle_ttl_ms)
-            .arg(if r.reuse_refresh_tokens { "1" } else { "0" })
-            .arg(issued)
-            .arg(expires)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .bounded(
+                self.scripts
+                    .redeem
+                    .eval(&mut conn, &[&keys[0], &keys[1]], |cmd| {
+                        cmd.arg(r.generation)
+                            .arg(r.client_id)
+                            .arg(if r.scope.is_some() { "1" } else { "0" })
+                            .arg(r.scope.unwrap_or(""))
+                            .arg(r.now_ms)
+                            .arg(r.grace_ms)
+                            .arg(r.idle_ttl_ms)
+                            .arg(if r.reuse_refresh_tokens { "1" } else { "0" })
+                            .arg(issued)
+                            .arg(expires);
+                    }),
+            )
+            .await?;
         parse_redemption(reply)
     }
 
@@ -419,44 +481,22 @@ impl TokenStore for RedisStore {
         now_ms: i64,
     ) -> Result<Option<AccessTokenRecord>, StoreError> {
         let mut conn = self.conn.clone();
+        let keys = [
+            self.family_key(family),
+            self.access_token_key(family, digest),
+        ];
         let raw: Option<String> = self
-            .scripts
-            .access_token
-            .key(self.family_key(family))
-            .key(self.access_token_key(family, digest))
-            .arg(now_ms)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .bounded(
+                self.scripts
+                    .access_token
+                    .eval(&mut conn, &[&keys[0], &keys[1]], |cmd| {
+                        cmd.arg(now_ms);
+                    }),
+            )
+            .await?;
         let Some(raw) = raw else { return Ok(None) };
         let record: AccessTokenRecord = serde_json::from_str(&raw)
             .map_err(|e| StoreError::Protocol(format!("access token record: {e}")))?;
         Ok((now_ms < record.expires_ms).then_some(record))
-    }
-}
-
-impl RedisStore {
-    async fn create_one(
-        &self,
-        conn: &mut ConnectionManager,
-        f: &NewFamily,
-    ) -> Result<(), StoreError> {
-        self.scripts
-            .create
-            .key(self.family_key(f.id.as_str()))
-            .arg(&f.client_id)
-            .arg(&f.subject)
-            .arg(&f.granted_scope)
-            .arg(f.format.as_str())
-            .arg(&f.at_claims)
-            .arg(&f.id_claims)
-            .arg(f.auth_time.map(|t| t.to_string()).unwrap_or_default())
-            .arg(f.created_ms)
-            .arg(f.idle_deadline_ms)
-            .arg(f.expires_at_ms)
-            .invoke_async::<i64>(conn)
-            .await
-            .map(drop)
-            .map_err(unavailable)
     }
 }
