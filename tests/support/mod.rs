@@ -6,13 +6,17 @@
 //! - [`echo`]: a plain upstream that reports what reached it, for transparency tests.
 //! - [`proxy`]: the proxy itself, in-process or as the real binary.
 //! - [`jose`]: an independent JOSE implementation (Node's `jose`) to verify minted JWTs.
+//! - [`load`]: steady refresh chains and forwarded traffic for fault tests.
+//! - [`relay`]: a TCP relay to Redis that can lose an answer after Redis ran the request.
 #![allow(dead_code)]
 
 pub mod echo;
 pub mod idp;
 pub mod jose;
+pub mod load;
 pub mod proxy;
 pub mod redis;
+pub mod relay;
 
 /// Which token store a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

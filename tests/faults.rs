@@ -1,0 +1,294 @@
+//! Redis faults under a steady load (DESIGN §6): a fault costs the refresh path availability
+//! for the outage only, never a token family.
+//!
+//! Each test runs the real binary in front of an echo upstream, issues 50 families through the
+//! admin API, and drives 50 refresh chains at 200 refreshes a second in all plus 50 forwarded
+//! requests a second while Redis is killed, failed over or loses an answer. Then it checks
+//! that every refresh got 200 or 503 `temporarily_unavailable`, no request was held past the
+//! configured operation timeout, forwarding never failed, `/readyz` said 503 during the outage
+//! and 200 after, the proxy recovered by itself within 2 s, and every chain goes on from its
+//! last good token: no family lost, forked or rotated twice.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use refresh_proxy::config::StoreConfig;
+use refresh_proxy::store::{RedisStore, TokenStore};
+use support::echo::EchoServer;
+use support::load::{Load, Report, family_and_generation};
+use support::proxy::ProxyProcess;
+use support::redis::RedisServer;
+
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+const CLIENT: (&str, &str) = ("www", "Secr3t!");
+const CHAINS: usize = 50;
+/// Each chain refreshes every 250 ms: 200 refreshes a second in all.
+const PERIOD: Duration = Duration::from_millis(250);
+/// `store.operation_timeout` of these tests.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
+/// What a loaded 2-core machine may add to it before a request counts as held too long.
+const SLACK: Duration = Duration::from_millis(750);
+const RECOVERY: Duration = Duration::from_secs(2);
+
+/// The proxy on `store_url` (with `store_extra` lines in `[store]`), its echo upstream.
+struct Stack {
+    proxy: ProxyProcess,
+    _echo: EchoServer,
+    store_config: String,
+}
+
+impl Stack {
+    async fn start(store_url: &str, store_extra: &str) -> Stack {
+        let echo = EchoServer::start().await;
+        let store_config = format!(
+            "url = \"{store_url}\"\n\
+             connect_timeout = 0.5\nresponse_timeout = 0.5\noperation_timeout = {}\n{store_extra}",
+            OPERATION_TIMEOUT.as_secs_f64()
+        );
+        let config = format!(
+            "[store]\n{store_config}\
+             [tokens]\nrefresh_token_key = \"{key}\"\nreuse_grace_period = 60\n\
+             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
+             [log]\nlevel = \"warn\"\n\
+             [clients.www]\nsecret = \"{secret}\"\n\
+             [upstream]\nurl = \"{upstream}\"\ndiscovery = false\ntoken_path = \"/token\"\n",
+            key = support::TEST_REFRESH_KEY,
+            secret = CLIENT.1,
+            upstream = echo.url(),
+        );
+        let proxy = ProxyProcess::spawn(&config);
+        proxy.wait_ready().await;
+        Stack {
+            proxy,
+            _echo: echo,
+            store_config,
+        }
+    }
+
+    /// Opens families through the admin API; their first refresh tokens.
+    async fn issue(&self, count: usize) -> Vec<String> {
+        let res = support::load::http()
+            .post(format!("{}/admin/issue", self.proxy.admin_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({
+                "client_id": CLIENT.0, "subject": "load", "scope": "read", "count": count,
+            }))
+            .send()
+            .await
+            .expect("issue");
+        assert_eq!(res.status(), 200);
+        let body: serde_json::Value = res.json().await.expect("json");
+        body["refresh_tokens"]
+            .as_array()
+            .expect("refresh_tokens")
+            .iter()
+            .map(|t| t.as_str().expect("string").to_owned())
+            .collect()
+    }
+
+    fn token_url(&self) -> String {
+        format!("{}/token", self.proxy.url)
+    }
+
+    fn load(&self, tokens: Vec<String>) -> Load {
+        Load::start(
+            &self.token_url(),
+            CLIENT,
+            tokens,
+            PERIOD,
+            &format!("{}/resource?x=1", self.proxy.url),
+            50,
+            &format!("{}/readyz", self.proxy.admin_url),
+        )
+    }
+
+    /// The store the proxy uses, opened by the test to look at the families.
+    fn store(&self) -> RedisStore {
+        let config: StoreConfig = toml::from_str(&self.store_config).expect("store config");
+        RedisStore::open(&config).expect("open store")
+    }
+
+    /// Every chain refreshes once more and gets the next generation.
+    async fn every_chain_goes_on(&self, report: &mut Report) {
+        let http = support::load::http();
+        for chain in &mut report.chains {
+            let (status, body, _) =
+                support::load::refresh(&http, &self.token_url(), CLIENT, &chain.token).await;
+            assert_eq!(status, 200, "family {}: {body}", chain.family);
+            let next = body["refresh_token"].as_str().expect("refresh_token");
+            let (family, generation) = family_and_generation(next);
+            assert_eq!(
+                (family.as_str(), generation),
+                (chain.family.as_str(), chain.generation + 1)
+            );
+            chain.token = next.to_owned();
+            chain.generation = generation;
+        }
+    }
+
+    /// The store holds each family at exactly the chain's generation: nothing rotated twice,
+    /// nothing lost (meant for a store that kept every acknowledged write).
+    async fn store_matches_every_chain(&self, report: &Report) {
+        let store = self.store();
+        let now = now_ms();
+        for c in &report.chains {
+            let live = store
+                .refresh_token_info(&c.family, c.generation, now)
+                .await
+                .expect("info");
+            assert!(live.is_some(), "family {} is gone", c.family);
+            let before = store
+                .refresh_token_info(&c.family, c.generation - 1, now)
+                .await
+                .expect("info");
+            assert!(
+                before.is_none(),
+                "family {} is not at generation {}",
+                c.family,
+                c.generation
+            );
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+/// The common checks after a fault from `down` to `back` (times since the load started).
+fn assert_outage_only(report: &Report, down: Duration, back: Duration) {
+    eprintln!(
+        "outage {:?}: {}; recovered {:?} after the store was back",
+        back - down,
+        report.summary(),
+        report.recovery_after(back),
+    );
+    report.assert_nothing_but_outage();
+    assert!(
+        report.max_latency() <= OPERATION_TIMEOUT + SLACK,
+        "a refresh was held {:?} (operation_timeout {OPERATION_TIMEOUT:?})",
+        report.max_latency()
+    );
+    assert!(
+        report.count(503) > 0,
+        "the outage was seen by the refresh path"
+    );
+    assert!(
+        report.readyz_was(503, down, back),
+        "/readyz said 503 during the outage: {:?}",
+        report.readyz
+    );
+    let recovery = report.recovery_after(back);
+    assert!(
+        recovery <= RECOVERY,
+        "recovered only {recovery:?} after the store was back"
+    );
+    let end = report.readyz.last().map(|(at, _)| *at).unwrap_or_default();
+    assert!(
+        report.readyz_was(200, back, end),
+        "/readyz back to 200 after the outage"
+    );
+}
+
+/// Kill Redis (SIGKILL, AOF on) under load for 3 s, start it again on the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_redis_under_load_costs_availability_only() {
+    let mut redis = RedisServer::start();
+    let stack = Stack::start(&redis.url(), "").await;
+    let tokens = stack.issue(CHAINS).await;
+    let load = stack.load(tokens);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let down = load.now();
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.restart();
+    let back = load.now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut report = load.stop().await;
+    assert_outage_only(&report, down, back);
+    stack.store_matches_every_chain(&report).await;
+    stack.every_chain_goes_on(&mut report).await;
+    stack.store_matches_every_chain(&report).await;
+}
+
+/// The script ran, its answer never came back: the client's retry gets the same new token,
+/// and the family is rotated once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_script_answer_is_retried_to_the_same_token() {
+    let redis = RedisServer::start();
+    let relay = support::relay::Relay::start(redis.port).await;
+    let stack = Stack::start(&relay.url(), "").await;
+    let store = stack.store();
+    let key = refresh_proxy::mint::refresh::RefreshTokenKey::from_secret(
+        support::TEST_REFRESH_KEY.as_bytes(),
+    );
+    let http = support::load::http();
+    // Once, so the script is in Redis's cache and the next EVALSHA runs it.
+    let warm = stack.issue(1).await.remove(0);
+    let (status, _, _) = support::load::refresh(&http, &stack.token_url(), CLIENT, &warm).await;
+    assert_eq!(status, 200);
+    for round in 0..5 {
+        let token = stack.issue(1).await.remove(0);
+        let (family, _) = family_and_generation(&token);
+        let expected = key.next(&key.parse(&token).expect("ours"));
+
+        relay.lose_next_answer(b"EVALSHA");
+        let started = Instant::now();
+        let (status, body, retry_after) =
+            support::load::refresh(&http, &stack.token_url(), CLIENT, &token).await;
+        assert_eq!(
+            (status, body["error"].as_str(), retry_after),
+            (503, Some("temporarily_unavailable"), true),
+            "round {round}: {body}"
+        );
+        assert!(started.elapsed() <= OPERATION_TIMEOUT + SLACK);
+        assert_eq!(relay.lost(), round + 1, "the answer was lost");
+        // The script did run: the family is at generation 1 already.
+        let now = now_ms();
+        assert!(
+            store
+                .refresh_token_info(&family, 1, now)
+                .await
+                .expect("info")
+                .is_some()
+        );
+        assert!(
+            store
+                .refresh_token_info(&family, 0, now)
+                .await
+                .expect("info")
+                .is_none()
+        );
+
+        let (status, body, _) =
+            support::load::refresh(&http, &stack.token_url(), CLIENT, &token).await;
+        assert_eq!(status, 200, "round {round}: the retry {body}");
+        assert_eq!(
+            body["refresh_token"].as_str(),
+            Some(expected.as_str()),
+            "the token the lost answer carried"
+        );
+        // Rotated once, not twice, and the family goes on.
+        assert!(
+            store
+                .refresh_token_info(&family, 0, now_ms())
+                .await
+                .expect("info")
+                .is_none()
+        );
+        assert!(
+            store
+                .refresh_token_info(&family, 1, now_ms())
+                .await
+                .expect("info")
+                .is_some()
+        );
+        let (status, body, _) =
+            support::load::refresh(&http, &stack.token_url(), CLIENT, &expected).await;
+        assert_eq!(status, 200, "round {round}: {body}");
+    }
+}
