@@ -588,6 +588,16 @@ async fn a_revocation_racing_refreshes_always_wins<S: TokenStore + Clone>(store:
 
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
+        /// Every case in turn, each on a store from `open(case name)` (e.g. its own key
+        /// prefix on one shared topology).
+        #[allow(dead_code)]
+        async fn every_case(open: impl Fn(&str) -> RedisStore) {
+            $(
+                eprintln!("contract case {}", stringify!($case));
+                $case(open(stringify!($case))).await;
+            )*
+        }
+
         mod memory {
             use super::*;
             $(
@@ -714,4 +724,94 @@ async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
         .await
         .expect("pttl");
     assert!(ttl > 0, "family keys expire");
+}
+
+/// The contract on Redis topologies: one topology per test, every case on its own key prefix.
+mod topologies {
+    use super::*;
+    use support::topology::{Cluster, Options, Sentinel, Standalone};
+
+    /// A store on `url` with the topology's TLS files and ACL user, one prefix per case.
+    async fn every_case_on(url: &str, opts: &Options) {
+        every_case_with(url, opts, "").await;
+    }
+
+    /// Like `every_case_on`, with `extra` lines in `[store]`.
+    async fn every_case_with(url: &str, opts: &Options, extra: &str) {
+        let mut store = format!("url = \"{url}\"\n{extra}");
+        if let Some(tls) = &opts.tls {
+            store.push_str(&format!("tls_ca_file = {:?}\n", tls.files.ca));
+            if tls.mutual {
+                store.push_str(&format!(
+                    "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
+                    tls.files.client_cert, tls.files.client_key
+                ));
+            }
+        }
+        if let Some((user, password)) = &opts.acl {
+            store.push_str(&format!(
+                "username = \"{user}\"\npassword = \"{password}\"\n"
+            ));
+        }
+        every_case(|case| {
+            let config: StoreConfig =
+                toml::from_str(&format!("{store}key_prefix = \"{case}:\"\n")).expect("config");
+            RedisStore::open(&config).expect("open")
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls() {
+        let server = Standalone::start(Options::tls(false));
+        every_case_on(&server.url(), server.options()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mutual_tls_with_an_acl_user() {
+        let server = Standalone::start(Options::tls(true).with_acl("refresh-proxy", "s3cret pw"));
+        every_case_on(&server.url(), server.options()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acl_user_and_database() {
+        let server = Standalone::start(Options::acl("refresh-proxy", "pw"));
+        every_case_on(&format!("{}/3", server.url()), server.options()).await;
+        let keys = server.cli(&["-n", "3", "DBSIZE"]);
+        assert_ne!(keys.trim(), "0", "the families are in database 3");
+        assert_eq!(server.cli(&["-n", "0", "DBSIZE"]).trim(), "0");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sentinel() {
+        let topology = Sentinel::start(Options::default());
+        every_case_on(&topology.url(), topology.options()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sentinel_over_mutual_tls_with_authenticated_sentinels() {
+        let topology =
+            Sentinel::start_requiring_auth(Options::tls(true).with_acl("refresh-proxy", "pw"));
+        let sentinel_auth = "sentinel_username = \"refresh-proxy\"\nsentinel_password = \"pw\"\n";
+        every_case_with(&topology.url(), topology.options(), sentinel_auth).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster() {
+        let topology = Cluster::start(Options::default());
+        every_case_on(&topology.url(), topology.options()).await;
+        // The families were spread over the shards, each family's keys on one of them.
+        let used = topology
+            .masters()
+            .into_iter()
+            .filter(|port| topology.cli(*port, &["DBSIZE"]).trim() != "0")
+            .count();
+        assert!(used >= 2, "keys on {used} of 3 masters");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_over_mutual_tls_with_an_acl_user() {
+        let topology = Cluster::start(Options::tls(true).with_acl("refresh-proxy", "pw"));
+        every_case_on(&topology.url(), topology.options()).await;
+    }
 }

@@ -2,6 +2,8 @@
 //!
 //! - [`redis`]: a private `redis-server` per test on a free port, which can be stopped and
 //!   restarted to inject faults.
+//! - [`topology`]: Redis Cluster, Sentinel and TLS / ACL servers on free ports, with failover
+//!   faults (kill a master, wait for its replica to take over).
 //! - [`idp`]: a real OpenID Connect provider (npm `oidc-provider`, pinned in tests/idp).
 //! - [`echo`]: a plain upstream that reports what reached it, for transparency tests.
 //! - [`proxy`]: the proxy itself, in-process or as the real binary.
@@ -17,6 +19,7 @@ pub mod load;
 pub mod proxy;
 pub mod redis;
 pub mod relay;
+pub mod topology;
 
 /// Which token store a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
