@@ -22,7 +22,7 @@ use redis::aio::{
 };
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ErrorKind, Pipeline, RedisError,
@@ -164,20 +164,30 @@ impl Conn {
     }
 
     /// Whether the store can serve: the server (or the master the sentinels name) answers PING;
-    /// in a cluster, every master does.
+    /// in a cluster, every master answers and says `cluster_state:ok` (all slots served).
     pub(super) async fn ping(&mut self) -> RedisResult<()> {
         match self {
             Conn::Cluster(c) => {
                 let mut conn = c.get().await?;
-                conn.route_command(
-                    redis::cmd("PING"),
-                    RoutingInfo::MultiNode((
-                        MultipleNodeRoutingInfo::AllMasters,
-                        Some(ResponsePolicy::AllSucceeded),
-                    )),
-                )
-                .await
-                .map(drop)
+                let answers = conn
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("INFO").to_owned(),
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                    )
+                    .await?;
+                let infos: std::collections::HashMap<String, String> =
+                    redis::FromRedisValue::from_redis_value(answers)?;
+                match infos
+                    .iter()
+                    .find(|(_, info)| !info.contains("cluster_state:ok"))
+                {
+                    None => Ok(()),
+                    Some((node, _)) => Err(RedisError::from((
+                        ErrorKind::Server(ServerErrorKind::ClusterDown),
+                        "the cluster is not serving every slot",
+                        format!("{node} reports cluster_state other than ok"),
+                    ))),
+                }
             }
             _ => redis::cmd("PING").query_async::<()>(self).await,
         }
