@@ -35,9 +35,16 @@ use super::{
 use crate::config::{ConfigError, StoreConfig};
 use crate::grant::rules::Verdict;
 
+/// Opens a family. Fields at their default are left out (`n` 0, `f` jwt, empty `a`, `d`,
+/// `t`; `sc` is written only once it differs from `g`): a family hash is small enough that a
+/// few bytes move it to a smaller allocation (200 bytes instead of 232 for a typical family).
 const CREATE: &str = r"
-redis.call('HSET', KEYS[1], 'c', ARGV[1], 's', ARGV[2], 'g', ARGV[3], 'sc', ARGV[3], 'n', '0',
-  'r', ARGV[8], 'i', ARGV[9], 'e', ARGV[10], 'f', ARGV[4], 'a', ARGV[5], 'd', ARGV[6], 't', ARGV[7])
+redis.call('HSET', KEYS[1], 'c', ARGV[1], 's', ARGV[2], 'g', ARGV[3],
+  'r', ARGV[8], 'i', ARGV[9], 'e', ARGV[10])
+if ARGV[4] ~= 'jwt' then redis.call('HSET', KEYS[1], 'f', ARGV[4]) end
+for i, field in ipairs({'a', 'd', 't'}) do
+  if ARGV[4 + i] ~= '' then redis.call('HSET', KEYS[1], field, ARGV[4 + i]) end
+end
 redis.call('PEXPIREAT', KEYS[1], math.min(tonumber(ARGV[9]), tonumber(ARGV[10])))
 return 1
 ";
@@ -214,11 +221,10 @@ impl RedisStore {
                         .query_async(&mut conn),
                 )
                 .await?;
-            if !ids.is_empty() {
+            let keys: Vec<String> = ids.iter().map(|id| self.family_key(id)).collect();
+            if !keys.is_empty() {
                 let mut del = redis::cmd("DEL");
-                for id in &ids {
-                    del.arg(self.family_key(id));
-                }
+                del.arg(&keys);
                 revoked += self.bounded(del.query_async::<u64>(&mut conn)).await?;
             }
             if next == 0 {
@@ -331,25 +337,32 @@ impl TokenStore for RedisStore {
             for f in chunk {
                 let key = self.family_key(f.id.as_str());
                 let mut pipe = redis::pipe();
-                pipe.cmd("HSET")
+                let hset = pipe
+                    .cmd("HSET")
                     .arg(&key)
                     .arg(&[
                         ("c", f.client_id.as_str()),
                         ("s", f.subject.as_str()),
                         ("g", f.granted_scope.as_str()),
-                        ("sc", f.granted_scope.as_str()),
-                        ("n", "0"),
-                        ("f", f.format.as_str()),
-                        ("a", f.at_claims.as_str()),
-                        ("d", f.id_claims.as_str()),
                     ])
                     .arg(&[
-                        ("t", f.auth_time.map(|t| t.to_string()).unwrap_or_default()),
-                        ("r", f.created_ms.to_string()),
-                        ("i", f.idle_deadline_ms.to_string()),
-                        ("e", f.expires_at_ms.to_string()),
-                    ])
-                    .ignore();
+                        ("r", f.created_ms),
+                        ("i", f.idle_deadline_ms),
+                        ("e", f.expires_at_ms),
+                    ]);
+                // As CREATE: fields at their default are left out.
+                if f.format != TokenFormat::Jwt {
+                    hset.arg("f").arg(f.format.as_str());
+                }
+                for (field, value) in [("a", &f.at_claims), ("d", &f.id_claims)] {
+                    if !value.is_empty() {
+                        hset.arg(field).arg(value);
+                    }
+                }
+                if let Some(t) = f.auth_time {
+                    hset.arg("t").arg(t);
+                }
+                hset.ignore();
                 pipe.cmd("PEXPIREAT")
                     .arg(&key)
                     .arg(f.idle_deadline_ms.min(f.expires_at_ms))
@@ -385,25 +398,21 @@ impl TokenStore for RedisStore {
             .bounded(
                 redis::cmd("HMGET")
                     .arg(self.family_key(family))
-                    .arg(&["c", "s", "sc", "n", "r", "i", "e"])
+                    .arg(&["c", "s", "g", "sc", "n", "r", "i", "e"])
                     .query_async(&mut conn),
             )
             .await?;
-        let [
-            Some(c),
-            Some(s),
-            Some(sc),
-            Some(n),
-            Some(r),
-            Some(i),
-            Some(e),
-        ] = <[Option<String>; 7]>::try_from(f).map_err(|_| StoreError::Protocol("HMGET".into()))?
+        let [Some(c), Some(s), Some(g), sc, n, Some(r), Some(i), Some(e)] =
+            <[Option<String>; 8]>::try_from(f).map_err(|_| StoreError::Protocol("HMGET".into()))?
         else {
             return Ok(None);
         };
+        let sc = sc.unwrap_or(g);
         let num = |v: &str| v.parse::<i64>().unwrap_or(0);
         let (idle, expires) = (num(&i), num(&e));
-        let current = n.parse::<u64>().unwrap_or(u64::MAX);
+        let current = n
+            .map_or(Some(0), |n| n.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
         let live = now_ms < idle && now_ms < expires;
         Ok((live && generation >= current).then(|| RefreshTokenInfo {
             client_id: c,

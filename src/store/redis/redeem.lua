@@ -14,9 +14,10 @@ local function int(x) return string.format('%.0f', x) end
 
 local f = redis.call('HMGET', KEYS[1], 'c', 's', 'g', 'sc', 'n', 'r', 'i', 'e', 'f', 'a', 'd', 't')
 if not f[1] then return {'unknown'} end
-local client, subject, granted, scope = f[1], f[2], f[3], f[4]
-local n, rotated, idle, expires = tonumber(f[5]), tonumber(f[6]), tonumber(f[7]), tonumber(f[8])
-local fmt, atc, idc, auth = f[9], f[10], f[11], f[12]
+-- Fields at their default are left out ('sc' until it differs from 'g'): see CREATE in mod.rs.
+local client, subject, granted, scope = f[1], f[2], f[3], f[4] or f[3]
+local n, rotated, idle, expires = tonumber(f[5] or '0'), tonumber(f[6]), tonumber(f[7]), tonumber(f[8])
+local fmt, atc, idc, auth = f[9] or 'jwt', f[10] or '', f[11] or '', f[12] or ''
 local g, now = tonumber(ARGV[1]), tonumber(ARGV[5])
 
 local function reply(verdict, gen, sc, stored)
@@ -44,12 +45,13 @@ end
 
 local new_idle = math.min(now + tonumber(ARGV[7]), expires)
 local verdict, gen
+if g >= n and effective ~= scope then redis.call('HSET', KEYS[1], 'sc', effective) end
 if g == n and ARGV[8] == '1' then
-  redis.call('HSET', KEYS[1], 'sc', effective, 'i', int(new_idle))
+  redis.call('HSET', KEYS[1], 'i', int(new_idle))
   redis.call('PEXPIREAT', KEYS[1], int(new_idle))
   verdict, gen = 'reused', n
 elseif g >= n then
-  redis.call('HSET', KEYS[1], 'sc', effective, 'n', int(g + 1), 'r', int(now), 'i', int(new_idle))
+  redis.call('HSET', KEYS[1], 'n', int(g + 1), 'r', int(now), 'i', int(new_idle))
   redis.call('PEXPIREAT', KEYS[1], int(new_idle))
   verdict, gen = 'rotated', g + 1
 elseif g + 1 == n and tonumber(ARGV[6]) > 0 and now - rotated <= tonumber(ARGV[6]) then
