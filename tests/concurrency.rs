@@ -65,7 +65,9 @@ impl Stack {
             .as_ref()
             .map_or("memory://".to_owned(), RedisServer::url);
         let text = format!(
-            "[store]\nurl = \"{store}\"\n\
+            // Generous store timeouts: this test is about the grace rule, and a slow answer
+            // on a loaded machine must not turn into a 503.
+            "[store]\nurl = \"{store}\"\nresponse_timeout = 5\noperation_timeout = 10\n\
              [tokens]\nrefresh_token_key = \"{key}\"\n\
              [clients.www]\nsecret = \"Secr3t!\"\n{www}\n\
              [upstream]\nurl = \"{up}\"\n",

@@ -738,7 +738,10 @@ mod topologies {
 
     /// Like `every_case_on`, with `extra` lines in `[store]`.
     async fn every_case_with(url: &str, opts: &Options, extra: &str) {
-        let mut store = format!("url = \"{url}\"\n{extra}");
+        // Generous timeouts: the contract is about what the store does, not how fast a
+        // loaded machine runs six Redis servers.
+        let mut store =
+            format!("url = \"{url}\"\nresponse_timeout = 5\noperation_timeout = 10\n{extra}");
         if let Some(tls) = &opts.tls {
             store.push_str(&format!("tls_ca_file = {:?}\n", tls.files.ca));
             if tls.mutual {
