@@ -76,6 +76,10 @@ pub struct Forward {
 
 struct Inner {
     client: HttpClient,
+    /// What [`Forward::new_pool`] builds another client from (its TLS config is shared).
+    connector: HttpsConnector<HttpConnector>,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
     scheme: Scheme,
     authority: Authority,
     host: HeaderValue,
@@ -125,16 +129,17 @@ impl Forward {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            // Without a timer the idle timeout below is silently ignored.
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .timer(TokioTimer::new())
-            .build(connector);
+        let client = http_client(
+            connector.clone(),
+            config.pool_idle_timeout,
+            config.pool_max_idle_per_host,
+        );
         Ok(Forward {
             inner: Arc::new(Inner {
                 client,
+                connector,
+                pool_idle_timeout: config.pool_idle_timeout,
+                pool_max_idle_per_host: config.pool_max_idle_per_host,
                 scheme,
                 authority,
                 host,
@@ -143,6 +148,31 @@ impl Forward {
                 metrics: None,
             }),
         })
+    }
+
+    /// The same forwarding service with a connection pool of its own (and the same metrics).
+    /// Each worker thread gets one, so a request and its upstream connection's task run on
+    /// one thread; the client spawns its connection tasks on the runtime that calls it.
+    pub fn new_pool(&self) -> Forward {
+        let i = &*self.inner;
+        Forward {
+            inner: Arc::new(Inner {
+                client: http_client(
+                    i.connector.clone(),
+                    i.pool_idle_timeout,
+                    i.pool_max_idle_per_host,
+                ),
+                connector: i.connector.clone(),
+                pool_idle_timeout: i.pool_idle_timeout,
+                pool_max_idle_per_host: i.pool_max_idle_per_host,
+                scheme: i.scheme.clone(),
+                authority: i.authority.clone(),
+                host: i.host.clone(),
+                request_timeout: i.request_timeout,
+                preserve_host: i.preserve_host,
+                metrics: i.metrics.clone(),
+            }),
+        }
     }
 
     /// Counts upstream answers and their latency in `metrics`. Call before cloning.
@@ -238,6 +268,20 @@ impl Forward {
         }
         Request::from_parts(parts, body.map_err(Into::into).boxed_unsync())
     }
+}
+
+fn http_client(
+    connector: HttpsConnector<HttpConnector>,
+    idle_timeout: Duration,
+    max_idle_per_host: usize,
+) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        // Without a timer the idle timeout below is silently ignored.
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(idle_timeout)
+        .pool_max_idle_per_host(max_idle_per_host)
+        .timer(TokioTimer::new())
+        .build(connector)
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

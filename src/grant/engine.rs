@@ -70,9 +70,10 @@ pub struct Engine {
     pub store: AnyStore,
     pub metrics: Arc<Metrics>,
     pub clients: Clients,
-    refresh_key: RefreshTokenKey,
-    signer: Signer,
-    id_signer: Option<Signer>,
+    // Behind `Arc`s so that workers' engines (`with_store`) share one parsed copy.
+    refresh_key: Arc<RefreshTokenKey>,
+    signer: Arc<Signer>,
+    id_signer: Option<Arc<Signer>>,
     access_token_ttl: u64,
     audience: Option<String>,
 }
@@ -147,24 +148,40 @@ impl Engine {
             store,
             metrics: Arc::default(),
             clients,
-            refresh_key,
-            signer,
-            id_signer,
+            refresh_key: Arc::new(refresh_key),
+            signer: Arc::new(signer),
+            id_signer: id_signer.map(Arc::new),
             access_token_ttl,
             audience,
         }
     }
 
+    /// The same engine over another handle of the store: a worker thread's own Redis
+    /// connection, so that its driver task runs on the thread whose requests it serves. Keys,
+    /// signers, clients and metrics are shared with `self`.
+    pub fn with_store(&self, store: AnyStore) -> Engine {
+        Engine {
+            store,
+            metrics: self.metrics.clone(),
+            clients: self.clients.clone(),
+            refresh_key: self.refresh_key.clone(),
+            signer: self.signer.clone(),
+            id_signer: self.id_signer.clone(),
+            access_token_ttl: self.access_token_ttl,
+            audience: self.audience.clone(),
+        }
+    }
+
     /// The signers whose public keys belong in the JWKS.
     pub fn signers(&self) -> Vec<&Signer> {
-        std::iter::once(&self.signer)
-            .chain(self.id_signer.as_ref())
+        std::iter::once(&*self.signer)
+            .chain(self.id_signer.as_deref())
             .collect()
     }
 
     /// The JOSE `alg` of ID tokens on refresh, when any client gets them.
     pub fn id_token_alg(&self) -> Option<&'static str> {
-        self.id_signer.as_ref().map(Signer::alg_name)
+        self.id_signer.as_deref().map(Signer::alg_name)
     }
 
     /// A refresh grant. `Ok(None)`: not the proxy's (a client or token it does not handle);

@@ -67,6 +67,24 @@ impl RefreshGrantLayer {
     }
 }
 
+impl RefreshGrantLayer {
+    /// The same layer over another engine: a worker thread's, whose store handle is its own
+    /// (see [`Engine::with_store`]). Endpoints, limits and credentials are shared.
+    pub fn with_engine(&self, engine: Arc<Engine>) -> RefreshGrantLayer {
+        let s = &*self.shared;
+        RefreshGrantLayer {
+            shared: Arc::new(Shared {
+                endpoints: s.endpoints.clone(),
+                max_body_bytes: s.max_body_bytes,
+                jwks_keys: engine.signers().iter().map(|k| k.public_jwk()).collect(),
+                engine: Some(engine),
+                fallback_issuer: s.fallback_issuer.clone(),
+                introspection_auth: s.introspection_auth.clone(),
+            }),
+        }
+    }
+}
+
 impl<S> Layer<S> for RefreshGrantLayer {
     type Service = RefreshGrant<S>;
 
