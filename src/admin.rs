@@ -90,6 +90,9 @@ impl Readiness {
 pub struct Admin {
     pub readiness: Arc<Readiness>,
     pub store: AnyStore,
+    /// The worker threads' own store handles (their Redis connections), checked by `/readyz`
+    /// with `store`: ready means every connection a request may use answers.
+    pub worker_stores: Vec<AnyStore>,
     /// How long `/readyz` waits for the store's answer.
     pub store_timeout: Duration,
     /// The proxy's public keys (`GET /jwks`).
@@ -143,8 +146,15 @@ impl Admin {
     }
 
     async fn ready(&self) -> Response<Full<Bytes>> {
+        // Each ping also makes a connection that found Redis gone reconnect now.
+        let pings = async {
+            for store in std::iter::once(&self.store).chain(&self.worker_stores) {
+                store.ping().await?;
+            }
+            Ok::<(), crate::store::StoreError>(())
+        };
         let store_ok = matches!(
-            tokio::time::timeout(self.store_timeout, self.store.ping()).await,
+            tokio::time::timeout(self.store_timeout, pings).await,
             Ok(Ok(()))
         );
         let discovered = self.readiness.is_discovered();

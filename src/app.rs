@@ -218,6 +218,7 @@ impl App {
         let (cut_off, cut_off_seen) = watch::channel(false);
         let mut outboxes = Vec::new();
         let mut finished = Vec::new();
+        let mut worker_stores = Vec::new();
         let count = config.server.worker_count();
         for index in 0..count {
             let worker = Worker {
@@ -231,9 +232,13 @@ impl App {
                 tls: tls.clone(),
                 options,
             };
-            if let Some((outbox, done)) = worker.start(cut_off_seen.clone()).await {
+            if let Some((outbox, done, store)) = worker.start(cut_off_seen.clone()).await {
                 outboxes.push(outbox);
                 finished.push(done);
+                // The memory store is the app's own; a Redis one is the worker's connection.
+                if matches!(store, AnyStore::Redis(_)) {
+                    worker_stores.push(store);
+                }
             }
         }
         if outboxes.is_empty() {
@@ -266,6 +271,7 @@ impl App {
         let admin = Admin {
             readiness: readiness.clone(),
             store,
+            worker_stores,
             store_timeout: config.store.response_timeout,
             jwks,
             api: admin_api,
@@ -339,15 +345,15 @@ struct Worker {
 
 impl Worker {
     /// Starts the worker's thread and waits until it serves. Returns the acceptor's end of its
-    /// channel and a receiver that completes when the thread ends; `None` when it could not
-    /// start (logged).
+    /// channel, a receiver that completes when the thread ends, and the worker's store handle
+    /// (for `/readyz`); `None` when it could not start (logged).
     async fn start(
         self,
         cut_off: watch::Receiver<bool>,
-    ) -> Option<(server::Outbox, oneshot::Receiver<()>)> {
+    ) -> Option<(server::Outbox, oneshot::Receiver<()>, AnyStore)> {
         let index = self.index;
         let (outbox, inbox) = server::handoff();
-        let (started, is_started) = oneshot::channel::<()>();
+        let (started, is_started) = oneshot::channel::<AnyStore>();
         let (done, is_done) = oneshot::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name(format!("worker-{index}"))
@@ -360,13 +366,18 @@ impl Worker {
             return None;
         }
         // The thread drops `started` without sending when it cannot serve.
-        is_started.await.ok()?;
-        Some((outbox, is_done))
+        let store = is_started.await.ok()?;
+        Some((outbox, is_done, store))
     }
 
     /// The thread's body: a single-threaded runtime serving what the acceptor hands over, until
     /// the acceptor stops and the last connection closes, or until `cut_off`.
-    fn serve(self, inbox: Inbox, started: oneshot::Sender<()>, mut cut_off: watch::Receiver<bool>) {
+    fn serve(
+        self,
+        inbox: Inbox,
+        started: oneshot::Sender<AnyStore>,
+        mut cut_off: watch::Receiver<bool>,
+    ) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -390,7 +401,7 @@ impl Worker {
                     }
                 },
             };
-            let engine = Arc::new(self.engine.with_store(store));
+            let engine = Arc::new(self.engine.with_store(store.clone()));
             let service = ServiceBuilder::new()
                 // Outermost: the request id exists before anything else runs, and the log
                 // line sees the final status, whoever answered.
@@ -399,7 +410,7 @@ impl Worker {
                 // upstream, over this worker's own pool.
                 .layer(self.layer.with_engine(engine))
                 .service(self.forward.new_pool());
-            let _ = started.send(());
+            let _ = started.send(store);
             tokio::select! {
                 () = server::serve_inbox(inbox, self.tls, service, self.options) => {}
                 _ = cut_off.wait_for(|cut| *cut) => {}
