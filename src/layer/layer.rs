@@ -40,12 +40,25 @@ impl Shared {
     }
 
     /// The issuer of minted tokens: the upstream's (DESIGN §4.9).
-    pub(crate) fn issuer(&self) -> String {
-        self.endpoints
-            .load()
-            .issuer
-            .clone()
-            .unwrap_or_else(|| self.fallback_issuer.clone())
+    pub(crate) fn issuer(&self) -> Issuer<'_> {
+        Issuer {
+            endpoints: self.endpoints.load_full(),
+            fallback: &self.fallback_issuer,
+        }
+    }
+}
+
+/// The issuer, borrowed from the endpoints of the moment (no copy per request).
+pub(crate) struct Issuer<'a> {
+    endpoints: Arc<Endpoints>,
+    fallback: &'a str,
+}
+
+impl std::ops::Deref for Issuer<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.endpoints.issuer.as_deref().unwrap_or(self.fallback)
     }
 }
 
