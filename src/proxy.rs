@@ -256,14 +256,14 @@ impl Forward {
             _ => headers.insert(header::HOST, self.inner.host.clone()),
         };
         if let Some(info) = parts.extensions.get::<ClientInfo>() {
-            append(headers, X_FORWARDED_FOR, &info.remote.ip().to_string());
+            append(headers, X_FORWARDED_FOR, ip_value(info.remote.ip()));
             append(
                 headers,
                 X_FORWARDED_PROTO,
-                if info.tls { "https" } else { "http" },
+                HeaderValue::from_static(if info.tls { "https" } else { "http" }),
             );
         }
-        if let Some(host) = client_host.as_ref().and_then(|h| h.to_str().ok()) {
+        if let Some(host) = client_host.filter(|h| h.to_str().is_ok()) {
             append(headers, X_FORWARDED_HOST, host);
         }
         Request::from_parts(parts, body.map_err(Into::into).boxed_unsync())
@@ -288,14 +288,33 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Appends `value` to a comma-separated list header, folding earlier lines into one.
-fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+/// An IP address as a header value, formatted on the stack (one allocation: the value's).
+fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    use std::io::Write as _;
+    let mut buf = [0u8; 48];
+    let left = {
+        let mut w = &mut buf[..];
+        let _ = write!(w, "{ip}");
+        w.len()
+    };
+    let len = buf.len() - left;
+    HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a valid header value")
+}
+
+/// Appends `value` (visible ASCII) to a comma-separated list header, folding earlier lines
+/// into one. The common case, no earlier line, inserts `value` as it is.
+fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    if !headers.contains_key(&name) {
+        headers.insert(name, value);
+        return;
+    }
     let joined = {
         let existing: Vec<&str> = headers
             .get_all(&name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
+        let value = value.to_str().unwrap_or_default();
         if existing.is_empty() {
             value.to_owned()
         } else {
@@ -401,9 +420,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        append(&mut h, X_FORWARDED_FOR, "127.0.0.1");
+        append(&mut h, X_FORWARDED_FOR, ip_value([127, 0, 0, 1].into()));
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 127.0.0.1");
-        append(&mut h, X_FORWARDED_PROTO, "http");
+        append(&mut h, X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         assert_eq!(h[X_FORWARDED_PROTO], "http");
+        let v6 = ip_value("2001:db8::1".parse().expect("an IPv6 address"));
+        assert_eq!(v6, "2001:db8::1");
     }
 }
