@@ -34,7 +34,7 @@ use tokio::sync::{oneshot, watch};
 use tower::ServiceBuilder;
 
 use crate::access_log::AccessLogLayer;
-use crate::admin::{Admin, AdminApi, Readiness};
+use crate::admin::{Admin, AdminApi, Readiness, WorkerStore};
 use crate::classify::Endpoints;
 use crate::client_auth::Clients;
 use crate::config::{Config, ConfigError};
@@ -236,7 +236,7 @@ impl App {
                 outboxes.push(outbox);
                 finished.push(done);
                 // The memory store is the app's own; a Redis one is the worker's connection.
-                if matches!(store, AnyStore::Redis(_)) {
+                if matches!(store.store, AnyStore::Redis(_)) {
                     worker_stores.push(store);
                 }
             }
@@ -350,10 +350,10 @@ impl Worker {
     async fn start(
         self,
         cut_off: watch::Receiver<bool>,
-    ) -> Option<(server::Outbox, oneshot::Receiver<()>, AnyStore)> {
+    ) -> Option<(server::Outbox, oneshot::Receiver<()>, WorkerStore)> {
         let index = self.index;
         let (outbox, inbox) = server::handoff();
-        let (started, is_started) = oneshot::channel::<AnyStore>();
+        let (started, is_started) = oneshot::channel::<WorkerStore>();
         let (done, is_done) = oneshot::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name(format!("worker-{index}"))
@@ -375,7 +375,7 @@ impl Worker {
     fn serve(
         self,
         inbox: Inbox,
-        started: oneshot::Sender<AnyStore>,
+        started: oneshot::Sender<WorkerStore>,
         mut cut_off: watch::Receiver<bool>,
     ) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -410,7 +410,10 @@ impl Worker {
                 // upstream, over this worker's own pool.
                 .layer(self.layer.with_engine(engine))
                 .service(self.forward.new_pool());
-            let _ = started.send(store);
+            let _ = started.send(WorkerStore {
+                store,
+                runtime: tokio::runtime::Handle::current(),
+            });
             tokio::select! {
                 () = server::serve_inbox(inbox, self.tls, service, self.options) => {}
                 _ = cut_off.wait_for(|cut| *cut) => {}
