@@ -45,8 +45,17 @@ impl Ids {
     }
 
     fn make(&self) -> HeaderValue {
+        use std::io::Write as _;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n:x}", self.prefix)).expect("hex is a valid header")
+        // Formatted on the stack: the header value's own copy is the one allocation.
+        let mut buf = [0u8; 32];
+        let left = {
+            let mut w = &mut buf[..];
+            let _ = write!(w, "{}-{n:x}", self.prefix);
+            w.len()
+        };
+        let len = buf.len() - left;
+        HeaderValue::from_bytes(&buf[..len]).expect("hex is a valid header")
     }
 }
 
@@ -114,7 +123,8 @@ where
                 id
             }
         };
-        let enabled = self.layer.enabled;
+        // The path is copied only for a line that will be written (`log.level` may drop it).
+        let enabled = self.layer.enabled && tracing::enabled!(tracing::Level::INFO);
         let started = Instant::now();
         let method = req.method().clone();
         let path = enabled.then(|| req.uri().path().to_owned());

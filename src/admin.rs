@@ -90,6 +90,9 @@ impl Readiness {
 pub struct Admin {
     pub readiness: Arc<Readiness>,
     pub store: AnyStore,
+    /// The worker threads' own store handles (their Redis connections), checked by `/readyz`
+    /// with `store`: ready means every connection a request may use answers.
+    pub worker_stores: Vec<WorkerStore>,
     /// How long `/readyz` waits for the store's answer.
     pub store_timeout: Duration,
     /// The proxy's public keys (`GET /jwks`).
@@ -98,6 +101,29 @@ pub struct Admin {
     pub api: Option<Arc<AdminApi>>,
     /// `GET /metrics` (no token, like the probes: Prometheus scrapes it).
     pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// A worker thread's store handle and the runtime it belongs to.
+///
+/// Its pings run as tasks of that runtime: a Redis connection (or a reconnection) is made by
+/// whoever uses the handle first, and its driver task is spawned where that happens, so a
+/// ping from the admin thread would move the worker's driver task off the worker's thread.
+#[derive(Debug, Clone)]
+pub struct WorkerStore {
+    pub store: AnyStore,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl WorkerStore {
+    async fn ping(&self) -> Result<(), crate::store::StoreError> {
+        let store = self.store.clone();
+        match self.runtime.spawn(async move { store.ping().await }).await {
+            Ok(result) => result,
+            Err(e) => Err(crate::store::StoreError::Unavailable(format!(
+                "the worker thread is gone: {e}"
+            ))),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -143,8 +169,16 @@ impl Admin {
     }
 
     async fn ready(&self) -> Response<Full<Bytes>> {
+        // Each ping also makes a connection that found Redis gone reconnect now.
+        let pings = async {
+            self.store.ping().await?;
+            for worker in &self.worker_stores {
+                worker.ping().await?;
+            }
+            Ok::<(), crate::store::StoreError>(())
+        };
         let store_ok = matches!(
-            tokio::time::timeout(self.store_timeout, self.store.ping()).await,
+            tokio::time::timeout(self.store_timeout, pings).await,
             Ok(Ok(()))
         );
         let discovered = self.readiness.is_discovered();

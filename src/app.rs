@@ -2,7 +2,23 @@
 //!
 //! [`App::build`] does everything that can fail because of config (files, URLs, TLS) and no
 //! network I/O, so `check-config` can call it. [`App::run`] serves the proxy and the admin
-//! listener until `shutdown` completes, then:
+//! listener until `shutdown` completes.
+//!
+//! # Threads
+//!
+//! The proxy port is served by `server.workers` worker threads (default: one per core), each a
+//! single-threaded tokio runtime with its own upstream connection pool and, with a Redis store,
+//! its own Redis connection. The caller's runtime accepts connections and hands each to the
+//! worker with the fewest open ones; from then on everything a request does (its HTTP
+//! connection, its Redis call and the Redis connection's driver task, its upstream connection's
+//! task) runs on that one thread, so tasks never wake each other across threads. The memory
+//! store is one instance shared by every worker (it is the data). The caller's runtime also
+//! runs the admin listener, discovery and the shutdown sequence, with a store handle of its
+//! own.
+//!
+//! # Shutdown
+//!
+//! When `shutdown` completes:
 //!
 //! 1. `/readyz` answers 503 (draining) while the proxy keeps serving for `drain_delay`, so load
 //!    balancers and Kubernetes endpoints stop sending new traffic;
@@ -14,10 +30,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
 use tower::ServiceBuilder;
 
 use crate::access_log::AccessLogLayer;
-use crate::admin::{Admin, AdminApi, Readiness};
+use crate::admin::{Admin, AdminApi, Readiness, WorkerStore};
 use crate::classify::Endpoints;
 use crate::client_auth::Clients;
 use crate::config::{Config, ConfigError};
@@ -26,7 +43,7 @@ use crate::layer::RefreshGrantLayer;
 use crate::mint::jwt::{self, Signer};
 use crate::mint::refresh::RefreshTokenKey;
 use crate::proxy::Forward;
-use crate::server::{self, ConnOptions};
+use crate::server::{self, ConnOptions, Inbox};
 use crate::store::AnyStore;
 use crate::{discovery, tls};
 
@@ -101,6 +118,7 @@ pub struct App {
     config: Config,
     forward: Forward,
     layer: RefreshGrantLayer,
+    engine: Arc<Engine>,
     endpoints: Arc<ArcSwap<Endpoints>>,
     readiness: Arc<Readiness>,
     store: AnyStore,
@@ -119,6 +137,8 @@ pub enum Outcome {
     Drained,
     /// `shutdown_timeout` passed with requests still in flight; they were cut off.
     DeadlineExceeded,
+    /// No worker thread could start, so nothing was served (the reason is logged).
+    NoWorkers,
 }
 
 impl App {
@@ -152,6 +172,7 @@ impl App {
             config,
             forward,
             layer,
+            engine: engine.clone(),
             endpoints,
             readiness: Arc::new(Readiness::default()),
             store,
@@ -178,6 +199,7 @@ impl App {
             config,
             forward,
             layer,
+            engine,
             endpoints,
             readiness,
             store,
@@ -190,6 +212,46 @@ impl App {
         let options = ConnOptions {
             header_read_timeout: config.server.header_read_timeout,
         };
+
+        // The workers first: they are serving by the time discovery or the admin port says
+        // the proxy is ready.
+        let (cut_off, cut_off_seen) = watch::channel(false);
+        let mut outboxes = Vec::new();
+        let mut finished = Vec::new();
+        let mut worker_stores = Vec::new();
+        let count = config.server.worker_count();
+        for index in 0..count {
+            let worker = Worker {
+                index,
+                store_config: config.store.clone(),
+                store: store.clone(),
+                engine: engine.clone(),
+                layer: layer.clone(),
+                forward: forward.clone(),
+                access_log: AccessLogLayer::new(config.log.access_log),
+                tls: tls.clone(),
+                options,
+            };
+            if let Some((outbox, done, store)) = worker.start(cut_off_seen.clone()).await {
+                outboxes.push(outbox);
+                finished.push(done);
+                // The memory store is the app's own; a Redis one is the worker's connection.
+                if matches!(store.store, AnyStore::Redis(_)) {
+                    worker_stores.push(store);
+                }
+            }
+        }
+        if outboxes.is_empty() {
+            tracing::error!("no worker thread could start");
+            return Outcome::NoWorkers;
+        }
+        if outboxes.len() < count {
+            tracing::warn!(
+                started = outboxes.len(),
+                configured = count,
+                "some worker threads could not start; serving with the others"
+            );
+        }
 
         let discovered = readiness.clone();
         let found = endpoints.clone();
@@ -209,6 +271,7 @@ impl App {
         let admin = Admin {
             readiness: readiness.clone(),
             store,
+            worker_stores,
             store_timeout: config.store.response_timeout,
             jwks,
             api: admin_api,
@@ -218,7 +281,7 @@ impl App {
             let admin = admin.clone();
             async move { admin.handle(req).await }
         });
-        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop_admin, admin_stopped) = oneshot::channel::<()>();
         let admin_task = tokio::spawn(server::serve(
             admin_listener,
             None,
@@ -229,15 +292,7 @@ impl App {
             },
         ));
 
-        let service = ServiceBuilder::new()
-            // Outermost: the request id exists before anything else runs, and the log line
-            // sees the final status, whoever answered.
-            .layer(AccessLogLayer::new(config.log.access_log))
-            // The layer owns the token endpoint; everything it passes on is forwarded upstream.
-            .layer(layer)
-            .service(forward);
-
-        let (signalled, mut signal_seen) = tokio::sync::watch::channel(false);
+        let (signalled, mut signal_seen) = watch::channel(false);
         let drain_delay = config.server.drain_delay;
         let draining = readiness.clone();
         let stop_accepting = async move {
@@ -253,13 +308,118 @@ impl App {
             let _ = signal_seen.wait_for(|s| *s).await;
             tokio::time::sleep(deadline).await;
         };
+        let serving = async move {
+            server::accept(listener, outboxes, stop_accepting).await;
+            // Each worker returns once its last connection has closed (or its thread died).
+            for done in finished {
+                let _ = done.await;
+            }
+        };
         let outcome = tokio::select! {
-            () = server::serve(listener, tls, service, options, stop_accepting) => Outcome::Drained,
+            () = serving => Outcome::Drained,
             () = hard_deadline => Outcome::DeadlineExceeded,
         };
+        // At the deadline the workers drop their runtimes, which cuts their connections off.
+        let _ = cut_off.send(true);
         discovery.abort();
         let _ = stop_admin.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin_task).await;
         outcome
+    }
+}
+
+/// What one worker thread is built from; everything is shared with the app except the store
+/// handle (Redis: a connection of its own), the upstream pool, and the runtime.
+struct Worker {
+    index: usize,
+    store_config: crate::config::StoreConfig,
+    /// The app's store: shared as it is when it is the memory store.
+    store: AnyStore,
+    engine: Arc<Engine>,
+    layer: RefreshGrantLayer,
+    forward: Forward,
+    access_log: AccessLogLayer,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    options: ConnOptions,
+}
+
+impl Worker {
+    /// Starts the worker's thread and waits until it serves. Returns the acceptor's end of its
+    /// channel, a receiver that completes when the thread ends, and the worker's store handle
+    /// (for `/readyz`); `None` when it could not start (logged).
+    async fn start(
+        self,
+        cut_off: watch::Receiver<bool>,
+    ) -> Option<(server::Outbox, oneshot::Receiver<()>, WorkerStore)> {
+        let index = self.index;
+        let (outbox, inbox) = server::handoff();
+        let (started, is_started) = oneshot::channel::<WorkerStore>();
+        let (done, is_done) = oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name(format!("worker-{index}"))
+            .spawn(move || {
+                self.serve(inbox, started, cut_off);
+                let _ = done.send(());
+            });
+        if let Err(e) = spawned {
+            tracing::error!(worker = index, error = %e, "cannot start a worker thread");
+            return None;
+        }
+        // The thread drops `started` without sending when it cannot serve.
+        let store = is_started.await.ok()?;
+        Some((outbox, is_done, store))
+    }
+
+    /// The thread's body: a single-threaded runtime serving what the acceptor hands over, until
+    /// the acceptor stops and the last connection closes, or until `cut_off`.
+    fn serve(
+        self,
+        inbox: Inbox,
+        started: oneshot::Sender<WorkerStore>,
+        mut cut_off: watch::Receiver<bool>,
+    ) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(worker = self.index, error = %e, "cannot start a worker runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            // Opened here, on this runtime: the Redis connection's driver task is spawned on
+            // the runtime that makes the connection.
+            let store = match &self.store {
+                AnyStore::Memory(_) => self.store.clone(),
+                AnyStore::Redis(_) => match AnyStore::open(&self.store_config) {
+                    Ok(store) => store,
+                    Err(e) => {
+                        tracing::error!(worker = self.index, error = %e, "cannot open the store");
+                        return;
+                    }
+                },
+            };
+            let engine = Arc::new(self.engine.with_store(store.clone()));
+            let service = ServiceBuilder::new()
+                // Outermost: the request id exists before anything else runs, and the log
+                // line sees the final status, whoever answered.
+                .layer(self.access_log)
+                // The layer owns the token endpoint; everything it passes on is forwarded
+                // upstream, over this worker's own pool.
+                .layer(self.layer.with_engine(engine))
+                .service(self.forward.new_pool());
+            let _ = started.send(WorkerStore {
+                store,
+                runtime: tokio::runtime::Handle::current(),
+            });
+            tokio::select! {
+                () = server::serve_inbox(inbox, self.tls, service, self.options) => {}
+                _ = cut_off.wait_for(|cut| *cut) => {}
+            }
+        });
+        // Dropping the runtime drops every task left on it: at the deadline, the connections.
+        drop(runtime);
     }
 }

@@ -17,6 +17,7 @@
 //! assert!(Form::parse(b"a=1&a=2").is_err());
 //! ```
 
+use bytes::Bytes;
 use http::Method;
 use http::header::HeaderValue;
 
@@ -84,36 +85,79 @@ pub fn is_form_content_type(value: Option<&HeaderValue>) -> bool {
 }
 
 /// A parsed form: each name at most once, in the order received.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// It keeps the body it was parsed from: a name or value with nothing to decode (no `+`, no
+/// `%`) is a range of the body, not a copy, so a typical token request costs one allocation.
+#[derive(Clone, Default)]
 pub struct Form {
-    params: Vec<(String, String)>,
+    body: Bytes,
+    params: Vec<(Text, Text)>,
+}
+
+/// A name or value of a [`Form`].
+#[derive(Clone)]
+enum Text {
+    /// `body[start..end]`, UTF-8 and needing no decoding.
+    Raw(u32, u32),
+    Decoded(Box<str>),
 }
 
 impl Form {
     pub fn parse(body: &[u8]) -> Result<Form, FormError> {
-        let mut params: Vec<(String, String)> = Vec::new();
-        for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        Form::parse_bytes(Bytes::copy_from_slice(body))
+    }
+
+    /// Like [`Form::parse`], keeping `body` instead of copying from it.
+    pub fn parse_bytes(body: Bytes) -> Result<Form, FormError> {
+        // Ranges are u32: a token form is far smaller (server.max_body_bytes), but say so.
+        if u32::try_from(body.len()).is_err() {
+            return Err(FormError::NotUtf8);
+        }
+        let mut params: Vec<(Text, Text)> = Vec::with_capacity(4);
+        let mut form = Form {
+            body: Bytes::new(),
+            params: Vec::new(),
+        };
+        let mut start = 0;
+        for pair in body.split(|&b| b == b'&') {
+            let at = start;
+            start += pair.len() + 1;
+            if pair.is_empty() {
+                continue;
+            }
             let (name, value) = match pair.iter().position(|&b| b == b'=') {
-                Some(i) => (&pair[..i], &pair[i + 1..]),
-                None => (pair, &b""[..]),
+                Some(i) => ((at, at + i), (at + i + 1, at + pair.len())),
+                None => ((at, at + pair.len()), (at + pair.len(), at + pair.len())),
             };
-            let name = decode(name)?;
-            if params.iter().any(|(n, _)| *n == name) {
+            let name = text(&body, name)?;
+            let value = text(&body, value)?;
+            let seen = params
+                .iter()
+                .any(|(n, _)| resolve(&body, n) == resolve(&body, &name));
+            if seen {
                 return Err(FormError::Repeated);
             }
-            params.push((name, decode(value)?));
+            params.push((name, value));
         }
-        Ok(Form { params })
+        form.body = body;
+        form.params = params;
+        Ok(form)
     }
 
     /// The value of `name`; RFC 6749 §3.1: "Parameters sent without a value MUST be treated as
     /// if they were omitted from the request."
     pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Every parameter, in the order received.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.params
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
+            .map(|(n, v)| (resolve(&self.body, n), resolve(&self.body, v)))
     }
 
     /// Decodes one form-urlencoded value; `None` when it is not UTF-8.
@@ -127,6 +171,42 @@ impl Form {
 
     pub fn is_empty(&self) -> bool {
         self.params.is_empty()
+    }
+}
+
+impl PartialEq for Form {
+    fn eq(&self, other: &Form) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Form {}
+
+impl std::fmt::Debug for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Form")
+            .field("params", &self.iter().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// One name or value of `body`: a range when it needs no decoding, else decoded.
+fn text(body: &[u8], (start, end): (usize, usize)) -> Result<Text, FormError> {
+    let raw = &body[start..end];
+    if raw.iter().any(|&b| b == b'+' || b == b'%') {
+        return decode(raw).map(|s| Text::Decoded(s.into_boxed_str()));
+    }
+    std::str::from_utf8(raw).map_err(|_| FormError::NotUtf8)?;
+    // In range: parse_bytes checked that the body's length fits in a u32.
+    Ok(Text::Raw(start as u32, end as u32))
+}
+
+fn resolve<'a>(body: &'a [u8], text: &'a Text) -> &'a str {
+    match text {
+        // Checked to be UTF-8 when the form was parsed.
+        Text::Raw(start, end) => std::str::from_utf8(&body[*start as usize..*end as usize])
+            .expect("checked to be UTF-8 at parse"),
+        Text::Decoded(s) => s,
     }
 }
 

@@ -19,6 +19,7 @@
 //! assert_eq!((p.client_id.as_str(), p.method), ("www", Method::Basic));
 //! ```
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use aws_lc_rs::{constant_time, digest};
@@ -43,7 +44,26 @@ pub struct Presented {
     pub client_id: String,
     pub method: Method,
     /// Secret candidates, in the order they are tried (decoded, then raw for Basic).
-    secrets: Vec<String>,
+    secrets: Secrets,
+}
+
+/// No secret, one, or a Basic secret both form-decoded and raw (when they differ).
+#[derive(Clone, PartialEq, Eq)]
+enum Secrets {
+    None,
+    One(String),
+    Two(String, String),
+}
+
+impl Presented {
+    fn secrets(&self) -> impl Iterator<Item = &str> {
+        let (a, b) = match &self.secrets {
+            Secrets::None => (None, None),
+            Secrets::One(a) => (Some(a.as_str()), None),
+            Secrets::Two(a, b) => (Some(a.as_str()), Some(b.as_str())),
+        };
+        a.into_iter().chain(b)
+    }
 }
 
 impl std::fmt::Debug for Presented {
@@ -89,17 +109,20 @@ pub fn presented(
             if form_secret.is_some() {
                 return Err(ClientAuthError::MultipleMethods);
             }
-            let (raw_id, raw_secret) = decode_basic(&bytes[6..])?;
-            let id = form_decode(&raw_id);
+            let mut buf = [0u8; BASIC_STACK_BYTES];
+            let mut heap = Vec::new();
+            let (raw_id, raw_secret) = decode_basic(&bytes[6..], &mut buf, &mut heap)?;
+            let id = form_decode(raw_id);
             if form_id.is_some_and(|f| f != id && f != raw_id) {
                 return Err(ClientAuthError::MultipleMethods);
             }
-            let mut secrets = vec![form_decode(&raw_secret)];
-            if secrets[0] != raw_secret {
-                secrets.push(raw_secret);
-            }
+            let secrets = match form_decode(raw_secret) {
+                Cow::Borrowed(same) => Secrets::One(same.to_owned()),
+                Cow::Owned(decoded) if decoded == raw_secret => Secrets::One(decoded),
+                Cow::Owned(decoded) => Secrets::Two(decoded, raw_secret.to_owned()),
+            };
             return Ok(Some(Presented {
-                client_id: id,
+                client_id: id.into_owned(),
                 method: Method::Basic,
                 secrets,
             }));
@@ -112,30 +135,51 @@ pub fn presented(
         } else {
             Method::None
         },
-        secrets: form_secret.map(|s| vec![s.to_owned()]).unwrap_or_default(),
+        secrets: form_secret.map_or(Secrets::None, |s| Secrets::One(s.to_owned())),
     }))
 }
 
-/// `base64(id ":" secret)`, both still form-urlencoded.
-fn decode_basic(b64: &[u8]) -> Result<(String, String), ClientAuthError> {
+/// Basic credentials up to this size are decoded on the stack.
+const BASIC_STACK_BYTES: usize = 384;
+
+/// `base64(id ":" secret)`, both still form-urlencoded; decoded into `buf`, or into `heap`
+/// when they do not fit.
+fn decode_basic<'b>(
+    b64: &[u8],
+    buf: &'b mut [u8; BASIC_STACK_BYTES],
+    heap: &'b mut Vec<u8>,
+) -> Result<(&'b str, &'b str), ClientAuthError> {
     let b64 = b64.trim_ascii();
-    let raw = STANDARD
-        .decode(b64)
-        .or_else(|_| STANDARD_NO_PAD.decode(b64))
-        .map_err(|_| ClientAuthError::MalformedBasic)?;
-    let text = String::from_utf8(raw).map_err(|_| ClientAuthError::MalformedBasic)?;
+    let raw: &'b [u8] = if b64.len() / 4 * 3 + 3 <= buf.len() {
+        let n = STANDARD
+            .decode_slice(b64, &mut buf[..])
+            .or_else(|_| STANDARD_NO_PAD.decode_slice(b64, &mut buf[..]))
+            .map_err(|_| ClientAuthError::MalformedBasic)?;
+        &buf[..n]
+    } else {
+        *heap = STANDARD
+            .decode(b64)
+            .or_else(|_| STANDARD_NO_PAD.decode(b64))
+            .map_err(|_| ClientAuthError::MalformedBasic)?;
+        heap
+    };
+    let text = std::str::from_utf8(raw).map_err(|_| ClientAuthError::MalformedBasic)?;
     let (id, secret) = text
         .split_once(':')
         .ok_or(ClientAuthError::MalformedBasic)?;
     if id.is_empty() {
         return Err(ClientAuthError::MalformedBasic);
     }
-    Ok((id.to_owned(), secret.to_owned()))
+    Ok((id, secret))
 }
 
 /// `application/x-www-form-urlencoded` decoding; text that does not decode to UTF-8 stays raw.
-fn form_decode(s: &str) -> String {
-    Form::decode_value(s.as_bytes()).unwrap_or_else(|| s.to_owned())
+/// Borrowed when there is nothing to decode.
+fn form_decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'+' || b == b'%') {
+        return Cow::Borrowed(s);
+    }
+    Form::decode_value(s.as_bytes()).map_or(Cow::Borrowed(s), Cow::Owned)
 }
 
 /// A client's refresh-token policy with every default filled in.
@@ -239,7 +283,7 @@ impl Clients {
             // A public client authenticates with nothing but its id.
             (None, Method::None) => Ok(()),
             (None, _) => {
-                if presented.secrets.iter().all(String::is_empty) {
+                if presented.secrets().all(str::is_empty) {
                     Ok(())
                 } else {
                     Err(ClientAuthError::Failed { basic })
@@ -249,7 +293,7 @@ impl Clients {
             (Some(expected), _) => {
                 // Constant-time comparison of digests: the time taken says nothing about the
                 // secret.
-                let ok = presented.secrets.iter().fold(false, |ok, s| {
+                let ok = presented.secrets().fold(false, |ok, s| {
                     let d = sha256(s.as_bytes());
                     constant_time::verify_slices_are_equal(&d, expected).is_ok() | ok
                 });

@@ -162,6 +162,23 @@ pub struct ServerConfig {
     /// After SIGTERM/SIGINT: the process exits by this deadline, in-flight requests or not.
     #[serde(default = "secs::<30>", deserialize_with = "seconds")]
     pub shutdown_timeout: Duration,
+    /// Worker threads serving the proxy port, each a single-threaded runtime with its own
+    /// connections, upstream pool and Redis connection; 0 = one per CPU core.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+/// The most worker threads `server.workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
+impl ServerConfig {
+    /// `server.workers` with 0 resolved to the number of CPU cores this process may use.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -468,6 +485,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "server.max_body_bytes",
                 "must be at least 1024",
+            ));
+        }
+        if self.server.workers > MAX_WORKERS {
+            return Err(ConfigError::invalid(
+                "server.workers",
+                format_args!("must be at most {MAX_WORKERS} (0 = one per CPU core)"),
             ));
         }
         if self.server.drain_delay >= self.server.shutdown_timeout {
@@ -815,6 +838,18 @@ mod tests {
         assert_eq!(c.server.max_body_bytes, 65536);
         assert_eq!(c.store.response_timeout, Duration::from_millis(500));
         assert_eq!(c.tokens.signing_alg, SigningAlg::ES256);
+    }
+
+    #[test]
+    fn workers_default_to_the_cores_and_can_be_set() {
+        let c = parse(MINIMAL, &[]).expect("valid");
+        assert_eq!(c.server.workers, 0);
+        assert!(c.server.worker_count() >= 1);
+        let c = parse(MINIMAL, &[("REFRESH_PROXY_SERVER__WORKERS", "3")]).expect("valid");
+        assert_eq!(c.server.worker_count(), 3);
+        let err =
+            parse(&format!("{MINIMAL}[server]\nworkers = 100000\n"), &[]).expect_err("too many");
+        assert!(err.to_string().starts_with("server.workers:"), "{err}");
     }
 
     #[test]

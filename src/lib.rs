@@ -20,12 +20,15 @@
 //! - [`proxy`]: the forwarding service, header hygiene, the upstream connection pool.
 //! - [`discovery`]: the upstream's endpoint paths from its OIDC discovery document.
 //! - [`store`]: the `TokenStore` trait, `memory://` and `redis://` (Lua), one contract suite.
-//! - [`server`]: listeners (HTTP/1.1, h2c, TLS with ALPN) and graceful shutdown.
+//! - [`server`]: listeners (HTTP/1.1, h2c, TLS with ALPN), graceful shutdown, and the
+//!   acceptor that hands each connection to a worker thread.
 //! - [`metrics`]: counters and the refresh latency histogram, Prometheus text.
 //! - [`admin`]: the admin listener: `/healthz`, `/readyz`, `/jwks`, `/metrics`, and the admin
 //!   API (revoke families, issue families for load tests) behind a bearer token.
 //! - [`cli`]: the `issue` and `admin revoke` front ends, which call a running proxy's admin API.
-//! - [`app`]: builds all of the above from a [`config::Config`] and runs it.
+//! - [`app`]: builds all of the above from a [`config::Config`] and runs it: one
+//!   single-threaded runtime per worker thread (`server.workers`), each with its own upstream
+//!   pool and Redis connection, so a request never leaves its thread.
 //! - [`tls`]: rustls set-up on aws-lc-rs, the crate's one crypto backend.
 //!
 //! `main.rs` is a thin CLI: parse arguments, load config, bind, [`app::App::run`].

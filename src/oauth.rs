@@ -171,6 +171,11 @@ pub fn error_response(err: Error) -> Response<Full<Bytes>> {
 /// ("Cache-Control: no-store", "Pragma: no-cache"); they do no harm on the others.
 pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
     let bytes = serde_json::to_vec(body).expect("wire types always serialise");
+    json_bytes_response(status, bytes)
+}
+
+/// A JSON answer from serialised bytes, with the token-endpoint headers.
+fn json_bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -191,8 +196,72 @@ pub fn revoked() -> Response<Full<Bytes>> {
 }
 
 /// A successful token answer (RFC 6749 §5.1), with the same no-store headers.
+///
+/// The hot path's answer: written straight into one buffer of the exact size (tokens are
+/// base64url and need no escaping), byte for byte what `serde_json` makes of
+/// [`TokenResponse`](crate::grant::engine::TokenResponse); a value that would need escaping
+/// goes through `serde_json`.
 pub fn token_response(body: &crate::grant::engine::TokenResponse) -> Response<Full<Bytes>> {
-    json_response(StatusCode::OK, body)
+    let crate::grant::engine::TokenResponse {
+        access_token,
+        refresh_token,
+        scope,
+        token_type,
+        expires_in,
+        id_token,
+    } = body;
+    let plain = [access_token, refresh_token, scope, *token_type]
+        .into_iter()
+        .chain(id_token.as_deref())
+        .all(json_plain);
+    if !plain {
+        return json_response(StatusCode::OK, body);
+    }
+    let mut digits = [0u8; 20];
+    let expires = format_u64(*expires_in, &mut digits);
+    let fields: [(&str, &str); 6] = [
+        ("{\"access_token\":\"", access_token),
+        ("\",\"refresh_token\":\"", refresh_token),
+        ("\",\"scope\":\"", scope),
+        ("\",\"token_type\":\"", token_type),
+        ("\",\"expires_in\":", expires),
+        (",\"id_token\":\"", id_token.as_deref().unwrap_or_default()),
+    ];
+    let used = if id_token.is_some() { 6 } else { 5 };
+    let tail = if id_token.is_some() { "\"}" } else { "}" };
+    let len = fields[..used]
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum::<usize>()
+        + tail.len();
+    let mut out = Vec::with_capacity(len);
+    for (k, v) in &fields[..used] {
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.extend_from_slice(tail.as_bytes());
+    debug_assert_eq!(out.len(), len);
+    json_bytes_response(StatusCode::OK, out)
+}
+
+/// A JSON string value that needs no escaping (RFC 8259 §7: no quote, backslash or control
+/// character).
+fn json_plain(s: &str) -> bool {
+    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
+/// `n` in decimal, in `buf`.
+fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).expect("ASCII digits")
 }
 
 #[cfg(test)]
@@ -216,6 +285,39 @@ mod tests {
         }
         assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
         assert!(!String::from_utf8_lossy(&bodies[0]).contains("reuse"));
+    }
+
+    #[tokio::test]
+    async fn token_answers_are_what_serde_json_writes() {
+        use crate::grant::engine::TokenResponse;
+        let mut answers = Vec::new();
+        for (scope, id_token) in [
+            ("read write", None),
+            ("", Some("eyJ.a.b")),
+            ("odd\"scope\\", None),
+            ("ctl\u{1}", Some("x\"y")),
+        ] {
+            answers.push(TokenResponse {
+                access_token: "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln".to_owned(),
+                refresh_token: "fam.12.c2VjcmV0".to_owned(),
+                scope: scope.to_owned(),
+                token_type: "bearer",
+                expires_in: 300,
+                id_token: id_token.map(str::to_owned),
+            });
+        }
+        answers[1].expires_in = 0;
+        answers[2].expires_in = u64::MAX;
+        for answer in answers {
+            let res = token_response(&answer);
+            assert_eq!(res.headers()[CACHE_CONTROL], "no-store");
+            let body = res.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(
+                body,
+                serde_json::to_vec(&answer).expect("serialises"),
+                "{answer:?}"
+            );
+        }
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub struct Forward {
 
 struct Inner {
     client: HttpClient,
+    /// What [`Forward::new_pool`] builds another client from (its TLS config is shared).
+    connector: HttpsConnector<HttpConnector>,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
     scheme: Scheme,
     authority: Authority,
     host: HeaderValue,
@@ -125,16 +129,17 @@ impl Forward {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            // Without a timer the idle timeout below is silently ignored.
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .timer(TokioTimer::new())
-            .build(connector);
+        let client = http_client(
+            connector.clone(),
+            config.pool_idle_timeout,
+            config.pool_max_idle_per_host,
+        );
         Ok(Forward {
             inner: Arc::new(Inner {
                 client,
+                connector,
+                pool_idle_timeout: config.pool_idle_timeout,
+                pool_max_idle_per_host: config.pool_max_idle_per_host,
                 scheme,
                 authority,
                 host,
@@ -143,6 +148,31 @@ impl Forward {
                 metrics: None,
             }),
         })
+    }
+
+    /// The same forwarding service with a connection pool of its own (and the same metrics).
+    /// Each worker thread gets one, so a request and its upstream connection's task run on
+    /// one thread; the client spawns its connection tasks on the runtime that calls it.
+    pub fn new_pool(&self) -> Forward {
+        let i = &*self.inner;
+        Forward {
+            inner: Arc::new(Inner {
+                client: http_client(
+                    i.connector.clone(),
+                    i.pool_idle_timeout,
+                    i.pool_max_idle_per_host,
+                ),
+                connector: i.connector.clone(),
+                pool_idle_timeout: i.pool_idle_timeout,
+                pool_max_idle_per_host: i.pool_max_idle_per_host,
+                scheme: i.scheme.clone(),
+                authority: i.authority.clone(),
+                host: i.host.clone(),
+                request_timeout: i.request_timeout,
+                preserve_host: i.preserve_host,
+                metrics: i.metrics.clone(),
+            }),
+        }
     }
 
     /// Counts upstream answers and their latency in `metrics`. Call before cloning.
@@ -226,32 +256,65 @@ impl Forward {
             _ => headers.insert(header::HOST, self.inner.host.clone()),
         };
         if let Some(info) = parts.extensions.get::<ClientInfo>() {
-            append(headers, X_FORWARDED_FOR, &info.remote.ip().to_string());
+            append(headers, X_FORWARDED_FOR, ip_value(info.remote.ip()));
             append(
                 headers,
                 X_FORWARDED_PROTO,
-                if info.tls { "https" } else { "http" },
+                HeaderValue::from_static(if info.tls { "https" } else { "http" }),
             );
         }
-        if let Some(host) = client_host.as_ref().and_then(|h| h.to_str().ok()) {
+        if let Some(host) = client_host.filter(|h| h.to_str().is_ok()) {
             append(headers, X_FORWARDED_HOST, host);
         }
         Request::from_parts(parts, body.map_err(Into::into).boxed_unsync())
     }
 }
 
+fn http_client(
+    connector: HttpsConnector<HttpConnector>,
+    idle_timeout: Duration,
+    max_idle_per_host: usize,
+) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        // Without a timer the idle timeout below is silently ignored.
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(idle_timeout)
+        .pool_max_idle_per_host(max_idle_per_host)
+        .timer(TokioTimer::new())
+        .build(connector)
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Appends `value` to a comma-separated list header, folding earlier lines into one.
-fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+/// An IP address as a header value, formatted on the stack (one allocation: the value's).
+fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    use std::io::Write as _;
+    let mut buf = [0u8; 48];
+    let left = {
+        let mut w = &mut buf[..];
+        let _ = write!(w, "{ip}");
+        w.len()
+    };
+    let len = buf.len() - left;
+    HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a valid header value")
+}
+
+/// Appends `value` (visible ASCII) to a comma-separated list header, folding earlier lines
+/// into one. The common case, no earlier line, inserts `value` as it is.
+fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    if !headers.contains_key(&name) {
+        headers.insert(name, value);
+        return;
+    }
     let joined = {
         let existing: Vec<&str> = headers
             .get_all(&name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
+        let value = value.to_str().unwrap_or_default();
         if existing.is_empty() {
             value.to_owned()
         } else {
@@ -357,9 +420,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        append(&mut h, X_FORWARDED_FOR, "127.0.0.1");
+        append(&mut h, X_FORWARDED_FOR, ip_value([127, 0, 0, 1].into()));
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 127.0.0.1");
-        append(&mut h, X_FORWARDED_PROTO, "http");
+        append(&mut h, X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         assert_eq!(h[X_FORWARDED_PROTO], "http");
+        let v6 = ip_value("2001:db8::1".parse().expect("an IPv6 address"));
+        assert_eq!(v6, "2001:db8::1");
     }
 }

@@ -70,9 +70,10 @@ pub struct Engine {
     pub store: AnyStore,
     pub metrics: Arc<Metrics>,
     pub clients: Clients,
-    refresh_key: RefreshTokenKey,
-    signer: Signer,
-    id_signer: Option<Signer>,
+    // Behind `Arc`s so that workers' engines (`with_store`) share one parsed copy.
+    refresh_key: Arc<RefreshTokenKey>,
+    signer: Arc<Signer>,
+    id_signer: Option<Arc<Signer>>,
     access_token_ttl: u64,
     audience: Option<String>,
 }
@@ -127,10 +128,34 @@ fn splice(ours: &str, carried: &str) -> String {
     out
 }
 
-fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    rand::fill(&mut bytes).expect("the system RNG works");
-    B64.encode(bytes)
+/// `{…ours}` + `{…carried}`, in place: `ours` is a serialised JSON object.
+fn splice_into(ours: &mut Vec<u8>, carried: &str) {
+    let carried = carried.trim();
+    if carried.len() <= 2 {
+        return;
+    }
+    ours.pop();
+    ours.push(b',');
+    ours.extend_from_slice(&carried.as_bytes()[1..]);
+}
+
+/// Random bytes in a `jti`: 128 bits, 22 base64url characters.
+const JTI_RANDOM_BYTES: usize = 16;
+/// The longest `jti`: a family id (22 characters, checked when its token was parsed), a dot
+/// and the random part.
+const JTI_MAX: usize = 64;
+
+/// `<family id>.<random>`, written into `buf`.
+fn jti_of<'b>(family_id: &str, buf: &'b mut [u8; JTI_MAX]) -> &'b str {
+    let mut random = [0u8; JTI_RANDOM_BYTES];
+    rand::fill(&mut random).expect("the system RNG works");
+    let head = family_id.len().min(JTI_MAX - 23);
+    buf[..head].copy_from_slice(&family_id.as_bytes()[..head]);
+    buf[head] = b'.';
+    let n = B64
+        .encode_slice(random, &mut buf[head + 1..])
+        .expect("22 characters fit");
+    std::str::from_utf8(&buf[..head + 1 + n]).expect("a family id and base64url are ASCII")
 }
 
 impl Engine {
@@ -147,24 +172,40 @@ impl Engine {
             store,
             metrics: Arc::default(),
             clients,
-            refresh_key,
-            signer,
-            id_signer,
+            refresh_key: Arc::new(refresh_key),
+            signer: Arc::new(signer),
+            id_signer: id_signer.map(Arc::new),
             access_token_ttl,
             audience,
         }
     }
 
+    /// The same engine over another handle of the store: a worker thread's own Redis
+    /// connection, so that its driver task runs on the thread whose requests it serves. Keys,
+    /// signers, clients and metrics are shared with `self`.
+    pub fn with_store(&self, store: AnyStore) -> Engine {
+        Engine {
+            store,
+            metrics: self.metrics.clone(),
+            clients: self.clients.clone(),
+            refresh_key: self.refresh_key.clone(),
+            signer: self.signer.clone(),
+            id_signer: self.id_signer.clone(),
+            access_token_ttl: self.access_token_ttl,
+            audience: self.audience.clone(),
+        }
+    }
+
     /// The signers whose public keys belong in the JWKS.
     pub fn signers(&self) -> Vec<&Signer> {
-        std::iter::once(&self.signer)
-            .chain(self.id_signer.as_ref())
+        std::iter::once(&*self.signer)
+            .chain(self.id_signer.as_deref())
             .collect()
     }
 
     /// The JOSE `alg` of ID tokens on refresh, when any client gets them.
     pub fn id_token_alg(&self) -> Option<&'static str> {
-        self.id_signer.as_ref().map(Signer::alg_name)
+        self.id_signer.as_deref().map(Signer::alg_name)
     }
 
     /// A refresh grant. `Ok(None)`: not the proxy's (a client or token it does not handle);
@@ -208,9 +249,9 @@ impl Engine {
         };
 
         let now = now_ms();
-        let family_id = FamilyId::parse(token.family).expect("a parsed token has a family id");
-        let candidate = (policy.access_token_format != AccessTokenFormat::Jwt)
-            .then(|| opaque::mint(&family_id));
+        let candidate = (policy.access_token_format != AccessTokenFormat::Jwt).then(|| {
+            opaque::mint(&FamilyId::parse(token.family).expect("a parsed token has a family id"))
+        });
         let at_ttl_ms = self.access_token_ttl as i64 * 1000;
         let request = RedeemRequest {
             family: token.family,
@@ -315,22 +356,33 @@ impl Engine {
     ) -> String {
         let iat = now_ms / 1000;
         // The jti carries the family id, so revoking or introspecting the JWT finds its family.
-        let jti = format!("{family_id}.{}", random_id());
-        let ours = serde_json::to_string(&AccessClaims {
-            iss: issuer,
-            sub: &family.subject,
-            client_id: &family.client_id,
-            scope,
-            iat,
-            exp: iat + self.access_token_ttl as i64,
-            jti: &jti,
-            auth_time: family.auth_time,
-        })
+        let mut jti = [0u8; JTI_MAX];
+        let jti = jti_of(family_id, &mut jti);
+        // Our claims and the carried ones, serialised once into one buffer.
+        let mut payload = Vec::with_capacity(
+            192 + issuer.len()
+                + family.subject.len()
+                + family.client_id.len()
+                + scope.len()
+                + family.at_claims.len(),
+        );
+        serde_json::to_writer(
+            &mut payload,
+            &AccessClaims {
+                iss: issuer,
+                sub: &family.subject,
+                client_id: &family.client_id,
+                scope,
+                iat,
+                exp: iat + self.access_token_ttl as i64,
+                jti,
+                auth_time: family.auth_time,
+            },
+        )
         .expect("claims serialise");
-        let payload = splice(&ours, &family.at_claims);
-        let raw = RawValue::from_string(payload).expect("spliced claims are JSON");
+        splice_into(&mut payload, &family.at_claims);
         // RFC 9068 §2.1: "access tokens MUST include 'application/at+jwt' in the typ header".
-        self.signer.sign("at+jwt", &*raw)
+        self.signer.sign_json("at+jwt", &payload)
     }
 
     /// OIDC Core §12.2: a new ID token keeps `iss`, `sub`, `aud`, `azp` and `auth_time` of the

@@ -40,12 +40,25 @@ impl Shared {
     }
 
     /// The issuer of minted tokens: the upstream's (DESIGN §4.9).
-    pub(crate) fn issuer(&self) -> String {
-        self.endpoints
-            .load()
-            .issuer
-            .clone()
-            .unwrap_or_else(|| self.fallback_issuer.clone())
+    pub(crate) fn issuer(&self) -> Issuer<'_> {
+        Issuer {
+            endpoints: self.endpoints.load_full(),
+            fallback: &self.fallback_issuer,
+        }
+    }
+}
+
+/// The issuer, borrowed from the endpoints of the moment (no copy per request).
+pub(crate) struct Issuer<'a> {
+    endpoints: Arc<Endpoints>,
+    fallback: &'a str,
+}
+
+impl std::ops::Deref for Issuer<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.endpoints.issuer.as_deref().unwrap_or(self.fallback)
     }
 }
 
@@ -63,6 +76,24 @@ impl RefreshGrantLayer {
             engine: None,
             fallback_issuer: String::new(),
             introspection_auth: None,
+        }
+    }
+}
+
+impl RefreshGrantLayer {
+    /// The same layer over another engine: a worker thread's, whose store handle is its own
+    /// (see [`Engine::with_store`]). Endpoints, limits and credentials are shared.
+    pub fn with_engine(&self, engine: Arc<Engine>) -> RefreshGrantLayer {
+        let s = &*self.shared;
+        RefreshGrantLayer {
+            shared: Arc::new(Shared {
+                endpoints: s.endpoints.clone(),
+                max_body_bytes: s.max_body_bytes,
+                jwks_keys: engine.signers().iter().map(|k| k.public_jwk()).collect(),
+                engine: Some(engine),
+                fallback_issuer: s.fallback_issuer.clone(),
+                introspection_auth: s.introspection_auth.clone(),
+            }),
         }
     }
 }

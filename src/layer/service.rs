@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use tower::Service;
 
 use super::body::{RequestBody, ResponseBody};
@@ -65,30 +65,33 @@ where
             .load()
             .classify(req.method(), req.uri().path());
         let shared = self.shared.clone();
+        // Held by each future until it completes (inside it: no second box per request).
         let in_flight = shared.engine.as_ref().map(|e| e.metrics.in_flight());
-        let fut: Self::Future = match endpoint {
-            Endpoint::Token => Box::pin(token_endpoint(inner, shared, req)),
-            Endpoint::Jwks if shared.engine.is_some() => Box::pin(jwks(inner, shared, req)),
+        match endpoint {
+            Endpoint::Token => Box::pin(async move {
+                let _in_flight = in_flight;
+                token_endpoint(inner, shared, req).await
+            }),
+            Endpoint::Jwks if shared.engine.is_some() => Box::pin(async move {
+                let _in_flight = in_flight;
+                jwks(inner, shared, req).await
+            }),
             Endpoint::Revocation | Endpoint::Introspection if shared.engine.is_some() => {
-                Box::pin(own_tokens(inner, shared, req, endpoint))
+                Box::pin(async move {
+                    let _in_flight = in_flight;
+                    own_tokens(inner, shared, req, endpoint).await
+                })
             }
             Endpoint::Revocation | Endpoint::Introspection | Endpoint::Jwks | Endpoint::Other => {
                 let mut inner = inner;
                 let fut = inner.call(req.map(RequestBody::streaming));
                 Box::pin(async move {
+                    let _in_flight = in_flight;
                     let res = fut.await?;
                     shared.record(route_of(endpoint), forwarded(&res));
                     Ok(inner_response(res))
                 })
             }
-        };
-        match in_flight {
-            Some(guard) => Box::pin(async move {
-                let res = fut.await;
-                drop(guard);
-                res
-            }),
-            None => fut,
         }
     }
 }
@@ -283,14 +286,87 @@ where
         return Err(Error::BodyTooLarge);
     }
     let (parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(Error::BodyTooLarge),
-        Err(_) => return Err(Error::BodyRead),
-    };
-    let form = Form::parse(&bytes)?;
+    let bytes = read_body(body, limit).await?;
+    let form = Form::parse_bytes(bytes.clone())?;
     Ok((
         Request::from_parts(parts, RequestBody::buffered(bytes)),
         form,
     ))
+}
+
+/// The whole body, at most `limit` bytes. A body that arrives in one frame (a token request
+/// nearly always does) is kept as it is, without a copy or a frame list.
+async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, Error>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.as_mut().frame().await {
+        let Ok(data) = frame.map_err(|_| Error::BodyRead)?.into_data() else {
+            continue; // trailers
+        };
+        // `more`, once there, holds the first frame too.
+        let len = match (&first, &more) {
+            (_, Some(joined)) => joined.len(),
+            (Some(head), None) => head.len(),
+            (None, None) => 0,
+        };
+        if len + data.len() > limit {
+            return Err(Error::BodyTooLarge);
+        }
+        match (&first, &mut more) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut joined = bytes::BytesMut::with_capacity(head.len() + data.len());
+                joined.extend_from_slice(head);
+                joined.extend_from_slice(&data);
+                more = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, more) {
+        (_, Some(joined)) => joined.freeze(),
+        (Some(one), None) => one,
+        (None, None) => Bytes::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
+    fn body(chunks: &[&'static [u8]]) -> impl Body<Data = Bytes, Error = BoxError> {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_up_to_the_limit_in_any_number_of_frames() {
+        let one = read_body(body(&[b"abcd"]), 4).await.expect("fits");
+        assert_eq!(one, "abcd");
+        let many = read_body(body(&[b"ab", b"", b"c", b"d"]), 4)
+            .await
+            .expect("fits exactly");
+        assert_eq!(many, "abcd");
+        assert_eq!(read_body(body(&[]), 4).await.expect("empty"), "");
+        for chunks in [
+            &[&b"abcde"[..]][..],
+            &[b"ab", b"cd", b"e"],
+            &[b"abc", b"de"],
+        ] {
+            assert!(matches!(
+                read_body(body(chunks), 4).await,
+                Err(Error::BodyTooLarge)
+            ));
+        }
+    }
 }

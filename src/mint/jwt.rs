@@ -194,6 +194,12 @@ impl Signer {
     /// `Serialize` impl): claims are the proxy's own types, so that is a bug, not input.
     pub fn sign<C: Serialize + ?Sized>(&self, typ: &str, claims: &C) -> String {
         let payload = serde_json::to_vec(claims).expect("JWT claims serialise to JSON");
+        self.sign_json(typ, &payload)
+    }
+
+    /// Signs `payload`, claims already serialised as a JSON object (the hot path serialises
+    /// them once, straight into one buffer). Same JWS as [`Signer::sign`].
+    pub fn sign_json(&self, typ: &str, payload: &[u8]) -> String {
         let cached = CACHED_TYPS.iter().position(|t| *t == typ);
         let uncached;
         let header = match cached {
@@ -211,10 +217,10 @@ impl Signer {
         // two parts joined by '.'.
         jws.push_str(header);
         jws.push('.');
-        URL_SAFE_NO_PAD.encode_string(&payload, &mut jws);
+        URL_SAFE_NO_PAD.encode_string(payload, &mut jws);
         let signature = self.key.sign(&self.rng, jws.as_bytes());
         jws.push('.');
-        URL_SAFE_NO_PAD.encode_string(&signature, &mut jws);
+        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut jws);
         jws
     }
 
@@ -333,24 +339,41 @@ impl Key {
         }
     }
 
-    fn sign(&self, rng: &SystemRandom, message: &[u8]) -> Vec<u8> {
+    fn sign(&self, rng: &SystemRandom, message: &[u8]) -> Signature {
         match self {
             // RFC 7518 §3.4: the JWS Signature is R || S, each a 32-octet big-endian unsigned
             // integer for P-256 — the "FIXED" encoding, not ASN.1 DER.
-            Key::Es256(kp) => kp
-                .sign(rng, message)
-                .expect("ECDSA P-256 signing with a validated key does not fail")
-                .as_ref()
-                .to_vec(),
+            Key::Es256(kp) => Signature::Fixed(
+                kp.sign(rng, message)
+                    .expect("ECDSA P-256 signing with a validated key does not fail"),
+            ),
             // RFC 8037 §3.1: the signature is the Ed25519 signature of the JWS Signing Input.
-            Key::EdDsa(kp) => kp.sign(message).as_ref().to_vec(),
+            Key::EdDsa(kp) => Signature::Fixed(kp.sign(message)),
             // RFC 7518 §3.3: RS256 is RSASSA-PKCS1-v1_5 using SHA-256.
             Key::Rs256(kp) => {
                 let mut signature = vec![0; kp.public_modulus_len()];
                 kp.sign(&RSA_PKCS1_SHA256, rng, message, &mut signature)
                     .expect("RSA signing with a validated key does not fail");
-                signature
+                Signature::Owned(signature)
             }
+        }
+    }
+}
+
+/// A signature: aws-lc-rs's fixed-size one as it is (no heap copy), or RSA's buffer.
+// aws-lc-rs's `Signature` is a 4.6 KB inline buffer; it lives on the stack for one call, and
+// boxing it would bring back the allocation this type avoids.
+#[allow(clippy::large_enum_variant)]
+enum Signature {
+    Fixed(aws_lc_rs::signature::Signature),
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Signature {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Signature::Fixed(s) => s.as_ref(),
+            Signature::Owned(v) => v,
         }
     }
 }

@@ -35,6 +35,7 @@
 use aws_lc_rs::{constant_time, hmac, rand};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use std::fmt::Write as _;
 
 const FAMILY_BYTES: usize = 16;
 const FAMILY_CHARS: usize = 22;
@@ -174,7 +175,8 @@ impl RefreshTokenKey {
             String::with_capacity(FAMILY_CHARS + 2 + MAX_GENERATION_DIGITS + SECRET_CHARS);
         out.push_str(family);
         out.push('.');
-        out.push_str(&generation.to_string());
+        // Into the buffer: `to_string` would allocate a second one.
+        let _ = write!(out, "{generation}");
         out.push('.');
         B64.encode_string(raw, &mut out);
         out

@@ -1,0 +1,134 @@
+//! Worker threads (`server.workers`): each connection is served by one of several threads, each
+//! with its own Redis connection and upstream pool, over one set of families.
+//!
+//! In-process, in front of an echo upstream (`discovery = false`, token path `/token`), on
+//! `memory://` (one store shared by every worker) and on a private redis-server.
+
+mod support;
+
+use std::collections::HashSet;
+
+use support::StoreKind as Kind;
+use support::echo::EchoServer;
+use support::idp;
+use support::proxy::TestProxy;
+use support::redis::RedisServer;
+
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+const SECRET: &str = "Secr3t!";
+const WORKERS: usize = 4;
+
+struct Stack {
+    proxy: TestProxy,
+    _redis: Option<RedisServer>,
+    _echo: EchoServer,
+}
+
+impl Stack {
+    async fn start(kind: Kind) -> Stack {
+        let echo = EchoServer::start().await;
+        let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
+        let store = redis
+            .as_ref()
+            .map_or("memory://".to_owned(), RedisServer::url);
+        let text = format!(
+            "[server]\nworkers = {WORKERS}\n\
+             [store]\nurl = \"{store}\"\n\
+             [tokens]\nrefresh_token_key = \"{key}\"\n\
+             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
+             [clients.www]\nsecret = \"{SECRET}\"\n\
+             [upstream]\nurl = \"{up}\"\ndiscovery = false\ntoken_path = \"/token\"\n",
+            key = support::TEST_REFRESH_KEY,
+            up = echo.url(),
+        );
+        let proxy = TestProxy::start(&text).await;
+        proxy.wait_ready().await;
+        Stack {
+            proxy,
+            _redis: redis,
+            _echo: echo,
+        }
+    }
+
+    /// Families opened through the admin API, which runs on the main thread's store handle.
+    async fn issue(&self, count: u64) -> Vec<String> {
+        let res = reqwest::Client::new()
+            .post(format!("{}/admin/issue", self.proxy.admin_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(
+                serde_json::json!({"client_id": "www", "subject": "alice", "count": count})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .expect("issue");
+        assert_eq!(res.status(), 200);
+        let body: serde_json::Value = res.json().await.expect("json");
+        body["refresh_tokens"]
+            .as_array()
+            .expect("tokens")
+            .iter()
+            .map(|t| t.as_str().expect("a string").to_owned())
+            .collect()
+    }
+
+    /// One refresh on a new connection (so the acceptor places it anew); the next token.
+    async fn refresh(&self, rt: &str) -> String {
+        let (status, body) = idp::refresh(&self.proxy.url, "www", SECRET, rt, None).await;
+        assert_eq!(status, 200, "{body}");
+        body["refresh_token"].as_str().expect("rotated").to_owned()
+    }
+}
+
+/// A chain whose every refresh arrives on a new connection (and so on any worker) goes on, and
+/// reuse of a rotated-out token is detected whichever worker saw the rotation: every worker
+/// works on the same families.
+async fn a_chain_goes_on_whichever_worker_serves_it(kind: Kind) {
+    let s = Stack::start(kind).await;
+    let first = s.issue(1).await.remove(0);
+    let mut rt = first.clone();
+    let mut seen = HashSet::new();
+    for _ in 0..3 * WORKERS {
+        rt = s.refresh(&rt).await;
+        assert!(seen.insert(rt.clone()), "every rotation is a new token");
+    }
+    // The first token is long rotated out: presenting it is reuse.
+    let (status, body) = idp::refresh(&s.proxy.url, "www", SECRET, &first, None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    // Reuse revoked the family for every worker.
+    let (status, _) = idp::refresh(&s.proxy.url, "www", SECRET, &rt, None).await;
+    assert_eq!(status, 400);
+}
+
+/// Many connections at once, spread over the workers: every request is answered, refreshes
+/// and forwarded requests alike.
+async fn concurrent_connections_are_all_served(kind: Kind) {
+    let s = &Stack::start(kind).await;
+    let tokens = s.issue(4 * WORKERS as u64).await;
+    let refreshes = tokens.iter().map(|t| async move {
+        let mut rt = t.clone();
+        for _ in 0..3 {
+            rt = s.refresh(&rt).await;
+        }
+    });
+    let forwards = (0..4 * WORKERS).map(|i| {
+        let url = format!("{}/resource/{i}", s.proxy.url);
+        async move {
+            let res = reqwest::get(&url).await.expect("forwarded");
+            assert_eq!(res.status(), 200);
+        }
+    });
+    futures_util::future::join(
+        futures_util::future::join_all(refreshes),
+        futures_util::future::join_all(forwards),
+    )
+    .await;
+}
+
+both_stores!(
+    multi_thread: a_chain_goes_on_whichever_worker_serves_it,
+    concurrent_connections_are_all_served,
+);
