@@ -1,9 +1,9 @@
 -- The redis-benchmark baseline: a 2-key rotation script of the same shape and cost as the
--- JWT path of src/store/redeem.lua, so `redis-benchmark EVALSHA` measures what one refresh
+-- JWT path of src/store/redis/redeem.lua, so `redis-benchmark EVALSHA` measures what one refresh
 -- asks of Redis, without the proxy.
 --
 -- Same work per call: HMGET of the 12 fields of a family hash, the expiry, client and
--- generation checks, an HSET of 4 fields and a PEXPIREAT on that hash, and an 11-element
+-- generation checks, an HSET of 3 fields (scope unchanged) and a PEXPIREAT on that hash, and an 11-element
 -- reply. KEYS[2] is passed (one per call, same slot as KEYS[1] in the proxy) but, as on the
 -- proxy's JWT path, not written; only opaque access tokens write it.
 --
@@ -31,7 +31,7 @@ if generation + 1 == generation or tonumber(ARGV[4]) < 0 then return {'grace'} e
 
 local next_idle = math.min(now + tonumber(ARGV[3]), hard_deadline)
 local next_generation = generation + 1
-redis.call('HSET', KEYS[1], 'sc', v[4], 'n', string.format('%.0f', next_generation),
+redis.call('HSET', KEYS[1], 'n', string.format('%.0f', next_generation),
   'r', string.format('%.0f', now), 'i', string.format('%.0f', next_idle))
 redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', next_idle))
 
