@@ -94,8 +94,10 @@ impl Lua {
         args: impl Fn(&mut redis::Cmd),
     ) -> redis::RedisResult<T> {
         let call = |first: &str, body: &str| {
-            let mut cmd = redis::cmd(first);
-            cmd.arg(body).arg(keys.len()).arg(keys);
+            // Sized once for the command, the keys and typical arguments (no regrowth).
+            let bytes = 256 + body.len() + keys.iter().map(|k| k.len()).sum::<usize>();
+            let mut cmd = redis::Cmd::with_capacity(keys.len() + 16, bytes);
+            cmd.arg(first).arg(body).arg(keys.len()).arg(keys);
             args(&mut cmd);
             cmd
         };
@@ -239,7 +241,8 @@ impl RedisStore {
 }
 
 fn parse_redemption(reply: Vec<String>) -> Result<Redemption, StoreError> {
-    let bad = || StoreError::Protocol(format!("redeem script answered {} fields", reply.len()));
+    let fields = reply.len();
+    let bad = || StoreError::Protocol(format!("redeem script answered {fields} fields"));
     if reply.first().map(String::as_str) == Some("unknown") {
         return Ok(Redemption::Unknown);
     }
@@ -255,7 +258,7 @@ fn parse_redemption(reply: Vec<String>) -> Result<Redemption, StoreError> {
         auth,
         stored,
         current,
-    ] = <[String; 11]>::try_from(reply.clone()).map_err(|_| bad())?;
+    ] = <[String; 11]>::try_from(reply).map_err(|_| bad())?;
     let num = |s: &str| {
         s.parse::<u64>()
             .map_err(|_| StoreError::Protocol(format!("not a generation: {s:?}")))
