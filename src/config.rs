@@ -251,6 +251,10 @@ pub struct StoreConfig {
     /// failed command), within `operation_timeout`.
     #[serde(default = "default_store_retries")]
     pub retries: u32,
+    /// TCP keepalive probes on idle Redis connections (servers and sentinels), so a peer that
+    /// vanished behind a firewall or NAT is noticed before the next command; 0 = off.
+    #[serde(default = "secs::<30>", deserialize_with = "seconds")]
+    pub tcp_keepalive: Duration,
     /// Backoff between reconnect attempts: first delay …
     #[serde(default = "millis::<50>", deserialize_with = "seconds")]
     pub retry_min_delay: Duration,

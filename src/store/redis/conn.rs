@@ -23,6 +23,7 @@ use redis::aio::{
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::io::tcp::{TcpSettings, socket2};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ErrorKind, Pipeline, RedisError,
@@ -52,6 +53,7 @@ impl Conn {
             .or_else(|| url.password.clone());
         let database = config.database.or(url.database).unwrap_or(0);
         let certs = tls_certificates(config)?;
+        let tcp = tcp_settings(config);
         let addr = |host: &str, port: u16| {
             if url.tls {
                 ConnectionAddr::TcpTls {
@@ -76,7 +78,8 @@ impl Conn {
                 }
                 let info = redis::IntoConnectionInfo::into_connection_info(addr(host, *port))
                     .map_err(invalid)?
-                    .set_redis_settings(settings);
+                    .set_redis_settings(settings)
+                    .set_tcp_settings(tcp);
                 let client = match certs {
                     Some(certs) => Client::build_with_tls(info, certs),
                     None => Client::open(info),
@@ -97,7 +100,9 @@ impl Conn {
                 let mut b =
                     SentinelClientBuilder::new(sentinels, master, SentinelServerType::Master)
                         .map_err(invalid)?
-                        .set_client_to_redis_db(database);
+                        .set_client_to_redis_db(database)
+                        .set_client_to_redis_tcp_settings(tcp.clone())
+                        .set_client_to_sentinel_tcp_settings(tcp);
                 if let Some(u) = &username {
                     b = b.set_client_to_redis_username(u);
                 }
@@ -135,6 +140,7 @@ impl Conn {
                     .response_timeout(config.response_timeout)
                     .overall_response_timeout(Some(config.operation_timeout))
                     .retries(config.retries)
+                    .tcp_settings(tcp)
                     .min_retry_wait(millis(config.retry_min_delay))
                     .max_retry_wait(millis(config.retry_max_delay));
                 if let Some(u) = &username {
@@ -362,6 +368,19 @@ fn tls_certificates(config: &StoreConfig) -> Result<Option<TlsCertificates>, Con
             client_tls,
             root_cert,
         }),
+    )
+}
+
+/// Nagle off (small commands go out at once) and keepalive probes per `store.tcp_keepalive`.
+fn tcp_settings(config: &StoreConfig) -> TcpSettings {
+    let tcp = TcpSettings::default().set_nodelay(true);
+    if config.tcp_keepalive.is_zero() {
+        return tcp;
+    }
+    tcp.set_keepalive(
+        socket2::TcpKeepalive::new()
+            .with_time(config.tcp_keepalive)
+            .with_interval(config.tcp_keepalive.min(Duration::from_secs(10))),
     )
 }
 
