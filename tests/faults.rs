@@ -68,23 +68,14 @@ impl Stack {
 
     /// Opens families through the admin API; their first refresh tokens.
     async fn issue(&self, count: usize) -> Vec<String> {
-        let res = support::load::http()
-            .post(format!("{}/admin/issue", self.proxy.admin_url))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&serde_json::json!({
+        support::proxy::issue(
+            &self.proxy.admin_url,
+            ADMIN_TOKEN,
+            serde_json::json!({
                 "client_id": CLIENT.0, "subject": "load", "scope": "read", "count": count,
-            }))
-            .send()
-            .await
-            .expect("issue");
-        assert_eq!(res.status(), 200);
-        let body: serde_json::Value = res.json().await.expect("json");
-        body["refresh_tokens"]
-            .as_array()
-            .expect("refresh_tokens")
-            .iter()
-            .map(|t| t.as_str().expect("string").to_owned())
-            .collect()
+            }),
+        )
+        .await
     }
 
     fn token_url(&self) -> String {
@@ -138,17 +129,46 @@ impl Stack {
                 .await
                 .expect("info");
             assert!(live.is_some(), "family {} is gone", c.family);
-            let before = store
+        }
+        assert_eq!(
+            self.families_behind(report).await,
+            0,
+            "families not at their chain's generation"
+        );
+    }
+
+    /// How many families the store holds at an older generation than their chain (rotations a
+    /// failover lost with asynchronous replication; their chains go on regardless).
+    async fn families_behind(&self, report: &Report) -> usize {
+        let store = self.store();
+        let now = now_ms();
+        let mut behind = 0;
+        for c in &report.chains {
+            let older = store
                 .refresh_token_info(&c.family, c.generation - 1, now)
                 .await
                 .expect("info");
-            assert!(
-                before.is_none(),
-                "family {} is not at generation {}",
-                c.family,
-                c.generation
-            );
+            behind += usize::from(older.is_some());
         }
+        behind
+    }
+
+    /// Runs the load on `tokens` for 3 s, then `fault` (blocking: it kills servers and waits
+    /// for failovers, on a thread of its own while the load goes on), then 4 s more. Returns
+    /// the report, when the fault began and when the store was back (times since the load
+    /// started), and what `fault` returned.
+    async fn under_fault<T>(
+        &self,
+        tokens: Vec<String>,
+        fault: impl FnOnce() -> T,
+    ) -> (Report, Duration, Duration, T) {
+        let load = self.load(tokens);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let down = load.now();
+        let value = tokio::task::block_in_place(fault);
+        let back = load.now();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        (load.stop().await, down, back, value)
     }
 }
 
@@ -216,15 +236,13 @@ async fn killing_redis_under_load_costs_availability_only() {
     let mut redis = RedisServer::start();
     let stack = Stack::start(&redis.url(), "").await;
     let tokens = stack.issue(CHAINS).await;
-    let load = stack.load(tokens);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let down = load.now();
-    redis.kill();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    redis.restart();
-    let back = load.now();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut report = load.stop().await;
+    let (mut report, down, back, ()) = stack
+        .under_fault(tokens, || {
+            redis.kill();
+            std::thread::sleep(Duration::from_secs(3));
+            redis.restart();
+        })
+        .await;
     assert_outage_only(&report, down, back);
     stack.store_matches_every_chain(&report).await;
     stack.every_chain_goes_on(&mut report).await;
@@ -309,22 +327,6 @@ async fn a_lost_script_answer_is_retried_to_the_same_token() {
     }
 }
 
-/// How many families the store holds at an older generation than their chain (rotations the
-/// failover lost with asynchronous replication; their chains went on regardless).
-async fn families_behind(stack: &Stack, report: &Report) -> usize {
-    let store = stack.store();
-    let now = now_ms();
-    let mut behind = 0;
-    for c in &report.chains {
-        let older = store
-            .refresh_token_info(&c.family, c.generation - 1, now)
-            .await
-            .expect("info");
-        behind += usize::from(older.is_some());
-    }
-    behind
-}
-
 /// Kill the master a Sentinel set watches under load; the proxy follows the promoted replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_under_load_loses_no_family() {
@@ -332,26 +334,24 @@ async fn a_sentinel_failover_under_load_loses_no_family() {
     let mut topology = Sentinel::start(Options::default());
     let stack = Stack::start(&topology.url(), "").await;
     let tokens = stack.issue(CHAINS).await;
-    let load = stack.load(tokens);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let down = load.now();
-    let old = topology.kill_master();
-    let new = topology.wait_failover(old, Duration::from_secs(20));
-    let back = load.now();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut report = load.stop().await;
+    let (mut report, down, back, (old, new)) = stack
+        .under_fault(tokens, || {
+            let old = topology.kill_master();
+            (old, topology.wait_failover(old, Duration::from_secs(20)))
+        })
+        .await;
     eprintln!("master {old} killed, {new} promoted");
     assert_outage_only(&report, down, back);
     eprintln!(
         "{} families behind their chain after the failover",
-        families_behind(&stack, &report).await
+        stack.families_behind(&report).await
     );
     stack.every_chain_goes_on(&mut report).await;
     stack.store_matches_every_chain(&report).await;
 }
 
 /// Kill a cluster master under load; its replica is promoted and the proxy follows the new
-/// slot map. Chains on the other masters never notice.
+/// slot map.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_master_failover_under_load_loses_no_family() {
     use support::topology::{Cluster, Options, slot_of};
@@ -369,14 +369,14 @@ async fn a_cluster_master_failover_under_load_loses_no_family() {
         })
         .map(|(i, _)| i)
         .collect();
-    let load = stack.load(tokens);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let down = load.now();
-    assert_eq!(topology.kill_master_of_slot(victim_slot), victim);
-    topology.wait_healthy(Duration::from_secs(20));
-    let back = load.now();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut report = load.stop().await;
+    let (mut report, down, back, killed) = stack
+        .under_fault(tokens, || {
+            let killed = topology.kill_master_of_slot(victim_slot);
+            topology.wait_healthy(Duration::from_secs(20));
+            killed
+        })
+        .await;
+    assert_eq!(killed, victim);
     eprintln!("master {victim} killed; {} chains on it", on_victim.len());
     assert_outage(&report, down, back, false);
     // With cluster-require-full-coverage (the default) the whole cluster answers CLUSTERDOWN
@@ -390,7 +390,7 @@ async fn a_cluster_master_failover_under_load_loses_no_family() {
     eprintln!("{elsewhere} answers 503 to chains on the other masters");
     eprintln!(
         "{} families behind their chain after the failover",
-        families_behind(&stack, &report).await
+        stack.families_behind(&report).await
     );
     stack.every_chain_goes_on(&mut report).await;
     stack.store_matches_every_chain(&report).await;

@@ -52,24 +52,12 @@ impl Stack {
 
     /// Families opened through the admin API, which runs on the main thread's store handle.
     async fn issue(&self, count: u64) -> Vec<String> {
-        let res = reqwest::Client::new()
-            .post(format!("{}/admin/issue", self.proxy.admin_url))
-            .bearer_auth(ADMIN_TOKEN)
-            .body(
-                serde_json::json!({"client_id": "www", "subject": "alice", "count": count})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .expect("issue");
-        assert_eq!(res.status(), 200);
-        let body: serde_json::Value = res.json().await.expect("json");
-        body["refresh_tokens"]
-            .as_array()
-            .expect("tokens")
-            .iter()
-            .map(|t| t.as_str().expect("a string").to_owned())
-            .collect()
+        support::proxy::issue(
+            &self.proxy.admin_url,
+            ADMIN_TOKEN,
+            serde_json::json!({"client_id": "www", "subject": "alice", "count": count}),
+        )
+        .await
     }
 
     /// One refresh on a new connection (so the acceptor places it anew); the next token.

@@ -15,6 +15,26 @@ pub fn config(upstream: &str, extra: &str) -> String {
     format!("[upstream]\nurl = \"{upstream}\"\n{extra}")
 }
 
+/// Opens families through the admin API (`POST {admin_url}/admin/issue` with `request`, e.g.
+/// `{"client_id": "www", "subject": "alice", "count": 3}`); their first refresh tokens.
+pub async fn issue(admin_url: &str, admin_token: &str, request: serde_json::Value) -> Vec<String> {
+    let res = reqwest::Client::new()
+        .post(format!("{admin_url}/admin/issue"))
+        .bearer_auth(admin_token)
+        .json(&request)
+        .send()
+        .await
+        .expect("issue");
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.expect("json");
+    body["refresh_tokens"]
+        .as_array()
+        .expect("refresh_tokens")
+        .iter()
+        .map(|t| t.as_str().expect("a string").to_owned())
+        .collect()
+}
+
 /// The proxy running as tasks of the test's runtime.
 pub struct TestProxy {
     pub url: String,
