@@ -164,9 +164,12 @@ impl Conn {
         }
     }
 
-    /// Whether a command that touches several slots must be split (a cluster).
-    pub(super) fn is_cluster(&self) -> bool {
-        matches!(self, Conn::Cluster(_))
+    /// An empty batch of commands for this topology (see [`Batch`]).
+    pub(super) fn batch(&self) -> Batch {
+        Batch {
+            cluster: matches!(self, Conn::Cluster(_)),
+            pipes: Vec::new(),
+        }
     }
 
     /// Whether the store can serve: the server (or the master the sentinels name) answers PING;
@@ -199,24 +202,33 @@ impl Conn {
         }
     }
 
-    /// Runs groups of commands, each group on one slot. A single node gets them all in one
-    /// pipeline; a cluster gets each group as its own pipeline, all at once.
-    pub(super) async fn run_groups(&mut self, groups: Vec<Pipeline>) -> RedisResult<()> {
-        if self.is_cluster() {
-            let runs = groups.into_iter().map(|pipe| {
-                let mut conn = self.clone();
-                async move { pipe.query_async::<()>(&mut conn).await }
-            });
-            futures_util::future::try_join_all(runs).await.map(drop)
-        } else {
-            let mut all = redis::pipe();
-            for group in &groups {
-                for cmd in group.cmd_iter() {
-                    all.add_command(cmd.clone()).ignore();
-                }
-            }
-            all.query_async(self).await
+    /// Runs a batch: its one pipeline on a single node; each slot's pipeline, all at once, in a
+    /// cluster.
+    pub(super) async fn run(&mut self, batch: Batch) -> RedisResult<()> {
+        let runs = batch.pipes.into_iter().map(|pipe| {
+            let mut conn = self.clone();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        });
+        futures_util::future::try_join_all(runs).await.map(drop)
+    }
+}
+
+/// Commands that span slots (index writes, bulk creation), grouped so that each group is one
+/// slot's: a cluster rejects a pipeline across slots, while a single node is best served one
+/// pipeline of everything.
+pub(super) struct Batch {
+    cluster: bool,
+    pipes: Vec<Pipeline>,
+}
+
+impl Batch {
+    /// Where to add the commands of one slot: a new pipeline in a cluster, the one pipeline of
+    /// the batch on a single node.
+    pub(super) fn group(&mut self) -> &mut Pipeline {
+        if self.cluster || self.pipes.is_empty() {
+            self.pipes.push(redis::pipe());
         }
+        self.pipes.last_mut().expect("just ensured")
     }
 }
 

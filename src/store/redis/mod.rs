@@ -26,7 +26,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use self::conn::Conn;
+use self::conn::{Batch, Conn};
 
 use super::{
     AccessTokenRecord, FamilyData, NewFamily, RedeemRequest, Redemption, RefreshTokenInfo, Revoke,
@@ -189,20 +189,12 @@ impl RedisStore {
     /// Adds families to the subject and client indexes, one group (one slot) per set. Each
     /// set lives as long as the longest family added to it (NX then GT: set a first expiry,
     /// then only ever extend it).
-    fn index(
-        &self,
-        groups: &mut Vec<redis::Pipeline>,
-        subject: &str,
-        client: &str,
-        ids: &[&str],
-        ttl_ms: i64,
-    ) {
+    fn index(&self, batch: &mut Batch, subject: &str, client: &str, ids: &[&str], ttl_ms: i64) {
         for key in [self.subject_key(subject), self.client_key(client)] {
-            let mut pipe = redis::pipe();
+            let pipe = batch.group();
             pipe.cmd("SADD").arg(&key).arg(ids).ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).arg("NX").ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).arg("GT").ignore();
-            groups.push(pipe);
         }
     }
 
@@ -320,15 +312,15 @@ impl TokenStore for RedisStore {
                 .arg(f.expires_at_ms);
         });
         self.bounded(created).await?;
-        let mut groups = Vec::new();
+        let mut batch = conn.batch();
         self.index(
-            &mut groups,
+            &mut batch,
             &f.subject,
             &f.client_id,
             &[f.id.as_str()],
             f.expires_at_ms - f.created_ms,
         );
-        self.bounded(conn.run_groups(groups)).await
+        self.bounded(conn.run(batch)).await
     }
 
     async fn create_families(&self, families: &[NewFamily]) -> Result<(), StoreError> {
@@ -336,10 +328,10 @@ impl TokenStore for RedisStore {
         for chunk in families.chunks(BATCH) {
             // Plain commands, not the script: nobody holds a token of a family that is being
             // created, so there is nothing to race with, and a pipeline of them is fast.
-            let mut groups = Vec::with_capacity(chunk.len() + 2);
+            let mut batch = conn.batch();
             for f in chunk {
                 let key = self.family_key(f.id.as_str());
-                let mut pipe = redis::pipe();
+                let pipe = batch.group();
                 let hset = pipe
                     .cmd("HSET")
                     .arg(&key)
@@ -370,7 +362,6 @@ impl TokenStore for RedisStore {
                     .arg(&key)
                     .arg(f.idle_deadline_ms.min(f.expires_at_ms))
                     .ignore();
-                groups.push(pipe);
             }
             // Index by (subject, client) group.
             let mut by_owner: std::collections::HashMap<(&str, &str), (Vec<&str>, i64)> =
@@ -383,9 +374,9 @@ impl TokenStore for RedisStore {
                 g.1 = g.1.max(f.expires_at_ms - f.created_ms);
             }
             for ((subject, client), (ids, ttl)) in &by_owner {
-                self.index(&mut groups, subject, client, ids, *ttl);
+                self.index(&mut batch, subject, client, ids, *ttl);
             }
-            self.bounded(conn.run_groups(groups)).await?;
+            self.bounded(conn.run(batch)).await?;
         }
         Ok(())
     }
