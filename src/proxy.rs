@@ -62,10 +62,22 @@ pub enum ForwardError {
 
 /// What the server knows about the client's connection, put in each request's extensions.
 /// Without it (the layer used in another server), `X-Forwarded-For/Proto` are not added.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub remote: SocketAddr,
     pub tls: bool,
+    /// The remote address as this hop's `X-Forwarded-For` entry, formatted once per connection.
+    forwarded_for: HeaderValue,
+}
+
+impl ClientInfo {
+    pub fn new(remote: SocketAddr, tls: bool) -> ClientInfo {
+        ClientInfo {
+            remote,
+            tls,
+            forwarded_for: ip_value(remote.ip()),
+        }
+    }
 }
 
 /// The forwarding service. Cheap to clone: clones share one connection pool.
@@ -256,7 +268,7 @@ impl Forward {
             _ => headers.insert(header::HOST, self.inner.host.clone()),
         };
         if let Some(info) = parts.extensions.get::<ClientInfo>() {
-            append(headers, X_FORWARDED_FOR, ip_value(info.remote.ip()));
+            append(headers, X_FORWARDED_FOR, info.forwarded_for.clone());
             append(
                 headers,
                 X_FORWARDED_PROTO,
@@ -328,28 +340,44 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
 
 /// RFC 9110 §7.6.1: "a proxy or gateway MUST ... remove any header or trailer field that
 /// is listed in the Connection header field" and the connection-specific fields.
+///
+/// One pass over the message's (few) names: nothing is hashed or allocated for a message that
+/// carries none of them, and only the names present are removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    let connection = headers.contains_key(header::CONNECTION);
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_hop_by_hop(name) || (connection && named_by_connection(headers, name)) {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// The connection-specific fields of RFC 9110 §7.6.1 (and `Proxy-Connection`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Whether a `Connection` line of `headers` lists `name` (names are case-insensitive).
+fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
+        .any(|listed| listed.trim().eq_ignore_ascii_case(name.as_str()))
 }
 
 impl<B> Service<Request<B>> for Forward

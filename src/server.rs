@@ -231,13 +231,10 @@ fn spawn_connection<S, B>(
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let info = ClientInfo {
-        remote,
-        tls: tls.is_some(),
-    };
+    let info = ClientInfo::new(remote, tls.is_some());
     let svc = service.clone();
     let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(info);
+        req.extensions_mut().insert(info.clone());
         svc.clone().oneshot(req)
     });
     let watcher = graceful.watcher();
