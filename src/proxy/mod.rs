@@ -44,6 +44,10 @@ use crate::layer::ResponseBody;
 use crate::metrics::Metrics;
 use crate::oauth;
 
+mod pool;
+
+pub use pool::PooledBody;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type the upstream client sends.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -88,6 +92,11 @@ pub struct Forward {
 
 struct Inner {
     client: HttpClient,
+    /// `http://` upstreams: this worker's own HTTP/1.1 connections ([`pool`]); `https://`
+    /// upstreams go through `client`.
+    pool: Option<Arc<pool::Pool>>,
+    /// `http://` upstreams: what [`pool::Pool`]s connect with and to.
+    plain: Option<(HttpConnector, Uri)>,
     /// What [`Forward::new_pool`] builds another client from (its TLS config is shared).
     connector: HttpsConnector<HttpConnector>,
     pool_idle_timeout: Duration,
@@ -135,6 +144,13 @@ impl Forward {
         http.enforce_http(false);
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_nodelay(true);
+        let plain_target = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("a scheme and an authority make a URI");
+        let plain = (scheme == Scheme::HTTP).then(|| (http.clone(), plain_target));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -146,44 +162,52 @@ impl Forward {
             config.pool_idle_timeout,
             config.pool_max_idle_per_host,
         );
+        let mut inner = Inner {
+            client,
+            pool: None,
+            plain,
+            connector,
+            pool_idle_timeout: config.pool_idle_timeout,
+            pool_max_idle_per_host: config.pool_max_idle_per_host,
+            scheme,
+            authority,
+            host,
+            request_timeout: config.request_timeout,
+            preserve_host: config.preserve_host,
+            metrics: None,
+        };
+        inner.pool = inner.plain_pool();
         Ok(Forward {
-            inner: Arc::new(Inner {
-                client,
-                connector,
-                pool_idle_timeout: config.pool_idle_timeout,
-                pool_max_idle_per_host: config.pool_max_idle_per_host,
-                scheme,
-                authority,
-                host,
-                request_timeout: config.request_timeout,
-                preserve_host: config.preserve_host,
-                metrics: None,
-            }),
+            inner: Arc::new(inner),
         })
     }
 
     /// The same forwarding service with a connection pool of its own (and the same metrics).
-    /// Each worker thread gets one, so a request and its upstream connection's task run on
-    /// one thread; the client spawns its connection tasks on the runtime that calls it.
+    /// Each worker thread gets one, so a request and its upstream connection stay on one
+    /// thread (the pooled client spawns its connection tasks on the runtime that calls it).
     pub fn new_pool(&self) -> Forward {
         let i = &*self.inner;
+        let mut inner = Inner {
+            client: http_client(
+                i.connector.clone(),
+                i.pool_idle_timeout,
+                i.pool_max_idle_per_host,
+            ),
+            pool: None,
+            plain: i.plain.clone(),
+            connector: i.connector.clone(),
+            pool_idle_timeout: i.pool_idle_timeout,
+            pool_max_idle_per_host: i.pool_max_idle_per_host,
+            scheme: i.scheme.clone(),
+            authority: i.authority.clone(),
+            host: i.host.clone(),
+            request_timeout: i.request_timeout,
+            preserve_host: i.preserve_host,
+            metrics: i.metrics.clone(),
+        };
+        inner.pool = inner.plain_pool();
         Forward {
-            inner: Arc::new(Inner {
-                client: http_client(
-                    i.connector.clone(),
-                    i.pool_idle_timeout,
-                    i.pool_max_idle_per_host,
-                ),
-                connector: i.connector.clone(),
-                pool_idle_timeout: i.pool_idle_timeout,
-                pool_max_idle_per_host: i.pool_max_idle_per_host,
-                scheme: i.scheme.clone(),
-                authority: i.authority.clone(),
-                host: i.host.clone(),
-                request_timeout: i.request_timeout,
-                preserve_host: i.preserve_host,
-                metrics: i.metrics.clone(),
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -200,7 +224,7 @@ impl Forward {
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<ForwardedBody>, ForwardError> {
         let started = std::time::Instant::now();
         let result = self.send_timed(req).await;
         if let Some(m) = &self.inner.metrics {
@@ -215,16 +239,27 @@ impl Forward {
     async fn send_timed(
         &self,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        match tokio::time::timeout(self.inner.request_timeout, self.inner.client.request(req)).await
-        {
+    ) -> Result<Response<ForwardedBody>, ForwardError> {
+        let sent = async {
+            match &self.inner.pool {
+                Some(pool) => pool
+                    .send(req)
+                    .await
+                    .map(|res| res.map(ForwardedBody::Pooled)),
+                None => match self.inner.client.request(req).await {
+                    Ok(res) => Ok(res.map(ForwardedBody::Client)),
+                    Err(e) if e.is_connect() => Err(ForwardError::Unreachable(e.into())),
+                    Err(e) => Err(ForwardError::Failed(e.into())),
+                },
+            }
+        };
+        match tokio::time::timeout(self.inner.request_timeout, sent).await {
             Err(_) => Err(ForwardError::Timeout),
             Ok(Ok(mut res)) => {
                 strip_hop_by_hop(res.headers_mut());
                 Ok(res)
             }
-            Ok(Err(e)) if e.is_connect() => Err(ForwardError::Unreachable(e.into())),
-            Ok(Err(e)) => Err(ForwardError::Failed(e.into())),
+            Ok(Err(e)) => Err(e),
         }
     }
 
@@ -256,7 +291,11 @@ impl Forward {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = self.uri(path_and_query);
+        parts.uri = match self.inner.pool {
+            // HTTP/1.1 on a connection of our own: the origin form the upstream will see.
+            Some(_) => Uri::from(path_and_query),
+            None => self.uri(path_and_query),
+        };
         // The upstream connection's own protocol is negotiated by the client (ALPN).
         parts.version = Version::HTTP_11;
 
@@ -279,6 +318,56 @@ impl Forward {
             append(headers, X_FORWARDED_HOST, host);
         }
         Request::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+impl Inner {
+    fn plain_pool(&self) -> Option<Arc<pool::Pool>> {
+        let (connector, target) = self.plain.clone()?;
+        Some(Arc::new(pool::Pool::new(
+            connector,
+            target,
+            self.host.clone(),
+            self.pool_max_idle_per_host,
+            self.pool_idle_timeout,
+        )))
+    }
+}
+
+/// An upstream answer's body, from whichever path carried the request.
+pub enum ForwardedBody {
+    /// Through hyper-util's pooled client (`https://` upstreams).
+    Client(Incoming),
+    /// Over a connection of this worker's [`pool`] (`http://` upstreams).
+    Pooled(PooledBody),
+}
+
+impl Body for ForwardedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ForwardedBody::Client(body) => Pin::new(body).poll_frame(cx),
+            ForwardedBody::Pooled(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ForwardedBody::Client(body) => body.is_end_stream(),
+            ForwardedBody::Pooled(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            ForwardedBody::Client(body) => body.size_hint(),
+            ForwardedBody::Pooled(body) => body.size_hint(),
+        }
     }
 }
 
@@ -385,7 +474,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<ResponseBody<Incoming>>;
+    type Response = Response<ResponseBody<ForwardedBody>>;
     type Error = std::convert::Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
