@@ -45,17 +45,19 @@ impl Ids {
     }
 
     fn make(&self) -> HeaderValue {
-        use std::io::Write as _;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        // Formatted on the stack: the header value's own copy is the one allocation.
+        // `<prefix>-<n in hex>`, written on the stack: the header value's own copy is the one
+        // allocation.
         let mut buf = [0u8; 32];
-        let left = {
-            let mut w = &mut buf[..];
-            let _ = write!(w, "{}-{n:x}", self.prefix);
-            w.len()
-        };
-        let len = buf.len() - left;
-        HeaderValue::from_bytes(&buf[..len]).expect("hex is a valid header")
+        let head = self.prefix.len();
+        buf[..head].copy_from_slice(self.prefix.as_bytes());
+        buf[head] = b'-';
+        let digits = (u64::BITS - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        for (i, out) in buf[head + 1..head + 1 + digits].iter_mut().enumerate() {
+            let shift = 4 * (digits - 1 - i);
+            *out = b"0123456789abcdef"[((n >> shift) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&buf[..head + 1 + digits]).expect("hex is a valid header")
     }
 }
 
@@ -154,6 +156,21 @@ mod tests {
     use super::*;
     use std::convert::Infallible;
     use tower::ServiceExt;
+
+    #[test]
+    fn request_ids_are_the_prefix_and_a_hex_counter() {
+        let ids = Ids {
+            prefix: "0a1b2c3d4e5f".to_owned(),
+            next: AtomicU64::new(0),
+        };
+        for expected in ["0a1b2c3d4e5f-0", "0a1b2c3d4e5f-1"] {
+            assert_eq!(ids.make(), expected);
+        }
+        ids.next.store(0xabc, Ordering::Relaxed);
+        assert_eq!(ids.make(), "0a1b2c3d4e5f-abc");
+        ids.next.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(ids.make(), "0a1b2c3d4e5f-ffffffffffffffff");
+    }
 
     async fn seen(req: Request<()>) -> (Option<HeaderValue>, Option<HeaderValue>) {
         let svc =

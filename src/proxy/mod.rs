@@ -405,16 +405,15 @@ fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
 /// Appends `value` (visible ASCII) to a comma-separated list header, folding earlier lines
 /// into one. The common case, no earlier line, inserts `value` as it is.
 fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
-    if !headers.contains_key(&name) {
-        headers.insert(name, value);
-        return;
-    }
+    let mut entry = match headers.entry(name) {
+        header::Entry::Vacant(vacant) => {
+            vacant.insert(value);
+            return;
+        }
+        header::Entry::Occupied(entry) => entry,
+    };
     let joined = {
-        let existing: Vec<&str> = headers
-            .get_all(&name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
+        let existing: Vec<&str> = entry.iter().filter_map(|v| v.to_str().ok()).collect();
         let value = value.to_str().unwrap_or_default();
         if existing.is_empty() {
             value.to_owned()
@@ -423,7 +422,8 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
         }
     };
     if let Ok(v) = HeaderValue::from_str(&joined) {
-        headers.insert(name, v);
+        // Replaces every earlier line with the one joined value.
+        entry.insert(v);
     }
 }
 
@@ -433,10 +433,11 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
 /// One pass over the message's (few) names: nothing is hashed or allocated for a message that
 /// carries none of them, and only the names present are removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let connection = headers.contains_key(header::CONNECTION);
+    let connection = headers.get_all(header::CONNECTION);
+    let listed = connection.iter().next().is_some();
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
-        if is_hop_by_hop(name) || (connection && named_by_connection(headers, name)) {
+        if is_hop_by_hop(name) || (listed && lists(&connection, name)) {
             doomed.push(name.clone());
         }
     }
@@ -459,10 +460,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// Whether a `Connection` line of `headers` lists `name` (names are case-insensitive).
-fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
-    headers
-        .get_all(header::CONNECTION)
+/// Whether one of the `Connection` lines lists `name` (names are case-insensitive).
+fn lists(connection: &header::GetAll<'_, HeaderValue>, name: &HeaderName) -> bool {
+    connection
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
