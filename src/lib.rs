@@ -17,7 +17,8 @@
 //!   over the store.
 //! - [`mint`]: refresh-token format, opaque access tokens, JWT signing and the JWKS.
 //! - [`oauth`]: wire types and the one mapping from [`error::Error`] to a response.
-//! - [`proxy`]: the forwarding service, header hygiene, the upstream connection pool.
+//! - [`proxy`]: the forwarding service, header hygiene, the upstream connection pool
+//!   (`proxy::pool`: an `http://` upstream's connections, driven by the requests that use them).
 //! - [`discovery`]: the upstream's endpoint paths from its OIDC discovery document.
 //! - [`store`]: the `TokenStore` trait, `memory://` and `redis://` (Lua), one contract suite.
 //! - [`server`]: listeners (HTTP/1.1, h2c, TLS with ALPN), graceful shutdown, and the
