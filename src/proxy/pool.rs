@@ -9,8 +9,8 @@
 //! (bench/README.md). `https://` upstreams keep the pooled client, which negotiates HTTP/2.
 //!
 //! Idle connections are not polled. One the upstream closed is noticed when it is next taken
-//! (a poll finds the end of its stream) or by the reaper, which also closes connections idle for
-//! longer than `upstream.pool_idle_timeout`. A request that finds its connection closed before
+//! (a poll finds the end of its stream) or by the reaper, which runs every
+//! `upstream.pool_idle_timeout` (at most every 5 s) and also closes connections idle that long. A request that finds its connection closed before
 //! anything was written is sent again on a new one, as hyper-util's client does.
 
 use std::future::Future;
@@ -64,8 +64,11 @@ pub(super) struct Pool {
     reaping: AtomicBool,
 }
 
-/// Connections idle this long or longer are closed; checked this often at least.
+/// The reaper runs every `pool_idle_timeout`, within these bounds: often enough that a
+/// connection the upstream closed (after its own, usually shorter, keep-alive timeout) does not
+/// hold a socket for long, and never in a tight loop.
 const MIN_REAP_PERIOD: Duration = Duration::from_millis(100);
+const MAX_REAP_PERIOD: Duration = Duration::from_secs(5);
 
 impl Pool {
     pub(super) fn new(
@@ -208,7 +211,7 @@ impl Pool {
             return;
         };
         let pool: Weak<Pool> = Arc::downgrade(self);
-        let period = self.idle_timeout.max(MIN_REAP_PERIOD);
+        let period = self.idle_timeout.clamp(MIN_REAP_PERIOD, MAX_REAP_PERIOD);
         runtime.spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
