@@ -18,7 +18,9 @@ const BIG: usize = 8 * 1024 * 1024;
 /// An HTTP/1.1 upstream written by hand. Paths: `/ok` (200, body `ok`), `/empty` (204),
 /// `/close` (200 with `Connection: close`, then closes), `/big` ([`BIG`] bytes with a length).
 /// With `idle_close`, a connection that gets no next request within that time is closed
-/// without a word, as servers with a keep-alive timeout do.
+/// without a word, as servers with a keep-alive timeout do. With `drop_second`, the second
+/// request on a connection is read and the connection closed without an answer: a server
+/// that closed its idle connection just as the request went out.
 struct Upstream {
     url: String,
     accepted: Arc<AtomicUsize>,
@@ -27,6 +29,10 @@ struct Upstream {
 
 impl Upstream {
     async fn start(idle_close: Option<Duration>) -> Upstream {
+        Upstream::start_with(idle_close, false).await
+    }
+
+    async fn start_with(idle_close: Option<Duration>, drop_second: bool) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -38,7 +44,7 @@ impl Upstream {
                 o.fetch_add(1, Ordering::SeqCst);
                 let o = o.clone();
                 tokio::spawn(async move {
-                    serve(stream, idle_close).await;
+                    serve(stream, idle_close, drop_second).await;
                     o.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -60,9 +66,9 @@ impl Upstream {
 }
 
 /// One connection: request heads (these tests send no bodies) and fixed answers.
-async fn serve(mut stream: TcpStream, idle_close: Option<Duration>) {
+async fn serve(mut stream: TcpStream, idle_close: Option<Duration>, drop_second: bool) {
     let mut buf = Vec::new();
-    loop {
+    for n in 1.. {
         let head_end = loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
@@ -82,6 +88,9 @@ async fn serve(mut stream: TcpStream, idle_close: Option<Duration>) {
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         buf.drain(..head_end);
+        if drop_second && n == 2 {
+            return;
+        }
         let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
         let written = match path.as_str() {
             "/ok" => {
@@ -266,4 +275,32 @@ async fn pool_max_idle_per_host_zero_keeps_nothing() {
         assert_eq!(get(&client, &format!("{}/ok", proxy.url)).await.0, 200);
     }
     assert_eq!(upstream.accepted(), 4, "no connection kept idle");
+}
+
+#[tokio::test]
+async fn a_safe_request_meeting_a_connection_closed_under_it_is_sent_again() {
+    let upstream = Upstream::start_with(None, true).await;
+    let proxy = setup(&upstream, "").await;
+    let client = client();
+    let url = format!("{}/ok", proxy.url);
+    assert_eq!(get(&client, &url).await, (200, "ok".to_owned()));
+    // The connection idles, then the upstream drops it as the next request arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        get(&client, &url).await,
+        (200, "ok".to_owned()),
+        "the GET went again on a new connection"
+    );
+    assert_eq!(upstream.accepted(), 2);
+
+    // A POST is not sent twice: its answer is the 502 of a failed upstream request.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let res = client
+        .post(&url)
+        .body("x=1")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(res.status().as_u16(), 502);
+    assert_eq!(upstream.accepted(), 2, "no second connection for the POST");
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
@@ -97,6 +97,14 @@ impl Pool {
     ) -> Result<Response<PooledBody>, ForwardError> {
         let mut req = self.origin_form(req);
         let mut reused = self.checkout();
+        // A copy to send again if a connection that sat idle fails before its answer: the
+        // upstream may have closed it just as this request went out (RFC 9112 §9.3.1 allows
+        // retrying idempotent requests then; nginx does). Only safe methods without a body, and
+        // only after an idle spell, so the hot path of a busy proxy copies nothing.
+        let mut again = reused
+            .as_ref()
+            .filter(|c| c.idle_since.elapsed() >= RACE_IDLE)
+            .and_then(|_| replayable(&req));
         loop {
             let fresh = reused.is_none();
             let mut conn = match reused.take() {
@@ -122,10 +130,13 @@ impl Pool {
                     }
                     return Ok(Response::from_parts(parts, body));
                 }
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), again.take()) {
                     // Closed before anything was written (the upstream ended the idle
                     // connection just now): once more on a new connection.
-                    Some(unsent) if !fresh => req = unsent,
+                    (Some(unsent), _) if !fresh => req = unsent,
+                    // Written, then the connection failed before an answer: a safe request
+                    // goes once more on a new connection.
+                    (None, Some(copy)) if !fresh => req = copy,
                     _ => return Err(ForwardError::Failed(e.into_error().into())),
                 },
             }
@@ -232,6 +243,24 @@ impl Pool {
             }
         });
     }
+}
+
+/// A connection idle at least this long may be closed by the upstream as a request goes out
+/// (servers close idle connections after their keep-alive timeout, seconds in practice).
+const RACE_IDLE: Duration = Duration::from_millis(100);
+
+/// A copy of a safe request without a body (GET, HEAD, OPTIONS), to send again.
+fn replayable(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(UpstreamBody::default());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// Sends `req` on `conn` and polls the connection until the response head is in. Also says
