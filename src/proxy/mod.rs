@@ -95,8 +95,6 @@ struct Inner {
     /// `http://` upstreams: this worker's own HTTP/1.1 connections ([`pool`]); `https://`
     /// upstreams go through `client`.
     pool: Option<Arc<pool::Pool>>,
-    /// `http://` upstreams: what [`pool::Pool`]s connect with and to.
-    plain: Option<(HttpConnector, Uri)>,
     /// What [`Forward::new_pool`] builds another client from (its TLS config is shared).
     connector: HttpsConnector<HttpConnector>,
     pool_idle_timeout: Duration,
@@ -144,13 +142,21 @@ impl Forward {
         http.enforce_http(false);
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_nodelay(true);
-        let plain_target = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority.clone())
-            .path_and_query("/")
-            .build()
-            .expect("a scheme and an authority make a URI");
-        let plain = (scheme == Scheme::HTTP).then(|| (http.clone(), plain_target));
+        let pool = (scheme == Scheme::HTTP).then(|| {
+            let target = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority.clone())
+                .path_and_query("/")
+                .build()
+                .expect("a scheme and an authority make a URI");
+            Arc::new(pool::Pool::new(
+                http.clone(),
+                target,
+                host.clone(),
+                config.pool_max_idle_per_host,
+                config.pool_idle_timeout,
+            ))
+        });
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -162,10 +168,9 @@ impl Forward {
             config.pool_idle_timeout,
             config.pool_max_idle_per_host,
         );
-        let mut inner = Inner {
+        let inner = Inner {
             client,
-            pool: None,
-            plain,
+            pool,
             connector,
             pool_idle_timeout: config.pool_idle_timeout,
             pool_max_idle_per_host: config.pool_max_idle_per_host,
@@ -176,7 +181,6 @@ impl Forward {
             preserve_host: config.preserve_host,
             metrics: None,
         };
-        inner.pool = inner.plain_pool();
         Ok(Forward {
             inner: Arc::new(inner),
         })
@@ -187,14 +191,13 @@ impl Forward {
     /// thread (the pooled client spawns its connection tasks on the runtime that calls it).
     pub fn new_pool(&self) -> Forward {
         let i = &*self.inner;
-        let mut inner = Inner {
+        let inner = Inner {
             client: http_client(
                 i.connector.clone(),
                 i.pool_idle_timeout,
                 i.pool_max_idle_per_host,
             ),
-            pool: None,
-            plain: i.plain.clone(),
+            pool: i.pool.as_deref().map(|p| Arc::new(p.empty_twin())),
             connector: i.connector.clone(),
             pool_idle_timeout: i.pool_idle_timeout,
             pool_max_idle_per_host: i.pool_max_idle_per_host,
@@ -205,7 +208,6 @@ impl Forward {
             preserve_host: i.preserve_host,
             metrics: i.metrics.clone(),
         };
-        inner.pool = inner.plain_pool();
         Forward {
             inner: Arc::new(inner),
         }
@@ -263,8 +265,13 @@ impl Forward {
         }
     }
 
-    /// The upstream URI for a path and query.
+    /// The upstream request target for a path and query: the origin form (`/path?query`) on
+    /// this proxy's own HTTP/1.1 connections, the absolute URI for the pooled client, which
+    /// picks the connection by it.
     pub fn uri(&self, path_and_query: PathAndQuery) -> Uri {
+        if self.inner.pool.is_some() {
+            return Uri::from(path_and_query);
+        }
         Uri::builder()
             .scheme(self.inner.scheme.clone())
             .authority(self.inner.authority.clone())
@@ -291,11 +298,7 @@ impl Forward {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = match self.inner.pool {
-            // HTTP/1.1 on a connection of our own: the origin form the upstream will see.
-            Some(_) => Uri::from(path_and_query),
-            None => self.uri(path_and_query),
-        };
+        parts.uri = self.uri(path_and_query);
         // The upstream connection's own protocol is negotiated by the client (ALPN).
         parts.version = Version::HTTP_11;
 
@@ -318,19 +321,6 @@ impl Forward {
             append(headers, X_FORWARDED_HOST, host);
         }
         Request::from_parts(parts, body.map_err(Into::into).boxed_unsync())
-    }
-}
-
-impl Inner {
-    fn plain_pool(&self) -> Option<Arc<pool::Pool>> {
-        let (connector, target) = self.plain.clone()?;
-        Some(Arc::new(pool::Pool::new(
-            connector,
-            target,
-            self.host.clone(),
-            self.pool_max_idle_per_host,
-            self.pool_idle_timeout,
-        )))
     }
 }
 

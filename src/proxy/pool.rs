@@ -95,7 +95,7 @@ impl Pool {
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, ForwardError> {
-        let mut req = self.origin_form(req);
+        let mut req = self.prepared(req);
         let mut reused = self.checkout();
         // A copy to send again if a connection that sat idle fails before its answer: the
         // upstream may have closed it just as this request went out (RFC 9112 §9.3.1 allows
@@ -143,22 +143,25 @@ impl Pool {
         }
     }
 
-    /// HTTP/1.1 with an origin-form target (`/path?query`) and a `Host`.
-    fn origin_form(&self, req: Request<UpstreamBody>) -> Request<UpstreamBody> {
-        let (mut parts, body) = req.into_parts();
-        if parts.uri.scheme().is_some() {
-            let path = parts
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned();
-            parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
-        }
-        parts.version = Version::HTTP_11;
-        if !parts.headers.contains_key(header::HOST) {
-            parts.headers.insert(header::HOST, self.host.clone());
-        }
-        Request::from_parts(parts, body)
+    /// HTTP/1.1 with a `Host` (requests built with [`super::Forward::uri`] carry the origin
+    /// form already).
+    fn prepared(&self, mut req: Request<UpstreamBody>) -> Request<UpstreamBody> {
+        *req.version_mut() = Version::HTTP_11;
+        req.headers_mut()
+            .entry(header::HOST)
+            .or_insert_with(|| self.host.clone());
+        req
+    }
+
+    /// A pool for another worker: the same upstream and limits, no connections.
+    pub(super) fn empty_twin(&self) -> Pool {
+        Pool::new(
+            self.connector.clone(),
+            self.target.clone(),
+            self.host.clone(),
+            self.max_idle,
+            self.idle_timeout,
+        )
     }
 
     /// The most recently used idle connection that is still open and ready.
