@@ -153,6 +153,17 @@ impl Stack {
         behind
     }
 
+    /// After a failover: reports the families it left behind their chain, then checks that
+    /// every chain goes on and the store matches every chain.
+    async fn after_failover(&self, report: &mut Report) {
+        eprintln!(
+            "{} families behind their chain after the failover",
+            self.families_behind(report).await
+        );
+        self.every_chain_goes_on(report).await;
+        self.store_matches_every_chain(report).await;
+    }
+
     /// Runs the load on `tokens` for 3 s, then `fault` (blocking: it kills servers and waits
     /// for failovers, on a thread of its own while the load goes on), then 4 s more. Returns
     /// the report, when the fault began and when the store was back (times since the load
@@ -342,12 +353,7 @@ async fn a_sentinel_failover_under_load_loses_no_family() {
         .await;
     eprintln!("master {old} killed, {new} promoted");
     assert_outage_only(&report, down, back);
-    eprintln!(
-        "{} families behind their chain after the failover",
-        stack.families_behind(&report).await
-    );
-    stack.every_chain_goes_on(&mut report).await;
-    stack.store_matches_every_chain(&report).await;
+    stack.after_failover(&mut report).await;
 }
 
 /// Kill a cluster master under load; its replica is promoted and the proxy follows the new
@@ -388,12 +394,7 @@ async fn a_cluster_master_failover_under_load_loses_no_family() {
         .filter(|a| a.status != 200 && !on_victim.contains(&a.chain))
         .count();
     eprintln!("{elsewhere} answers 503 to chains on the other masters");
-    eprintln!(
-        "{} families behind their chain after the failover",
-        stack.families_behind(&report).await
-    );
-    stack.every_chain_goes_on(&mut report).await;
-    stack.store_matches_every_chain(&report).await;
+    stack.after_failover(&mut report).await;
 }
 
 /// `/readyz` in cluster mode: 200 while every master answers (a failed-over master's replica
