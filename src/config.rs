@@ -560,8 +560,27 @@ impl Config {
                 "introspection_client_id and introspection_client_secret go together",
             ));
         }
+        if !(1..=MAX_ACCESS_TOKEN_TTL).contains(&self.tokens.access_token_ttl) {
+            return Err(ConfigError::invalid(
+                "tokens.access_token_ttl",
+                format_args!("must be 1 to {MAX_ACCESS_TOKEN_TTL} seconds"),
+            ));
+        }
+        let t = &self.tokens;
+        validate_lifetimes(
+            "tokens",
+            t.refresh_token_ttl,
+            t.refresh_token_max_lifetime,
+            t.reuse_grace_period,
+        )?;
         for (id, client) in &self.clients {
             validate_client(id, client)?;
+            validate_lifetimes(
+                &format!("clients.{id}"),
+                client.refresh_token_ttl,
+                client.refresh_token_max_lifetime,
+                client.reuse_grace_period,
+            )?;
         }
         if self
             .log
@@ -641,6 +660,40 @@ fn validate_store(store: &StoreConfig, url: &crate::store::StoreUrl) -> Result<(
             "store.retry_min_delay",
             "must not exceed store.retry_max_delay",
         ));
+    }
+    Ok(())
+}
+
+/// The longest access-token lifetime: a day (access tokens are meant to be short-lived; RFC
+/// 9700 §4.14.2 relies on it).
+pub const MAX_ACCESS_TOKEN_TTL: u64 = 86_400;
+/// The longest refresh-token idle or absolute lifetime: 10 years. Bounded so that no deadline
+/// computed from one can overflow.
+pub const MAX_LIFETIME: u64 = 10 * 365 * 86_400;
+/// The longest grace window: an hour (it is for retries and racing tabs; a longer one lets a
+/// stolen rotated-out token through for longer).
+pub const MAX_GRACE: u64 = 3_600;
+
+/// Every lifetime is bounded at config time, so no deadline arithmetic can overflow.
+fn validate_lifetimes(
+    section: &str,
+    idle: Option<u64>,
+    max: Option<u64>,
+    grace: Option<u64>,
+) -> Result<(), ConfigError> {
+    for (k, value, low, high) in [
+        ("refresh_token_ttl", idle, 0, MAX_LIFETIME),
+        ("refresh_token_max_lifetime", max, 1, MAX_LIFETIME),
+        ("reuse_grace_period", grace, 0, MAX_GRACE),
+    ] {
+        if let Some(v) = value
+            && !(low..=high).contains(&v)
+        {
+            return Err(ConfigError::invalid(
+                format!("{section}.{k}"),
+                format_args!("must be {low} to {high} seconds"),
+            ));
+        }
     }
     Ok(())
 }
@@ -842,6 +895,37 @@ mod tests {
         assert_eq!(c.server.max_body_bytes, 65536);
         assert_eq!(c.store.response_timeout, Duration::from_millis(500));
         assert_eq!(c.tokens.signing_alg, SigningAlg::ES256);
+    }
+
+    #[test]
+    fn every_lifetime_is_bounded() {
+        for (section, key, value) in [
+            ("tokens", "access_token_ttl", "0"),
+            ("tokens", "access_token_ttl", "86401"),
+            ("tokens", "refresh_token_ttl", "315360001"),
+            ("tokens", "refresh_token_max_lifetime", "0"),
+            (
+                "tokens",
+                "refresh_token_max_lifetime",
+                "9223372036854775807",
+            ),
+            ("tokens", "reuse_grace_period", "3601"),
+            ("clients.www", "refresh_token_ttl", "9223372036854775807"),
+            ("clients.www", "refresh_token_max_lifetime", "315360001"),
+            ("clients.www", "reuse_grace_period", "100000"),
+        ] {
+            let text = format!("{MINIMAL}[{section}]\n{key} = {value}\n");
+            let err = parse(&text, &[]).expect_err(&text);
+            assert!(
+                err.to_string().starts_with(&format!("{section}.{key}:")),
+                "{err}"
+            );
+        }
+        let ok = format!(
+            "{MINIMAL}[tokens]\naccess_token_ttl = 86400\nrefresh_token_max_lifetime = 315360000\n\
+             [clients.www]\nrefresh_token_ttl = 0\nreuse_grace_period = 3600\n"
+        );
+        parse(&ok, &[]).expect("the bounds themselves are allowed");
     }
 
     #[test]
