@@ -191,6 +191,7 @@ pub struct Metrics {
     pub captures: AtomicU64,
     pub capture_skips: AtomicU64,
     pub store_errors: AtomicU64,
+    pub integrity_failures: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -359,6 +360,11 @@ impl Metrics {
                 "store_errors",
                 "Token store operations that failed.",
                 &self.store_errors,
+            ),
+            (
+                "integrity_failures",
+                "Tokens or family records refused by an integrity check (a token not the family's, a record changed in the store).",
+                &self.integrity_failures,
             ),
         ] {
             let _ = writeln!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use refresh_proxy::config::StoreConfig;
 use refresh_proxy::grant::rules::{Redeem, Verdict};
-use refresh_proxy::mint::refresh::FamilyId;
+use refresh_proxy::mint::refresh::{FamilyId, Seal, Verifier};
 use refresh_proxy::store::{
     MemoryStore, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, RedisStore, Revoke,
     TokenFormat, TokenStore,
@@ -36,12 +36,23 @@ fn family(t0: i64, format: TokenFormat) -> NewFamily {
         created_ms: t0,
         idle_deadline_ms: t0 + DAY,
         expires_at_ms: t0 + 7 * DAY,
+        verifier: v(0),
+        // Stores keep the seal; the engine checks it (tests/engine.rs).
+        seal: Seal([7; 16]),
     }
+}
+
+/// Generation `g`'s verifier, in these cases (the engine derives real ones from the token).
+fn v(g: u64) -> Verifier {
+    Verifier([g as u8 + 1; 16])
 }
 
 fn redeem(generation: u64, now_ms: i64) -> Redeem<'static> {
     Redeem {
         generation,
+        presented: v(generation),
+        successor: v(generation + 1),
+        ahead_of: None,
         client_id: "www",
         scope: None,
         now_ms,
@@ -65,7 +76,7 @@ async fn go<S: TokenStore>(store: &S, f: &NewFamily, r: Redeem<'_>) -> Redemptio
 fn verdict(r: Redemption) -> Verdict {
     match r {
         Redemption::Decided { verdict, .. } => verdict,
-        Redemption::Unknown => panic!("family unknown"),
+        other => panic!("{other:?}"),
     }
 }
 
@@ -92,9 +103,12 @@ async fn rotation_returns_the_family_and_advances_the_generation<S: TokenStore>(
             assert_eq!(family.at_claims, f.at_claims);
             assert_eq!(family.id_claims, f.id_claims);
             assert_eq!(family.auth_time, f.auth_time);
+            assert_eq!(family.granted_scope, f.granted_scope);
+            assert_eq!(family.expires_at_ms, f.expires_at_ms);
+            assert_eq!(family.seal, f.seal, "the seal comes back as stored");
             assert!(!opaque_stored);
         }
-        Redemption::Unknown => panic!("family unknown"),
+        other => panic!("{other:?}"),
     }
     let v = verdict(go(&store, &f, redeem(1, t0 + 2000)).await);
     assert!(matches!(v, Verdict::Rotated { generation: 2, .. }), "{v:?}");
@@ -137,6 +151,82 @@ async fn reuse_outside_grace_revokes_the_family<S: TokenStore>(store: S) {
         }
     );
     assert_eq!(go(&store, &f, redeem(2, t0 + 3)).await, Redemption::Unknown);
+}
+
+/// RFC 9700 §4.14.2: a rotated-out token is reuse whatever else is wrong with the request; a
+/// bad `scope` or another client must not let it probe the family and leave it alive.
+async fn a_rotated_out_token_is_reuse_whatever_else_is_wrong<S: TokenStore>(store: S) {
+    let t0 = now();
+    for bad in ["scope", "client"] {
+        let f = family(t0, TokenFormat::Jwt);
+        store.create_family(&f).await.expect("create");
+        verdict(go(&store, &f, redeem(0, t0)).await);
+        verdict(go(&store, &f, redeem(1, t0 + 1)).await);
+        let mut r = redeem(0, t0 + 2);
+        match bad {
+            "scope" => r.scope = Some("bogus"),
+            _ => r.client_id = "mallory",
+        }
+        let v = verdict(go(&store, &f, r).await);
+        assert_eq!(
+            v,
+            Verdict::ReuseDetected {
+                presented: 0,
+                current: 2
+            },
+            "with a bad {bad}"
+        );
+        assert_eq!(
+            go(&store, &f, redeem(2, t0 + 3)).await,
+            Redemption::Unknown,
+            "the family is revoked (bad {bad})"
+        );
+    }
+}
+
+/// The store checks the presented token against the family's verifier in the same atomic step:
+/// a token whose secret part is not the family's changes nothing; a token ahead of the store
+/// is reported with the state to walk from, and accepted once the caller has walked it.
+async fn the_verifier_is_checked_in_the_same_step<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Jwt);
+    store.create_family(&f).await.expect("create");
+    let mut forged = redeem(0, t0);
+    forged.presented = v(99);
+    assert_eq!(verdict(go(&store, &f, forged).await), Verdict::Unverified);
+    let v1 = verdict(go(&store, &f, redeem(0, t0 + 1)).await);
+    assert!(
+        matches!(v1, Verdict::Rotated { generation: 1, .. }),
+        "{v1:?}"
+    );
+    // Generation 0 again within grace: its successor's verifier must be the stored one.
+    let mut forged = redeem(0, t0 + 2);
+    forged.successor = v(99);
+    assert_eq!(verdict(go(&store, &f, forged).await), Verdict::Unverified);
+    // A token two generations ahead (the store lost writes).
+    assert_eq!(
+        verdict(go(&store, &f, redeem(3, t0 + 3)).await),
+        Verdict::Ahead {
+            current: 1,
+            verifier: v(1)
+        }
+    );
+    let mut stale = redeem(3, t0 + 4);
+    stale.ahead_of = Some((0, v(0)));
+    assert_eq!(verdict(go(&store, &f, stale).await), Verdict::Unverified);
+    let mut walked = redeem(3, t0 + 5);
+    walked.ahead_of = Some((1, v(1)));
+    let v4 = verdict(go(&store, &f, walked).await);
+    assert!(
+        matches!(v4, Verdict::Rotated { generation: 4, .. }),
+        "{v4:?}"
+    );
+    // The family now holds generation 4's verifier: the chain goes on from there.
+    let v5 = verdict(go(&store, &f, redeem(4, t0 + 6)).await);
+    assert!(
+        matches!(v5, Verdict::Rotated { generation: 5, .. }),
+        "{v5:?}"
+    );
 }
 
 async fn zero_grace_makes_every_second_presentation_reuse<S: TokenStore>(store: S) {
@@ -468,9 +558,12 @@ async fn introspection_sees_only_the_live_generation<S: TokenStore>(store: S) {
         .expect("info")
         .expect("live");
     assert_eq!(
-        (info.client_id.as_str(), info.subject.as_str()),
+        (info.family.client_id.as_str(), info.family.subject.as_str()),
         ("www", "alice")
     );
+    assert_eq!((info.generation, info.verifier), (0, v(0)));
+    assert_eq!(info.family.seal, f.seal);
+    assert_eq!(info.family.at_claims, f.at_claims);
     assert_eq!(info.scope, "openid profile read");
     assert_eq!((info.issued_ms, info.expires_ms), (t0, t0 + DAY));
     let mut r = redeem(0, t0 + 10);
@@ -631,6 +724,8 @@ contract!(
     an_unknown_family_is_unknown,
     the_previous_token_within_grace_gets_the_live_generation,
     reuse_outside_grace_revokes_the_family,
+    a_rotated_out_token_is_reuse_whatever_else_is_wrong,
+    the_verifier_is_checked_in_the_same_step,
     zero_grace_makes_every_second_presentation_reuse,
     another_clients_token_changes_nothing,
     narrowing_sticks_and_widening_stops_at_the_grant,
@@ -651,14 +746,21 @@ async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
     let store = redis_store(&server);
     let key = refresh_proxy::mint::refresh::RefreshTokenKey::generate();
     let t0 = now();
-    let f = family(t0, TokenFormat::Opaque);
-    let token = key.first(&f.id);
+    let mut f = family(t0, TokenFormat::Opaque);
+    let (token, verifier) = key.first(&f.id);
+    f.verifier = verifier;
+    let parsed = key.parse(&token).expect("ours");
+    let (next, successor) = key.successor(&parsed);
     store.create_family(&f).await.expect("create");
     let at = refresh_proxy::mint::opaque::mint(&f.id);
     let res = store
         .redeem(&RedeemRequest {
             family: f.id.as_str(),
-            redeem: redeem(0, t0),
+            redeem: Redeem {
+                presented: parsed.verifier(),
+                successor,
+                ..redeem(0, t0)
+            },
             opaque: Some(OpaqueCandidate {
                 digest: at.digest.clone(),
                 issued_ms: t0,
@@ -667,14 +769,17 @@ async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
         })
         .await
         .expect("redeem");
-    assert!(matches!(
-        res,
-        Redemption::Decided {
-            opaque_stored: true,
-            ..
-        }
-    ));
-    let next = key.next(&key.parse(&token).expect("ours"));
+    assert!(
+        matches!(
+            res,
+            Redemption::Decided {
+                verdict: Verdict::Rotated { .. },
+                opaque_stored: true,
+                ..
+            }
+        ),
+        "{res:?}"
+    );
 
     let client = ::redis::Client::open(server.url()).expect("client");
     let mut conn = client
@@ -697,7 +802,7 @@ async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
             .query_async(&mut conn)
             .await
             .expect("type");
-        let text: Vec<String> = if kind == "hash" {
+        let text: Vec<Vec<u8>> = if kind == "hash" {
             ::redis::cmd("HGETALL")
                 .arg(k)
                 .query_async(&mut conn)
@@ -712,7 +817,10 @@ async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
                     .expect("get"),
             ]
         };
-        dump.push_str(&text.join("|"));
+        for t in &text {
+            dump.push_str(&String::from_utf8_lossy(t));
+            dump.push('|');
+        }
     }
     for secret in [&token, &next, &at.token] {
         let random_part = secret.rsplit('.').next().expect("parts");

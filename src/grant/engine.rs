@@ -28,9 +28,9 @@ use crate::classify::Form;
 use crate::client_auth::{self, Client, ClientAuthError, Clients};
 use crate::config::AccessTokenFormat;
 use crate::metrics::{Metrics, inc};
-use crate::mint::jwt::Signer;
+use crate::mint::jwt::{Signer, TYP_AT_JWT, TYP_JWT};
 use crate::mint::opaque;
-use crate::mint::refresh::{FamilyId, RefreshToken, RefreshTokenKey};
+use crate::mint::refresh::{FamilyId, RefreshToken, RefreshTokenKey, Seal};
 use crate::store::{
     AnyStore, FamilyData, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, Revoke,
     StoreError, TokenFormat, TokenStore,
@@ -106,6 +106,11 @@ struct AccessClaims<'a> {
 struct IdClaims {
     iat: i64,
     exp: i64,
+}
+
+/// Seconds (a TTL from config, bounded there) as milliseconds, saturating.
+fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
 }
 
 pub fn now_ms() -> i64 {
@@ -252,30 +257,58 @@ impl Engine {
         let candidate = (policy.access_token_format != AccessTokenFormat::Jwt).then(|| {
             opaque::mint(&FamilyId::parse(token.family).expect("a parsed token has a family id"))
         });
-        let at_ttl_ms = self.access_token_ttl as i64 * 1000;
-        let request = RedeemRequest {
+        let at_ttl_ms = secs_to_ms(self.access_token_ttl);
+        // The successor is a function of the presented token: computed now, its verifier goes
+        // into the store's atomic step, which stores it on rotation.
+        let (successor, successor_verifier) = self.refresh_key.successor(&token);
+        let mut request = RedeemRequest {
             family: token.family,
             redeem: Redeem {
                 generation: token.generation,
+                presented: token.verifier(),
+                successor: successor_verifier,
+                ahead_of: None,
                 client_id: &client.id,
                 scope: form.get("scope"),
                 now_ms: now,
-                grace_ms: policy.reuse_grace_period as i64 * 1000,
-                idle_ttl_ms: policy.refresh_token_ttl as i64 * 1000,
+                grace_ms: secs_to_ms(policy.reuse_grace_period),
+                idle_ttl_ms: secs_to_ms(policy.refresh_token_ttl),
                 reuse_refresh_tokens: policy.reuse_refresh_tokens,
             },
             opaque: candidate.as_ref().map(|c| OpaqueCandidate {
                 digest: c.digest.clone(),
                 issued_ms: now,
-                expires_ms: now + at_ttl_ms,
+                expires_ms: now.saturating_add(at_ttl_ms),
             }),
         };
-        let started = std::time::Instant::now();
-        let redemption = self.store.redeem(&request).await;
-        self.metrics.store_latency(started.elapsed());
-        let redemption = redemption.inspect_err(|_| inc(&self.metrics.store_errors))?;
+        let mut redemption = self.redeem_once(&request).await?;
+        if let Redemption::Decided {
+            verdict: Verdict::Ahead { current, verifier },
+            ..
+        } = redemption
+        {
+            // The store is behind the token (it lost its last writes): walk the family's chain
+            // from what it holds; only a token of this family's chain goes on (a second round
+            // trip, only in this case).
+            if self.refresh_key.descends(&token, current, &verifier) {
+                request.redeem.ahead_of = Some((current, verifier));
+                redemption = self.redeem_once(&request).await?;
+            } else if let Redemption::Decided { verdict, .. } = &mut redemption {
+                *verdict = Verdict::Unverified;
+            }
+        }
         let (verdict, family, opaque_stored) = match redemption {
             Redemption::Unknown => return Err(GrantError::InvalidGrant("unknown family")),
+            Redemption::Corrupt => {
+                inc(&self.metrics.integrity_failures);
+                tracing::error!(
+                    security_event = "family_record_corrupt",
+                    family = token.family,
+                    client_id = %client.id,
+                    "the family's record in the store cannot be read; refused"
+                );
+                return Err(GrantError::InvalidGrant("corrupt family record"));
+            }
             Redemption::Decided {
                 verdict,
                 family,
@@ -285,7 +318,7 @@ impl Engine {
         let (refresh_token, scope) = match verdict {
             Verdict::Rotated { scope, .. } => {
                 inc(&self.metrics.rotations);
-                (self.refresh_key.next(&token), scope)
+                (successor, scope)
             }
             Verdict::Grace { generation, scope } => {
                 inc(&self.metrics.grace_hits);
@@ -295,7 +328,7 @@ impl Engine {
                     generation,
                     "refresh token presented again within the grace period; same answer"
                 );
-                (self.refresh_key.next(&token), scope)
+                (successor, scope)
             }
             Verdict::Reused { scope } => {
                 inc(&self.metrics.reuses);
@@ -328,7 +361,36 @@ impl Engine {
                 return Err(GrantError::InvalidGrant("wrong client"));
             }
             Verdict::InvalidScope => return Err(GrantError::InvalidScope),
+            Verdict::Unverified | Verdict::Ahead { .. } => {
+                inc(&self.metrics.integrity_failures);
+                tracing::warn!(
+                    security_event = "refresh_token_unverified",
+                    family = token.family,
+                    client_id = %client.id,
+                    presented_generation = token.generation,
+                    "a refresh token with a valid tag is not the family's (made with the server key alone?); nothing changed"
+                );
+                return Err(GrantError::InvalidGrant("not the family's token"));
+            }
         };
+        // Nothing read from the store is trusted before its seal checks out: a record changed
+        // in the store is refused, never signed. The current scope is mutable, so it is held
+        // to the sealed granted scope (RFC 6749 §6).
+        if !self
+            .refresh_key
+            .check_seal(&family.sealed(token.family), &family.seal)
+            || scope::narrow(&scope, &family.granted_scope).is_none()
+            || now >= family.expires_at_ms
+        {
+            inc(&self.metrics.integrity_failures);
+            tracing::error!(
+                security_event = "family_record_tampered",
+                family = token.family,
+                client_id = %client.id,
+                "the family's record fails its seal (changed in the store, or sealed with another key); refused"
+            );
+            return Err(GrantError::InvalidGrant("family record fails its seal"));
+        }
         let access_token = match (family.format, opaque_stored, candidate) {
             (TokenFormat::Opaque, true, Some(c)) => c.token,
             _ => self.mint_jwt(token.family, &family, &scope, issuer, now),
@@ -374,7 +436,7 @@ impl Engine {
                 client_id: &family.client_id,
                 scope,
                 iat,
-                exp: iat + self.access_token_ttl as i64,
+                exp: iat.saturating_add(self.access_token_ttl as i64),
                 jti,
                 auth_time: family.auth_time,
             },
@@ -395,12 +457,23 @@ impl Engine {
         let iat = now_ms / 1000;
         let ours = serde_json::to_string(&IdClaims {
             iat,
-            exp: iat + self.access_token_ttl as i64,
+            exp: iat.saturating_add(self.access_token_ttl as i64),
         })
         .expect("claims serialise");
+        // The claims are sealed, so they are what capture wrote; still, a record that is not a
+        // JSON object gets no ID token rather than a panic.
         let raw = RawValue::from_string(splice(&ours, &family.id_claims))
-            .expect("spliced claims are JSON");
+            .inspect_err(|_| tracing::error!("a family's ID-token claims are not JSON"))
+            .ok()?;
         Some(signer.sign("JWT", &*raw))
+    }
+
+    /// One store redemption, timed and counted.
+    async fn redeem_once(&self, request: &RedeemRequest<'_>) -> Result<Redemption, GrantError> {
+        let started = std::time::Instant::now();
+        let redemption = self.store.redeem(request).await;
+        self.metrics.store_latency(started.elapsed());
+        Ok(redemption.inspect_err(|_| inc(&self.metrics.store_errors))?)
     }
 
     /// What a presented token is, when the proxy issued it.
@@ -414,7 +487,15 @@ impl Engine {
                 digest: opaque::digest_of(token),
             });
         }
-        let claims = self.signers().iter().find_map(|s| s.verify(token))?;
+        // RFC 9068 §2.1: the proxy's access tokens have `typ: at+jwt`; an ID token (its own
+        // signer, `typ: JWT`) is recognised as one, never as an access token.
+        let Some(claims) = self.signer.verify(token, TYP_AT_JWT) else {
+            let id_token = self
+                .id_signer
+                .as_deref()
+                .and_then(|s| s.verify(token, TYP_JWT));
+            return id_token.map(|_| Owned::IdToken);
+        };
         let family = claims
             .get("jti")
             .and_then(Value::as_str)
@@ -453,9 +534,22 @@ impl Engine {
         };
         let client = self.authenticate(authorization, form)?;
         let family = match &owned {
+            // The tag proves the token is the proxy's.
             Owned::Refresh(t) => Some(t.family),
-            Owned::Opaque { family, .. } => Some(*family),
+            // An opaque token is only its family id and random bits: it is the proxy's only if
+            // the store holds its digest. A family id with any other secret part revokes
+            // nothing (RFC 7009 §2.2: still 200).
+            Owned::Opaque { family, digest } => {
+                let known = self
+                    .store
+                    .access_token(family, digest, now_ms())
+                    .await
+                    .inspect_err(|_| inc(&self.metrics.store_errors))?;
+                known.is_some().then_some(*family)
+            }
             Owned::Jwt { family, .. } => family.as_deref(),
+            // RFC 7009 covers access and refresh tokens; an ID token ends nothing.
+            Owned::IdToken => None,
         };
         let Some(family) = family else {
             return Ok(Some(()));
@@ -504,6 +598,7 @@ impl Engine {
         let now = now_ms();
         let inactive = || Ok(Some(serde_json::json!({"active": false})));
         let answer = match owned {
+            Owned::IdToken => return inactive(),
             Owned::Refresh(t) => {
                 let Some(info) = self
                     .store
@@ -512,11 +607,28 @@ impl Engine {
                 else {
                     return inactive();
                 };
+                // Active only as the family's live token (its verifier), from a record whose
+                // seal checks out.
+                if info.generation != t.generation || info.verifier != t.verifier() {
+                    return inactive();
+                }
+                if !self
+                    .refresh_key
+                    .check_seal(&info.family.sealed(t.family), &info.family.seal)
+                {
+                    inc(&self.metrics.integrity_failures);
+                    tracing::error!(
+                        security_event = "family_record_tampered",
+                        family = t.family,
+                        "the family's record fails its seal; introspection says inactive"
+                    );
+                    return inactive();
+                }
                 Introspection {
                     active: true,
                     scope: info.scope,
-                    client_id: info.client_id,
-                    sub: info.subject,
+                    client_id: info.family.client_id,
+                    sub: info.family.subject,
                     exp: info.expires_ms / 1000,
                     iat: info.issued_ms / 1000,
                     iss: issuer.to_owned(),
@@ -602,29 +714,41 @@ impl Engine {
             AccessTokenFormat::Jwt | AccessTokenFormat::Auto => TokenFormat::Jwt,
         };
         let now = now_ms();
-        let expires_at_ms = now + policy.refresh_token_max_lifetime as i64 * 1000;
+        let expires_at_ms = now.saturating_add(secs_to_ms(policy.refresh_token_max_lifetime));
         let at_claims = serde_json::json!({"aud": self.default_audience(client_id)}).to_string();
         let scope = scope::tokens(scope).join(" ");
-        let families: Vec<NewFamily> = (0..count)
-            .map(|_| NewFamily {
-                id: FamilyId::random(),
-                client_id: client.id.clone(),
-                subject: subject.to_owned(),
-                granted_scope: scope.clone(),
-                format,
-                at_claims: at_claims.clone(),
-                id_claims: String::new(),
-                auth_time: Some(now / 1000),
-                created_ms: now,
-                idle_deadline_ms: (now + policy.refresh_token_ttl as i64 * 1000).min(expires_at_ms),
-                expires_at_ms,
+        let (families, tokens): (Vec<NewFamily>, Vec<String>) = (0..count)
+            .map(|_| {
+                let id = FamilyId::random();
+                let (token, verifier) = self.refresh_key.first(&id);
+                let family = self.sealed(NewFamily {
+                    id,
+                    client_id: client.id.clone(),
+                    subject: subject.to_owned(),
+                    granted_scope: scope.clone(),
+                    format,
+                    at_claims: at_claims.clone(),
+                    id_claims: String::new(),
+                    auth_time: Some(now / 1000),
+                    created_ms: now,
+                    idle_deadline_ms: now
+                        .saturating_add(secs_to_ms(policy.refresh_token_ttl))
+                        .min(expires_at_ms),
+                    expires_at_ms,
+                    verifier,
+                    seal: Seal::default(),
+                });
+                (family, token)
             })
-            .collect();
+            .unzip();
         self.store.create_families(&families).await?;
-        Ok(families
-            .iter()
-            .map(|f| self.refresh_key.first(&f.id))
-            .collect())
+        Ok(tokens)
+    }
+
+    /// `family` with its seal set.
+    fn sealed(&self, mut family: NewFamily) -> NewFamily {
+        family.seal = self.refresh_key.seal(&family.sealed());
+        family
     }
 
     /// The `aud` of minted access tokens when the upstream's access token had none.
@@ -648,9 +772,11 @@ impl Engine {
             AccessTokenFormat::Auto => TokenFormat::Opaque,
         };
         let now = now_ms();
-        let expires_at_ms = now + policy.refresh_token_max_lifetime as i64 * 1000;
-        let family = NewFamily {
-            id: FamilyId::random(),
+        let expires_at_ms = now.saturating_add(secs_to_ms(policy.refresh_token_max_lifetime));
+        let id = FamilyId::random();
+        let (token, verifier) = self.refresh_key.first(&id);
+        let family = self.sealed(NewFamily {
+            id,
             client_id: client.id.clone(),
             subject: identity.subject,
             granted_scope: scope::tokens(granted_scope).join(" "),
@@ -662,15 +788,18 @@ impl Engine {
                 .unwrap_or_default(),
             auth_time: identity.auth_time,
             created_ms: now,
-            idle_deadline_ms: (now + policy.refresh_token_ttl as i64 * 1000).min(expires_at_ms),
+            idle_deadline_ms: now
+                .saturating_add(secs_to_ms(policy.refresh_token_ttl))
+                .min(expires_at_ms),
             expires_at_ms,
-        };
+            verifier,
+            seal: Seal::default(),
+        });
         self.store
             .create_family(&family)
             .await
             .inspect_err(|_| inc(&self.metrics.store_errors))?;
         inc(&self.metrics.captures);
-        let token = self.refresh_key.first(&family.id);
         answer.insert("refresh_token".to_owned(), Value::String(token));
         tracing::info!(
             family = %family.id,
@@ -685,6 +814,8 @@ impl Engine {
 /// A token the proxy issued, recognised.
 enum Owned<'a> {
     Refresh(RefreshToken<'a>),
+    /// An ID token the proxy minted: neither revocable nor introspectable.
+    IdToken,
     Opaque {
         family: &'a str,
         digest: String,

@@ -6,16 +6,22 @@
 //!
 //! | presented | answer |
 //! |---|---|
-//! | `g >= N` | **rotate**: the family moves to `g + 1` (DESIGN §4.1). `g > N` only happens when the store lost its last writes (e.g. a Redis crash between AOF syncs); the token is still one the proxy minted, so the family continues from it. |
+//! | `g >= N` | **rotate**: the family moves to `g + 1` (DESIGN §4.1). `g > N` only happens when the store lost its last writes (e.g. a Redis crash between AOF syncs, a failover); once the caller has walked the family's chain to the token (**ahead**), the family continues from it. |
 //! | `g == N`, `reuse_refresh_tokens` | **reuse**: the same token stays valid (Curity's "Reuse Refresh Tokens"). |
 //! | `g == N - 1`, within `reuse_grace_period` of its first use | **grace**: the same token `N` again, state unchanged, so lost answers, retries and racing tabs continue one family (DESIGN §4.6, FAPI 2.0 §5.3.2.1). Replays never extend the window. |
 //! | anything else | **reuse detected**: the family is revoked (RFC 9700 §4.14.2). |
 //!
-//! Before that: a family past its idle or absolute lifetime is expired (DESIGN §4.4); a token
-//! presented by another client is refused without touching the family (RFC 6749 §6); a `scope`
-//! beyond the granted scope is `invalid_scope` (DESIGN §4.3).
+//! Every accepted token is checked against the family's verifier in the same step: a token
+//! whose secret part is not the family's (made with the server key alone) is **unverified**
+//! and changes nothing.
+//!
+//! In this order: a family past its idle or absolute lifetime is expired (DESIGN §4.4); a
+//! rotated-out token outside the grace rule is reuse, whatever else is wrong with the request;
+//! then a token presented by another client is refused without touching the family (RFC 6749
+//! §6), and a `scope` beyond the granted scope is `invalid_scope` (DESIGN §4.3).
 
 use super::scope;
+use crate::mint::refresh::Verifier;
 
 /// What the store keeps about a family, as far as the rules care.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,12 +39,22 @@ pub struct FamilyState {
     pub idle_deadline_ms: i64,
     /// The family dies then, used or not (ms; fixed at capture).
     pub expires_at_ms: i64,
+    /// The verifier of generation `generation`'s token ([`crate::mint::refresh`]).
+    pub verifier: Verifier,
 }
 
 /// A redemption attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct Redeem<'a> {
     pub generation: u64,
+    /// The presented token's verifier.
+    pub presented: Verifier,
+    /// The verifier of the token that follows the presented one (the answer to a rotation).
+    pub successor: Verifier,
+    /// `Some((n, v))` once the caller walked the family's chain from generation `n` with
+    /// verifier `v` (what an [`Verdict::Ahead`] reported) to the presented token: it is accepted
+    /// if the family is still there.
+    pub ahead_of: Option<(u64, Verifier)>,
     pub client_id: &'a str,
     /// The `scope` parameter, if given.
     pub scope: Option<&'a str>,
@@ -64,6 +80,13 @@ pub enum Verdict {
     Expired,
     /// The token belongs to another client; nothing changes.
     WrongClient,
+    /// The token has a valid tag but is not the family's (its secret part does not match the
+    /// verifier): made with the server key alone. Nothing changes.
+    Unverified,
+    /// The token is ahead of the family's generation (the store lost its last writes): the
+    /// caller walks the chain from this state ([`crate::mint::refresh::RefreshTokenKey::descends`])
+    /// and asks again with [`Redeem::ahead_of`]. Nothing changes.
+    Ahead { current: u64, verifier: Verifier },
     /// `scope` asks for more than was granted; nothing changes.
     InvalidScope,
 }
@@ -81,6 +104,48 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
     if r.now_ms >= state.expires_at_ms || r.now_ms >= state.idle_deadline_ms {
         return (Verdict::Expired, Effect::Delete);
     }
+    let n = state.generation;
+    let g = r.generation;
+    // The previous token again, within the grace period of its first use (`g < n`, so `g + 1`
+    // cannot overflow).
+    let grace = g < n
+        && g + 1 == n
+        && r.grace_ms > 0
+        && r.now_ms.saturating_sub(state.rotated_at_ms) <= r.grace_ms;
+    if g < n && !grace {
+        // RFC 9700 §4.14.2: a rotated-out token was presented again; revoke the family. This
+        // comes before every other check: a rotated-out token is reuse whatever else is wrong
+        // with the request (scope, client), so a bad parameter cannot probe a family and
+        // leave it alive.
+        return (
+            Verdict::ReuseDetected {
+                presented: g,
+                current: n,
+            },
+            Effect::Delete,
+        );
+    }
+    // The token must be this family's, not one made with the server key alone: the live
+    // token's secret part digests to the verifier; the previous token's successor does; a
+    // token ahead of the store is checked by walking the chain (docs/design.md, "What the
+    // store keeps").
+    let verified = if grace {
+        r.successor == state.verifier
+    } else if g == n {
+        r.presented == state.verifier
+    } else {
+        r.ahead_of == Some((n, state.verifier))
+    };
+    if !verified {
+        if g > n && r.ahead_of.is_none() {
+            let ahead = Verdict::Ahead {
+                current: n,
+                verifier: state.verifier,
+            };
+            return (ahead, Effect::None);
+        }
+        return (Verdict::Unverified, Effect::None);
+    }
     // RFC 6749 §6: the authorization server MUST "validate the refresh token ... and ensure
     // that the refresh token was issued to the authenticated client".
     if r.client_id != state.client_id {
@@ -93,34 +158,11 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
             None => return (Verdict::InvalidScope, Effect::None),
         },
     };
-    let idle_deadline_ms = (r.now_ms + r.idle_ttl_ms).min(state.expires_at_ms);
-    let n = state.generation;
-    let g = r.generation;
-    if g == n && r.reuse_refresh_tokens {
-        let next = FamilyState {
-            scope: effective.clone(),
-            idle_deadline_ms,
-            ..state.clone()
-        };
-        return (Verdict::Reused { scope: effective }, Effect::Update(next));
-    }
-    if g >= n {
-        let next = FamilyState {
-            scope: effective.clone(),
-            generation: g + 1,
-            rotated_at_ms: r.now_ms,
-            idle_deadline_ms,
-            ..state.clone()
-        };
-        return (
-            Verdict::Rotated {
-                generation: g + 1,
-                scope: effective,
-            },
-            Effect::Update(next),
-        );
-    }
-    if g + 1 == n && r.grace_ms > 0 && r.now_ms - state.rotated_at_ms <= r.grace_ms {
+    let idle_deadline_ms = r
+        .now_ms
+        .saturating_add(r.idle_ttl_ms)
+        .min(state.expires_at_ms);
+    if grace {
         return (
             Verdict::Grace {
                 generation: n,
@@ -129,12 +171,29 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
             Effect::None,
         );
     }
+    if g == n && r.reuse_refresh_tokens {
+        let next = FamilyState {
+            scope: effective.clone(),
+            idle_deadline_ms,
+            ..state.clone()
+        };
+        return (Verdict::Reused { scope: effective }, Effect::Update(next));
+    }
+    // g >= n.
+    let next = FamilyState {
+        scope: effective.clone(),
+        generation: g.saturating_add(1),
+        rotated_at_ms: r.now_ms,
+        idle_deadline_ms,
+        verifier: r.successor,
+        ..state.clone()
+    };
     (
-        Verdict::ReuseDetected {
-            presented: g,
-            current: n,
+        Verdict::Rotated {
+            generation: next.generation,
+            scope: effective,
         },
-        Effect::Delete,
+        Effect::Update(next),
     )
 }
 
@@ -143,6 +202,11 @@ mod tests {
     use super::*;
 
     const DAY: i64 = 86_400_000;
+
+    /// Generation `g`'s verifier, in these tests.
+    fn v(g: u64) -> Verifier {
+        Verifier([g as u8; 16])
+    }
 
     fn family() -> FamilyState {
         FamilyState {
@@ -153,12 +217,16 @@ mod tests {
             rotated_at_ms: 0,
             idle_deadline_ms: DAY,
             expires_at_ms: 10 * DAY,
+            verifier: v(0),
         }
     }
 
     fn at(generation: u64, now_ms: i64) -> Redeem<'static> {
         Redeem {
             generation,
+            presented: v(generation),
+            successor: v(generation + 1),
+            ahead_of: None,
             client_id: "www",
             scope: None,
             now_ms,
@@ -255,11 +323,49 @@ mod tests {
     }
 
     #[test]
-    fn a_token_from_the_future_continues_the_family() {
+    fn a_token_from_the_future_continues_the_family_once_its_chain_is_walked() {
         let mut f = family();
-        let v = apply(&mut f, at(3, 1000));
-        assert!(matches!(v, Verdict::Rotated { generation: 4, .. }));
-        assert_eq!(f.generation, 4);
+        let before = f.clone();
+        let verdict = apply(&mut f, at(3, 1000));
+        assert_eq!(
+            verdict,
+            Verdict::Ahead {
+                current: 0,
+                verifier: v(0)
+            }
+        );
+        assert_eq!(f, before, "nothing changes until the chain is walked");
+        let mut r = at(3, 1000);
+        r.ahead_of = Some((0, v(0)));
+        let verdict = apply(&mut f, r);
+        assert!(matches!(verdict, Verdict::Rotated { generation: 4, .. }));
+        assert_eq!((f.generation, f.verifier), (4, v(4)));
+        // A walk from a state the family has left proves nothing.
+        let mut r = at(9, 2000);
+        r.ahead_of = Some((0, v(0)));
+        assert_eq!(redeem(&f, &r), (Verdict::Unverified, Effect::None));
+    }
+
+    #[test]
+    fn a_token_with_a_valid_tag_but_not_the_familys_secret_changes_nothing() {
+        let mut f = family();
+        apply(&mut f, at(0, 1000));
+        // The live generation, the previous one within grace: wrong secret parts.
+        let mut live = at(1, 2000);
+        live.presented = v(77);
+        assert_eq!(redeem(&f, &live), (Verdict::Unverified, Effect::None));
+        let mut previous = at(0, 2000);
+        previous.successor = v(77);
+        assert_eq!(redeem(&f, &previous), (Verdict::Unverified, Effect::None));
+        // The real ones still work.
+        assert!(matches!(
+            apply(&mut f, at(0, 2000)),
+            Verdict::Grace { generation: 1, .. }
+        ));
+        assert!(matches!(
+            apply(&mut f, at(1, 2000)),
+            Verdict::Rotated { generation: 2, .. }
+        ));
     }
 
     #[test]
@@ -287,6 +393,30 @@ mod tests {
         r.scope = Some("read write");
         assert_eq!(apply(&mut f, r), Verdict::InvalidScope);
         assert_eq!(f, before, "a refused scope changes nothing");
+    }
+
+    #[test]
+    fn a_rotated_out_token_is_reuse_even_with_a_bad_scope_or_client() {
+        for bad_scope in [true, false] {
+            let mut f = family();
+            apply(&mut f, at(0, 1000));
+            apply(&mut f, at(1, 2000));
+            let mut r = at(0, 3000);
+            if bad_scope {
+                r.scope = Some("bogus");
+            } else {
+                r.client_id = "other";
+            }
+            let (v, e) = redeem(&f, &r);
+            assert_eq!(
+                v,
+                Verdict::ReuseDetected {
+                    presented: 0,
+                    current: 2
+                }
+            );
+            assert_eq!(e, Effect::Delete);
+        }
     }
 
     #[test]

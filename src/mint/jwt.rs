@@ -225,15 +225,18 @@ impl Signer {
     }
 
     /// The public JWK: `{"kty", "crv"/"n", "e", "x", "y", …, "kid", "alg", "use": "sig"}`.
-    /// The claims of a compact JWS this key signed (its `kid` and `alg` in the header, a valid
-    /// signature), or `None`. Times are not checked: that is the caller's business.
-    pub fn verify(&self, token: &str) -> Option<serde_json::Map<String, Value>> {
+    /// The claims of a compact JWS this key signed with header `typ` (its `kid` and `alg` in
+    /// the header, a valid signature), or `None`. Times are not checked: that is the caller's
+    /// business. `typ` keeps token kinds apart (RFC 8725 §3.11): an ID token ([`TYP_JWT`]) is
+    /// never taken for an access token ([`TYP_AT_JWT`]), even when one key signs both.
+    pub fn verify(&self, token: &str, typ: &str) -> Option<serde_json::Map<String, Value>> {
         use aws_lc_rs::signature::{self as sig, KeyPair as _};
         let (signing_input, signature) = token.rsplit_once('.')?;
         let (header, payload) = signing_input.split_once('.')?;
         let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()?;
         if header.get("kid")?.as_str()? != self.kid
             || header.get("alg")?.as_str()? != self.alg_name()
+            || header.get("typ")?.as_str()? != typ
         {
             return None;
         }
@@ -1239,12 +1242,13 @@ MC4CAQAwBQYDK2VuBCIEIEAeOAewyFOu3i+ShxDutGf3ichmyi/Ow4BJP0INgl5R\n\
             let a = Signer::generate(alg);
             let b = Signer::generate(alg);
             let t = a.sign(TYP_AT_JWT, &json!({"sub": "alice"}));
-            assert_eq!(a.verify(&t).expect("own token")["sub"], "alice");
-            assert!(b.verify(&t).is_none(), "{alg:?}: another key");
+            assert_eq!(a.verify(&t, TYP_AT_JWT).expect("own token")["sub"], "alice");
+            assert!(a.verify(&t, TYP_JWT).is_none(), "{alg:?}: another typ");
+            assert!(b.verify(&t, TYP_AT_JWT).is_none(), "{alg:?}: another key");
             let (head, _) = t.rsplit_once('.').expect("dots");
             let forged = format!("{head}.{}", URL_SAFE_NO_PAD.encode([0u8; 64]));
-            assert!(a.verify(&forged).is_none());
-            assert!(a.verify("not.a.jwt").is_none());
+            assert!(a.verify(&forged, TYP_AT_JWT).is_none());
+            assert!(a.verify("not.a.jwt", TYP_AT_JWT).is_none());
         }
     }
 

@@ -1,38 +1,53 @@
 //! Refresh tokens: opaque, URL-safe, carrying their family id and generation, checked with a
-//! server key.
+//! server key and, in the store, with a per-family verifier.
 //!
 //! ```text
 //! <family id: 22 base64url chars>.<generation: decimal>.<64 base64url chars: x (32 bytes) ‖ tag (16 bytes)>
 //! ```
 //!
 //! - The family id (128 random bits) lets the store find the family in O(1).
-//! - `x` of generation 0 is 256 random bits; each next generation's `x` is
-//!   `HMAC(chain key, family ‖ generation ‖ previous x)`. So the token of generation `N+1` is a
-//!   function of the token of generation `N` and the server key: the proxy can answer a retry of
-//!   `N` with the same `N+1` again without storing any answer (DESIGN §4.6), and the store holds
-//!   no token and no digest of one, only the family's generation counter.
+//! - `x` of generation 0 is 256 random bits. The store keeps the family's **verifier**
+//!   `v(x) = SHA-256(x)` truncated to 128 bits, for the live generation only, and each next
+//!   generation's `x` is `HMAC(chain key, family ‖ generation ‖ v(previous x))`. So the token of
+//!   generation `N+1` is a function of the token of generation `N` and the server key: the
+//!   proxy answers a retry of `N` with the same `N+1` again without storing any answer
+//!   (docs/design.md, "Retries and the grace window").
 //! - `tag` is `HMAC(tag key, family ‖ generation ‖ x)`, truncated to 128 bits: a token the proxy
 //!   did not mint is recognised without a store round trip and never touches a family (a forged
 //!   token cannot trigger reuse detection). It is compared in constant time.
+//! - A redemption is accepted only when the presented `x` digests to the stored verifier (the
+//!   live token), or its successor does (the previous token, within the grace window), or the
+//!   family's chain leads from the stored verifier to it (a token ahead of a store that lost
+//!   its last writes; [`RefreshTokenKey::descends`]). The check runs in the same atomic step as
+//!   the rotation.
+//!
+//! What each secret can do: the server key alone makes tags, but no token the store accepts
+//! (it never sees a verifier); the store alone (read or write) holds verifiers, which are
+//! digests, and no key to make a tag or the next `x`; the key *and* a token of a family, or
+//! the key *and* read access to the store, derive that family's later tokens. The key alone
+//! can still present a forged *rotated-out* generation, which is reuse and ends the family:
+//! it can log a family out, never in.
+//!
+//! The same key seals each family's fixed fields ([`RefreshTokenKey::seal`]): a record changed
+//! in the store is refused, never signed.
 //!
 //! Every character is in `[A-Za-z0-9_.-]`, so clients can send tokens unencoded (DESIGN §4.8).
-//! Anyone holding the server key *and* a token of a family can derive that family's later
-//! tokens; the key alone or the store alone gives nothing.
 //!
 //! ```
 //! use refresh_proxy::mint::refresh::{FamilyId, RefreshTokenKey};
 //! let key = RefreshTokenKey::from_secret(b"a server secret of at least 32 bytes!!");
 //! let family = FamilyId::random();
-//! let first = key.first(&family);
+//! let (first, verifier) = key.first(&family);
 //! let parsed = key.parse(&first).expect("ours");
 //! assert_eq!((parsed.family, parsed.generation), (family.as_str(), 0));
-//! let second = key.next(&parsed);
+//! assert_eq!(parsed.verifier(), verifier);
+//! let (second, _) = key.successor(&parsed);
 //! assert_eq!(key.parse(&second).expect("ours").generation, 1);
-//! assert_eq!(key.next(&parsed), second, "deterministic: a retry gets the same token");
+//! assert_eq!(key.successor(&parsed).0, second, "deterministic: a retry gets the same token");
 //! assert!(key.parse("someone-elses-token").is_none());
 //! ```
 
-use aws_lc_rs::{constant_time, hmac, rand};
+use aws_lc_rs::{constant_time, digest, hmac, rand};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use std::fmt::Write as _;
@@ -42,8 +57,70 @@ const FAMILY_CHARS: usize = 22;
 const X_BYTES: usize = 32;
 const TAG_BYTES: usize = 16;
 const SECRET_CHARS: usize = 64;
-/// Generations are decimal; 20 digits hold any u64.
-const MAX_GENERATION_DIGITS: usize = 20;
+/// The largest generation a token may carry: 2^53 - 1, the largest integer the Redis store's
+/// Lua numbers (doubles) hold exactly. A chain rotating every second reaches it in 285 million
+/// years.
+pub const MAX_GENERATION: u64 = (1 << 53) - 1;
+/// 2^53 - 1 has 16 decimal digits.
+const MAX_GENERATION_DIGITS: usize = 16;
+/// How far ahead of the store a presented token may be and still be checked by walking the
+/// chain (a store that lost its last writes is behind by one rotation per lost write).
+pub const MAX_AHEAD: u64 = 64;
+/// Verifier and seal sizes: 128 bits.
+pub const DIGEST_BYTES: usize = 16;
+
+/// The digest of a generation's secret part that the store keeps to check the token it is
+/// shown (never the token itself).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Verifier(pub [u8; DIGEST_BYTES]);
+
+/// A MAC over a family's fixed fields, kept with them in the store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Seal(pub [u8; DIGEST_BYTES]);
+
+macro_rules! digest_newtype {
+    ($t:ident) => {
+        impl $t {
+            pub fn as_bytes(&self) -> &[u8] {
+                &self.0
+            }
+
+            /// From the store's bytes; `None` when the length is wrong.
+            pub fn from_slice(b: &[u8]) -> Option<$t> {
+                <[u8; DIGEST_BYTES]>::try_from(b).ok().map($t)
+            }
+        }
+
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($t), "(<redacted>)"))
+            }
+        }
+    };
+}
+digest_newtype!(Verifier);
+digest_newtype!(Seal);
+
+fn verifier_of(x: &[u8]) -> Verifier {
+    let d = digest::digest(&digest::SHA256, x);
+    let mut v = [0u8; DIGEST_BYTES];
+    v.copy_from_slice(&d.as_ref()[..DIGEST_BYTES]);
+    Verifier(v)
+}
+
+/// A family's fixed fields, as sealed: everything minted tokens carry from the family.
+#[derive(Debug, Clone, Copy)]
+pub struct Sealed<'a> {
+    pub family: &'a str,
+    pub client_id: &'a str,
+    pub subject: &'a str,
+    pub granted_scope: &'a str,
+    pub format: &'a str,
+    pub at_claims: &'a str,
+    pub id_claims: &'a str,
+    pub auth_time: Option<i64>,
+    pub expires_at_ms: i64,
+}
 
 /// A family's id: 128 random bits, base64url.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -84,6 +161,7 @@ fn is_b64url(b: u8) -> bool {
 pub struct RefreshTokenKey {
     tag: hmac::Key,
     chain: hmac::Key,
+    seal: hmac::Key,
 }
 
 impl std::fmt::Debug for RefreshTokenKey {
@@ -93,11 +171,32 @@ impl std::fmt::Debug for RefreshTokenKey {
 }
 
 /// A refresh token the proxy minted, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RefreshToken<'a> {
     pub family: &'a str,
     pub generation: u64,
     x: [u8; X_BYTES],
+}
+
+impl std::fmt::Debug for RefreshToken<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let RefreshToken {
+            family,
+            generation,
+            x: _,
+        } = self;
+        f.debug_struct("RefreshToken")
+            .field("family", family)
+            .field("generation", generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RefreshToken<'_> {
+    /// The digest of this token's secret part, as the store keeps it for the live generation.
+    pub fn verifier(&self) -> Verifier {
+        verifier_of(&self.x)
+    }
 }
 
 impl RefreshTokenKey {
@@ -108,7 +207,8 @@ impl RefreshTokenKey {
             |label: &[u8]| hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&root, label).as_ref());
         RefreshTokenKey {
             tag: derive(b"refresh-proxy refresh-token tag v1"),
-            chain: derive(b"refresh-proxy refresh-token chain v1"),
+            chain: derive(b"refresh-proxy refresh-token chain v2"),
+            seal: derive(b"refresh-proxy family seal v1"),
         }
     }
 
@@ -119,20 +219,77 @@ impl RefreshTokenKey {
         Self::from_secret(&secret)
     }
 
-    /// Generation 0 of a new family.
-    pub fn first(&self, family: &FamilyId) -> String {
+    /// Generation 0 of a new family, and the verifier the store keeps for it.
+    pub fn first(&self, family: &FamilyId) -> (String, Verifier) {
         let mut x = [0u8; X_BYTES];
         rand::fill(&mut x).expect("the system RNG works");
-        self.encode(family.as_str(), 0, &x)
+        (self.encode(family.as_str(), 0, &x), verifier_of(&x))
     }
 
-    /// The token of the generation after `token`'s.
-    pub fn next(&self, token: &RefreshToken<'_>) -> String {
+    /// The token of the generation after `token`'s, and its verifier.
+    pub fn successor(&self, token: &RefreshToken<'_>) -> (String, Verifier) {
         let generation = token.generation.saturating_add(1);
-        let x = self.mac(&self.chain, token.family, generation, &token.x);
-        let mut next = [0u8; X_BYTES];
-        next.copy_from_slice(&x.as_ref()[..X_BYTES]);
-        self.encode(token.family, generation, &next)
+        let x = self.chain_x(token.family, generation, &token.verifier());
+        (self.encode(token.family, generation, &x), verifier_of(&x))
+    }
+
+    /// Whether the family's chain leads from the stored state (generation `current`, verifier
+    /// `verifier`) to `token`: a token ahead of a store that lost its last writes. Walks at
+    /// most [`MAX_AHEAD`] generations; a token further ahead is not accepted.
+    pub fn descends(&self, token: &RefreshToken<'_>, current: u64, verifier: &Verifier) -> bool {
+        if token.generation <= current || token.generation - current > MAX_AHEAD {
+            return false;
+        }
+        let mut v = *verifier;
+        let mut x = [0u8; X_BYTES];
+        for generation in current + 1..=token.generation {
+            x = self.chain_x(token.family, generation, &v);
+            v = verifier_of(&x);
+        }
+        constant_time::verify_slices_are_equal(&x, &token.x).is_ok()
+    }
+
+    fn chain_x(&self, family: &str, generation: u64, previous: &Verifier) -> [u8; X_BYTES] {
+        let mac = self.mac(&self.chain, family, generation, previous.as_bytes());
+        let mut x = [0u8; X_BYTES];
+        x.copy_from_slice(&mac.as_ref()[..X_BYTES]);
+        x
+    }
+
+    /// The MAC over a family's fixed fields that the store keeps with them.
+    pub fn seal(&self, f: &Sealed<'_>) -> Seal {
+        let mut ctx = hmac::Context::with_key(&self.seal);
+        for field in [
+            f.family,
+            f.client_id,
+            f.subject,
+            f.granted_scope,
+            f.format,
+            f.at_claims,
+            f.id_claims,
+        ] {
+            // Length-prefixed, so no two field lists give the same input.
+            ctx.update(&(field.len() as u64).to_be_bytes());
+            ctx.update(field.as_bytes());
+        }
+        match f.auth_time {
+            Some(t) => {
+                ctx.update(&[1]);
+                ctx.update(&t.to_be_bytes());
+            }
+            None => ctx.update(&[0]),
+        }
+        ctx.update(&f.expires_at_ms.to_be_bytes());
+        let tag = ctx.sign();
+        let mut out = [0u8; DIGEST_BYTES];
+        out.copy_from_slice(&tag.as_ref()[..DIGEST_BYTES]);
+        Seal(out)
+    }
+
+    /// Whether `seal` is the seal of `fields`, compared in constant time.
+    pub fn check_seal(&self, fields: &Sealed<'_>, seal: &Seal) -> bool {
+        constant_time::verify_slices_are_equal(self.seal(fields).as_bytes(), seal.as_bytes())
+            .is_ok()
     }
 
     /// Parses and authenticates a token; `None` when the proxy did not mint it.
@@ -149,6 +306,9 @@ impl RefreshTokenKey {
             return None;
         }
         let generation: u64 = generation.parse().ok()?;
+        if generation > MAX_GENERATION {
+            return None;
+        }
         let mut raw = [0u8; X_BYTES + TAG_BYTES];
         let n = B64.decode_slice(secret, &mut raw).ok()?;
         if n != raw.len() {
@@ -204,30 +364,33 @@ mod tests {
     fn tokens_are_url_safe_and_carry_256_random_bits() {
         let k = key();
         let f = FamilyId::random();
-        let t = k.first(&f);
+        let (t, _) = k.first(&f);
         assert!(t.bytes().all(|b| is_b64url(b) || b == b'.'), "{t}");
         assert_eq!(t.len(), FAMILY_CHARS + 1 + 1 + 1 + SECRET_CHARS);
-        assert_ne!(k.first(&f), t, "generation 0 is random");
+        assert_ne!(k.first(&f).0, t, "generation 0 is random");
     }
 
     #[test]
     fn the_chain_is_deterministic_and_authenticated() {
         let k = key();
         let f = FamilyId::random();
-        let t0 = k.first(&f);
+        let (t0, v0) = k.first(&f);
         let p0 = k.parse(&t0).expect("ours");
-        let t1 = k.next(&p0);
+        assert_eq!(p0.verifier(), v0);
+        let (t1, v1) = k.successor(&p0);
         let p1 = k.parse(&t1).expect("ours");
         assert_eq!(p1.generation, 1);
         assert_eq!(p1.family, f.as_str());
-        assert_eq!(k.next(&p0), t1);
-        assert_ne!(k.next(&p1), t1);
+        assert_eq!(p1.verifier(), v1);
+        assert_ne!(v1, v0);
+        assert_eq!(k.successor(&p0), (t1.clone(), v1));
+        assert_ne!(k.successor(&p1).0, t1);
     }
 
     #[test]
     fn tampered_or_foreign_tokens_are_not_ours() {
         let k = key();
-        let t = k.first(&FamilyId::random());
+        let (t, _) = k.first(&FamilyId::random());
         let other = RefreshTokenKey::from_secret(b"another secret, another deployment!");
         assert!(other.parse(&t).is_none(), "another key");
         let (head, _) = t.rsplit_once('.').expect("dots");
@@ -257,11 +420,116 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_generation_parses() {
+    fn the_largest_generation_parses_and_no_larger_one() {
         let k = key();
         let f = FamilyId::random();
-        let t = k.encode(f.as_str(), u64::MAX, &[7; X_BYTES]);
-        assert_eq!(k.parse(&t).expect("ours").generation, u64::MAX);
+        let t = k.encode(f.as_str(), MAX_GENERATION, &[7; X_BYTES]);
+        assert_eq!(k.parse(&t).expect("ours").generation, MAX_GENERATION);
+        for g in [MAX_GENERATION + 1, u64::MAX] {
+            let t = k.encode(f.as_str(), g, &[7; X_BYTES]);
+            assert!(k.parse(&t).is_none(), "{g}");
+        }
+    }
+
+    #[test]
+    fn the_chain_is_walked_from_the_stored_verifier_and_no_further_than_max_ahead() {
+        let k = key();
+        let f = FamilyId::random();
+        let (t0, v0) = k.first(&f);
+        let mut tokens = vec![(t0, v0)];
+        for _ in 0..MAX_AHEAD + 1 {
+            let last = tokens.last().expect("one").0.clone();
+            tokens.push(k.successor(&k.parse(&last).expect("ours")));
+        }
+        let at = |g: usize| k.parse(&tokens[g].0).expect("ours");
+        assert!(k.descends(&at(3), 1, &tokens[1].1), "1 -> 3");
+        assert!(k.descends(&at(1), 0, &v0), "0 -> 1");
+        assert!(!k.descends(&at(1), 1, &tokens[1].1), "not ahead");
+        assert!(!k.descends(&at(3), 1, &tokens[2].1), "another verifier");
+        assert!(!k.descends(&at(3), 1, &Verifier([9; DIGEST_BYTES])));
+        let far = MAX_AHEAD as usize + 1;
+        assert!(!k.descends(&at(far), 0, &v0), "further than MAX_AHEAD");
+        assert!(k.descends(&at(far), 1, &tokens[1].1), "MAX_AHEAD exactly");
+        // A token made with the key alone, at a generation ahead: a valid tag, not the chain.
+        let forged = k.encode(f.as_str(), 2, &[1; X_BYTES]);
+        assert!(!k.descends(&k.parse(&forged).expect("a valid tag"), 1, &tokens[1].1));
+    }
+
+    #[test]
+    fn the_seal_covers_every_fixed_field() {
+        let k = key();
+        let base = Sealed {
+            family: "f",
+            client_id: "www",
+            subject: "alice",
+            granted_scope: "openid read",
+            format: "jwt",
+            at_claims: r#"{"aud":"api"}"#,
+            id_claims: "",
+            auth_time: Some(1),
+            expires_at_ms: 10,
+        };
+        let seal = k.seal(&base);
+        assert!(k.check_seal(&base, &seal));
+        let changed = [
+            Sealed {
+                family: "g",
+                ..base
+            },
+            Sealed {
+                client_id: "wwx",
+                ..base
+            },
+            Sealed {
+                subject: "root",
+                ..base
+            },
+            Sealed {
+                granted_scope: "openid read admin",
+                ..base
+            },
+            Sealed {
+                format: "opaque",
+                ..base
+            },
+            Sealed {
+                at_claims: r#"{"aud":"api","roles":["admin"]}"#,
+                ..base
+            },
+            Sealed {
+                id_claims: "{}",
+                ..base
+            },
+            Sealed {
+                auth_time: None,
+                ..base
+            },
+            Sealed {
+                expires_at_ms: 11,
+                ..base
+            },
+            // Moving bytes between fields changes the seal too.
+            Sealed {
+                client_id: "wwwa",
+                subject: "lice",
+                ..base
+            },
+        ];
+        for c in changed {
+            assert!(!k.check_seal(&c, &seal), "{c:?}");
+        }
+        let other = RefreshTokenKey::from_secret(b"another secret, another deployment!");
+        assert!(!other.check_seal(&base, &seal), "another key");
+    }
+
+    #[test]
+    fn debug_hides_the_secret_part() {
+        let k = key();
+        let (t, v) = k.first(&FamilyId::random());
+        let p = k.parse(&t).expect("ours");
+        let (_, secret) = t.rsplit_once('.').expect("dots");
+        assert!(!format!("{p:?}").contains(&secret[..20]));
+        assert_eq!(format!("{v:?}"), "Verifier(<redacted>)");
     }
 
     #[test]

@@ -69,14 +69,18 @@ fn new_family(f: &NewFamily) -> Family {
             rotated_at_ms: f.created_ms,
             idle_deadline_ms: f.idle_deadline_ms,
             expires_at_ms: f.expires_at_ms,
+            verifier: f.verifier,
         },
         data: FamilyData {
             client_id: f.client_id.clone(),
             subject: f.subject.clone(),
+            granted_scope: f.granted_scope.clone(),
             format: f.format,
             at_claims: f.at_claims.clone(),
             id_claims: f.id_claims.clone(),
             auth_time: f.auth_time,
+            expires_at_ms: f.expires_at_ms,
+            seal: f.seal,
         },
     }
 }
@@ -190,8 +194,9 @@ impl TokenStore for MemoryStore {
             let s = &f.state;
             let live = now_ms < s.idle_deadline_ms && now_ms < s.expires_at_ms;
             (live && generation >= s.generation).then(|| RefreshTokenInfo {
-                client_id: s.client_id.clone(),
-                subject: f.data.subject.clone(),
+                family: f.data.clone(),
+                generation: s.generation,
+                verifier: s.verifier,
                 scope: s.scope.clone(),
                 issued_ms: s.rotated_at_ms,
                 expires_ms: s.idle_deadline_ms.min(s.expires_at_ms),

@@ -6,17 +6,16 @@
 //! (`tests/store_contract.rs`).
 //!
 //! What a family holds: its client, subject, granted and current scope, the claims to carry
-//! into minted tokens, its generation counter and clocks. No refresh token and no digest of
-//! one is stored (see [`crate::mint::refresh`]); opaque access tokens are stored under their
-//! SHA-256 digest. Every operation on a family is one atomic step — one Lua script on Redis,
+//! into minted tokens, its generation counter and clocks, the verifier of its live refresh
+//! token (a digest of the token's secret part), and a seal (MAC) over its fixed fields (see
+//! [`crate::mint::refresh`]). No refresh token is stored; opaque access tokens are stored
+//! under their SHA-256 digest. Every operation on a family is one atomic step — one Lua script on Redis,
 //! one critical section in memory — that runs [`crate::grant::rules::redeem`].
 //!
 //! Times are passed in by the caller (milliseconds since the epoch), so the rules are testable
 //! with any clock; Redis key expiry follows the same deadlines.
 //!
-//! Caveat: `rediss://`, `redis+sentinel://` and `redis+cluster://` URLs are recognised and
-//! refused with a clear config error until the production-Redis work lands; the key layout is
-//! already cluster-ready (every key of a family in one hash slot).
+//! Every key of a family is in one Redis Cluster hash slot.
 
 mod memory;
 mod redis;
@@ -27,7 +26,7 @@ pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, RedisUrl, Topology};
 use crate::config::{ConfigError, StoreConfig};
 use crate::grant::rules::{Redeem, Verdict};
-use crate::mint::refresh::FamilyId;
+use crate::mint::refresh::{FamilyId, Seal, Sealed, Verifier};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -78,17 +77,60 @@ pub struct NewFamily {
     pub created_ms: i64,
     pub idle_deadline_ms: i64,
     pub expires_at_ms: i64,
+    /// The verifier of generation 0's token.
+    pub verifier: Verifier,
+    /// The MAC over the fixed fields above ([`NewFamily::sealed`]).
+    pub seal: Seal,
 }
 
-/// What a redemption returns about the family, for minting and for logs.
+impl NewFamily {
+    /// The fields the seal covers.
+    pub fn sealed(&self) -> Sealed<'_> {
+        Sealed {
+            family: self.id.as_str(),
+            client_id: &self.client_id,
+            subject: &self.subject,
+            granted_scope: &self.granted_scope,
+            format: self.format.as_str(),
+            at_claims: &self.at_claims,
+            id_claims: &self.id_claims,
+            auth_time: self.auth_time,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+}
+
+/// A family's fixed fields as the store holds them, for minting, for logs, and for checking
+/// its seal: the store may have been changed under the proxy, so nothing here is trusted until
+/// [`FamilyData::sealed`] checks out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FamilyData {
     pub client_id: String,
     pub subject: String,
+    pub granted_scope: String,
     pub format: TokenFormat,
     pub at_claims: String,
     pub id_claims: String,
     pub auth_time: Option<i64>,
+    pub expires_at_ms: i64,
+    pub seal: Seal,
+}
+
+impl FamilyData {
+    /// The fields the seal covers, for family `family`.
+    pub fn sealed<'a>(&'a self, family: &'a str) -> Sealed<'a> {
+        Sealed {
+            family,
+            client_id: &self.client_id,
+            subject: &self.subject,
+            granted_scope: &self.granted_scope,
+            format: self.format.as_str(),
+            at_claims: &self.at_claims,
+            id_claims: &self.id_claims,
+            auth_time: self.auth_time,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
 }
 
 /// An opaque access token to store if the redemption grants one (and the family is opaque).
@@ -108,10 +150,16 @@ pub struct RedeemRequest<'a> {
 }
 
 /// The outcome of a redemption.
+// `Decided` is the common case and is moved once per refresh; boxing it would add an
+// allocation to the hot path to shrink the rare variants.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redemption {
     /// No such family: never existed, expired earlier, or revoked.
     Unknown,
+    /// The family's record cannot be read (changed in the store, or written by something
+    /// else); nothing was changed.
+    Corrupt,
     Decided {
         verdict: Verdict,
         family: FamilyData,
@@ -138,8 +186,11 @@ pub struct AccessTokenRecord {
 /// What introspection says about a live refresh token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefreshTokenInfo {
-    pub client_id: String,
-    pub subject: String,
+    /// The family's fixed fields (client, subject, …), to check against its seal.
+    pub family: FamilyData,
+    /// The family's live generation and its verifier.
+    pub generation: u64,
+    pub verifier: Verifier,
     /// The family's current scope.
     pub scope: String,
     /// When this generation was issued (ms).

@@ -34,13 +34,14 @@ use super::{
 };
 use crate::config::{ConfigError, StoreConfig};
 use crate::grant::rules::Verdict;
+use crate::mint::refresh::{Seal, Verifier};
 
 /// Opens a family. Fields at their default are left out (`n` 0, `f` jwt, empty `a`, `d`,
 /// `t`; `sc` is written only once it differs from `g`): a family hash is small enough that a
 /// few bytes move it to a smaller allocation (200 bytes instead of 232 for a typical family).
 const CREATE: &str = r"
 redis.call('HSET', KEYS[1], 'c', ARGV[1], 's', ARGV[2], 'g', ARGV[3],
-  'r', ARGV[8], 'i', ARGV[9], 'e', ARGV[10])
+  'r', ARGV[8], 'i', ARGV[9], 'e', ARGV[10], 'v', ARGV[11], 'm', ARGV[12])
 if ARGV[4] ~= 'jwt' then redis.call('HSET', KEYS[1], 'f', ARGV[4]) end
 for i, field in ipairs({'a', 'd', 't'}) do
   if ARGV[4 + i] ~= '' then redis.call('HSET', KEYS[1], field, ARGV[4 + i]) end
@@ -232,11 +233,22 @@ impl RedisStore {
     }
 }
 
-fn parse_redemption(reply: Vec<String>) -> Result<Redemption, StoreError> {
+fn text(b: Vec<u8>) -> Result<String, StoreError> {
+    String::from_utf8(b).map_err(|_| StoreError::Protocol("a family field is not UTF-8".into()))
+}
+
+fn num<T: std::str::FromStr>(s: &str) -> Result<T, StoreError> {
+    s.parse::<T>()
+        .map_err(|_| StoreError::Protocol(format!("not a number: {s:?}")))
+}
+
+fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
     let fields = reply.len();
     let bad = || StoreError::Protocol(format!("redeem script answered {fields} fields"));
-    if reply.first().map(String::as_str) == Some("unknown") {
-        return Ok(Redemption::Unknown);
+    match reply.first().map(Vec::as_slice) {
+        Some(b"unknown") => return Ok(Redemption::Unknown),
+        Some(b"corrupt") => return Ok(Redemption::Corrupt),
+        _ => {}
     }
     let [
         verdict,
@@ -250,11 +262,14 @@ fn parse_redemption(reply: Vec<String>) -> Result<Redemption, StoreError> {
         auth,
         stored,
         current,
-    ] = <[String; 11]>::try_from(reply).map_err(|_| bad())?;
-    let num = |s: &str| {
-        s.parse::<u64>()
-            .map_err(|_| StoreError::Protocol(format!("not a generation: {s:?}")))
-    };
+        granted,
+        expires,
+        seal,
+        verifier,
+    ] = <[Vec<u8>; 15]>::try_from(reply).map_err(|_| bad())?;
+    let (verdict, generation, scope) = (text(verdict)?, text(generation)?, text(scope)?);
+    let format = text(format)?;
+    let verifier_of = |b: &[u8]| Verifier::from_slice(b).unwrap_or_default();
     let verdict = match verdict.as_str() {
         "rotated" => Verdict::Rotated {
             generation: num(&generation)?,
@@ -267,8 +282,13 @@ fn parse_redemption(reply: Vec<String>) -> Result<Redemption, StoreError> {
         },
         "reuse" => Verdict::ReuseDetected {
             presented: num(&generation)?,
-            current: num(&current)?,
+            current: num(&text(current)?)?,
         },
+        "ahead" => Verdict::Ahead {
+            current: num(&generation)?,
+            verifier: verifier_of(&verifier),
+        },
+        "unverified" => Verdict::Unverified,
         "expired" => Verdict::Expired,
         "wrong_client" => Verdict::WrongClient,
         "invalid_scope" => Verdict::InvalidScope,
@@ -277,15 +297,19 @@ fn parse_redemption(reply: Vec<String>) -> Result<Redemption, StoreError> {
     Ok(Redemption::Decided {
         verdict,
         family: FamilyData {
-            client_id: client,
-            subject,
+            client_id: text(client)?,
+            subject: text(subject)?,
+            granted_scope: text(granted)?,
             format: TokenFormat::parse(&format)
                 .ok_or_else(|| StoreError::Protocol(format!("unknown format {format:?}")))?,
-            at_claims: atc,
-            id_claims: idc,
-            auth_time: auth.parse().ok(),
+            at_claims: text(atc)?,
+            id_claims: text(idc)?,
+            auth_time: text(auth)?.parse().ok(),
+            expires_at_ms: num(&text(expires)?)?,
+            // A missing or malformed seal reads as all zeros, which no family has.
+            seal: Seal::from_slice(&seal).unwrap_or_default(),
         },
-        opaque_stored: stored == "1",
+        opaque_stored: stored == b"1",
     })
 }
 
@@ -309,7 +333,9 @@ impl TokenStore for RedisStore {
                 .arg(f.auth_time.map(|t| t.to_string()).unwrap_or_default())
                 .arg(f.created_ms)
                 .arg(f.idle_deadline_ms)
-                .arg(f.expires_at_ms);
+                .arg(f.expires_at_ms)
+                .arg(f.verifier.as_bytes())
+                .arg(f.seal.as_bytes());
         });
         self.bounded(created).await?;
         let mut batch = conn.batch();
@@ -344,7 +370,11 @@ impl TokenStore for RedisStore {
                         ("r", f.created_ms),
                         ("i", f.idle_deadline_ms),
                         ("e", f.expires_at_ms),
-                    ]);
+                    ])
+                    .arg("v")
+                    .arg(f.verifier.as_bytes())
+                    .arg("m")
+                    .arg(f.seal.as_bytes());
                 // As CREATE: fields at their default are left out.
                 if f.format != TokenFormat::Jwt {
                     hset.arg("f").arg(f.format.as_str());
@@ -388,31 +418,69 @@ impl TokenStore for RedisStore {
         now_ms: i64,
     ) -> Result<Option<RefreshTokenInfo>, StoreError> {
         let mut conn = self.conn.clone();
-        let f: Vec<Option<String>> = self
+        let f: Vec<Option<Vec<u8>>> = self
             .bounded(
                 redis::cmd("HMGET")
                     .arg(self.family_key(family))
-                    .arg(&["c", "s", "g", "sc", "n", "r", "i", "e"])
+                    .arg(&[
+                        "c", "s", "g", "sc", "n", "r", "i", "e", "f", "a", "d", "t", "v", "m",
+                    ])
                     .query_async(&mut conn),
             )
             .await?;
-        let [Some(c), Some(s), Some(g), sc, n, Some(r), Some(i), Some(e)] =
-            <[Option<String>; 8]>::try_from(f).map_err(|_| StoreError::Protocol("HMGET".into()))?
+        let [
+            Some(c),
+            Some(s),
+            Some(g),
+            sc,
+            n,
+            Some(r),
+            Some(i),
+            Some(e),
+            fmt,
+            a,
+            d,
+            t,
+            v,
+            m,
+        ] = <[Option<Vec<u8>>; 14]>::try_from(f)
+            .map_err(|_| StoreError::Protocol("HMGET".into()))?
         else {
             return Ok(None);
         };
-        let sc = sc.unwrap_or(g);
-        let num = |v: &str| v.parse::<i64>().unwrap_or(0);
-        let (idle, expires) = (num(&i), num(&e));
-        let current = n
-            .map_or(Some(0), |n| n.parse::<u64>().ok())
-            .unwrap_or(u64::MAX);
+        let opt = |b: Option<Vec<u8>>| b.map(text).transpose();
+        let g = text(g)?;
+        let sc = opt(sc)?.unwrap_or_else(|| g.clone());
+        let (idle, expires): (i64, i64) = (num(&text(i)?)?, num(&text(e)?)?);
+        let current: u64 = match opt(n)? {
+            Some(n) => num(&n)?,
+            None => 0,
+        };
+        let format = opt(fmt)?.unwrap_or_else(|| "jwt".to_owned());
         let live = now_ms < idle && now_ms < expires;
-        Ok((live && generation >= current).then(|| RefreshTokenInfo {
-            client_id: c,
-            subject: s,
+        if !(live && generation >= current) {
+            return Ok(None);
+        }
+        Ok(Some(RefreshTokenInfo {
+            family: FamilyData {
+                client_id: text(c)?,
+                subject: text(s)?,
+                granted_scope: g,
+                format: TokenFormat::parse(&format)
+                    .ok_or_else(|| StoreError::Protocol(format!("unknown format {format:?}")))?,
+                at_claims: opt(a)?.unwrap_or_default(),
+                id_claims: opt(d)?.unwrap_or_default(),
+                auth_time: opt(t)?.and_then(|t| t.parse().ok()),
+                expires_at_ms: expires,
+                seal: m.as_deref().and_then(Seal::from_slice).unwrap_or_default(),
+            },
+            generation: current,
+            verifier: v
+                .as_deref()
+                .and_then(Verifier::from_slice)
+                .unwrap_or_default(),
             scope: sc,
-            issued_ms: num(&r),
+            issued_ms: num(&text(r)?)?,
             expires_ms: idle.min(expires),
         }))
     }
@@ -456,7 +524,11 @@ impl TokenStore for RedisStore {
             self.family_key(req.family),
             self.access_token_key(req.family, digest),
         ];
-        let reply: Vec<String> = self
+        let (ahead_generation, ahead_verifier) = match &r.ahead_of {
+            Some((n, v)) => (n.to_string(), v.as_bytes().to_vec()),
+            None => (String::new(), Vec::new()),
+        };
+        let reply: Vec<Vec<u8>> = self
             .bounded(
                 self.scripts
                     .redeem
@@ -470,7 +542,11 @@ impl TokenStore for RedisStore {
                             .arg(r.idle_ttl_ms)
                             .arg(if r.reuse_refresh_tokens { "1" } else { "0" })
                             .arg(issued)
-                            .arg(expires);
+                            .arg(expires)
+                            .arg(r.presented.as_bytes())
+                            .arg(r.successor.as_bytes())
+                            .arg(&ahead_generation)
+                            .arg(&ahead_verifier);
                     }),
             )
             .await?;

@@ -6,27 +6,53 @@
 -- KEYS[2]  an opaque access token key <prefix>{<family>}:at:<digest>  (same slot)
 -- ARGV     1 presented generation, 2 client id, 3 scope given ('0'|'1'), 4 scope,
 --          5 now (ms), 6 grace (ms), 7 idle ttl (ms), 8 reuse refresh tokens ('0'|'1'),
---          9 access token issued (ms), 10 access token expires (ms; '0' = no candidate)
--- Returns  {'unknown'} or
+--          9 access token issued (ms), 10 access token expires (ms; '0' = no candidate),
+--          11 presented token's verifier, 12 its successor's verifier,
+--          13 'ahead of' generation ('' = none), 14 'ahead of' verifier
+-- Returns  {'unknown'}, {'corrupt'} or
 --          {verdict, generation, scope, client, subject, format, at claims, id claims,
---           auth time, opaque stored ('0'|'1'), current generation}
+--           auth time, opaque stored ('0'|'1'), current generation, granted scope,
+--           absolute deadline, seal, verifier}
 local function int(x) return string.format('%.0f', x) end
 
-local f = redis.call('HMGET', KEYS[1], 'c', 's', 'g', 'sc', 'n', 'r', 'i', 'e', 'f', 'a', 'd', 't')
+local f = redis.call('HMGET', KEYS[1], 'c', 's', 'g', 'sc', 'n', 'r', 'i', 'e', 'f', 'a', 'd', 't', 'v', 'm')
 if not f[1] then return {'unknown'} end
 -- Fields at their default are left out ('sc' until it differs from 'g'): see CREATE in mod.rs.
 local client, subject, granted, scope = f[1], f[2], f[3], f[4] or f[3]
 local n, rotated, idle, expires = tonumber(f[5] or '0'), tonumber(f[6]), tonumber(f[7]), tonumber(f[8])
 local fmt, atc, idc, auth = f[9] or 'jwt', f[10] or '', f[11] or '', f[12] or ''
+local v, seal = f[13] or '', f[14] or ''
+-- A record this script cannot read (changed in the store, or written by something else) is
+-- reported, not guessed at.
+if not (subject and granted and n and rotated and idle and expires) then return {'corrupt'} end
 local g, now = tonumber(ARGV[1]), tonumber(ARGV[5])
 
 local function reply(verdict, gen, sc, stored)
-  return {verdict, int(gen), sc, client, subject, fmt, atc, idc, auth, stored, int(n)}
+  return {verdict, int(gen), sc, client, subject, fmt, atc, idc, auth, stored, int(n),
+    granted, int(expires), seal, v}
 end
 
 if now >= expires or now >= idle then
   redis.call('DEL', KEYS[1])
   return reply('expired', 0, '', '0')
+end
+-- The previous token again, within the grace period of its first use.
+local grace = g < n and g + 1 == n and tonumber(ARGV[6]) > 0 and now - rotated <= tonumber(ARGV[6])
+if g < n and not grace then
+  -- RFC 9700 §4.14.2: a rotated-out token was presented again; revoke the family. Before
+  -- every other check: a bad scope or client must not let it probe the family.
+  redis.call('DEL', KEYS[1])
+  return reply('reuse', g, '', '0')
+end
+-- The token must be this family's, not one made with the server key alone (the verifier is
+-- a digest of the live token's secret part; see src/mint/refresh.rs).
+local verified
+if grace then verified = ARGV[12] == v
+elseif g == n then verified = ARGV[11] == v
+else verified = ARGV[13] == int(n) and ARGV[14] == v end
+if not verified then
+  if g > n and ARGV[13] == '' then return reply('ahead', n, '', '0') end
+  return reply('unverified', 0, '', '0')
 end
 -- RFC 6749 §6: the refresh token must have been issued to the authenticated client.
 if ARGV[2] ~= client then return reply('wrong_client', 0, '', '0') end
@@ -45,21 +71,19 @@ end
 
 local new_idle = math.min(now + tonumber(ARGV[7]), expires)
 local verdict, gen
-if g >= n and effective ~= scope then redis.call('HSET', KEYS[1], 'sc', effective) end
-if g == n and ARGV[8] == '1' then
-  redis.call('HSET', KEYS[1], 'i', int(new_idle))
-  redis.call('PEXPIREAT', KEYS[1], int(new_idle))
-  verdict, gen = 'reused', n
-elseif g >= n then
-  redis.call('HSET', KEYS[1], 'n', int(g + 1), 'r', int(now), 'i', int(new_idle))
-  redis.call('PEXPIREAT', KEYS[1], int(new_idle))
-  verdict, gen = 'rotated', g + 1
-elseif g + 1 == n and tonumber(ARGV[6]) > 0 and now - rotated <= tonumber(ARGV[6]) then
+if grace then
   verdict, gen = 'grace', n
 else
-  -- RFC 9700 §4.14.2: a rotated-out token was presented again; revoke the family.
-  redis.call('DEL', KEYS[1])
-  return reply('reuse', g, '', '0')
+  if effective ~= scope then redis.call('HSET', KEYS[1], 'sc', effective) end
+  if g == n and ARGV[8] == '1' then
+    redis.call('HSET', KEYS[1], 'i', int(new_idle))
+    redis.call('PEXPIREAT', KEYS[1], int(new_idle))
+    verdict, gen = 'reused', n
+  else
+    redis.call('HSET', KEYS[1], 'n', int(g + 1), 'r', int(now), 'i', int(new_idle), 'v', ARGV[12])
+    redis.call('PEXPIREAT', KEYS[1], int(new_idle))
+    verdict, gen = 'rotated', g + 1
+  end
 end
 
 local stored = '0'
