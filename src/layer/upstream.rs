@@ -23,6 +23,7 @@ use crate::classify::Form;
 use crate::client_auth::{self, Client};
 use crate::grant::capture::{self, Identify};
 use crate::grant::engine::Engine;
+use crate::metrics::CaptureSkip;
 use crate::proxy::BoxError;
 
 /// Upstream token answers, JWKS and introspection answers larger than this are not read.
@@ -139,16 +140,16 @@ where
     let identity = match capture::identify(&answer, &audience) {
         Identify::Found(identity) => identity,
         Identify::Unknown(why) => {
-            tracing::warn!(client_id = %client.id, "capture skipped: {why}");
-            crate::metrics::inc(&ctx.engine.metrics.capture_skips);
+            tracing::warn!(client_id = %client.id, reason = "no_subject", "capture skipped: {why}");
+            ctx.engine.metrics.capture_skip(CaptureSkip::NoSubject);
             return Ok(rebuilt(parts, bytes));
         }
         Identify::Introspect { access_token } => {
             match introspect(spare, &ctx, &access_token, &audience).await {
                 Ok(identity) => identity,
                 Err(why) => {
-                    tracing::warn!(client_id = %client.id, "capture skipped: {why}");
-                    crate::metrics::inc(&ctx.engine.metrics.capture_skips);
+                    tracing::warn!(client_id = %client.id, reason = "introspection", "capture skipped: {why}");
+                    ctx.engine.metrics.capture_skip(CaptureSkip::Introspection);
                     return Ok(rebuilt(parts, bytes));
                 }
             }
@@ -171,8 +172,8 @@ where
         Err(e) => {
             // Fail open: the client keeps the upstream's token; its next refresh is forwarded
             // and captured then.
-            tracing::warn!(client_id = %client.id, error = %e, "capture skipped: the store failed");
-            crate::metrics::inc(&ctx.engine.metrics.capture_skips);
+            tracing::warn!(client_id = %client.id, reason = "store", error = %e, "capture skipped: the store failed");
+            ctx.engine.metrics.capture_skip(CaptureSkip::Store);
             Ok(rebuilt(parts, bytes))
         }
     }
