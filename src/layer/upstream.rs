@@ -21,7 +21,7 @@ use super::layer::Shared;
 use super::service::inner_response;
 use crate::classify::Form;
 use crate::client_auth::{self, Client};
-use crate::grant::capture::{self, Identify};
+use crate::grant::capture::{self, Skip};
 use crate::grant::engine::Engine;
 use crate::metrics::CaptureSkip;
 use crate::proxy::BoxError;
@@ -136,33 +136,14 @@ where
         tracing::info!(client_id = %client.id, "refresh token removed (refresh_token_ttl = 0)");
         return Ok(rebuilt(parts, json_bytes(&answer)));
     }
-    let audience = ctx.engine.default_audience(&client.id).to_owned();
-    let identity = match capture::identify(&answer, &audience) {
-        Identify::Found(identity) => identity,
-        Identify::Unknown(why) => {
-            tracing::warn!(client_id = %client.id, reason = "no_subject", "capture skipped: {why}");
-            ctx.engine.metrics.capture_skip(CaptureSkip::NoSubject);
+    let (identity, granted) = match examine(spare, &ctx, &answer).await {
+        Ok(found) => found,
+        Err((reason, why)) => {
+            tracing::warn!(client_id = %client.id, reason = reason.label(), "capture skipped: {why}");
+            ctx.engine.metrics.capture_skip(reason);
             return Ok(rebuilt(parts, bytes));
         }
-        Identify::Introspect { access_token } => {
-            match introspect(spare, &ctx, &access_token, &audience).await {
-                Ok(identity) => identity,
-                Err(why) => {
-                    tracing::warn!(client_id = %client.id, reason = "introspection", "capture skipped: {why}");
-                    ctx.engine.metrics.capture_skip(CaptureSkip::Introspection);
-                    return Ok(rebuilt(parts, bytes));
-                }
-            }
-        }
     };
-    // The granted scope: the answer's, else the requested one (RFC 6749 §5.1: scope is
-    // OPTIONAL "if identical to the scope requested by the client").
-    let granted = answer
-        .get("scope")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .or_else(|| ctx.form.get("scope").map(str::to_owned))
-        .unwrap_or_default();
     match ctx
         .engine
         .open_family(client, identity, &granted, &mut answer)
@@ -177,6 +158,69 @@ where
             Ok(rebuilt(parts, bytes))
         }
     }
+}
+
+/// Reads what the upstream granted in `answer`: who the tokens are for and the granted scope,
+/// asking the upstream's introspection endpoint when the tokens do not say.
+async fn examine<S, B, ResB>(
+    spare: S,
+    ctx: &CaptureContext,
+    answer: &Map<String, Value>,
+) -> Result<(capture::Identity, String), Skip>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    capture::check_token_type(answer)?;
+    let access_token = answer.get("access_token").and_then(Value::as_str);
+    let access = access_token.and_then(capture::jwt_payload);
+    let id = answer
+        .get("id_token")
+        .and_then(Value::as_str)
+        .and_then(capture::jwt_payload);
+    if access.as_ref().is_some_and(capture::is_sender_constrained) {
+        return Err((
+            CaptureSkip::SenderConstrained,
+            "the upstream's access token is bound to a key (cnf); the proxy only mints bearer tokens",
+        ));
+    }
+    let mut upstream = capture::Upstream {
+        access,
+        id,
+        introspection: None,
+    };
+    let has_subject = [upstream.id.as_ref(), upstream.access.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.get("sub")
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
+        });
+    let has_scope = capture::granted_scope(answer, &upstream).is_some();
+    let opaque = upstream.access.is_none();
+    let introspection = match access_token {
+        // The tokens do not say who, or an opaque access token and no scope: ask the upstream.
+        Some(token) if !has_subject || (opaque && !has_scope) => {
+            let found = introspect(spare, ctx, token).await?;
+            if capture::is_sender_constrained(&found) {
+                return Err((
+                    CaptureSkip::SenderConstrained,
+                    "the upstream's introspection says the access token is bound to a key (cnf)",
+                ));
+            }
+            Some(found)
+        }
+        _ => None,
+    };
+    upstream.introspection = introspection.as_ref();
+    let granted = capture::granted_scope(answer, &upstream).ok_or((
+        CaptureSkip::NoScope,
+        "neither the answer, the access token nor introspection says what scope was granted",
+    ))?;
+    let audience = ctx.engine.default_audience(&ctx.client.id).to_owned();
+    Ok((capture::identify(upstream, &audience)?, granted))
 }
 
 fn json_bytes(answer: &Map<String, Value>) -> Bytes {
@@ -234,8 +278,7 @@ async fn introspect<S, B, ResB>(
     service: S,
     ctx: &CaptureContext,
     access_token: &str,
-    audience: &str,
-) -> Result<capture::Identity, &'static str>
+) -> Result<Map<String, Value>, Skip>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<ResB>>,
     ResB: Body<Data = Bytes>,
@@ -247,7 +290,10 @@ where
         .load()
         .introspection_path
         .clone()
-        .ok_or("the access token is opaque, there is no ID token, and the upstream has no introspection endpoint")?;
+        .ok_or((
+            CaptureSkip::Introspection,
+            "the tokens do not say enough and the upstream has no introspection endpoint",
+        ))?;
     let (authorization, form) = match &ctx.shared.introspection_auth {
         Some(auth) => (
             Some(auth.clone()),
@@ -266,11 +312,22 @@ where
     };
     let body = call_upstream(service, &path, authorization, form)
         .await
-        .ok_or("the upstream's introspection endpoint did not answer 2xx")?;
-    let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(&body) else {
-        return Err("the upstream's introspection answer is not a JSON object");
-    };
-    capture::from_introspection(&answer, audience)
+        .ok_or((
+            CaptureSkip::Introspection,
+            "the upstream's introspection endpoint did not answer 2xx",
+        ))?;
+    match serde_json::from_slice::<Value>(&body) {
+        // RFC 7662 §2.2: "active" is REQUIRED; an inactive token says nothing else.
+        Ok(Value::Object(answer)) if answer.get("active") == Some(&Value::Bool(true)) => Ok(answer),
+        Ok(Value::Object(_)) => Err((
+            CaptureSkip::Introspection,
+            "the upstream's introspection says the new access token is not active",
+        )),
+        _ => Err((
+            CaptureSkip::Introspection,
+            "the upstream's introspection answer is not a JSON object",
+        )),
+    }
 }
 
 /// Adds the proxy's public keys to a JWKS answer; anything else passes through.

@@ -1,0 +1,318 @@
+//! Capture is as strict as an authorization server: over real sockets, a programmable upstream
+//! ([`support::fake_idp`]) sends token answers a real IdP would not, and the proxy must pass
+//! them on untouched (the upstream's refresh token, not a proxy one) and count the skip, or
+//! capture them with the scope and audience the *upstream* granted. Each case runs on the
+//! memory store and on a private redis-server.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::StoreKind as Kind;
+#[allow(unused_imports)]
+use support::fake_idp::{FakeIdp, TestKey, payload, unsigned};
+use support::proxy::TestProxy;
+use support::redis::RedisServer;
+
+const CLIENT: &str = "www";
+const SECRET: &str = "Secr3t!";
+const UPSTREAM_RT: &str = "upstream-refresh-token-1";
+
+struct Rig {
+    idp: FakeIdp,
+    proxy: TestProxy,
+    key: TestKey,
+    _redis: Option<RedisServer>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// A refresh token minted by the proxy: `<22-char family>.<generation>.<64 chars>`.
+fn is_proxy_token(t: &str) -> bool {
+    let parts: Vec<&str> = t.split('.').collect();
+    parts.len() == 3 && parts[0].len() == 22 && parts[2].len() == 64
+}
+
+impl Rig {
+    async fn start(kind: Kind, tokens: &str) -> Rig {
+        Rig::start_with(kind, TestKey::rs256("k1"), tokens).await
+    }
+
+    async fn start_with(kind: Kind, key: TestKey, tokens: &str) -> Rig {
+        let idp = FakeIdp::start().await;
+        idp.set_jwks(json!({"keys": [key.jwk()]}));
+        let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
+        let store = redis
+            .as_ref()
+            .map_or("memory://".to_owned(), RedisServer::url);
+        let text = format!(
+            "[store]\nurl = \"{store}\"\n\
+             [tokens]\nrefresh_token_key = \"{key}\"\n{tokens}\n\
+             [clients.{CLIENT}]\nsecret = \"{SECRET}\"\naccess_token_format = \"jwt\"\n\
+             [upstream]\nurl = \"{up}\"\n",
+            key = support::TEST_REFRESH_KEY,
+            up = idp.url(),
+        );
+        let proxy = TestProxy::start(&text).await;
+        proxy.wait_ready().await;
+        Rig {
+            idp,
+            proxy,
+            key,
+            _redis: redis,
+        }
+    }
+
+    fn issuer(&self) -> String {
+        self.idp.url()
+    }
+
+    /// Good access-token claims from the fake IdP, with `extra` merged in.
+    fn at_claims(&self, extra: Value) -> Value {
+        let mut c = json!({
+            "iss": self.issuer(), "sub": "alice", "aud": "https://api.example.com",
+            "client_id": CLIENT, "iat": now(), "exp": now() + 300, "jti": "at-1",
+            "scope": "openid read", "roles": ["reader"],
+        });
+        merge(&mut c, extra);
+        c
+    }
+
+    /// Good ID-token claims from the fake IdP, with `extra` merged in.
+    fn id_claims(&self, extra: Value) -> Value {
+        let mut c = json!({
+            "iss": self.issuer(), "sub": "alice", "aud": CLIENT, "iat": now(),
+            "exp": now() + 300, "auth_time": now() - 5,
+        });
+        merge(&mut c, extra);
+        c
+    }
+
+    /// An authorization-code exchange through the proxy, with `scope` in the request.
+    async fn code_exchange(&self, scope: Option<&str>) -> Value {
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", "the-code"),
+            ("redirect_uri", "http://127.0.0.1/cb"),
+        ];
+        if let Some(s) = scope {
+            form.push(("scope", s));
+        }
+        let res = reqwest::Client::new()
+            .post(format!("{}/token", self.proxy.url))
+            .basic_auth(CLIENT, Some(SECRET))
+            .form(&form)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(res.status(), 200);
+        res.json().await.expect("json")
+    }
+
+    /// A refresh grant at the proxy; the answer (200 asserted).
+    async fn refresh(&self, rt: &str) -> Value {
+        let res = reqwest::Client::new()
+            .post(format!("{}/token", self.proxy.url))
+            .basic_auth(CLIENT, Some(SECRET))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", rt)])
+            .send()
+            .await
+            .expect("send");
+        let status = res.status();
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.proxy.admin_url))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    async fn skips(&self, reason: &str) -> u64 {
+        let prefix = format!("refresh_proxy_capture_skips_total{{reason=\"{reason}\"}} ");
+        let metrics = self.metrics().await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} missing from:\n{metrics}"))
+            .parse()
+            .expect("a count")
+    }
+
+    /// Sends `answer` from the upstream for a code exchange and asserts it reached the client
+    /// exactly as the upstream gave it, with one more skip for `reason`.
+    async fn assert_passed_untouched(&self, what: &str, answer: Value, reason: &str) {
+        let before = self.skips(reason).await;
+        self.idp.answer_with(answer.clone());
+        let got = self.code_exchange(Some("openid read")).await;
+        assert_eq!(got, answer, "{what}: the answer is passed on untouched");
+        assert_eq!(got["refresh_token"], UPSTREAM_RT, "{what}");
+        assert_eq!(
+            self.skips(reason).await,
+            before + 1,
+            "{what}: counted as {reason}"
+        );
+    }
+
+    /// Sends `answer` and asserts it was captured; the proxy's refresh token.
+    async fn assert_captured(&self, what: &str, answer: Value, scope: Option<&str>) -> String {
+        self.idp.answer_with(answer);
+        let got = self.code_exchange(scope).await;
+        let rt = got["refresh_token"].as_str().expect("refresh_token");
+        assert!(is_proxy_token(rt), "{what}: captured: {got}");
+        rt.to_owned()
+    }
+}
+
+fn merge(into: &mut Value, extra: Value) {
+    if let (Some(into), Value::Object(extra)) = (into.as_object_mut(), extra) {
+        for (k, v) in extra {
+            if v.is_null() {
+                into.remove(&k);
+            } else {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+fn answer(access_token: &str, extra: Value) -> Value {
+    let mut a = json!({
+        "access_token": access_token,
+        "refresh_token": UPSTREAM_RT,
+        "token_type": "Bearer",
+        "expires_in": 300,
+    });
+    merge(&mut a, extra);
+    a
+}
+
+/// Finding: a client chose its own scope. A code exchange asks for `admin payments:write openid`;
+/// the upstream's answer has no `scope` (RFC 6749 §5.1 allows that) and its verified access
+/// token says `openid read`: the family's scope is `openid read`.
+async fn the_granted_scope_is_the_upstreams_not_the_clients(kind: Kind) {
+    let r = Rig::start(kind, "").await;
+    let at = r.key.sign(&r.at_claims(json!({})));
+    r.idp.answer_with(answer(&at, json!({})));
+    let got = r.code_exchange(Some("admin payments:write openid")).await;
+    let rt = got["refresh_token"].as_str().expect("refresh_token");
+    assert!(is_proxy_token(rt), "captured: {got}");
+    let refreshed = r.refresh(rt).await;
+    assert_eq!(refreshed["scope"], "openid read", "{refreshed}");
+    let minted = payload(refreshed["access_token"].as_str().expect("at"));
+    assert_eq!(minted["scope"], "openid read", "{minted}");
+    assert_eq!(minted["sub"], "alice");
+    assert_eq!(minted["roles"], json!(["reader"]), "carried claims");
+
+    // `scp` as an array (Okta, Azure AD style) is read too.
+    let at = r
+        .key
+        .sign(&r.at_claims(json!({"scope": null, "scp": ["read", "write"]})));
+    let rt = r
+        .assert_captured("scp", answer(&at, json!({})), Some("admin"))
+        .await;
+    assert_eq!(r.refresh(&rt).await["scope"], "read write");
+
+    // The answer's own scope wins.
+    let at = r.key.sign(&r.at_claims(json!({})));
+    let rt = r
+        .assert_captured(
+            "answer scope",
+            answer(&at, json!({"scope": "read"})),
+            Some("admin"),
+        )
+        .await;
+    assert_eq!(r.refresh(&rt).await["scope"], "read");
+
+    // An opaque access token: introspection says what was granted.
+    r.idp
+        .introspect_with(json!({"active": true, "sub": "alice", "scope": "profile"}));
+    let before = r.idp.introspections();
+    let rt = r
+        .assert_captured(
+            "introspection",
+            answer("opaque-at", json!({})),
+            Some("admin"),
+        )
+        .await;
+    assert_eq!(r.idp.introspections(), before + 1);
+    assert_eq!(r.refresh(&rt).await["scope"], "profile");
+
+    // An opaque access token, a good ID token (the subject is known) and no scope anywhere:
+    // introspection is asked for the scope; it has none, so nothing is captured.
+    r.idp
+        .introspect_with(json!({"active": true, "sub": "alice"}));
+    let id = r.key.sign(&r.id_claims(json!({})));
+    let before = r.idp.introspections();
+    r.assert_passed_untouched(
+        "no scope anywhere",
+        answer("opaque-at", json!({"id_token": id})),
+        "no_scope",
+    )
+    .await;
+    assert_eq!(
+        r.idp.introspections(),
+        before + 1,
+        "introspection was asked"
+    );
+    // A verified JWT access token without scope, and no scope in the answer.
+    let at = r.key.sign(&r.at_claims(json!({"scope": null})));
+    r.assert_passed_untouched("JWT without scope", answer(&at, json!({})), "no_scope")
+        .await;
+}
+
+/// Finding: sender-constrained tokens were downgraded to bearer ones.
+async fn sender_constrained_answers_are_not_captured(kind: Kind) {
+    let r = Rig::start(kind, "").await;
+    let cnf = json!({"cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}});
+    let bound = r.key.sign(&r.at_claims(cnf.clone()));
+    r.assert_passed_untouched(
+        "token_type DPoP with cnf.jkt",
+        answer(
+            &bound,
+            json!({"token_type": "DPoP", "scope": "openid read"}),
+        ),
+        "sender_constrained",
+    )
+    .await;
+    r.assert_passed_untouched(
+        "token_type dpop, opaque",
+        answer("opaque-at", json!({"token_type": "dpop", "scope": "read"})),
+        "sender_constrained",
+    )
+    .await;
+    r.assert_passed_untouched(
+        "Bearer, but cnf in the access token (mTLS-bound, RFC 8705)",
+        answer(&bound, json!({"scope": "openid read"})),
+        "sender_constrained",
+    )
+    .await;
+    r.idp.introspect_with(json!({"active": true, "sub": "alice", "scope": "read",
+                                 "cnf": {"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}}));
+    r.assert_passed_untouched(
+        "cnf in the introspection answer",
+        answer("opaque-at", json!({})),
+        "sender_constrained",
+    )
+    .await;
+    r.assert_passed_untouched(
+        "a token type the proxy does not know",
+        answer("opaque-at", json!({"token_type": "N_A", "scope": "read"})),
+        "unsupported_token_type",
+    )
+    .await;
+}
+
+both_stores!(
+    the_granted_scope_is_the_upstreams_not_the_clients,
+    sender_constrained_answers_are_not_captured,
+);
