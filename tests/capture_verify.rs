@@ -8,7 +8,6 @@ mod support;
 
 use serde_json::{Value, json};
 use support::StoreKind as Kind;
-#[allow(unused_imports)]
 use support::fake_idp::{FakeIdp, TestKey, payload, unsigned};
 use support::proxy::TestProxy;
 use support::redis::RedisServer;
@@ -270,6 +269,166 @@ async fn the_granted_scope_is_the_upstreams_not_the_clients(kind: Kind) {
         .await;
 }
 
+/// Finding: upstream tokens were read without verification, `alg: none` included. Every
+/// token below must fail verification against the upstream's JWKS: the answer passes untouched.
+async fn upstream_tokens_that_do_not_verify_are_not_captured(kind: Kind) {
+    let r = Rig::start(kind, "").await;
+    let good = r.at_claims(json!({}));
+    let stranger = TestKey::rs256("k1"); // the JWKS's kid, another key
+    let unknown = TestKey::es256("not-in-the-jwks");
+    let hs256 = {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let input = format!(
+            "{}.{}",
+            b64.encode(json!({"alg":"HS256","kid":"k1"}).to_string()),
+            b64.encode(good.to_string())
+        );
+        // HMAC keyed with the RSA modulus as published: the classic key-confusion attack.
+        let n = r.key.jwk()["n"].as_str().expect("n").to_owned();
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, n.as_bytes());
+        let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+        format!("{input}.{}", b64.encode(tag.as_ref()))
+    };
+    let tampered = {
+        let t = r.key.sign(&good);
+        let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        parts[1] = b64.encode(
+            r.at_claims(json!({"sub": "mallory", "roles": ["admin"]}))
+                .to_string(),
+        );
+        parts.join(".")
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("alg none", unsigned(&good)),
+        ("HS256 keyed with the public key", hs256),
+        (
+            "signed by another key under the JWKS's kid",
+            stranger.sign(&good),
+        ),
+        ("tampered payload", tampered),
+        (
+            "wrong issuer",
+            r.key
+                .sign(&r.at_claims(json!({"iss": "https://evil.example"}))),
+        ),
+        (
+            "expired",
+            r.key
+                .sign(&r.at_claims(json!({"exp": now() - 3600, "iat": now() - 7200}))),
+        ),
+        ("garbage base64", "eyJ!!!.@@@.###".to_owned()),
+        (
+            "ES256 under the kid of an RSA key (kty does not match alg)",
+            TestKey::es256("k1").sign(&good),
+        ),
+    ];
+    for (what, at) in cases {
+        r.assert_passed_untouched(what, answer(&at, json!({})), "invalid_token")
+            .await;
+    }
+    // ID tokens are verified too, and must name the client in `aud` (OIDC Core §3.1.3.7).
+    let at = r.key.sign(&good);
+    for (what, id) in [
+        (
+            "ID token for another client",
+            r.key.sign(&r.id_claims(json!({"aud": "another-client"}))),
+        ),
+        (
+            "ID token without exp",
+            r.key.sign(&r.id_claims(json!({"exp": null}))),
+        ),
+        ("unsigned ID token", unsigned(&r.id_claims(json!({})))),
+    ] {
+        r.assert_passed_untouched(what, answer(&at, json!({"id_token": id})), "invalid_token")
+            .await;
+    }
+
+    // A kid the cached JWKS does not know, right after the JWKS was fetched: not captured, and
+    // no refetch (at most one per 30 s; the refetch policy itself is unit-tested).
+    let fetches = r.idp.jwks_fetches();
+    assert_eq!(fetches, 1, "fetched once, on the first capture");
+    for what in ["unknown kid", "unknown kid again"] {
+        r.assert_passed_untouched(
+            what,
+            answer(&unknown.sign(&good), json!({})),
+            "invalid_token",
+        )
+        .await;
+    }
+    assert_eq!(r.idp.jwks_fetches(), fetches, "rate-limited");
+
+    // Good tokens still capture, from the cached JWKS: no fetch per capture.
+    let fetches = r.idp.jwks_fetches();
+    for _ in 0..3 {
+        let id = r
+            .key
+            .sign(&r.id_claims(json!({"aud": [CLIENT, "other"], "azp": CLIENT})));
+        r.assert_captured(
+            "good",
+            answer(&r.key.sign(&good), json!({"id_token": id})),
+            None,
+        )
+        .await;
+    }
+    assert_eq!(r.idp.jwks_fetches(), fetches, "the JWKS is cached");
+}
+
+/// Good ES256 and EdDSA upstream keys verify end to end (RS256 is every other case's).
+async fn es256_and_eddsa_upstream_keys_verify(kind: Kind) {
+    for key in [TestKey::es256("ec"), TestKey::eddsa("ed")] {
+        let r = Rig::start_with(kind, key, "").await;
+        let at = r.key.sign(&r.at_claims(json!({})));
+        let id = r.key.sign(&r.id_claims(json!({})));
+        let rt = r
+            .assert_captured(
+                r.key.alg(),
+                answer(&at, json!({"id_token": id})),
+                Some("admin"),
+            )
+            .await;
+        assert_eq!(r.refresh(&rt).await["scope"], "openid read");
+    }
+}
+
+/// A JWKS that is corrupt, not JSON or holds only unusable keys: nothing verifies, nothing is
+/// captured, nothing panics.
+async fn a_bad_jwks_means_no_capture(kind: Kind) {
+    for (what, jwks) in [
+        ("not JSON", json!("<html>")),
+        (
+            "over 1 MiB",
+            json!({"keys": [], "pad": "x".repeat(2 << 20)}),
+        ),
+        ("no keys", json!({"keys": []})),
+        (
+            "an HMAC key",
+            json!({"keys": [{"kty": "oct", "kid": "k1", "k": "c2VjcmV0"}]}),
+        ),
+        (
+            "an encryption key",
+            json!({"keys": [{"kty": "RSA", "kid": "k1", "use": "enc", "n": "AQAB", "e": "AQAB"}]}),
+        ),
+        (
+            "garbage members",
+            json!({"keys": [{"kty": "RSA", "kid": "k1", "n": "!!", "e": 7}]}),
+        ),
+    ] {
+        let r = Rig::start(kind, "").await;
+        r.idp.set_jwks(jwks);
+        let at = r.key.sign(&r.at_claims(json!({})));
+        let reason = if what == "not JSON" || what == "over 1 MiB" {
+            "no_jwks"
+        } else {
+            "invalid_token"
+        };
+        r.assert_passed_untouched(what, answer(&at, json!({})), reason)
+            .await;
+    }
+}
+
 /// Finding: sender-constrained tokens were downgraded to bearer ones.
 async fn sender_constrained_answers_are_not_captured(kind: Kind) {
     let r = Rig::start(kind, "").await;
@@ -314,5 +473,8 @@ async fn sender_constrained_answers_are_not_captured(kind: Kind) {
 
 both_stores!(
     the_granted_scope_is_the_upstreams_not_the_clients,
+    upstream_tokens_that_do_not_verify_are_not_captured,
+    es256_and_eddsa_upstream_keys_verify,
+    a_bad_jwks_means_no_capture,
     sender_constrained_answers_are_not_captured,
 );

@@ -14,11 +14,9 @@
 //! answers ([`check_token_type`], [`is_sender_constrained`]) are not captured either: the proxy
 //! only mints bearer tokens.
 //!
-//! Tokens in the answer come straight from the upstream over the proxy's own connection to
-//! it, so their signatures are not checked again; only their payloads are read.
+//! The claims handed to [`identify`] are those of tokens the caller verified against the
+//! upstream's JWKS (`grant::verify`): capture trusts no token it could not verify.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Map, Value};
 
 use crate::metrics::CaptureSkip;
@@ -67,18 +65,6 @@ pub struct Upstream<'a> {
     pub access: Option<Map<String, Value>>,
     pub id: Option<Map<String, Value>>,
     pub introspection: Option<&'a Map<String, Value>>,
-}
-
-/// The payload of a JWS-compact JWT, without checking its signature.
-pub fn jwt_payload(token: &str) -> Option<Map<String, Value>> {
-    let mut parts = token.split('.');
-    let (header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let header: Map<String, Value> = serde_json::from_slice(&B64.decode(header).ok()?).ok()?;
-    header.get("alg")?.as_str()?;
-    serde_json::from_slice(&B64.decode(payload).ok()?).ok()
 }
 
 fn without(mut claims: Map<String, Value>, drop: &[&str]) -> Map<String, Value> {
@@ -334,12 +320,5 @@ mod tests {
         }
         assert!(is_sender_constrained(&answer(json!({"cnf":{"jkt":"x"}}))));
         assert!(!is_sender_constrained(&answer(json!({"sub":"x"}))));
-    }
-
-    #[test]
-    fn non_jwts_are_not_read() {
-        for t in ["a.b", "a.b.c.d", "x.eyJzdWIiOiJ4In0.sig", "", "...."] {
-            assert_eq!(jwt_payload(t), None, "{t}");
-        }
     }
 }
