@@ -471,10 +471,63 @@ async fn sender_constrained_answers_are_not_captured(kind: Kind) {
     .await;
 }
 
+/// Finding: minted access tokens defaulted to `aud` = the client id (an ID token's audience).
+async fn minted_access_tokens_never_default_to_the_client_as_audience(kind: Kind) {
+    // The upstream access token's aud is carried.
+    let r = Rig::start(kind, "").await;
+    let at = r.key.sign(&r.at_claims(json!({})));
+    let rt = r
+        .assert_captured("JWT aud", answer(&at, json!({})), None)
+        .await;
+    let minted = payload(r.refresh(&rt).await["access_token"].as_str().expect("at"));
+    assert_eq!(minted["aud"], "https://api.example.com");
+
+    // An opaque access token and an ID token: introspection's aud …
+    let id = r.key.sign(&r.id_claims(json!({})));
+    r.idp.introspect_with(
+        json!({"active": true, "sub": "alice", "scope": "read", "aud": "urn:resource"}),
+    );
+    let rt = r
+        .assert_captured(
+            "introspection aud",
+            answer("opaque-at", json!({"id_token": id})),
+            None,
+        )
+        .await;
+    let minted = payload(r.refresh(&rt).await["access_token"].as_str().expect("at"));
+    assert_eq!(minted["aud"], "urn:resource");
+
+    // … else the upstream issuer (no tokens.audience configured), never the client id.
+    let id = r.key.sign(&r.id_claims(json!({})));
+    let rt = r
+        .assert_captured(
+            "no upstream aud",
+            answer("opaque-at", json!({"id_token": id, "scope": "read"})),
+            None,
+        )
+        .await;
+    let minted = payload(r.refresh(&rt).await["access_token"].as_str().expect("at"));
+    assert_eq!(minted["aud"], r.issuer(), "{minted}");
+
+    // … else tokens.audience when configured.
+    let r = Rig::start(kind, "audience = \"https://api.configured\"").await;
+    let id = r.key.sign(&r.id_claims(json!({})));
+    let rt = r
+        .assert_captured(
+            "tokens.audience",
+            answer("opaque-at", json!({"id_token": id, "scope": "read"})),
+            None,
+        )
+        .await;
+    let minted = payload(r.refresh(&rt).await["access_token"].as_str().expect("at"));
+    assert_eq!(minted["aud"], "https://api.configured");
+}
+
 both_stores!(
     the_granted_scope_is_the_upstreams_not_the_clients,
     upstream_tokens_that_do_not_verify_are_not_captured,
     es256_and_eddsa_upstream_keys_verify,
     a_bad_jwks_means_no_capture,
     sender_constrained_answers_are_not_captured,
+    minted_access_tokens_never_default_to_the_client_as_audience,
 );

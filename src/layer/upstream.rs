@@ -426,8 +426,9 @@ where
         CaptureSkip::NoScope,
         "neither the answer, the access token nor introspection says what scope was granted",
     ))?;
-    let audience = ctx.engine.default_audience(&ctx.client.id).to_owned();
-    Ok((capture::identify(upstream, &audience)?, granted))
+    let issuer = ctx.shared.issuer();
+    let audience = ctx.engine.default_audience(&issuer);
+    Ok((capture::identify(upstream, audience)?, granted))
 }
 
 fn json_bytes(answer: &Map<String, Value>) -> Bytes {
