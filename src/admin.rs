@@ -54,6 +54,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
+use crate::classify::Endpoints;
 use crate::config::{ConfigError, Secret};
 use crate::grant::engine::{Engine, GrantError};
 use crate::mint::refresh::FamilyId;
@@ -206,9 +207,28 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The most families one `POST /admin/issue` opens.
 pub const MAX_ISSUE_COUNT: u64 = 1_000_000;
 
+/// The upstream issuer as of now: the discovered (or configured) one, else `fallback`.
+#[derive(Debug, Clone)]
+pub struct IssuerSource {
+    pub endpoints: Arc<arc_swap::ArcSwap<Endpoints>>,
+    pub fallback: String,
+}
+
+impl IssuerSource {
+    pub fn current(&self) -> String {
+        self.endpoints
+            .load()
+            .issuer
+            .clone()
+            .unwrap_or_else(|| self.fallback.clone())
+    }
+}
+
 /// The admin API: revocation and issuing over the grant engine, behind a bearer token.
 pub struct AdminApi {
     engine: Arc<Engine>,
+    /// The default `aud` of issued families' access tokens, without `tokens.audience`.
+    issuer: IssuerSource,
     /// SHA-256 of `admin.token`; the token itself is not kept.
     token_digest: digest::Digest,
 }
@@ -217,10 +237,12 @@ impl std::fmt::Debug for AdminApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let AdminApi {
             engine,
+            issuer,
             token_digest: _,
         } = self;
         f.debug_struct("AdminApi")
             .field("engine", engine)
+            .field("issuer", issuer)
             .field("token_digest", &"<redacted>")
             .finish()
     }
@@ -231,6 +253,7 @@ impl AdminApi {
     pub fn from_config(
         token: Option<&Secret>,
         engine: Arc<Engine>,
+        issuer: IssuerSource,
     ) -> Result<Option<AdminApi>, ConfigError> {
         let Some(token) = token else { return Ok(None) };
         let token = token.expose();
@@ -242,6 +265,7 @@ impl AdminApi {
         }
         Ok(Some(AdminApi {
             engine,
+            issuer,
             token_digest: digest::digest(&digest::SHA256, token.as_bytes()),
         }))
     }
@@ -335,6 +359,7 @@ impl AdminApi {
                 &request.subject,
                 &request.scope,
                 request.count as usize,
+                &self.issuer.current(),
             )
             .await?;
         tracing::info!(
@@ -687,17 +712,26 @@ mod tests {
 
     #[test]
     fn short_admin_tokens_are_refused() {
-        let err = AdminApi::from_config(Some(&Secret::new("too-short")), Arc::new(test_engine()))
-            .expect_err("short");
+        let issuer = || IssuerSource {
+            endpoints: Arc::default(),
+            fallback: "http://127.0.0.1:9".into(),
+        };
+        let err = AdminApi::from_config(
+            Some(&Secret::new("too-short")),
+            Arc::new(test_engine()),
+            issuer(),
+        )
+        .expect_err("short");
         assert!(err.to_string().starts_with("admin.token: "), "{err}");
         assert!(
-            AdminApi::from_config(None, Arc::new(test_engine()))
+            AdminApi::from_config(None, Arc::new(test_engine()), issuer())
                 .expect("no token")
                 .is_none()
         );
         let api = AdminApi::from_config(
             Some(&Secret::new("0123456789abcdef")),
             Arc::new(test_engine()),
+            issuer(),
         )
         .expect("16 chars")
         .expect("enabled");

@@ -34,7 +34,7 @@ use tokio::sync::{oneshot, watch};
 use tower::ServiceBuilder;
 
 use crate::access_log::AccessLogLayer;
-use crate::admin::{Admin, AdminApi, Readiness, WorkerStore};
+use crate::admin::{Admin, AdminApi, IssuerSource, Readiness, WorkerStore};
 use crate::classify::Endpoints;
 use crate::client_auth::Clients;
 use crate::config::{Config, ConfigError};
@@ -163,7 +163,14 @@ impl App {
         let id_token_alg = engine.id_token_alg();
         // Checked here, with the rest of the config: `admin.token` turns the admin API on and
         // must be long enough not to be guessed.
-        let admin_api = AdminApi::from_config(config.admin.token.as_ref(), engine.clone())?;
+        let admin_api = AdminApi::from_config(
+            config.admin.token.as_ref(),
+            engine.clone(),
+            IssuerSource {
+                endpoints: endpoints.clone(),
+                fallback: config.upstream.url.clone(),
+            },
+        )?;
         let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
             (Some(cert), Some(key)) => Some(tls::server_acceptor(cert, key)?),
             _ => None,

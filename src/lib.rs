@@ -10,11 +10,13 @@
 //!
 //! - [`access_log`]: the request id and one log line per request (never a query or a header).
 //! - [`config`]: the TOML schema, env overrides, `*_file` secrets, validation.
-//! - [`layer`]: [`RefreshGrantLayer`] / [`RefreshGrant`], the middleware, and its body types.
+//! - [`layer`]: [`RefreshGrantLayer`] / [`RefreshGrant`], the middleware, and its body types;
+//!   `layer::upstream` holds capture's I/O (introspection, the upstream's cached JWKS).
 //! - [`classify`]: which endpoint a request is for; strict form parsing. Pure.
 //! - [`client_auth`]: Basic / post / public client authentication, constant-time digests. Pure.
-//! - [`grant`]: scopes, the refresh rules and capture (pure), and the engine that runs them
-//!   over the store.
+//! - [`grant`]: scopes, the refresh rules and capture (pure), the verification of the
+//!   upstream's JWTs at capture against a given key set and clock (`grant::verify`, pure), and
+//!   the engine that runs them over the store.
 //! - [`mint`]: refresh-token format, opaque access tokens, JWT signing and the JWKS.
 //! - [`oauth`]: wire types and the one mapping from [`error::Error`] to a response.
 //! - [`proxy`]: the forwarding service, header hygiene, the upstream connection pool

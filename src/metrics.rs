@@ -132,6 +132,55 @@ impl Grant {
     }
 }
 
+/// Why a handled client's upstream answer was passed on uncaptured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureSkip {
+    /// Nothing in the answer (or introspection) names the subject.
+    NoSubject,
+    /// Neither the answer, nor the upstream's access token, nor introspection says what scope
+    /// was granted.
+    NoScope,
+    /// The tokens are bound to a key (DPoP, mTLS, `cnf`); the proxy only mints bearer tokens.
+    SenderConstrained,
+    /// A `token_type` other than `Bearer` (or DPoP).
+    UnsupportedTokenType,
+    /// An upstream JWT failed verification (signature, algorithm, key, issuer, expiry,
+    /// audience, or not a JWS at all).
+    InvalidToken,
+    /// The upstream's JWKS is not known or could not be fetched.
+    NoJwks,
+    /// The upstream's introspection endpoint did not give a usable answer.
+    Introspection,
+    /// The token store failed.
+    Store,
+}
+
+impl CaptureSkip {
+    pub const ALL: [CaptureSkip; 8] = [
+        CaptureSkip::NoSubject,
+        CaptureSkip::NoScope,
+        CaptureSkip::SenderConstrained,
+        CaptureSkip::UnsupportedTokenType,
+        CaptureSkip::InvalidToken,
+        CaptureSkip::NoJwks,
+        CaptureSkip::Introspection,
+        CaptureSkip::Store,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CaptureSkip::NoSubject => "no_subject",
+            CaptureSkip::NoScope => "no_scope",
+            CaptureSkip::SenderConstrained => "sender_constrained",
+            CaptureSkip::UnsupportedTokenType => "unsupported_token_type",
+            CaptureSkip::InvalidToken => "invalid_token",
+            CaptureSkip::NoJwks => "no_jwks",
+            CaptureSkip::Introspection => "introspection",
+            CaptureSkip::Store => "store",
+        }
+    }
+}
+
 /// Upstream answers by status class.
 const UPSTREAM_CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "error"];
 
@@ -189,7 +238,7 @@ pub struct Metrics {
     pub reuse_detections: AtomicU64,
     pub family_revocations: AtomicU64,
     pub captures: AtomicU64,
-    pub capture_skips: AtomicU64,
+    capture_skips: [AtomicU64; CaptureSkip::ALL.len()],
     pub store_errors: AtomicU64,
     pub integrity_failures: AtomicU64,
 }
@@ -232,6 +281,23 @@ impl Metrics {
     pub fn in_flight(self: &std::sync::Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// An upstream answer passed on uncaptured, and why.
+    pub fn capture_skip(&self, reason: CaptureSkip) {
+        let i = CaptureSkip::ALL
+            .iter()
+            .position(|x| *x == reason)
+            .unwrap_or(0);
+        inc(&self.capture_skips[i]);
+    }
+
+    /// Upstream answers passed on uncaptured, whatever the reason.
+    pub fn capture_skips(&self) -> u64 {
+        self.capture_skips
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Time taken by a refresh grant the proxy answered (any outcome).
@@ -352,11 +418,6 @@ impl Metrics {
                 &self.captures,
             ),
             (
-                "capture_skips",
-                "Upstream answers passed on uncaptured (no subject, store error).",
-                &self.capture_skips,
-            ),
-            (
                 "store_errors",
                 "Token store operations that failed.",
                 &self.store_errors,
@@ -371,6 +432,18 @@ impl Metrics {
                 out,
                 "# HELP refresh_proxy_{name}_total {help}\n# TYPE refresh_proxy_{name}_total counter\nrefresh_proxy_{name}_total {}",
                 counter.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP refresh_proxy_capture_skips_total Upstream answers passed on uncaptured, by reason.\n\
+             # TYPE refresh_proxy_capture_skips_total counter\n",
+        );
+        for (i, reason) in CaptureSkip::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "refresh_proxy_capture_skips_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.capture_skips[i].load(Ordering::Relaxed)
             );
         }
         out
@@ -415,5 +488,12 @@ mod tests {
         assert!(text.contains("refresh_proxy_refresh_duration_seconds_bucket{le=\"0.005\"} 2"));
         assert!(text.contains("refresh_proxy_refresh_duration_seconds_count 2"));
         assert!(text.contains("# TYPE refresh_proxy_rotations_total counter"));
+        m.capture_skip(CaptureSkip::SenderConstrained);
+        let text = m.render();
+        assert!(
+            text.contains("refresh_proxy_capture_skips_total{reason=\"sender_constrained\"} 1")
+        );
+        assert!(text.contains("refresh_proxy_capture_skips_total{reason=\"store\"} 0"));
+        assert_eq!(m.capture_skips(), 1);
     }
 }

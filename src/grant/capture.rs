@@ -6,15 +6,20 @@
 //! 1. the ID token's claims (OIDC Core §2), when the answer has one;
 //! 2. the access token's claims, when it is a JWT (RFC 9068);
 //! 3. the upstream's introspection answer about the access token (RFC 7662), which the caller
-//!    fetches when [`identify`] says [`Identify::Introspect`] (IdPs such as Curity issue opaque
-//!    access tokens without `openid`).
+//!    fetches when the access token is opaque and the tokens name no subject (IdPs such as
+//!    Curity issue opaque access tokens without `openid`) or the answer names no scope.
 //!
-//! Tokens in the answer come straight from the upstream over the proxy's own connection to
-//! it, so their signatures are not checked again; only their payloads are read.
+//! The granted scope comes from the upstream alone ([`granted_scope`]): the answer, the access
+//! token, or introspection; with none of them the answer is not captured. Sender-constrained
+//! answers ([`check_token_type`], [`is_sender_constrained`]) are not captured either: the proxy
+//! only mints bearer tokens.
+//!
+//! The claims handed to [`identify`] are those of tokens the caller verified against the
+//! upstream's JWKS (`grant::verify`): capture trusts no token it could not verify.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Map, Value};
+
+use crate::metrics::CaptureSkip;
 
 /// Claims the proxy sets itself on minted access tokens; never carried from the upstream's.
 /// `cnf` is dropped too: the proxy does not sender-constrain tokens.
@@ -50,28 +55,16 @@ pub struct Identity {
     pub upstream_jwt: bool,
 }
 
-/// What [`identify`] found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Identify {
-    Found(Identity),
-    /// Ask the upstream's introspection endpoint about this access token.
-    Introspect {
-        access_token: String,
-    },
-    /// No way to tell the subject; the answer is passed on untouched.
-    Unknown(&'static str),
-}
+/// Why an answer is not captured: the metric's reason and a log message (never a token).
+pub type Skip = (CaptureSkip, &'static str);
 
-/// The payload of a JWS-compact JWT, without checking its signature.
-pub fn jwt_payload(token: &str) -> Option<Map<String, Value>> {
-    let mut parts = token.split('.');
-    let (header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let header: Map<String, Value> = serde_json::from_slice(&B64.decode(header).ok()?).ok()?;
-    header.get("alg")?.as_str()?;
-    serde_json::from_slice(&B64.decode(payload).ok()?).ok()
+/// What the upstream said about the tokens of one answer: the claims of its access token (a
+/// JWT) and ID token, and its introspection answer about the access token, when asked.
+#[derive(Debug, Default)]
+pub struct Upstream<'a> {
+    pub access: Option<Map<String, Value>>,
+    pub id: Option<Map<String, Value>>,
+    pub introspection: Option<&'a Map<String, Value>>,
 }
 
 fn without(mut claims: Map<String, Value>, drop: &[&str]) -> Map<String, Value> {
@@ -87,38 +80,100 @@ fn subject_of(claims: &Map<String, Value>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Reads the subject and claims from the upstream's token answer.
-/// `default_audience` is the `aud` of minted access tokens when the upstream's has none.
-pub fn identify(answer: &Map<String, Value>, default_audience: &str) -> Identify {
-    let access_token = answer.get("access_token").and_then(Value::as_str);
-    let at = access_token.and_then(jwt_payload);
-    let id = answer
-        .get("id_token")
+/// A space-separated scope from `scope` (RFC 6749 §3.3, RFC 9068 §2.2.3, RFC 7662 §2.2), or
+/// from `scp` as a string or an array of strings (Okta, Azure AD).
+fn scope_claim(claims: &Map<String, Value>) -> Option<String> {
+    if let Some(Value::String(s)) = claims.get("scope") {
+        return Some(s.clone());
+    }
+    match claims.get("scp")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(items) => items
+            .iter()
+            .map(|v| v.as_str())
+            .collect::<Option<Vec<&str>>>()
+            .map(|v| v.join(" ")),
+        _ => None,
+    }
+}
+
+/// The scope the upstream granted: the answer's `scope`, else its access token's, else its
+/// introspection answer's. Never the client's request: RFC 6749 §5.1 lets an answer omit
+/// `scope` when it is "identical to the scope requested by the client", but the proxy cannot
+/// tell that from a client that asked for more than it got.
+pub fn granted_scope(answer: &Map<String, Value>, upstream: &Upstream<'_>) -> Option<String> {
+    answer
+        .get("scope")
         .and_then(Value::as_str)
-        .and_then(jwt_payload);
+        .map(str::to_owned)
+        .or_else(|| upstream.access.as_ref().and_then(scope_claim))
+        .or_else(|| upstream.introspection.and_then(scope_claim))
+}
+
+/// Whether the answer's tokens are bearer tokens the proxy may stand in for.
+pub fn check_token_type(answer: &Map<String, Value>) -> Result<(), Skip> {
+    match answer.get("token_type").and_then(Value::as_str) {
+        None => Ok(()),
+        // RFC 6749 §7.1, RFC 6750 §4: "Bearer", matched case-insensitively.
+        Some(t) if t.eq_ignore_ascii_case("bearer") => Ok(()),
+        // RFC 9449 §5: a DPoP-bound access token is answered with token_type "DPoP".
+        Some(t) if t.eq_ignore_ascii_case("dpop") => Err((
+            CaptureSkip::SenderConstrained,
+            "the upstream's tokens are DPoP-bound (token_type DPoP); the proxy only mints bearer tokens",
+        )),
+        Some(_) => Err((
+            CaptureSkip::UnsupportedTokenType,
+            "the upstream's answer has a token_type other than Bearer",
+        )),
+    }
+}
+
+/// Whether claims bind the token to a key: RFC 7800 §3.1 `cnf`, used by RFC 8705 §3.1
+/// (mTLS, `x5t#S256`) and RFC 9449 §6 (DPoP, `jkt`), in a JWT or an introspection answer.
+pub fn is_sender_constrained(claims: &Map<String, Value>) -> bool {
+    claims.contains_key("cnf")
+}
+
+/// Who the tokens are for, from the ID token, else the access token, else introspection.
+/// `default_audience` is the `aud` of minted access tokens when the upstream names none.
+pub fn identify(upstream: Upstream<'_>, default_audience: &str) -> Result<Identity, Skip> {
+    let Upstream {
+        access,
+        id,
+        introspection,
+    } = upstream;
+    if let Some(i) = introspection {
+        // RFC 7662 §2.2: "active" is REQUIRED; an inactive token says nothing else.
+        if i.get("active") != Some(&Value::Bool(true)) {
+            return Err((
+                CaptureSkip::Introspection,
+                "the upstream's introspection says the new access token is not active",
+            ));
+        }
+    }
     let subject = id
         .as_ref()
         .and_then(subject_of)
-        .or_else(|| at.as_ref().and_then(subject_of));
-    let Some(subject) = subject else {
-        return match access_token {
-            Some(t) => Identify::Introspect {
-                access_token: t.to_owned(),
-            },
-            None => Identify::Unknown("the answer has no access token, ID token or subject"),
-        };
-    };
-    let auth_time = id
-        .as_ref()
-        .and_then(|c| c.get("auth_time"))
-        .or_else(|| at.as_ref().and_then(|c| c.get("auth_time")))
-        .and_then(Value::as_i64);
-    let upstream_jwt = at.is_some();
-    let mut at_claims = at.map(|c| without(c, AT_OWN)).unwrap_or_default();
-    at_claims
-        .entry("aud")
-        .or_insert_with(|| Value::String(default_audience.to_owned()));
-    Identify::Found(Identity {
+        .or_else(|| access.as_ref().and_then(subject_of))
+        .or_else(|| introspection.and_then(subject_of))
+        .ok_or((
+            CaptureSkip::NoSubject,
+            "neither the ID token, the access token nor introspection names a subject",
+        ))?;
+    let auth_time = [id.as_ref(), access.as_ref(), introspection]
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.get("auth_time").and_then(Value::as_i64));
+    let upstream_jwt = access.is_some();
+    let mut at_claims = access.map(|c| without(c, AT_OWN)).unwrap_or_default();
+    if !at_claims.contains_key("aud") {
+        let aud = introspection
+            .and_then(|i| i.get("aud"))
+            .cloned()
+            .unwrap_or_else(|| Value::String(default_audience.to_owned()));
+        at_claims.insert("aud".to_owned(), aud);
+    }
+    Ok(Identity {
         subject,
         at_claims,
         id_claims: id.map(|c| without(c, ID_DROP)),
@@ -127,65 +182,36 @@ pub fn identify(answer: &Map<String, Value>, default_audience: &str) -> Identify
     })
 }
 
-/// Reads an RFC 7662 introspection answer about the upstream's access token.
-pub fn from_introspection(
-    answer: &Map<String, Value>,
-    default_audience: &str,
-) -> Result<Identity, &'static str> {
-    // RFC 7662 §2.2: "active" is REQUIRED; an inactive token says nothing else.
-    if answer.get("active") != Some(&Value::Bool(true)) {
-        return Err("the upstream's introspection says the new access token is not active");
-    }
-    let subject = subject_of(answer).ok_or("the upstream's introspection answer has no subject")?;
-    let mut at_claims = Map::new();
-    at_claims.insert(
-        "aud".to_owned(),
-        answer
-            .get("aud")
-            .cloned()
-            .unwrap_or_else(|| Value::String(default_audience.to_owned())),
-    );
-    Ok(Identity {
-        subject,
-        at_claims,
-        id_claims: None,
-        auth_time: answer.get("auth_time").and_then(Value::as_i64),
-        upstream_jwt: false,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    fn jwt(payload: Value) -> String {
-        format!(
-            "{}.{}.c2ln",
-            B64.encode(br#"{"alg":"RS256","typ":"JWT"}"#),
-            B64.encode(payload.to_string())
-        )
-    }
-
     fn answer(v: Value) -> Map<String, Value> {
         v.as_object().expect("object").clone()
     }
 
+    fn claims(v: Value) -> Option<Map<String, Value>> {
+        Some(answer(v))
+    }
+
     #[test]
     fn the_id_token_gives_subject_and_its_claims() {
-        let a = answer(json!({
-            "access_token": "opaque-at",
-            "refresh_token": "rt",
-            "id_token": jwt(json!({"iss":"https://idp","sub":"alice","aud":"www","exp":1,"iat":0,
-                                   "nonce":"n","at_hash":"h","auth_time":42,"email":"a@x"})),
-        }));
-        let Identify::Found(i) = identify(&a, "www") else {
-            panic!("found")
-        };
+        let i = identify(
+            Upstream {
+                id: claims(
+                    json!({"iss":"https://idp","sub":"alice","aud":"www","exp":1,"iat":0,
+                                  "nonce":"n","at_hash":"h","auth_time":42,"email":"a@x"}),
+                ),
+                ..Upstream::default()
+            },
+            "https://idp",
+        )
+        .expect("found");
         assert_eq!(i.subject, "alice");
         assert_eq!(i.auth_time, Some(42));
         assert!(!i.upstream_jwt);
-        assert_eq!(json!(i.at_claims), json!({"aud":"www"}));
+        assert_eq!(json!(i.at_claims), json!({"aud":"https://idp"}));
         assert_eq!(
             json!(i.id_claims),
             json!({"iss":"https://idp","sub":"alice","aud":"www","auth_time":42,"email":"a@x"})
@@ -194,50 +220,105 @@ mod tests {
 
     #[test]
     fn a_jwt_access_token_gives_subject_and_carried_claims() {
-        let a = answer(json!({
-            "access_token": jwt(json!({"iss":"https://idp","sub":"bob","aud":["api"],"exp":1,
-                                      "client_id":"www","scope":"read","roles":["admin"],"cnf":{}})),
-            "refresh_token": "rt",
-        }));
-        let Identify::Found(i) = identify(&a, "www") else {
-            panic!("found")
-        };
+        let i = identify(
+            Upstream {
+                access: claims(
+                    json!({"iss":"https://idp","sub":"bob","aud":["api"],"exp":1,
+                                      "client_id":"www","scope":"read","roles":["admin"]}),
+                ),
+                ..Upstream::default()
+            },
+            "https://idp",
+        )
+        .expect("found");
         assert_eq!(i.subject, "bob");
         assert!(i.upstream_jwt);
         assert_eq!(json!(i.at_claims), json!({"aud":["api"],"roles":["admin"]}));
         assert_eq!(i.id_claims, None);
-    }
-
-    #[test]
-    fn opaque_tokens_need_introspection() {
-        let a = answer(json!({"access_token":"opaque","refresh_token":"rt"}));
-        assert_eq!(
-            identify(&a, "www"),
-            Identify::Introspect {
-                access_token: "opaque".into()
-            }
-        );
-        let a = answer(json!({"refresh_token":"rt"}));
-        assert!(matches!(identify(&a, "www"), Identify::Unknown(_)));
+        let none = identify(Upstream::default(), "x").expect_err("no subject");
+        assert_eq!(none.0, CaptureSkip::NoSubject);
     }
 
     #[test]
     fn introspection_answers_are_read() {
-        let i = from_introspection(
-            &answer(json!({"active":true,"sub":"carol","aud":"api","auth_time":7})),
-            "www",
+        let intro = answer(json!({"active":true,"sub":"carol","aud":"api","auth_time":7}));
+        let i = identify(
+            Upstream {
+                introspection: Some(&intro),
+                ..Upstream::default()
+            },
+            "https://idp",
         )
         .expect("active");
         assert_eq!((i.subject.as_str(), i.auth_time), ("carol", Some(7)));
         assert_eq!(json!(i.at_claims), json!({"aud":"api"}));
-        assert!(from_introspection(&answer(json!({"active":false})), "www").is_err());
-        assert!(from_introspection(&answer(json!({"active":true})), "www").is_err());
+        for bad in [json!({"active":false,"sub":"x"}), json!({"active":true})] {
+            let bad = answer(bad);
+            let up = Upstream {
+                introspection: Some(&bad),
+                ..Upstream::default()
+            };
+            assert!(identify(up, "x").is_err());
+        }
     }
 
     #[test]
-    fn non_jwts_are_not_read() {
-        for t in ["a.b", "a.b.c.d", "x.eyJzdWIiOiJ4In0.sig", "", "...."] {
-            assert_eq!(jwt_payload(t), None, "{t}");
+    fn the_granted_scope_comes_from_the_upstream_only() {
+        let intro = answer(json!({"active":true,"scope":"c"}));
+        let at = claims(json!({"scope":"b"}));
+        let up = |access: Option<Map<String, Value>>, introspection| Upstream {
+            access,
+            id: None,
+            introspection,
+        };
+        let with_scope = answer(json!({"scope":"a"}));
+        let without_scope = answer(json!({}));
+        assert_eq!(
+            granted_scope(&with_scope, &up(at.clone(), Some(&intro))).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            granted_scope(&without_scope, &up(at, Some(&intro))).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            granted_scope(&without_scope, &up(claims(json!({"scp":["x","y"]})), None)).as_deref(),
+            Some("x y")
+        );
+        assert_eq!(
+            granted_scope(&without_scope, &up(claims(json!({"scp":"x y"})), None)).as_deref(),
+            Some("x y")
+        );
+        assert_eq!(
+            granted_scope(&without_scope, &up(None, Some(&intro))).as_deref(),
+            Some("c")
+        );
+        assert_eq!(
+            granted_scope(&without_scope, &up(claims(json!({"scp":[1]})), None)),
+            None
+        );
+        assert_eq!(granted_scope(&without_scope, &up(None, None)), None);
+    }
+
+    #[test]
+    fn only_bearer_answers_may_be_captured() {
+        for ok in [
+            json!({}),
+            json!({"token_type":"Bearer"}),
+            json!({"token_type":"bearer"}),
+        ] {
+            assert_eq!(check_token_type(&answer(ok)), Ok(()));
         }
+        for (bad, why) in [
+            ("DPoP", CaptureSkip::SenderConstrained),
+            ("dpop", CaptureSkip::SenderConstrained),
+            ("N_A", CaptureSkip::UnsupportedTokenType),
+            ("mac", CaptureSkip::UnsupportedTokenType),
+        ] {
+            let got = check_token_type(&answer(json!({ "token_type": bad })));
+            assert_eq!(got.map_err(|e| e.0), Err(why), "{bad}");
+        }
+        assert!(is_sender_constrained(&answer(json!({"cnf":{"jkt":"x"}}))));
+        assert!(!is_sender_constrained(&answer(json!({"sub":"x"}))));
     }
 }

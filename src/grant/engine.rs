@@ -692,13 +692,14 @@ impl Engine {
     }
 
     /// Opens `count` families for a client and subject (load-testing rigs, the admin API) and
-    /// returns their refresh tokens.
+    /// returns their refresh tokens. `issuer` is the upstream issuer (the default `aud`).
     pub async fn issue(
         &self,
         client_id: &str,
         subject: &str,
         scope: &str,
         count: usize,
+        issuer: &str,
     ) -> Result<Vec<String>, GrantError> {
         let client = self
             .clients
@@ -715,7 +716,7 @@ impl Engine {
         };
         let now = now_ms();
         let expires_at_ms = now.saturating_add(secs_to_ms(policy.refresh_token_max_lifetime));
-        let at_claims = serde_json::json!({"aud": self.default_audience(client_id)}).to_string();
+        let at_claims = serde_json::json!({"aud": self.default_audience(issuer)}).to_string();
         let scope = scope::tokens(scope).join(" ");
         let (families, tokens): (Vec<NewFamily>, Vec<String>) = (0..count)
             .map(|_| {
@@ -751,9 +752,11 @@ impl Engine {
         family
     }
 
-    /// The `aud` of minted access tokens when the upstream's access token had none.
-    pub fn default_audience<'a>(&'a self, client_id: &'a str) -> &'a str {
-        self.audience.as_deref().unwrap_or(client_id)
+    /// The `aud` of minted access tokens when the upstream names none: `tokens.audience`, else
+    /// the upstream issuer. Never the client id: that is an ID token's audience (OIDC Core
+    /// §2), and an access token must not be one a client could pass off as an ID token.
+    pub fn default_audience<'a>(&'a self, issuer: &'a str) -> &'a str {
+        self.audience.as_deref().unwrap_or(issuer)
     }
 
     /// Opens a family for a captured upstream answer and puts the proxy's refresh token in it.

@@ -6,6 +6,7 @@ use arc_swap::ArcSwap;
 use tower::Layer;
 
 use super::service::RefreshGrant;
+use super::upstream::UpstreamKeys;
 use crate::classify::Endpoints;
 use crate::config::ConfigError;
 use crate::grant::engine::Engine;
@@ -29,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) fallback_issuer: String,
     /// Credentials for the upstream's introspection endpoint at capture, when configured.
     pub(crate) introspection_auth: Option<HeaderValue>,
+    /// The upstream's JWKS, cached for capture; one for every worker.
+    pub(crate) upstream_keys: Arc<UpstreamKeys>,
 }
 
 impl Shared {
@@ -93,6 +96,7 @@ impl RefreshGrantLayer {
                 engine: Some(engine),
                 fallback_issuer: s.fallback_issuer.clone(),
                 introspection_auth: s.introspection_auth.clone(),
+                upstream_keys: s.upstream_keys.clone(),
             }),
         }
     }
@@ -189,6 +193,7 @@ impl RefreshGrantLayerBuilder {
                 jwks_keys,
                 fallback_issuer: self.fallback_issuer,
                 introspection_auth: self.introspection_auth,
+                upstream_keys: Arc::default(),
             }),
         }
     }

@@ -6,7 +6,8 @@
 //! timeouts) also carries them. Failures here never fail the client's request: an answer that
 //! cannot be captured is passed on as the upstream gave it, and the reason is logged.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -21,12 +22,177 @@ use super::layer::Shared;
 use super::service::inner_response;
 use crate::classify::Form;
 use crate::client_auth::{self, Client};
-use crate::grant::capture::{self, Identify};
+use crate::grant::capture::{self, Skip};
 use crate::grant::engine::Engine;
+use crate::grant::verify::{self, Expect, KeySet, Rejected};
+use crate::metrics::CaptureSkip;
 use crate::proxy::BoxError;
 
 /// Upstream token answers, JWKS and introspection answers larger than this are not read.
 const MAX_UPSTREAM_JSON: usize = 1024 * 1024;
+/// The upstream's JWKS is fetched again when a token names a `kid` it does not hold, but no
+/// sooner than this after the last fetch.
+const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// Before any JWKS could be fetched, attempts are at least this far apart.
+const JWKS_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// A cached JWKS is fetched again (on the next capture) after this long, so keys the upstream
+/// withdrew stop verifying.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// The upstream's JWKS, shared by every worker. A warm cache answers without I/O; fetches go
+/// one at a time (others wait for the result) and are rate-limited.
+#[derive(Debug, Default)]
+pub(crate) struct UpstreamKeys {
+    state: Mutex<KeysState>,
+    fetching: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct KeysState {
+    /// The path the keys came from (the endpoints may change).
+    path: String,
+    keys: Option<Arc<KeySet>>,
+    fetched: Option<Instant>,
+    attempted: Option<Instant>,
+}
+
+/// What to do for a capture that needs the keys.
+#[derive(Debug, PartialEq)]
+enum KeysPlan {
+    Use(Arc<KeySet>),
+    Fetch,
+    Unavailable,
+}
+
+impl KeysState {
+    /// `refresh`: the cached set lacks a `kid` a token named.
+    fn plan(&self, path: &str, refresh: bool, now: Instant) -> KeysPlan {
+        let since = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
+        let keys = self.keys.clone().filter(|_| self.path == path);
+        let recently =
+            |limit: Duration| self.path == path && since(self.attempted).is_some_and(|d| d < limit);
+        match keys {
+            Some(keys) => {
+                let stale = since(self.fetched).is_none_or(|d| d >= JWKS_MAX_AGE);
+                if (!refresh && !stale) || recently(JWKS_REFETCH_INTERVAL) {
+                    KeysPlan::Use(keys)
+                } else {
+                    KeysPlan::Fetch
+                }
+            }
+            None if recently(JWKS_RETRY_INTERVAL) => KeysPlan::Unavailable,
+            None => KeysPlan::Fetch,
+        }
+    }
+}
+
+impl UpstreamKeys {
+    fn plan(&self, path: &str, refresh: bool) -> KeysPlan {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .plan(path, refresh, Instant::now())
+    }
+
+    /// The keys at `path`: cached, or fetched through `service` when the plan says so.
+    async fn get<S, B, ResB>(
+        &self,
+        service: S,
+        path: &str,
+        refresh: bool,
+    ) -> Result<Arc<KeySet>, Skip>
+    where
+        S: Service<Request<RequestBody<B>>, Response = Response<ResB>>,
+        ResB: Body<Data = Bytes>,
+        ResB::Error: Into<BoxError>,
+    {
+        const UNAVAILABLE: Skip = (
+            CaptureSkip::NoJwks,
+            "the upstream's JWKS could not be fetched (retried at most every few seconds)",
+        );
+        if let KeysPlan::Use(keys) = self.plan(path, refresh) {
+            return Ok(keys);
+        }
+        let _one_at_a_time = self.fetching.lock().await;
+        // Another capture may have fetched while this one waited.
+        match self.plan(path, refresh) {
+            KeysPlan::Use(keys) => return Ok(keys),
+            KeysPlan::Unavailable => return Err(UNAVAILABLE),
+            KeysPlan::Fetch => {}
+        }
+        let started = Instant::now();
+        let fetched = fetch_jwks(service, path).await;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.path != path {
+            *state = KeysState {
+                path: path.to_owned(),
+                ..KeysState::default()
+            };
+        }
+        state.attempted = Some(started);
+        match fetched {
+            Ok(keys) => {
+                tracing::info!(keys = keys.len(), "fetched the upstream's JWKS");
+                let keys = Arc::new(keys);
+                state.keys = Some(keys.clone());
+                state.fetched = Some(started);
+                Ok(keys)
+            }
+            Err(why) => {
+                tracing::warn!("could not fetch the upstream's JWKS: {why}");
+                // A stale set is better than none; a withdrawn key is caught on a later fetch.
+                state.keys.clone().ok_or(UNAVAILABLE)
+            }
+        }
+    }
+}
+
+/// Verifies an upstream JWT against `set`, fetching the JWKS again (rate-limited) when the
+/// token names a key the set does not hold: the upstream may have rotated its keys.
+async fn verify_jwt<S, B, ResB>(
+    service: S,
+    keys: &UpstreamKeys,
+    path: &str,
+    set: &mut Arc<KeySet>,
+    token: &str,
+    expect: &Expect<'_>,
+) -> Result<Map<String, Value>, Skip>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    let mut result = verify::verify(token, set, expect);
+    if result == Err(Rejected::UnknownKey) {
+        *set = keys.get(service, path, true).await?;
+        result = verify::verify(token, set, expect);
+    }
+    result.map_err(|r| (CaptureSkip::InvalidToken, r.describe()))
+}
+
+/// GETs the upstream's JWKS through the inner service.
+async fn fetch_jwks<S, B, ResB>(service: S, path: &str) -> Result<KeySet, &'static str>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header(http::header::ACCEPT, "application/json")
+        .body(RequestBody::buffered(Bytes::new()))
+        .map_err(|_| "the JWKS path is not a valid request target")?;
+    let res = service
+        .oneshot(req)
+        .await
+        .map_err(|_| "the upstream could not be reached")?;
+    if res.status() != StatusCode::OK {
+        return Err("the upstream's JWKS did not answer 200");
+    }
+    let body = read_json(res.into_body()).await?;
+    KeySet::parse(&body)
+}
 
 /// The client a token request names, when the proxy handles it (no secret check: the upstream
 /// authenticates what it is sent).
@@ -85,7 +251,7 @@ pub(super) async fn capture<S, B, ResB>(
     res: Response<ResB>,
 ) -> Result<Response<ResponseBody<ResB>>, S::Error>
 where
-    S: Service<Request<RequestBody<B>>, Response = Response<ResB>> + Send + 'static,
+    S: Service<Request<RequestBody<B>>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Send,
     B: Send + 'static,
@@ -135,33 +301,14 @@ where
         tracing::info!(client_id = %client.id, "refresh token removed (refresh_token_ttl = 0)");
         return Ok(rebuilt(parts, json_bytes(&answer)));
     }
-    let audience = ctx.engine.default_audience(&client.id).to_owned();
-    let identity = match capture::identify(&answer, &audience) {
-        Identify::Found(identity) => identity,
-        Identify::Unknown(why) => {
-            tracing::warn!(client_id = %client.id, "capture skipped: {why}");
-            crate::metrics::inc(&ctx.engine.metrics.capture_skips);
+    let (identity, granted) = match examine(spare, &ctx, &answer).await {
+        Ok(found) => found,
+        Err((reason, why)) => {
+            tracing::warn!(client_id = %client.id, reason = reason.label(), "capture skipped: {why}");
+            ctx.engine.metrics.capture_skip(reason);
             return Ok(rebuilt(parts, bytes));
         }
-        Identify::Introspect { access_token } => {
-            match introspect(spare, &ctx, &access_token, &audience).await {
-                Ok(identity) => identity,
-                Err(why) => {
-                    tracing::warn!(client_id = %client.id, "capture skipped: {why}");
-                    crate::metrics::inc(&ctx.engine.metrics.capture_skips);
-                    return Ok(rebuilt(parts, bytes));
-                }
-            }
-        }
     };
-    // The granted scope: the answer's, else the requested one (RFC 6749 §5.1: scope is
-    // OPTIONAL "if identical to the scope requested by the client").
-    let granted = answer
-        .get("scope")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .or_else(|| ctx.form.get("scope").map(str::to_owned))
-        .unwrap_or_default();
     match ctx
         .engine
         .open_family(client, identity, &granted, &mut answer)
@@ -171,11 +318,117 @@ where
         Err(e) => {
             // Fail open: the client keeps the upstream's token; its next refresh is forwarded
             // and captured then.
-            tracing::warn!(client_id = %client.id, error = %e, "capture skipped: the store failed");
-            crate::metrics::inc(&ctx.engine.metrics.capture_skips);
+            tracing::warn!(client_id = %client.id, reason = "store", error = %e, "capture skipped: the store failed");
+            ctx.engine.metrics.capture_skip(CaptureSkip::Store);
             Ok(rebuilt(parts, bytes))
         }
     }
+}
+
+/// Reads what the upstream granted in `answer`: who the tokens are for and the granted scope,
+/// asking the upstream's introspection endpoint when the tokens do not say.
+async fn examine<S, B, ResB>(
+    spare: S,
+    ctx: &CaptureContext,
+    answer: &Map<String, Value>,
+) -> Result<(capture::Identity, String), Skip>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResB>> + Clone,
+    ResB: Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    capture::check_token_type(answer)?;
+    let access_token = answer.get("access_token").and_then(Value::as_str);
+    let id_token = answer.get("id_token").and_then(Value::as_str);
+    let jwt_access_token = access_token.filter(|t| verify::is_jws(t));
+    let (access, id) = if jwt_access_token.is_some() || id_token.is_some() {
+        let issuer = ctx.shared.issuer().to_owned();
+        let now = crate::grant::engine::now_ms() / 1000;
+        let path = ctx.shared.endpoints.load().jwks_path.clone().ok_or((
+            CaptureSkip::NoJwks,
+            "the answer has JWTs and the upstream's JWKS location is not known",
+        ))?;
+        let keys = &ctx.shared.upstream_keys;
+        let mut set = keys.get(spare.clone(), &path, false).await?;
+        let expect = |client_id| Expect {
+            issuer: &issuer,
+            client_id,
+            now,
+        };
+        let id = match id_token {
+            Some(t) if verify::is_jws(t) => Some(
+                verify_jwt(
+                    spare.clone(),
+                    keys,
+                    &path,
+                    &mut set,
+                    t,
+                    &expect(Some(&ctx.client.id)),
+                )
+                .await?,
+            ),
+            // A JWE (RFC 7516) or anything else: the proxy cannot read it.
+            Some(_) => {
+                return Err((
+                    CaptureSkip::InvalidToken,
+                    "the upstream's ID token is not a signed JWT (JWS)",
+                ));
+            }
+            None => None,
+        };
+        let access = match jwt_access_token {
+            Some(t) => {
+                Some(verify_jwt(spare.clone(), keys, &path, &mut set, t, &expect(None)).await?)
+            }
+            None => None,
+        };
+        (access, id)
+    } else {
+        (None, None)
+    };
+    if access.as_ref().is_some_and(capture::is_sender_constrained) {
+        return Err((
+            CaptureSkip::SenderConstrained,
+            "the upstream's access token is bound to a key (cnf); the proxy only mints bearer tokens",
+        ));
+    }
+    let mut upstream = capture::Upstream {
+        access,
+        id,
+        introspection: None,
+    };
+    let has_subject = [upstream.id.as_ref(), upstream.access.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.get("sub")
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
+        });
+    let has_scope = capture::granted_scope(answer, &upstream).is_some();
+    let opaque = upstream.access.is_none();
+    let introspection = match access_token {
+        // The tokens do not say who, or an opaque access token and no scope: ask the upstream.
+        Some(token) if !has_subject || (opaque && !has_scope) => {
+            let found = introspect(spare, ctx, token).await?;
+            if capture::is_sender_constrained(&found) {
+                return Err((
+                    CaptureSkip::SenderConstrained,
+                    "the upstream's introspection says the access token is bound to a key (cnf)",
+                ));
+            }
+            Some(found)
+        }
+        _ => None,
+    };
+    upstream.introspection = introspection.as_ref();
+    let granted = capture::granted_scope(answer, &upstream).ok_or((
+        CaptureSkip::NoScope,
+        "neither the answer, the access token nor introspection says what scope was granted",
+    ))?;
+    let issuer = ctx.shared.issuer();
+    let audience = ctx.engine.default_audience(&issuer);
+    Ok((capture::identify(upstream, audience)?, granted))
 }
 
 fn json_bytes(answer: &Map<String, Value>) -> Bytes {
@@ -233,8 +486,7 @@ async fn introspect<S, B, ResB>(
     service: S,
     ctx: &CaptureContext,
     access_token: &str,
-    audience: &str,
-) -> Result<capture::Identity, &'static str>
+) -> Result<Map<String, Value>, Skip>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<ResB>>,
     ResB: Body<Data = Bytes>,
@@ -246,7 +498,10 @@ where
         .load()
         .introspection_path
         .clone()
-        .ok_or("the access token is opaque, there is no ID token, and the upstream has no introspection endpoint")?;
+        .ok_or((
+            CaptureSkip::Introspection,
+            "the tokens do not say enough and the upstream has no introspection endpoint",
+        ))?;
     let (authorization, form) = match &ctx.shared.introspection_auth {
         Some(auth) => (
             Some(auth.clone()),
@@ -265,11 +520,22 @@ where
     };
     let body = call_upstream(service, &path, authorization, form)
         .await
-        .ok_or("the upstream's introspection endpoint did not answer 2xx")?;
-    let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(&body) else {
-        return Err("the upstream's introspection answer is not a JSON object");
-    };
-    capture::from_introspection(&answer, audience)
+        .ok_or((
+            CaptureSkip::Introspection,
+            "the upstream's introspection endpoint did not answer 2xx",
+        ))?;
+    match serde_json::from_slice::<Value>(&body) {
+        // RFC 7662 §2.2: "active" is REQUIRED; an inactive token says nothing else.
+        Ok(Value::Object(answer)) if answer.get("active") == Some(&Value::Bool(true)) => Ok(answer),
+        Ok(Value::Object(_)) => Err((
+            CaptureSkip::Introspection,
+            "the upstream's introspection says the new access token is not active",
+        )),
+        _ => Err((
+            CaptureSkip::Introspection,
+            "the upstream's introspection answer is not a JSON object",
+        )),
+    }
 }
 
 /// Adds the proxy's public keys to a JWKS answer; anything else passes through.
@@ -296,5 +562,49 @@ where
                 crate::proxy::ForwardError::Failed(why.into()),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warm(path: &str, at: Instant) -> KeysState {
+        KeysState {
+            path: path.to_owned(),
+            keys: Some(Arc::new(KeySet::default())),
+            fetched: Some(at),
+            attempted: Some(at),
+        }
+    }
+
+    #[test]
+    fn a_warm_cache_is_used_and_refetches_are_rate_limited() {
+        let t0 = Instant::now();
+        let s = warm("/jwks", t0);
+        let secs = |n| t0 + Duration::from_secs(n);
+        // Warm: no fetch, whatever the time within the max age.
+        assert!(matches!(s.plan("/jwks", false, secs(1)), KeysPlan::Use(_)));
+        assert!(matches!(
+            s.plan("/jwks", false, secs(3599)),
+            KeysPlan::Use(_)
+        ));
+        // An unknown kid: a refetch, but not within 30 s of the last one.
+        assert!(matches!(s.plan("/jwks", true, secs(29)), KeysPlan::Use(_)));
+        assert_eq!(s.plan("/jwks", true, secs(30)), KeysPlan::Fetch);
+        // Stale after an hour.
+        assert_eq!(s.plan("/jwks", false, secs(3600)), KeysPlan::Fetch);
+        // Another path (the endpoints changed): fetch.
+        assert_eq!(s.plan("/other", false, secs(1)), KeysPlan::Fetch);
+        // Cold: fetch; after a failed attempt, not again within 5 s.
+        let cold = KeysState::default();
+        assert_eq!(cold.plan("/jwks", false, t0), KeysPlan::Fetch);
+        let failed = KeysState {
+            path: "/jwks".into(),
+            attempted: Some(t0),
+            ..KeysState::default()
+        };
+        assert_eq!(failed.plan("/jwks", false, secs(4)), KeysPlan::Unavailable);
+        assert_eq!(failed.plan("/jwks", true, secs(5)), KeysPlan::Fetch);
     }
 }

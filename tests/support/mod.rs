@@ -6,6 +6,8 @@
 //!   faults (kill a master, wait for its replica to take over).
 //! - [`idp`]: a real OpenID Connect provider (npm `oidc-provider`, pinned in tests/idp).
 //! - [`echo`]: a plain upstream that reports what reached it, for transparency tests.
+//! - [`fake_idp`]: a programmable upstream IdP (token answer, JWKS, introspection set by the
+//!   test) and signing keys for its tokens, for capture tests.
 //! - [`proxy`]: the proxy itself, in-process or as the real binary.
 //! - [`jose`]: an independent JOSE implementation (Node's `jose`) to verify minted JWTs.
 //! - [`load`]: steady refresh chains and forwarded traffic for fault tests.
@@ -13,6 +15,7 @@
 #![allow(dead_code)]
 
 pub mod echo;
+pub mod fake_idp;
 pub mod idp;
 pub mod jose;
 pub mod load;
