@@ -96,8 +96,8 @@ pub struct Admin {
     pub worker_stores: Vec<WorkerStore>,
     /// How long `/readyz` waits for the store's answer.
     pub store_timeout: Duration,
-    /// The proxy's public keys (`GET /jwks`).
-    pub jwks: Arc<serde_json::Value>,
+    /// The engine whose public keys `GET /jwks` serves (as they are after any reload).
+    pub engine: Arc<crate::grant::engine::Engine>,
     /// The admin API; `None` when `admin.token` is not set.
     pub api: Option<Arc<AdminApi>>,
     /// `GET /metrics` (no token, like the probes: Prometheus scrapes it).
@@ -153,7 +153,11 @@ impl Admin {
                 json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
             }
             "/readyz" if get => self.ready().await,
-            "/jwks" if get => json_response(StatusCode::OK, &*self.jwks),
+            "/jwks" if get => json_response(
+                StatusCode::OK,
+                // RFC 7517 §5.1: "The value of the "keys" parameter is an array of JWK values."
+                &serde_json::json!({ "keys": self.engine.keys().public_jwks() }),
+            ),
             "/metrics" if get => {
                 let mut res = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 res.headers_mut().insert(
@@ -751,9 +755,6 @@ mod tests {
     }
 
     fn test_engine() -> Engine {
-        use crate::client_auth::Clients;
-        use crate::mint::jwt::Signer;
-        use crate::mint::refresh::RefreshTokenKey;
         let config = crate::config::Config::from_toml_str(
             "[upstream]\nurl = \"http://127.0.0.1:9\"\n",
             std::path::Path::new("."),
@@ -762,10 +763,7 @@ mod tests {
         .expect("config");
         Engine::new(
             AnyStore::Memory(crate::store::MemoryStore::new()),
-            Clients::from_config(&config).expect("clients"),
-            RefreshTokenKey::generate(),
-            Signer::generate(config.tokens.signing_alg),
-            None,
+            crate::app::build_keys(&config).expect("keys"),
             300,
             None,
         )

@@ -38,10 +38,10 @@ use crate::admin::{Admin, AdminApi, IssuerSource, Readiness, WorkerStore};
 use crate::classify::Endpoints;
 use crate::client_auth::Clients;
 use crate::config::{Config, ConfigError};
-use crate::grant::engine::Engine;
+use crate::grant::engine::{Engine, Keys};
 use crate::layer::RefreshGrantLayer;
-use crate::mint::jwt::{self, Signer};
-use crate::mint::refresh::RefreshTokenKey;
+use crate::mint::jwt::Signer;
+use crate::mint::refresh::{RefreshKeys, RefreshTokenKey};
 use crate::proxy::Forward;
 use crate::server::{self, ConnOptions, Inbox};
 use crate::store::AnyStore;
@@ -62,55 +62,100 @@ fn check_id_token_alg(alg: Option<&str>, listed: &[String]) {
     }
 }
 
-/// The grant engine: clients, keys and signers, parsed once.
-fn build_engine(config: &Config, store: AnyStore) -> Result<Engine, ConfigError> {
+/// Signers from key files (the first signs), or one ephemeral key with a warning.
+fn signers(
+    alg: crate::config::SigningAlg,
+    paths: &[&std::path::PathBuf],
+    key: &str,
+    what: &str,
+) -> Result<Vec<Signer>, ConfigError> {
+    if paths.is_empty() {
+        tracing::warn!(
+            ?alg,
+            "tokens.{key} is not set: {what} are signed with an ephemeral key that changes on \
+             every restart and differs between replicas; set it in production"
+        );
+        return Ok(vec![Signer::generate(alg)]);
+    }
+    paths
+        .iter()
+        .map(|path| Signer::from_pem_file(alg, path, &format!("tokens.{key}")))
+        .collect()
+}
+
+/// The clients and every key, parsed once (at start, and again on each reload).
+pub fn build_keys(config: &Config) -> Result<Keys, ConfigError> {
     let tokens = &config.tokens;
     let clients = Clients::from_config(config)?;
-    let refresh_key = match &tokens.refresh_token_key {
-        Some(secret) => RefreshTokenKey::from_secret(secret.expose().as_bytes()),
+    let secrets = tokens.refresh_token_secrets();
+    let refresh = if secrets.is_empty() {
         // Validation allows this only with the memory store, whose families die with the
         // process anyway.
-        None => RefreshTokenKey::generate(),
-    };
-    let signer = match &tokens.signing_key_file {
-        Some(path) => Signer::from_pem_file(tokens.signing_alg, path, "tokens.signing_key_file")?,
-        None => {
-            tracing::warn!(
-                alg = ?tokens.signing_alg,
-                "tokens.signing_key_file is not set: access tokens are signed with an ephemeral key \
-                 that changes on every restart and differs between replicas; set it in production"
-            );
-            Signer::generate(tokens.signing_alg)
-        }
-    };
-    let id_signer = if clients.iter().any(|c| c.policy.id_token_on_refresh) {
-        Some(match &tokens.id_token_signing_key_file {
-            Some(path) => Signer::from_pem_file(
-                tokens.id_token_signing_alg,
-                path,
-                "tokens.id_token_signing_key_file",
-            )?,
-            None => {
-                tracing::warn!(
-                    alg = ?tokens.id_token_signing_alg,
-                    "tokens.id_token_signing_key_file is not set: ID tokens on refresh are signed \
-                     with an ephemeral key; set it in production"
-                );
-                Signer::generate(tokens.id_token_signing_alg)
-            }
-        })
+        RefreshKeys::single(RefreshTokenKey::generate())
     } else {
-        None
+        RefreshKeys::new(
+            secrets
+                .iter()
+                .map(|s| RefreshTokenKey::from_secret(s.expose().as_bytes()))
+                .collect(),
+        )
+        .map_err(|e| ConfigError::invalid("tokens.refresh_token_keys", e))?
     };
+    let signers = signers(
+        tokens.signing_alg,
+        &tokens.signing_key_paths(),
+        "signing_key_file",
+        "access tokens",
+    )?;
+    let id_signers = if clients.iter().any(|c| c.policy.id_token_on_refresh) {
+        self::signers(
+            tokens.id_token_signing_alg,
+            &tokens.id_token_signing_key_paths(),
+            "id_token_signing_key_file",
+            "ID tokens on refresh",
+        )?
+    } else {
+        Vec::new()
+    };
+    Ok(Keys {
+        clients,
+        refresh,
+        signers,
+        id_signers,
+    })
+}
+
+/// The grant engine over `store`, with the keys of `config`.
+fn build_engine(config: &Config, store: AnyStore) -> Result<Engine, ConfigError> {
     Ok(Engine::new(
         store,
-        clients,
-        refresh_key,
-        signer,
-        id_signer,
-        tokens.access_token_ttl,
-        tokens.audience.clone(),
+        build_keys(config)?,
+        config.tokens.access_token_ttl,
+        config.tokens.audience.clone(),
     ))
+}
+
+/// Replaces the clients, their secrets and every key of a running app: requests in flight
+/// finish with the keys they started with, connections stay open. Other settings need a
+/// restart.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    engine: Arc<Engine>,
+}
+
+impl Reloader {
+    pub fn reload(&self, config: &Config) -> Result<(), ConfigError> {
+        let keys = build_keys(config)?;
+        tracing::info!(
+            clients = keys.clients.iter().count(),
+            refresh_token_keys = keys.refresh.len(),
+            signing_keys = keys.signers.len(),
+            id_token_signing_keys = keys.id_signers.len(),
+            "reloaded clients and keys (other settings need a restart)"
+        );
+        self.engine.reload(keys);
+        Ok(())
+    }
 }
 
 /// Everything the binary runs, built from config.
@@ -123,7 +168,6 @@ pub struct App {
     readiness: Arc<Readiness>,
     store: AnyStore,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    jwks: Arc<serde_json::Value>,
     id_token_alg: Option<&'static str>,
     /// The admin API, when `admin.token` is set.
     admin_api: Option<Arc<AdminApi>>,
@@ -159,8 +203,7 @@ impl App {
             layer = layer.introspection_client(id, secret.expose())?;
         }
         let layer = layer.build();
-        let jwks = Arc::new(jwt::jwks(&engine.signers()));
-        let id_token_alg = engine.id_token_alg();
+        let id_token_alg = engine.keys().id_token_alg();
         // Checked here, with the rest of the config: `admin.token` turns the admin API on and
         // must be long enough not to be guessed.
         let admin_api = AdminApi::from_config(
@@ -184,11 +227,17 @@ impl App {
             readiness: Arc::new(Readiness::default()),
             store,
             tls,
-            jwks,
             id_token_alg,
             admin_api: admin_api.map(Arc::new),
             metrics: engine.metrics.clone(),
         })
+    }
+
+    /// A handle that replaces clients and keys while the app runs (`SIGHUP`).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            engine: self.engine.clone(),
+        }
     }
 
     pub fn readiness(&self) -> Arc<Readiness> {
@@ -211,7 +260,6 @@ impl App {
             readiness,
             store,
             tls,
-            jwks,
             id_token_alg,
             admin_api,
             metrics,
@@ -280,7 +328,7 @@ impl App {
             store,
             worker_stores,
             store_timeout: config.store.response_timeout,
-            jwks,
+            engine: engine.clone(),
             api: admin_api,
             metrics,
         };

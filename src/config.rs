@@ -36,6 +36,9 @@ pub const ENV_PREFIX: &str = "REFRESH_PROXY_";
 /// The environment variable that names the config file (read by the CLI, not an override).
 pub const ENV_CONFIG_PATH: &str = "REFRESH_PROXY_CONFIG";
 
+/// Keys that hold a list of secrets, and the key that lists the files holding them instead.
+const SECRET_LISTS: &[(&str, &str)] = &[("refresh_token_keys", "refresh_token_key_files")];
+
 /// Keys that hold secrets; each may instead be given as `<key>_file`.
 const SECRET_KEYS: &[&str] = &[
     "secret",
@@ -310,9 +313,17 @@ pub struct TokensConfig {
     #[serde(default = "default_signing_alg")]
     pub signing_alg: SigningAlg,
     pub signing_key_file: Option<PathBuf>,
+    /// Access-token signing keys for rotation: the first signs, all are published and verify.
+    /// Instead of `signing_key_file`.
+    #[serde(default)]
+    pub signing_key_files: Vec<PathBuf>,
     /// The server secret refresh tokens are derived and checked with (at least 32 bytes).
     /// Required with a shared store: every replica and every restart must check the same tokens.
     pub refresh_token_key: Option<Secret>,
+    /// Refresh-token keys for rotation (or `refresh_token_key_files`): the first mints, all
+    /// are accepted. Instead of `refresh_token_key`.
+    #[serde(default)]
+    pub refresh_token_keys: Vec<Secret>,
     /// `aud` of minted access tokens when the upstream's access token had none (default: the
     /// client id).
     pub audience: Option<String>,
@@ -320,6 +331,9 @@ pub struct TokensConfig {
     #[serde(default = "default_id_token_alg")]
     pub id_token_signing_alg: SigningAlg,
     pub id_token_signing_key_file: Option<PathBuf>,
+    /// ID-token signing keys for rotation, as `signing_key_files`.
+    #[serde(default)]
+    pub id_token_signing_key_files: Vec<PathBuf>,
     pub refresh_token_ttl: Option<u64>,
     pub refresh_token_max_lifetime: Option<u64>,
     pub reuse_refresh_tokens: Option<bool>,
@@ -331,6 +345,32 @@ pub struct TokensConfig {
 impl Default for TokensConfig {
     fn default() -> Self {
         from_empty_table()
+    }
+}
+
+impl TokensConfig {
+    /// The refresh-token secrets, the minting one first (empty: none configured).
+    pub fn refresh_token_secrets(&self) -> Vec<&Secret> {
+        self.refresh_token_key
+            .iter()
+            .chain(&self.refresh_token_keys)
+            .collect()
+    }
+
+    /// The access-token signing key files, the signing one first.
+    pub fn signing_key_paths(&self) -> Vec<&PathBuf> {
+        self.signing_key_file
+            .iter()
+            .chain(&self.signing_key_files)
+            .collect()
+    }
+
+    /// The ID-token signing key files, the signing one first.
+    pub fn id_token_signing_key_paths(&self) -> Vec<&PathBuf> {
+        self.id_token_signing_key_file
+            .iter()
+            .chain(&self.id_token_signing_key_files)
+            .collect()
     }
 }
 
@@ -530,19 +570,82 @@ impl Config {
         ]
         .into_iter()
         .flatten()
+        .chain(&mut self.tokens.signing_key_files)
+        .chain(&mut self.tokens.id_token_signing_key_files)
         {
             *path = base.join(&*path);
+        }
+        for (single, list, one, many) in [
+            (
+                self.tokens.signing_key_file.is_some(),
+                !self.tokens.signing_key_files.is_empty(),
+                "signing_key_file",
+                "signing_key_files",
+            ),
+            (
+                self.tokens.id_token_signing_key_file.is_some(),
+                !self.tokens.id_token_signing_key_files.is_empty(),
+                "id_token_signing_key_file",
+                "id_token_signing_key_files",
+            ),
+            (
+                self.tokens.refresh_token_key.is_some(),
+                !self.tokens.refresh_token_keys.is_empty(),
+                "refresh_token_key",
+                "refresh_token_keys",
+            ),
+        ] {
+            if single && list {
+                return Err(ConfigError::invalid(
+                    format!("tokens.{many}"),
+                    format_args!("set either {one} or {many}, not both"),
+                ));
+            }
+        }
+        for (key, count) in [
+            (
+                "tokens.signing_key_files",
+                self.tokens.signing_key_files.len(),
+            ),
+            (
+                "tokens.id_token_signing_key_files",
+                self.tokens.id_token_signing_key_files.len(),
+            ),
+            (
+                "tokens.refresh_token_keys",
+                self.tokens.refresh_token_keys.len(),
+            ),
+        ] {
+            if count > crate::mint::refresh::MAX_KEYS {
+                return Err(ConfigError::invalid(
+                    key,
+                    "at most 4 keys (the current one and those still accepted)",
+                ));
+            }
         }
         let store = crate::store::StoreUrl::parse(&self.store.url)
             .map_err(|e| ConfigError::invalid("store.url", e))?;
         validate_store(&self.store, &store)?;
-        match &self.tokens.refresh_token_key {
-            Some(key) if key.expose().len() < 32 => {
+        let refresh_secrets = self.tokens.refresh_token_secrets();
+        if refresh_secrets.iter().any(|k| k.expose().len() < 32) {
+            return Err(ConfigError::invalid(
+                if self.tokens.refresh_token_keys.is_empty() {
+                    "tokens.refresh_token_key"
+                } else {
+                    "tokens.refresh_token_keys"
+                },
+                "must be at least 32 bytes (e.g. `openssl rand -base64 48`)",
+            ));
+        }
+        for (i, k) in refresh_secrets.iter().enumerate() {
+            if refresh_secrets[..i].contains(k) {
                 return Err(ConfigError::invalid(
-                    "tokens.refresh_token_key",
-                    "must be at least 32 bytes (e.g. `openssl rand -base64 48`)",
+                    "tokens.refresh_token_keys",
+                    "the same key is listed twice",
                 ));
             }
+        }
+        match refresh_secrets.first() {
             None if store != crate::store::StoreUrl::Memory => {
                 return Err(ConfigError::invalid(
                     "tokens.refresh_token_key",
@@ -802,6 +905,35 @@ fn resolve_secret_files(
         })?;
         let content = content.trim_end_matches(['\r', '\n']).to_owned();
         table.insert(key, toml::Value::String(content));
+    }
+    for (key, files_key) in SECRET_LISTS {
+        let Some(files) = table.remove(*files_key) else {
+            continue;
+        };
+        let full = format!("{prefix}{files_key}");
+        if table.contains_key(*key) {
+            return Err(ConfigError::invalid(
+                full,
+                format!("set either {key} or {files_key}, not both"),
+            ));
+        }
+        let toml::Value::Array(paths) = files else {
+            return Err(ConfigError::invalid(full, "must be a list of file paths"));
+        };
+        let mut secrets = Vec::with_capacity(paths.len());
+        for path in paths {
+            let toml::Value::String(path) = path else {
+                return Err(ConfigError::invalid(full, "must be a list of file paths"));
+            };
+            let path = base.join(path);
+            let content = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::invalid(&full, format!("cannot read {}: {e}", path.display()))
+            })?;
+            secrets.push(toml::Value::String(
+                content.trim_end_matches(['\r', '\n']).to_owned(),
+            ));
+        }
+        table.insert((*key).to_owned(), toml::Value::Array(secrets));
     }
     for (k, v) in table.iter_mut() {
         if let toml::Value::Table(inner) = v {

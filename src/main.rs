@@ -111,7 +111,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig) => check_config(config, &cli.config),
         Some(Command::Issue(args)) => issue(&config, &cli.config, args),
         Some(Command::Admin(AdminCommand::Revoke(args))) => revoke(&config, &cli.config, args),
-        None => run(config),
+        None => run(config, cli.config.clone()),
     }
 }
 
@@ -231,7 +231,7 @@ fn check_config(config: Config, path: &std::path::Path) -> ExitCode {
 /// Serves: this thread's runtime accepts connections and runs the admin listener, discovery
 /// and the shutdown sequence; `server.workers` threads of their own serve the requests
 /// ([`refresh_proxy::app`]).
-fn run(config: Config) -> ExitCode {
+fn run(config: Config, config_path: std::path::PathBuf) -> ExitCode {
     init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -275,6 +275,7 @@ fn run(config: Config) -> ExitCode {
             workers = config_workers,
             "refresh-proxy started"
         );
+        tokio::spawn(reload_on_hangup(config_path, app.reloader()));
         match app.run(listener, admin_listener, shutdown_signal()).await {
             Outcome::Drained => tracing::info!("shut down cleanly"),
             Outcome::DeadlineExceeded => {
@@ -284,6 +285,23 @@ fn run(config: Config) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// On each SIGHUP: reads the config file again and replaces the clients, their secrets and
+/// every key (connections and requests in flight are not touched). A config that does not
+/// load keeps the previous keys.
+async fn reload_on_hangup(path: std::path::PathBuf, reloader: refresh_proxy::app::Reloader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; keys reload only on restart");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        match Config::load(&path).and_then(|c| reloader.reload(&c)) {
+            Ok(()) => {}
+            Err(e) => tracing::error!("reload refused, the previous keys stay: {e}"),
+        }
+    }
 }
 
 /// Completes on the first SIGTERM or SIGINT; a second one exits at once.

@@ -310,7 +310,7 @@ impl Race {
     }
 }
 
-/// A proxy refresh token: `<family, 22 chars>.<generation>.<64 chars>`.
+/// A proxy refresh token: `<family, 22 chars>.<generation>.<4-char key id><64 chars>`.
 #[derive(Debug, PartialEq, Eq)]
 struct Parsed<'a> {
     family: &'a str,
@@ -321,7 +321,7 @@ impl<'a> Parsed<'a> {
     fn of(token: &'a str) -> Option<Parsed<'a>> {
         let mut parts = token.split('.');
         let (family, generation, rest) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || family.len() != 22 || rest.len() != 64 {
+        if parts.next().is_some() || family.len() != 22 || rest.len() != 68 {
             return None;
         }
         Some(Parsed {

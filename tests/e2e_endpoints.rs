@@ -235,6 +235,29 @@ async fn tokens_the_proxy_did_not_issue_go_to_the_idp(kind: Kind) {
     );
 }
 
+/// An ID token is not an access token: introspecting one the proxy minted is inactive (it
+/// answered `active: true, token_type: Bearer`, and stayed active after its family was
+/// revoked), and revoking it ends nothing.
+async fn an_id_token_the_proxy_minted_is_not_an_access_token(kind: Kind) {
+    let s = Stack::start(kind, IdpOptions::default(), "id_token_on_refresh = true").await;
+    let login = idp::code_flow(s.url(), &CodeFlow::www("openid offline_access")).await;
+    let (status, body) = s.refresh(idp::str_field(&login, "refresh_token")).await;
+    assert_eq!(status, 200, "{body}");
+    let id_token = idp::str_field(&body, "id_token").to_owned();
+    let rt = idp::str_field(&body, "refresh_token").to_owned();
+    assert_eq!(
+        idp::introspect(s.url(), &id_token).await,
+        serde_json::json!({"active": false}),
+        "an ID token introspects inactive"
+    );
+    assert_eq!(
+        s.revoke(WWW_CLIENT_ID, WWW_CLIENT_SECRET, &id_token).await,
+        200
+    );
+    let (status, body) = s.refresh(&rt).await;
+    assert_eq!(status, 200, "revoking an ID token ends nothing: {body}");
+}
+
 both_stores!(
     revoking_a_refresh_token_ends_its_family,
     revoking_an_access_token_ends_its_family,
@@ -243,4 +266,5 @@ both_stores!(
     opaque_access_tokens_introspect_with_their_claims,
     only_clients_that_may_introspect_can,
     tokens_the_proxy_did_not_issue_go_to_the_idp,
+    an_id_token_the_proxy_minted_is_not_an_access_token,
 );

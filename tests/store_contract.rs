@@ -47,11 +47,16 @@ fn v(g: u64) -> Verifier {
     Verifier([g as u8 + 1; 16])
 }
 
+/// The successor verifiers of generation `g`'s token (one key).
+fn next(g: u64) -> &'static [Verifier] {
+    Box::leak(vec![v(g + 1)].into_boxed_slice())
+}
+
 fn redeem(generation: u64, now_ms: i64) -> Redeem<'static> {
     Redeem {
         generation,
         presented: v(generation),
-        successor: v(generation + 1),
+        successors: next(generation),
         ahead_of: None,
         client_id: "www",
         scope: None,
@@ -201,8 +206,22 @@ async fn the_verifier_is_checked_in_the_same_step<S: TokenStore>(store: S) {
     );
     // Generation 0 again within grace: its successor's verifier must be the stored one.
     let mut forged = redeem(0, t0 + 2);
-    forged.successor = v(99);
+    forged.successors = next(98);
     assert_eq!(verdict(go(&store, &f, forged).await), Verdict::Unverified);
+    // A retry whose successor an older key made (the keys changed since the rotation).
+    let mut retry = redeem(0, t0 + 2);
+    retry.successors = Box::leak(vec![v(77), v(1)].into_boxed_slice());
+    assert!(
+        matches!(
+            verdict(go(&store, &f, retry).await),
+            Verdict::Grace {
+                generation: 1,
+                key: 1,
+                ..
+            }
+        ),
+        "the second key's successor"
+    );
     // A token two generations ahead (the store lost writes).
     assert_eq!(
         verdict(go(&store, &f, redeem(3, t0 + 3)).await),
@@ -226,6 +245,37 @@ async fn the_verifier_is_checked_in_the_same_step<S: TokenStore>(store: S) {
     assert!(
         matches!(v5, Verdict::Rotated { generation: 5, .. }),
         "{v5:?}"
+    );
+}
+
+/// A family sealed with a key that is no longer current is re-sealed with the current one,
+/// only if it still holds the seal the caller read (a compare-and-set).
+async fn reseal_replaces_only_the_seal_it_expects<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Jwt);
+    store.create_family(&f).await.expect("create");
+    let new = Seal([9; 16]);
+    assert!(
+        !store
+            .reseal(f.id.as_str(), &Seal([1; 16]), &new)
+            .await
+            .expect("reseal")
+    );
+    assert!(
+        store
+            .reseal(f.id.as_str(), &f.seal, &new)
+            .await
+            .expect("reseal")
+    );
+    match go(&store, &f, redeem(0, t0 + 1)).await {
+        Redemption::Decided { family, .. } => assert_eq!(family.seal, new),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !store
+            .reseal("AAAAAAAAAAAAAAAAAAAAAA", &f.seal, &new)
+            .await
+            .expect("reseal")
     );
 }
 
@@ -726,6 +776,7 @@ contract!(
     reuse_outside_grace_revokes_the_family,
     a_rotated_out_token_is_reuse_whatever_else_is_wrong,
     the_verifier_is_checked_in_the_same_step,
+    reseal_replaces_only_the_seal_it_expects,
     zero_grace_makes_every_second_presentation_reuse,
     another_clients_token_changes_nothing,
     narrowing_sticks_and_widening_stops_at_the_grant,
@@ -758,7 +809,7 @@ async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
             family: f.id.as_str(),
             redeem: Redeem {
                 presented: parsed.verifier(),
-                successor,
+                successors: &[successor],
                 ..redeem(0, t0)
             },
             opaque: Some(OpaqueCandidate {

@@ -11,6 +11,8 @@
 //! get the same `invalid_grant` body, so the answer is no oracle (DESIGN §4.5).
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand;
@@ -30,7 +32,7 @@ use crate::config::AccessTokenFormat;
 use crate::metrics::{Metrics, inc};
 use crate::mint::jwt::{Signer, TYP_AT_JWT, TYP_JWT};
 use crate::mint::opaque;
-use crate::mint::refresh::{FamilyId, RefreshToken, RefreshTokenKey, Seal};
+use crate::mint::refresh::{FamilyId, RefreshKeys, RefreshToken, Seal};
 use crate::store::{
     AnyStore, FamilyData, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, Revoke,
     StoreError, TokenFormat, TokenStore,
@@ -65,15 +67,42 @@ pub struct TokenResponse {
     pub id_token: Option<String>,
 }
 
+/// What a reload (`SIGHUP`) replaces: the clients and their secrets, and every key. Each list
+/// of keys is a ring: the first signs or mints, all verify, all are published.
+#[derive(Debug)]
+pub struct Keys {
+    pub clients: Clients,
+    pub refresh: RefreshKeys,
+    /// Access-token signers (at least one).
+    pub signers: Vec<Signer>,
+    /// ID-token signers (empty when no client gets ID tokens on refresh).
+    pub id_signers: Vec<Signer>,
+}
+
+impl Keys {
+    /// The public JWKs of every signer, for the JWKS (each `kid` once).
+    pub fn public_jwks(&self) -> Vec<Value> {
+        let mut seen = std::collections::HashSet::new();
+        self.signers
+            .iter()
+            .chain(&self.id_signers)
+            .filter(|s| seen.insert(s.kid().to_owned()))
+            .map(Signer::public_jwk)
+            .collect()
+    }
+
+    /// The JOSE `alg` of ID tokens on refresh, when any client gets them.
+    pub fn id_token_alg(&self) -> Option<&'static str> {
+        self.id_signers.first().map(Signer::alg_name)
+    }
+}
+
 /// Everything refresh grants and capture need, built once from config.
 pub struct Engine {
     pub store: AnyStore,
     pub metrics: Arc<Metrics>,
-    pub clients: Clients,
-    // Behind `Arc`s so that workers' engines (`with_store`) share one parsed copy.
-    refresh_key: Arc<RefreshTokenKey>,
-    signer: Arc<Signer>,
-    id_signer: Option<Arc<Signer>>,
+    // Shared by every worker's engine (`with_store`), and replaced as a whole on reload.
+    keys: Arc<ArcSwap<Keys>>,
     access_token_ttl: u64,
     audience: Option<String>,
 }
@@ -81,9 +110,7 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("clients", &self.clients)
-            .field("signer", &self.signer)
-            .field("id_signer", &self.id_signer)
+            .field("keys", &self.keys.load())
             .finish_non_exhaustive()
     }
 }
@@ -166,23 +193,27 @@ fn jti_of<'b>(family_id: &str, buf: &'b mut [u8; JTI_MAX]) -> &'b str {
 impl Engine {
     pub fn new(
         store: AnyStore,
-        clients: Clients,
-        refresh_key: RefreshTokenKey,
-        signer: Signer,
-        id_signer: Option<Signer>,
+        keys: Keys,
         access_token_ttl: u64,
         audience: Option<String>,
     ) -> Engine {
         Engine {
             store,
             metrics: Arc::default(),
-            clients,
-            refresh_key: Arc::new(refresh_key),
-            signer: Arc::new(signer),
-            id_signer: id_signer.map(Arc::new),
+            keys: Arc::new(ArcSwap::from_pointee(keys)),
             access_token_ttl,
             audience,
         }
+    }
+
+    /// The clients and keys of the moment.
+    pub fn keys(&self) -> Arc<Keys> {
+        self.keys.load_full()
+    }
+
+    /// Replaces the clients and keys (a reload); requests in flight finish with the old ones.
+    pub fn reload(&self, keys: Keys) {
+        self.keys.store(Arc::new(keys));
     }
 
     /// The same engine over another handle of the store: a worker thread's own Redis
@@ -192,25 +223,10 @@ impl Engine {
         Engine {
             store,
             metrics: self.metrics.clone(),
-            clients: self.clients.clone(),
-            refresh_key: self.refresh_key.clone(),
-            signer: self.signer.clone(),
-            id_signer: self.id_signer.clone(),
+            keys: self.keys.clone(),
             access_token_ttl: self.access_token_ttl,
             audience: self.audience.clone(),
         }
-    }
-
-    /// The signers whose public keys belong in the JWKS.
-    pub fn signers(&self) -> Vec<&Signer> {
-        std::iter::once(&*self.signer)
-            .chain(self.id_signer.as_deref())
-            .collect()
-    }
-
-    /// The JOSE `alg` of ID tokens on refresh, when any client gets them.
-    pub fn id_token_alg(&self) -> Option<&'static str> {
-        self.id_signer.as_deref().map(Signer::alg_name)
     }
 
     /// A refresh grant. `Ok(None)`: not the proxy's (a client or token it does not handle);
@@ -221,14 +237,15 @@ impl Engine {
         form: &Form,
         issuer: &str,
     ) -> Result<Option<TokenResponse>, GrantError> {
+        let keys = self.keys();
         let token_param = form.get("refresh_token");
         let presented = client_auth::presented(authorization, form);
         let handled = presented
             .as_ref()
             .ok()
             .and_then(Option::as_ref)
-            .and_then(|p| self.clients.get(&p.client_id));
-        let token = token_param.and_then(|t| self.refresh_key.parse(t));
+            .and_then(|p| keys.clients.get(&p.client_id));
+        let token = token_param.and_then(|t| keys.refresh.parse(t));
         // DESIGN §4.2: a handled client with refresh_token_ttl = 0 gets unauthorized_client
         // for every refresh grant, whoever minted the token.
         let no_refresh_tokens = handled.is_some_and(|c| c.policy.refresh_token_ttl == 0);
@@ -260,13 +277,13 @@ impl Engine {
         let at_ttl_ms = secs_to_ms(self.access_token_ttl);
         // The successor is a function of the presented token: computed now, its verifier goes
         // into the store's atomic step, which stores it on rotation.
-        let (successor, successor_verifier) = self.refresh_key.successor(&token);
+        let successors = keys.refresh.successor_verifiers(&token);
         let mut request = RedeemRequest {
             family: token.family,
             redeem: Redeem {
                 generation: token.generation,
                 presented: token.verifier(),
-                successor: successor_verifier,
+                successors: &successors,
                 ahead_of: None,
                 client_id: &client.id,
                 scope: form.get("scope"),
@@ -290,7 +307,7 @@ impl Engine {
             // The store is behind the token (it lost its last writes): walk the family's chain
             // from what it holds; only a token of this family's chain goes on (a second round
             // trip, only in this case).
-            if self.refresh_key.descends(&token, current, &verifier) {
+            if keys.refresh.descends(&token, current, &verifier) {
                 request.redeem.ahead_of = Some((current, verifier));
                 redemption = self.redeem_once(&request).await?;
             } else if let Redemption::Decided { verdict, .. } = &mut redemption {
@@ -318,9 +335,13 @@ impl Engine {
         let (refresh_token, scope) = match verdict {
             Verdict::Rotated { scope, .. } => {
                 inc(&self.metrics.rotations);
-                (successor, scope)
+                (keys.refresh.successor(0, &token), scope)
             }
-            Verdict::Grace { generation, scope } => {
+            Verdict::Grace {
+                generation,
+                scope,
+                key,
+            } => {
                 inc(&self.metrics.grace_hits);
                 tracing::info!(
                     family = token.family,
@@ -328,7 +349,7 @@ impl Engine {
                     generation,
                     "refresh token presented again within the grace period; same answer"
                 );
-                (successor, scope)
+                (keys.refresh.successor(key, &token), scope)
             }
             Verdict::Reused { scope } => {
                 inc(&self.metrics.reuses);
@@ -376,9 +397,10 @@ impl Engine {
         // Nothing read from the store is trusted before its seal checks out: a record changed
         // in the store is refused, never signed. The current scope is mutable, so it is held
         // to the sealed granted scope (RFC 6749 §6).
-        if !self
-            .refresh_key
-            .check_seal(&family.sealed(token.family), &family.seal)
+        let sealed_by = keys
+            .refresh
+            .check_seal(&family.sealed(token.family), &family.seal);
+        if sealed_by.is_none()
             || scope::narrow(&scope, &family.granted_scope).is_none()
             || now >= family.expires_at_ms
         {
@@ -391,12 +413,20 @@ impl Engine {
             );
             return Err(GrantError::InvalidGrant("family record fails its seal"));
         }
+        if sealed_by != Some(0) {
+            // Sealed with a key that is still accepted but no longer current: re-seal with the
+            // current one (once per family), so the old key can be removed without ending it.
+            let new = keys.refresh.seal(&family.sealed(token.family));
+            if let Err(e) = self.store.reseal(token.family, &family.seal, &new).await {
+                tracing::warn!(family = token.family, error = %e, "could not re-seal the family with the current key");
+            }
+        }
         let access_token = match (family.format, opaque_stored, candidate) {
             (TokenFormat::Opaque, true, Some(c)) => c.token,
-            _ => self.mint_jwt(token.family, &family, &scope, issuer, now),
+            _ => self.mint_jwt(&keys, token.family, &family, &scope, issuer, now),
         };
         let id_token = (policy.id_token_on_refresh && scope::contains(&scope, "openid"))
-            .then(|| self.mint_id_token(&family, now))
+            .then(|| self.mint_id_token(&keys, &family, now))
             .flatten();
         Ok(Some(TokenResponse {
             access_token,
@@ -410,6 +440,7 @@ impl Engine {
 
     fn mint_jwt(
         &self,
+        keys: &Keys,
         family_id: &str,
         family: &FamilyData,
         scope: &str,
@@ -444,13 +475,13 @@ impl Engine {
         .expect("claims serialise");
         splice_into(&mut payload, &family.at_claims);
         // RFC 9068 §2.1: "access tokens MUST include 'application/at+jwt' in the typ header".
-        self.signer.sign_json("at+jwt", &payload)
+        keys.signers[0].sign_json("at+jwt", &payload)
     }
 
     /// OIDC Core §12.2: a new ID token keeps `iss`, `sub`, `aud`, `azp` and `auth_time` of the
     /// original and gets a new `iat` and `exp`.
-    fn mint_id_token(&self, family: &FamilyData, now_ms: i64) -> Option<String> {
-        let signer = self.id_signer.as_ref()?;
+    fn mint_id_token(&self, keys: &Keys, family: &FamilyData, now_ms: i64) -> Option<String> {
+        let signer = keys.id_signers.first()?;
         if family.id_claims.trim().len() <= 2 {
             return None;
         }
@@ -477,8 +508,8 @@ impl Engine {
     }
 
     /// What a presented token is, when the proxy issued it.
-    fn recognise<'a>(&self, token: &'a str) -> Option<Owned<'a>> {
-        if let Some(t) = self.refresh_key.parse(token) {
+    fn recognise<'a>(&self, keys: &Keys, token: &'a str) -> Option<Owned<'a>> {
+        if let Some(t) = keys.refresh.parse(token) {
             return Some(Owned::Refresh(t));
         }
         if let Some(family) = opaque::family_of(token) {
@@ -489,11 +520,15 @@ impl Engine {
         }
         // RFC 9068 §2.1: the proxy's access tokens have `typ: at+jwt`; an ID token (its own
         // signer, `typ: JWT`) is recognised as one, never as an access token.
-        let Some(claims) = self.signer.verify(token, TYP_AT_JWT) else {
-            let id_token = self
-                .id_signer
-                .as_deref()
-                .and_then(|s| s.verify(token, TYP_JWT));
+        let access = keys
+            .signers
+            .iter()
+            .find_map(|s| s.verify(token, TYP_AT_JWT));
+        let Some(claims) = access else {
+            let id_token = keys
+                .id_signers
+                .iter()
+                .find_map(|s| s.verify(token, TYP_JWT));
             return id_token.map(|_| Owned::IdToken);
         };
         let family = claims
@@ -506,15 +541,16 @@ impl Engine {
     }
 
     /// Authenticates a client the proxy handles, for revocation and introspection.
-    fn authenticate(
+    fn authenticate<'k>(
         &self,
+        keys: &'k Keys,
         authorization: Option<&HeaderValue>,
         form: &Form,
-    ) -> Result<&Client, GrantError> {
+    ) -> Result<&'k Client, GrantError> {
         let presented =
             client_auth::presented(authorization, form)?.ok_or(ClientAuthError::Missing)?;
         let basic = presented.method == client_auth::Method::Basic;
-        let client = self
+        let client = keys
             .clients
             .get(&presented.client_id)
             .ok_or(ClientAuthError::Failed { basic })?;
@@ -529,10 +565,11 @@ impl Engine {
         authorization: Option<&HeaderValue>,
         form: &Form,
     ) -> Result<Option<()>, GrantError> {
-        let Some(owned) = form.get("token").and_then(|t| self.recognise(t)) else {
+        let keys = self.keys();
+        let Some(owned) = form.get("token").and_then(|t| self.recognise(&keys, t)) else {
             return Ok(None);
         };
-        let client = self.authenticate(authorization, form)?;
+        let client = self.authenticate(&keys, authorization, form)?;
         let family = match &owned {
             // The tag proves the token is the proxy's.
             Owned::Refresh(t) => Some(t.family),
@@ -585,10 +622,11 @@ impl Engine {
         form: &Form,
         issuer: &str,
     ) -> Result<Option<Value>, GrantError> {
-        let Some(owned) = form.get("token").and_then(|t| self.recognise(t)) else {
+        let keys = self.keys();
+        let Some(owned) = form.get("token").and_then(|t| self.recognise(&keys, t)) else {
             return Ok(None);
         };
-        let caller = self.authenticate(authorization, form)?;
+        let caller = self.authenticate(&keys, authorization, form)?;
         if !caller.may_introspect {
             return Err(ClientAuthError::Failed {
                 basic: authorization.is_some(),
@@ -612,9 +650,10 @@ impl Engine {
                 if info.generation != t.generation || info.verifier != t.verifier() {
                     return inactive();
                 }
-                if !self
-                    .refresh_key
+                if keys
+                    .refresh
                     .check_seal(&info.family.sealed(t.family), &info.family.seal)
+                    .is_none()
                 {
                     inc(&self.metrics.integrity_failures);
                     tracing::error!(
@@ -701,7 +740,8 @@ impl Engine {
         count: usize,
         issuer: &str,
     ) -> Result<Vec<String>, GrantError> {
-        let client = self
+        let keys = self.keys();
+        let client = keys
             .clients
             .get(client_id)
             .ok_or(GrantError::InvalidRequest("unknown client_id"))?;
@@ -721,35 +761,32 @@ impl Engine {
         let (families, tokens): (Vec<NewFamily>, Vec<String>) = (0..count)
             .map(|_| {
                 let id = FamilyId::random();
-                let (token, verifier) = self.refresh_key.first(&id);
-                let family = self.sealed(NewFamily {
-                    id,
-                    client_id: client.id.clone(),
-                    subject: subject.to_owned(),
-                    granted_scope: scope.clone(),
-                    format,
-                    at_claims: at_claims.clone(),
-                    id_claims: String::new(),
-                    auth_time: Some(now / 1000),
-                    created_ms: now,
-                    idle_deadline_ms: now
-                        .saturating_add(secs_to_ms(policy.refresh_token_ttl))
-                        .min(expires_at_ms),
-                    expires_at_ms,
-                    verifier,
-                    seal: Seal::default(),
-                });
+                let (token, verifier) = keys.refresh.first(&id);
+                let family = sealed(
+                    &keys,
+                    NewFamily {
+                        id,
+                        client_id: client.id.clone(),
+                        subject: subject.to_owned(),
+                        granted_scope: scope.clone(),
+                        format,
+                        at_claims: at_claims.clone(),
+                        id_claims: String::new(),
+                        auth_time: Some(now / 1000),
+                        created_ms: now,
+                        idle_deadline_ms: now
+                            .saturating_add(secs_to_ms(policy.refresh_token_ttl))
+                            .min(expires_at_ms),
+                        expires_at_ms,
+                        verifier,
+                        seal: Seal::default(),
+                    },
+                );
                 (family, token)
             })
             .unzip();
         self.store.create_families(&families).await?;
         Ok(tokens)
-    }
-
-    /// `family` with its seal set.
-    fn sealed(&self, mut family: NewFamily) -> NewFamily {
-        family.seal = self.refresh_key.seal(&family.sealed());
-        family
     }
 
     /// The `aud` of minted access tokens when the upstream names none: `tokens.audience`, else
@@ -776,28 +813,32 @@ impl Engine {
         };
         let now = now_ms();
         let expires_at_ms = now.saturating_add(secs_to_ms(policy.refresh_token_max_lifetime));
+        let keys = self.keys();
         let id = FamilyId::random();
-        let (token, verifier) = self.refresh_key.first(&id);
-        let family = self.sealed(NewFamily {
-            id,
-            client_id: client.id.clone(),
-            subject: identity.subject,
-            granted_scope: scope::tokens(granted_scope).join(" "),
-            format,
-            at_claims: Value::Object(identity.at_claims).to_string(),
-            id_claims: identity
-                .id_claims
-                .map(|c| Value::Object(c).to_string())
-                .unwrap_or_default(),
-            auth_time: identity.auth_time,
-            created_ms: now,
-            idle_deadline_ms: now
-                .saturating_add(secs_to_ms(policy.refresh_token_ttl))
-                .min(expires_at_ms),
-            expires_at_ms,
-            verifier,
-            seal: Seal::default(),
-        });
+        let (token, verifier) = keys.refresh.first(&id);
+        let family = sealed(
+            &keys,
+            NewFamily {
+                id,
+                client_id: client.id.clone(),
+                subject: identity.subject,
+                granted_scope: scope::tokens(granted_scope).join(" "),
+                format,
+                at_claims: Value::Object(identity.at_claims).to_string(),
+                id_claims: identity
+                    .id_claims
+                    .map(|c| Value::Object(c).to_string())
+                    .unwrap_or_default(),
+                auth_time: identity.auth_time,
+                created_ms: now,
+                idle_deadline_ms: now
+                    .saturating_add(secs_to_ms(policy.refresh_token_ttl))
+                    .min(expires_at_ms),
+                expires_at_ms,
+                verifier,
+                seal: Seal::default(),
+            },
+        );
         self.store
             .create_family(&family)
             .await
@@ -812,6 +853,12 @@ impl Engine {
         );
         Ok(())
     }
+}
+
+/// `family` with its seal set, with the current key.
+fn sealed(keys: &Keys, mut family: NewFamily) -> NewFamily {
+    family.seal = keys.refresh.seal(&family.sealed());
+    family
 }
 
 /// A token the proxy issued, recognised.

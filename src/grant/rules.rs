@@ -49,8 +49,10 @@ pub struct Redeem<'a> {
     pub generation: u64,
     /// The presented token's verifier.
     pub presented: Verifier,
-    /// The verifier of the token that follows the presented one (the answer to a rotation).
-    pub successor: Verifier,
+    /// The verifiers of the token that follows the presented one, as each refresh-token key
+    /// makes it: index 0 is the current key's (the answer to a rotation, and what it stores);
+    /// the others let a retry within the grace window match a successor an older key made.
+    pub successors: &'a [Verifier],
     /// `Some((n, v))` once the caller walked the family's chain from generation `n` with
     /// verifier `v` (what an [`Verdict::Ahead`] reported) to the presented token: it is accepted
     /// if the family is still there.
@@ -72,8 +74,12 @@ pub enum Verdict {
     /// `reuse_refresh_tokens`: answer with the presented token.
     Reused { scope: String },
     /// The previous token again, within the grace period: answer with the token derived from the
-    /// presented one (which is the live token).
-    Grace { generation: u64, scope: String },
+    /// presented one by key `key` (which is the live token).
+    Grace {
+        generation: u64,
+        scope: String,
+        key: usize,
+    },
     /// A rotated-out token outside the grace rule: the family is revoked.
     ReuseDetected { presented: u64, current: u64 },
     /// Past its idle or absolute lifetime: the family is gone.
@@ -129,8 +135,9 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
     // token's secret part digests to the verifier; the previous token's successor does; a
     // token ahead of the store is checked by walking the chain (docs/design.md, "What the
     // store keeps").
+    let successor_key = r.successors.iter().position(|v| *v == state.verifier);
     let verified = if grace {
-        r.successor == state.verifier
+        successor_key.is_some()
     } else if g == n {
         r.presented == state.verifier
     } else {
@@ -167,6 +174,7 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
             Verdict::Grace {
                 generation: n,
                 scope: effective,
+                key: successor_key.unwrap_or(0),
             },
             Effect::None,
         );
@@ -185,7 +193,7 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
         generation: g.saturating_add(1),
         rotated_at_ms: r.now_ms,
         idle_deadline_ms,
-        verifier: r.successor,
+        verifier: r.successors.first().copied().unwrap_or_default(),
         ..state.clone()
     };
     (
@@ -208,6 +216,11 @@ mod tests {
         Verifier([g as u8; 16])
     }
 
+    /// The successor verifiers of generation `g` (one key), leaked for a `'static` slice.
+    fn next(g: u64) -> &'static [Verifier] {
+        Box::leak(vec![v(g + 1)].into_boxed_slice())
+    }
+
     fn family() -> FamilyState {
         FamilyState {
             client_id: "www".into(),
@@ -225,7 +238,7 @@ mod tests {
         Redeem {
             generation,
             presented: v(generation),
-            successor: v(generation + 1),
+            successors: next(generation),
             ahead_of: None,
             client_id: "www",
             scope: None,
@@ -272,10 +285,29 @@ mod tests {
             v,
             Verdict::Grace {
                 generation: 1,
-                scope: "openid profile read".into()
+                scope: "openid profile read".into(),
+                key: 0
             }
         );
         assert_eq!(f, before, "replays never extend the window");
+    }
+
+    #[test]
+    fn a_retry_within_grace_matches_a_successor_an_older_key_made() {
+        let mut f = family();
+        apply(&mut f, at(0, 1000));
+        // The keys changed between the first use and the retry: the current key's successor
+        // differs, the old key's (second) is the one the family holds.
+        let mut retry = at(0, 2000);
+        retry.successors = Box::leak(vec![v(50), v(1)].into_boxed_slice());
+        assert!(matches!(
+            redeem(&f, &retry).0,
+            Verdict::Grace {
+                generation: 1,
+                key: 1,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -355,7 +387,7 @@ mod tests {
         live.presented = v(77);
         assert_eq!(redeem(&f, &live), (Verdict::Unverified, Effect::None));
         let mut previous = at(0, 2000);
-        previous.successor = v(77);
+        previous.successors = next(76);
         assert_eq!(redeem(&f, &previous), (Verdict::Unverified, Effect::None));
         // The real ones still work.
         assert!(matches!(

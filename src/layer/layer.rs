@@ -25,7 +25,6 @@ pub(crate) struct Shared {
     /// Answers refresh grants and captures; without it the layer only checks token forms.
     pub(crate) engine: Option<Arc<Engine>>,
     /// The proxy's public keys, merged into the upstream's JWKS.
-    pub(crate) jwks_keys: Vec<serde_json::Value>,
     /// `iss` of minted tokens when discovery and config name no issuer.
     pub(crate) fallback_issuer: String,
     /// Credentials for the upstream's introspection endpoint at capture, when configured.
@@ -92,7 +91,6 @@ impl RefreshGrantLayer {
             shared: Arc::new(Shared {
                 endpoints: s.endpoints.clone(),
                 max_body_bytes: s.max_body_bytes,
-                jwks_keys: engine.signers().iter().map(|k| k.public_jwk()).collect(),
                 engine: Some(engine),
                 fallback_issuer: s.fallback_issuer.clone(),
                 introspection_auth: s.introspection_auth.clone(),
@@ -180,17 +178,11 @@ impl RefreshGrantLayerBuilder {
     }
 
     pub fn build(self) -> RefreshGrantLayer {
-        let jwks_keys = self
-            .engine
-            .as_ref()
-            .map(|e| e.signers().iter().map(|s| s.public_jwk()).collect())
-            .unwrap_or_default();
         RefreshGrantLayer {
             shared: Arc::new(Shared {
                 endpoints: self.endpoints,
                 max_body_bytes: self.max_body_bytes,
                 engine: self.engine,
-                jwks_keys,
                 fallback_issuer: self.fallback_issuer,
                 introspection_auth: self.introspection_auth,
                 upstream_keys: Arc::default(),

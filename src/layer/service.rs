@@ -262,7 +262,13 @@ where
 {
     let res = inner.call(req.map(RequestBody::streaming)).await?;
     shared.record(Route::Jwks, forwarded(&res));
-    Ok(upstream::merge_jwks(res, &shared.jwks_keys).await)
+    // The keys of the moment: a reload may have added or removed one.
+    let ours = shared
+        .engine
+        .as_ref()
+        .map(|e| e.keys().public_jwks())
+        .unwrap_or_default();
+    Ok(upstream::merge_jwks(res, &ours).await)
 }
 
 /// Reads a token-endpoint request: form content type, body within `limit`, a valid form.

@@ -202,7 +202,7 @@ pub(super) fn handled_client(
     form: &Form,
 ) -> Option<Client> {
     let presented = client_auth::presented(authorization, form).ok()??;
-    engine.clients.get(&presented.client_id).cloned()
+    engine.keys().clients.get(&presented.client_id).cloned()
 }
 
 /// What capture needs from the original request.

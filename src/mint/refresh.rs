@@ -2,8 +2,11 @@
 //! server key and, in the store, with a per-family verifier.
 //!
 //! ```text
-//! <family id: 22 base64url chars>.<generation: decimal>.<64 base64url chars: x (32 bytes) ‖ tag (16 bytes)>
+//! <family id: 22 base64url chars>.<generation: decimal>.<key id: 4 chars><64 base64url chars: x (32 bytes) ‖ tag (16 bytes)>
 //! ```
+//!
+//! - The key id says which key of the ring ([`RefreshKeys`]) made the token: the first key
+//!   mints, every key is accepted, so keys rotate without logging anyone out.
 //!
 //! - The family id (128 random bits) lets the store find the family in O(1).
 //! - `x` of generation 0 is 256 random bits. The store keeps the family's **verifier**
@@ -157,11 +160,18 @@ fn is_b64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
-/// The server key refresh tokens are derived and checked with.
+/// Characters of a key id: 24 bits of the key's own derivation, base64url.
+pub const KID_CHARS: usize = 4;
+/// The most refresh-token keys a ring may hold (the current one and those still accepted).
+pub const MAX_KEYS: usize = 4;
+
+/// One server key refresh tokens are derived and checked with.
 pub struct RefreshTokenKey {
     tag: hmac::Key,
     chain: hmac::Key,
     seal: hmac::Key,
+    /// Which key made a token: the first [`KID_CHARS`] characters of its secret part.
+    kid: [u8; KID_CHARS],
 }
 
 impl std::fmt::Debug for RefreshTokenKey {
@@ -205,11 +215,21 @@ impl RefreshTokenKey {
         let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
         let derive =
             |label: &[u8]| hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&root, label).as_ref());
+        let id = hmac::sign(&root, b"refresh-proxy refresh-token key id v1");
+        let mut kid = [0u8; KID_CHARS];
+        B64.encode_slice(&id.as_ref()[..3], &mut kid)
+            .expect("3 bytes are 4 base64url characters");
         RefreshTokenKey {
-            tag: derive(b"refresh-proxy refresh-token tag v1"),
+            tag: derive(b"refresh-proxy refresh-token tag v2"),
             chain: derive(b"refresh-proxy refresh-token chain v2"),
             seal: derive(b"refresh-proxy family seal v1"),
+            kid,
         }
+    }
+
+    /// The key id tokens made with this key carry.
+    pub fn kid(&self) -> &str {
+        std::str::from_utf8(&self.kid).expect("base64url is ASCII")
     }
 
     /// A random key, for a process whose tokens need not outlive it (the memory store).
@@ -301,10 +321,12 @@ impl RefreshTokenKey {
             || generation.len() > MAX_GENERATION_DIGITS
             || !generation.bytes().all(|b| b.is_ascii_digit())
             || (generation.len() > 1 && generation.starts_with('0'))
-            || secret.len() != SECRET_CHARS
+            || secret.len() != KID_CHARS + SECRET_CHARS
+            || secret.as_bytes()[..KID_CHARS] != self.kid
         {
             return None;
         }
+        let secret = &secret[KID_CHARS..];
         let generation: u64 = generation.parse().ok()?;
         if generation > MAX_GENERATION {
             return None;
@@ -331,13 +353,15 @@ impl RefreshTokenKey {
         let mut raw = [0u8; X_BYTES + TAG_BYTES];
         raw[..X_BYTES].copy_from_slice(x);
         raw[X_BYTES..].copy_from_slice(&tag.as_ref()[..TAG_BYTES]);
-        let mut out =
-            String::with_capacity(FAMILY_CHARS + 2 + MAX_GENERATION_DIGITS + SECRET_CHARS);
+        let mut out = String::with_capacity(
+            FAMILY_CHARS + 2 + MAX_GENERATION_DIGITS + KID_CHARS + SECRET_CHARS,
+        );
         out.push_str(family);
         out.push('.');
         // Into the buffer: `to_string` would allocate a second one.
         let _ = write!(out, "{generation}");
         out.push('.');
+        out.push_str(self.kid());
         B64.encode_string(raw, &mut out);
         out
     }
@@ -349,6 +373,101 @@ impl RefreshTokenKey {
         ctx.update(&generation.to_be_bytes());
         ctx.update(x);
         ctx.sign()
+    }
+}
+
+/// The refresh-token keys in use: the first mints, every one is accepted (key rotation without
+/// logging anyone out: add the new key first, keep the old one until its tokens are gone).
+pub struct RefreshKeys {
+    keys: Vec<RefreshTokenKey>,
+}
+
+impl std::fmt::Debug for RefreshKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<&str> = self.keys.iter().map(RefreshTokenKey::kid).collect();
+        f.debug_struct("RefreshKeys").field("kids", &kids).finish()
+    }
+}
+
+impl RefreshKeys {
+    /// A ring of 1 to [`MAX_KEYS`] keys with distinct ids; the first mints.
+    pub fn new(keys: Vec<RefreshTokenKey>) -> Result<RefreshKeys, &'static str> {
+        if keys.is_empty() || keys.len() > MAX_KEYS {
+            return Err("one to four refresh-token keys");
+        }
+        for (i, k) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|o| o.kid == k.kid) {
+                return Err("two refresh-token keys are the same (or share a key id)");
+            }
+        }
+        Ok(RefreshKeys { keys })
+    }
+
+    /// One key.
+    pub fn single(key: RefreshTokenKey) -> RefreshKeys {
+        RefreshKeys { keys: vec![key] }
+    }
+
+    /// The key that mints.
+    pub fn current(&self) -> &RefreshTokenKey {
+        &self.keys[0]
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Parses and authenticates a token with the key its id names; `None` when no key of the
+    /// ring made it.
+    pub fn parse<'a>(&self, token: &'a str) -> Option<RefreshToken<'a>> {
+        let (_, secret) = token.rsplit_once('.')?;
+        let kid = secret.as_bytes().get(..KID_CHARS)?;
+        let key = self.keys.iter().find(|k| k.kid == kid)?;
+        key.parse(token)
+    }
+
+    /// Generation 0 of a new family, with the current key.
+    pub fn first(&self, family: &FamilyId) -> (String, Verifier) {
+        self.current().first(family)
+    }
+
+    /// The verifiers of `token`'s successor as each key would make it (index 0: the current
+    /// key, whose successor a rotation stores). A retry within the grace window matches
+    /// whichever key made the live token, so a key change between the first use and the retry
+    /// logs no one out.
+    pub fn successor_verifiers(&self, token: &RefreshToken<'_>) -> Vec<Verifier> {
+        self.keys.iter().map(|k| k.successor(token).1).collect()
+    }
+
+    /// `token`'s successor as key `index` makes it.
+    pub fn successor(&self, index: usize, token: &RefreshToken<'_>) -> String {
+        self.keys
+            .get(index)
+            .unwrap_or_else(|| self.current())
+            .successor(token)
+            .0
+    }
+
+    /// Whether some key's chain leads from the stored state to `token`
+    /// ([`RefreshTokenKey::descends`]).
+    pub fn descends(&self, token: &RefreshToken<'_>, current: u64, verifier: &Verifier) -> bool {
+        self.keys
+            .iter()
+            .any(|k| k.descends(token, current, verifier))
+    }
+
+    /// The seal of a family's fixed fields, with the current key.
+    pub fn seal(&self, fields: &Sealed<'_>) -> Seal {
+        self.current().seal(fields)
+    }
+
+    /// Which key's seal `seal` is (0: the current key's), or `None`.
+    pub fn check_seal(&self, fields: &Sealed<'_>, seal: &Seal) -> Option<usize> {
+        self.keys.iter().position(|k| k.check_seal(fields, seal))
     }
 }
 
@@ -366,7 +485,7 @@ mod tests {
         let f = FamilyId::random();
         let (t, _) = k.first(&f);
         assert!(t.bytes().all(|b| is_b64url(b) || b == b'.'), "{t}");
-        assert_eq!(t.len(), FAMILY_CHARS + 1 + 1 + 1 + SECRET_CHARS);
+        assert_eq!(t.len(), FAMILY_CHARS + 1 + 1 + 1 + KID_CHARS + SECRET_CHARS);
         assert_ne!(k.first(&f).0, t, "generation 0 is random");
     }
 
@@ -520,6 +639,46 @@ mod tests {
         }
         let other = RefreshTokenKey::from_secret(b"another secret, another deployment!");
         assert!(!other.check_seal(&base, &seal), "another key");
+    }
+
+    #[test]
+    fn a_ring_accepts_every_key_and_mints_with_the_first() {
+        let old = || RefreshTokenKey::from_secret(b"the old secret, at least 32 bytes long");
+        let new = || RefreshTokenKey::from_secret(b"the new secret, at least 32 bytes long");
+        assert_ne!(old().kid(), new().kid());
+        let before = RefreshKeys::single(old());
+        let during = RefreshKeys::new(vec![new(), old()]).expect("two keys");
+        let after = RefreshKeys::single(new());
+        let f = FamilyId::random();
+        let (t_old, v_old) = before.first(&f);
+        let p = during.parse(&t_old).expect("the old key is still accepted");
+        assert_eq!(p.verifier(), v_old);
+        assert!(after.parse(&t_old).is_none(), "until it is removed");
+        // The successor is the current key's; a retry matches the old key's too.
+        let vs = during.successor_verifiers(&p);
+        assert_eq!(vs.len(), 2);
+        assert_eq!(vs[1], before.successor_verifiers(&p)[0]);
+        let t_new = during.successor(0, &p);
+        assert!(t_new.contains(&format!(".{}", new().kid())), "{t_new}");
+        assert!(after.parse(&t_new).is_some());
+        assert_eq!(during.successor(1, &p), before.successor(0, &p));
+        // Seals: the current key seals; every key's seal is recognised, and says which.
+        let fields = Sealed {
+            family: f.as_str(),
+            client_id: "www",
+            subject: "alice",
+            granted_scope: "read",
+            format: "jwt",
+            at_claims: "",
+            id_claims: "",
+            auth_time: None,
+            expires_at_ms: 1,
+        };
+        assert_eq!(during.check_seal(&fields, &before.seal(&fields)), Some(1));
+        assert_eq!(during.check_seal(&fields, &during.seal(&fields)), Some(0));
+        assert_eq!(after.check_seal(&fields, &before.seal(&fields)), None);
+        assert!(RefreshKeys::new(vec![old(), old()]).is_err(), "duplicate");
+        assert!(RefreshKeys::new(vec![]).is_err(), "empty");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::{
     StoreError, TokenFormat, TokenStore,
 };
 use crate::grant::rules::{self, Effect, FamilyState, Verdict};
+use crate::mint::refresh::Seal;
 
 const SWEEP_EVERY: u64 = 4096;
 
@@ -218,6 +219,17 @@ impl TokenStore for MemoryStore {
                 Ok(Revoke::Revoked)
             }
         }
+    }
+
+    async fn reseal(&self, family: &str, old: &Seal, new: &Seal) -> Result<bool, StoreError> {
+        let mut families = self.inner.families.lock().expect("store lock");
+        Ok(match families.map.get_mut(family) {
+            Some(f) if f.data.seal == *old => {
+                f.data.seal = *new;
+                true
+            }
+            _ => false,
+        })
     }
 
     async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError> {

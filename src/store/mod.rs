@@ -262,6 +262,15 @@ pub trait TokenStore: Send + Sync + 'static {
         client_id: &str,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Replaces a family's seal `old` with `new` (one made with a newer key), if the family is
+    /// there and still holds `old`; whether it did.
+    fn reseal(
+        &self,
+        family: &str,
+        old: &Seal,
+        new: &Seal,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Opens many families at once (load-testing rigs); faster than one call each.
     fn create_families(
         &self,
@@ -375,6 +384,13 @@ impl TokenStore for AnyStore {
         match self {
             AnyStore::Memory(s) => s.revoke_client(client_id).await,
             AnyStore::Redis(s) => s.revoke_client(client_id).await,
+        }
+    }
+
+    async fn reseal(&self, family: &str, old: &Seal, new: &Seal) -> Result<bool, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.reseal(family, old, new).await,
+            AnyStore::Redis(s) => s.reseal(family, old, new).await,
         }
     }
 

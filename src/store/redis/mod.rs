@@ -58,6 +58,12 @@ if now >= tonumber(d[1]) or now >= tonumber(d[2]) then return false end
 return redis.call('GET', KEYS[2])
 ";
 
+const RESEAL: &str = r"
+if redis.call('HGET', KEYS[1], 'm') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'm', ARGV[2])
+return 1
+";
+
 const REVOKE: &str = r"
 local c = redis.call('HGET', KEYS[1], 'c')
 if not c then return 'unknown' end
@@ -116,6 +122,7 @@ struct Scripts {
     redeem: Lua,
     access_token: Lua,
     revoke: Lua,
+    reseal: Lua,
 }
 
 #[derive(Clone)]
@@ -150,6 +157,7 @@ impl RedisStore {
                 redeem: Lua::new(include_str!("redeem.lua")),
                 access_token: Lua::new(ACCESS_TOKEN),
                 revoke: Lua::new(REVOKE),
+                reseal: Lua::new(RESEAL),
             }),
             operation_timeout: config.operation_timeout,
         })
@@ -266,7 +274,8 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
         expires,
         seal,
         verifier,
-    ] = <[Vec<u8>; 15]>::try_from(reply).map_err(|_| bad())?;
+        key,
+    ] = <[Vec<u8>; 16]>::try_from(reply).map_err(|_| bad())?;
     let (verdict, generation, scope) = (text(verdict)?, text(generation)?, text(scope)?);
     let format = text(format)?;
     let verifier_of = |b: &[u8]| Verifier::from_slice(b).unwrap_or_default();
@@ -279,6 +288,7 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
         "grace" => Verdict::Grace {
             generation: num(&generation)?,
             scope,
+            key: num(&text(key)?)?,
         },
         "reuse" => Verdict::ReuseDetected {
             presented: num(&generation)?,
@@ -505,6 +515,17 @@ impl TokenStore for RedisStore {
         }
     }
 
+    async fn reseal(&self, family: &str, old: &Seal, new: &Seal) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.family_key(family);
+        let done: i64 = self
+            .bounded(self.scripts.reseal.eval(&mut conn, &[&key], |cmd| {
+                cmd.arg(old.as_bytes()).arg(new.as_bytes());
+            }))
+            .await?;
+        Ok(done == 1)
+    }
+
     async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError> {
         self.revoke_index(self.subject_key(subject)).await
     }
@@ -528,6 +549,11 @@ impl TokenStore for RedisStore {
             Some((n, v)) => (n.to_string(), v.as_bytes().to_vec()),
             None => (String::new(), Vec::new()),
         };
+        let successors: Vec<u8> = r
+            .successors
+            .iter()
+            .flat_map(|v| v.as_bytes().iter().copied())
+            .collect();
         let reply: Vec<Vec<u8>> = self
             .bounded(
                 self.scripts
@@ -544,7 +570,7 @@ impl TokenStore for RedisStore {
                             .arg(issued)
                             .arg(expires)
                             .arg(r.presented.as_bytes())
-                            .arg(r.successor.as_bytes())
+                            .arg(successors.as_slice())
                             .arg(&ahead_generation)
                             .arg(&ahead_verifier);
                     }),

@@ -7,12 +7,13 @@
 -- ARGV     1 presented generation, 2 client id, 3 scope given ('0'|'1'), 4 scope,
 --          5 now (ms), 6 grace (ms), 7 idle ttl (ms), 8 reuse refresh tokens ('0'|'1'),
 --          9 access token issued (ms), 10 access token expires (ms; '0' = no candidate),
---          11 presented token's verifier, 12 its successor's verifier,
+--          11 presented token's verifier, 12 its successor's verifiers, one per
+--          refresh-token key (16 bytes each, the current key's first),
 --          13 'ahead of' generation ('' = none), 14 'ahead of' verifier
 -- Returns  {'unknown'}, {'corrupt'} or
 --          {verdict, generation, scope, client, subject, format, at claims, id claims,
 --           auth time, opaque stored ('0'|'1'), current generation, granted scope,
---           absolute deadline, seal, verifier}
+--           absolute deadline, seal, verifier, successor key index}
 local function int(x) return string.format('%.0f', x) end
 
 local f = redis.call('HMGET', KEYS[1], 'c', 's', 'g', 'sc', 'n', 'r', 'i', 'e', 'f', 'a', 'd', 't', 'v', 'm')
@@ -27,9 +28,10 @@ local v, seal = f[13] or '', f[14] or ''
 if not (subject and granted and n and rotated and idle and expires) then return {'corrupt'} end
 local g, now = tonumber(ARGV[1]), tonumber(ARGV[5])
 
+local key = 0
 local function reply(verdict, gen, sc, stored)
   return {verdict, int(gen), sc, client, subject, fmt, atc, idc, auth, stored, int(n),
-    granted, int(expires), seal, v}
+    granted, int(expires), seal, v, int(key)}
 end
 
 if now >= expires or now >= idle then
@@ -47,7 +49,12 @@ end
 -- The token must be this family's, not one made with the server key alone (the verifier is
 -- a digest of the live token's secret part; see src/mint/refresh.rs).
 local verified
-if grace then verified = ARGV[12] == v
+if grace then
+  -- Which key's successor the family holds (a key change between the first use and the retry).
+  verified = false
+  for i = 1, #ARGV[12], 16 do
+    if string.sub(ARGV[12], i, i + 15) == v then verified, key = true, (i - 1) / 16; break end
+  end
 elseif g == n then verified = ARGV[11] == v
 else verified = ARGV[13] == int(n) and ARGV[14] == v end
 if not verified then
@@ -80,7 +87,7 @@ else
     redis.call('PEXPIREAT', KEYS[1], int(new_idle))
     verdict, gen = 'reused', n
   else
-    redis.call('HSET', KEYS[1], 'n', int(g + 1), 'r', int(now), 'i', int(new_idle), 'v', ARGV[12])
+    redis.call('HSET', KEYS[1], 'n', int(g + 1), 'r', int(now), 'i', int(new_idle), 'v', string.sub(ARGV[12], 1, 16))
     redis.call('PEXPIREAT', KEYS[1], int(new_idle))
     verdict, gen = 'rotated', g + 1
   end
