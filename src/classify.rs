@@ -72,7 +72,16 @@ pub enum FormError {
     Repeated,
     #[error("a parameter is not UTF-8")]
     NotUtf8,
+    #[error("too many parameters")]
+    TooMany,
 }
+
+/// The most parameters a token-endpoint form may have. OAuth requests carry a dozen at most
+/// (grant, credentials, code, PKCE, scope, resource, DPoP, …); more is not a client.
+pub const MAX_PARAMS: usize = 64;
+/// Up to this many parameters, repeats are found by comparing with each earlier name (no
+/// allocation); beyond it, with a hash set, so parsing stays linear in the body.
+const LINEAR_SCAN_PARAMS: usize = 16;
 
 /// RFC 6749 §3.2: the token endpoint takes `application/x-www-form-urlencoded`; a parameter
 /// such as `;charset=UTF-8` is allowed, and media types are case-insensitive (RFC 9110 §8.3.1).
@@ -118,6 +127,8 @@ impl Form {
             body: Bytes::new(),
             params: Vec::new(),
         };
+        // Owned names: only forms past LINEAR_SCAN_PARAMS parameters (not a real client's) pay.
+        let mut seen_names: Option<std::collections::HashSet<String>> = None;
         let mut start = 0;
         for pair in body.split(|&b| b == b'&') {
             let at = start;
@@ -129,15 +140,32 @@ impl Form {
                 Some(i) => ((at, at + i), (at + i + 1, at + pair.len())),
                 None => ((at, at + pair.len()), (at + pair.len(), at + pair.len())),
             };
+            if params.len() == MAX_PARAMS {
+                return Err(FormError::TooMany);
+            }
             let name = text(&body, name)?;
             let value = text(&body, value)?;
-            let seen = params
-                .iter()
-                .any(|(n, _)| resolve(&body, n) == resolve(&body, &name));
+            // RFC 6749 §3.2: "Request and response parameters MUST NOT be included more than
+            // once." Comparing with every earlier name is quadratic: fine for a handful, a hash
+            // set beyond that.
+            let seen = match &mut seen_names {
+                Some(set) => !set.insert(resolve(&body, &name).to_owned()),
+                None => params
+                    .iter()
+                    .any(|(n, _)| resolve(&body, n) == resolve(&body, &name)),
+            };
             if seen {
                 return Err(FormError::Repeated);
             }
             params.push((name, value));
+            if params.len() == LINEAR_SCAN_PARAMS && seen_names.is_none() {
+                seen_names = Some(
+                    params
+                        .iter()
+                        .map(|(n, _)| resolve(&body, n).to_owned())
+                        .collect(),
+                );
+            }
         }
         form.body = body;
         form.params = params;
@@ -274,6 +302,37 @@ mod tests {
             Endpoints::default().classify(&Method::POST, "/oauth/token"),
             Endpoint::Other
         );
+    }
+
+    #[test]
+    fn a_form_has_at_most_max_params_and_repeats_are_found_past_the_linear_scan() {
+        let form = |n: usize| {
+            (0..n)
+                .map(|i| format!("p{i}=v"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        assert_eq!(
+            Form::parse(form(MAX_PARAMS).as_bytes())
+                .expect("at the cap")
+                .len(),
+            MAX_PARAMS
+        );
+        for n in [MAX_PARAMS + 1, 18_447, 100_000] {
+            assert_eq!(
+                Form::parse(form(n).as_bytes()),
+                Err(FormError::TooMany),
+                "{n}"
+            );
+        }
+        // A repeat after the switch to the hash set, raw and percent-encoded.
+        let late = format!("{}&p3=again", form(LINEAR_SCAN_PARAMS + 5));
+        assert_eq!(Form::parse(late.as_bytes()), Err(FormError::Repeated));
+        let encoded = format!("{}&%70%32%30=again", form(LINEAR_SCAN_PARAMS + 5));
+        assert_eq!(Form::parse(encoded.as_bytes()), Err(FormError::Repeated));
+        // And one right at the switch.
+        let at = format!("{}&p0=again", form(LINEAR_SCAN_PARAMS));
+        assert_eq!(Form::parse(at.as_bytes()), Err(FormError::Repeated));
     }
 
     #[test]

@@ -99,6 +99,7 @@ fn classify(err: &Error) -> (StatusCode, ErrorCode, &'static str) {
                 FormError::ContentType => "content type must be application/x-www-form-urlencoded",
                 FormError::Repeated => "a request parameter is repeated",
                 FormError::NotUtf8 => "request parameters must be UTF-8",
+                FormError::TooMany => "too many request parameters",
             },
         ),
         Error::Forward(ForwardError::Timeout) => (

@@ -105,6 +105,26 @@ async fn a_repeated_parameter_is_invalid_request_and_not_passed_on() {
 }
 
 #[tokio::test]
+async fn a_form_with_too_many_parameters_is_invalid_request_and_not_passed_on() {
+    // 18,447 distinct names in 64 KiB: each was compared with every earlier one.
+    let body: String = (0..18_447)
+        .map(|i| format!("{i:x}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let body: &'static [u8] = Box::leak(body.into_bytes().into_boxed_slice());
+    let (svc, seen) = stack(128 * 1024);
+    let res = svc
+        .oneshot(token_request(FORM, body))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body = json(res).await;
+    assert_eq!(body["error"], "invalid_request");
+    assert_eq!(body["error_description"], "too many request parameters");
+    assert!(seen.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
 async fn a_wrong_content_type_is_invalid_request() {
     for ct in [
         "application/json",

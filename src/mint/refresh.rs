@@ -14,7 +14,7 @@
 //!   generation's `x` is `HMAC(chain key, family ‖ generation ‖ v(previous x))`. So the token of
 //!   generation `N+1` is a function of the token of generation `N` and the server key: the
 //!   proxy answers a retry of `N` with the same `N+1` again without storing any answer
-//!   (docs/design.md, "Retries and the grace window").
+//!   (the grace rule in [`crate::grant::rules`]).
 //! - `tag` is `HMAC(tag key, family ‖ generation ‖ x)`, truncated to 128 bits: a token the proxy
 //!   did not mint is recognised without a store round trip and never touches a family (a forged
 //!   token cannot trigger reuse detection). It is compared in constant time.
