@@ -74,6 +74,10 @@ pub enum FormError {
     NotUtf8,
     #[error("too many parameters")]
     TooMany,
+    #[error("the Authorization header is repeated")]
+    RepeatedAuthorization,
+    #[error("Connection names Authorization")]
+    HopByHopAuthorization,
 }
 
 /// The most parameters a token-endpoint form may have. OAuth requests carry a dozen at most

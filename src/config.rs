@@ -865,12 +865,24 @@ fn apply_env_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(
     Ok(())
 }
 
-/// An env value is a TOML value when it parses as one (`30`, `true`, `"x"`), else a string.
+/// An env value is a TOML value when it parses as one (`30`, `true`, `"x"`, `["a", "b"]`), else
+/// a string. A number or boolean counts only when the value is written exactly as TOML writes
+/// it back: `0x12`, `1e3`, `1_000`, `+1` or `1.50` stay the strings they are, so a secret made
+/// of such characters never silently changes (a secret `30` or `true` reads back the same).
 fn parse_env_value(raw: &str) -> toml::Value {
-    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+        .and_then(|mut t| t.remove("v"));
+    match parsed {
+        Some(v @ (toml::Value::Integer(_) | toml::Value::Boolean(_))) if v.to_string() == raw => v,
+        Some(v @ toml::Value::Float(_))
+            if v.as_float().is_some_and(f64::is_finite) && v.to_string() == raw =>
+        {
+            v
+        }
+        Some(v @ (toml::Value::String(_) | toml::Value::Array(_) | toml::Value::Table(_))) => v,
+        _ => toml::Value::String(raw.to_owned()),
+    }
 }
 
 /// Replaces every `<secret>_file = "path"` with `<secret> = "<content>"`, at any depth.
@@ -1122,6 +1134,57 @@ mod tests {
             c.clients["www"].secret.as_ref().map(Secret::expose),
             Some("1234")
         );
+    }
+
+    #[test]
+    fn env_overrides_of_secrets_stay_the_strings_they_are() {
+        for secret in [
+            "0x12",
+            "1e3",
+            "1_000",
+            "+1",
+            "1.50",
+            "0o17",
+            "inf",
+            "nan",
+            "true",
+            "30",
+            "007",
+            "1979-05-27",
+        ] {
+            let c =
+                parse(MINIMAL, &[("REFRESH_PROXY_CLIENTS__WWW__SECRET", secret)]).expect("valid");
+            assert_eq!(
+                c.clients["www"].secret.as_ref().map(Secret::expose),
+                Some(secret),
+                "{secret}"
+            );
+        }
+        let c = parse(
+            MINIMAL,
+            &[(
+                "REFRESH_PROXY_TOKENS__REFRESH_TOKEN_KEYS",
+                r#"["a-refresh-token-key-of-32-bytes-or-more", "another-key-of-32-bytes-or-more!!"]"#,
+            )],
+        )
+        .expect("a TOML list");
+        assert_eq!(c.tokens.refresh_token_keys.len(), 2);
+    }
+
+    #[test]
+    fn env_overrides_of_numbers_and_durations_stay_typed() {
+        let c = parse(
+            MINIMAL,
+            &[
+                ("REFRESH_PROXY_STORE__RESPONSE_TIMEOUT", "1.0"),
+                ("REFRESH_PROXY_STORE__OPERATION_TIMEOUT", "2.5"),
+                ("REFRESH_PROXY_TOKENS__ACCESS_TOKEN_TTL", "600"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.store.response_timeout, Duration::from_secs(1));
+        assert_eq!(c.store.operation_timeout, Duration::from_millis(2500));
+        assert_eq!(c.tokens.access_token_ttl, 600);
     }
 
     #[test]

@@ -100,6 +100,10 @@ fn classify(err: &Error) -> (StatusCode, ErrorCode, &'static str) {
                 FormError::Repeated => "a request parameter is repeated",
                 FormError::NotUtf8 => "request parameters must be UTF-8",
                 FormError::TooMany => "too many request parameters",
+                FormError::RepeatedAuthorization => "the Authorization header is repeated",
+                FormError::HopByHopAuthorization => {
+                    "the Connection header may not name Authorization"
+                }
             },
         ),
         Error::Forward(ForwardError::Timeout) => (

@@ -125,6 +125,49 @@ async fn a_form_with_too_many_parameters_is_invalid_request_and_not_passed_on() 
 }
 
 #[tokio::test]
+async fn authorization_read_by_the_proxy_cannot_be_repeated_or_made_hop_by_hop() {
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[
+                ("authorization", "Basic YTpi"),
+                ("authorization", "Basic Yzpk"),
+            ],
+            "the Authorization header is repeated",
+        ),
+        (
+            &[
+                ("authorization", "Basic YTpi"),
+                ("connection", "keep-alive, Authorization"),
+            ],
+            "the Connection header may not name Authorization",
+        ),
+        (
+            &[("connection", "close"), ("connection", "AUTHORIZATION")],
+            "the Connection header may not name Authorization",
+        ),
+    ];
+    for (headers, why) in cases {
+        let (svc, seen) = stack(4096);
+        let mut req = token_request(FORM, b"grant_type=refresh_token&refresh_token=x");
+        for (name, value) in headers {
+            req.headers_mut().append(
+                *name,
+                http::HeaderValue::from_str(value).expect("header value"),
+            );
+        }
+        let res = svc.oneshot(req).await.expect("infallible");
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{why}");
+        let body = json(res).await;
+        assert_eq!(body["error"], "invalid_request");
+        assert_eq!(body["error_description"], why);
+        assert!(
+            seen.lock().expect("lock").is_empty(),
+            "{why}: not passed on"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_wrong_content_type_is_invalid_request() {
     for ct in [
         "application/json",

@@ -283,6 +283,22 @@ where
     if !classify::is_form_content_type(req.headers().get(CONTENT_TYPE)) {
         return Err(FormError::ContentType.into());
     }
+    // The proxy authenticates the client from the one Authorization header it reads: a second
+    // one (which the upstream might read instead) is ambiguous, and a Connection header naming
+    // it (RFC 9110 §7.6.1) would strip it on the way upstream after the proxy had read it.
+    if req.headers().get_all(AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(FormError::RepeatedAuthorization.into());
+    }
+    let names_authorization = req
+        .headers()
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| name.trim().eq_ignore_ascii_case("authorization"));
+    if names_authorization {
+        return Err(FormError::HopByHopAuthorization.into());
+    }
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
