@@ -2,9 +2,9 @@
 -- JWT path of src/store/redis/redeem.lua, so `redis-benchmark EVALSHA` measures what one refresh
 -- asks of Redis, without the proxy.
 --
--- Same work per call: HMGET of the 14 fields of a family hash, the expiry, client, generation
+-- Same work per call: HMGET of the 13 fields of a family hash, the expiry, client, generation
 -- and verifier checks, an HSET of 4 fields (scope unchanged; the new verifier) and a PEXPIREAT on
--- that hash, and a 15-element reply. KEYS[2] is passed (one per call, same slot as KEYS[1] in the proxy) but, as on the
+-- that hash, and a 16-element reply. KEYS[2] is passed (one per call, same slot as KEYS[1] in the proxy) but, as on the
 -- proxy's JWT path, not written; only opaque access tokens write it.
 --
 -- The hashes are pre-populated by bench/harness.py (field values of the sizes the admin API's
@@ -14,9 +14,9 @@
 --
 -- KEYS[1] family hash, KEYS[2] access-token key (unused)
 -- ARGV[1] client id, ARGV[2] now (ms), ARGV[3] idle ttl (ms), ARGV[4] grace (ms),
--- ARGV[5] presented verifier, ARGV[6] successor verifier (16 bytes each)
+-- ARGV[5] presented verifier, ARGV[6] successor verifier (12 bytes each)
 
-local v = redis.call('HMGET', KEYS[1], 'c', 's', 'g', 'sc', 'n', 'r', 'i', 'e', 'f', 'a', 'd', 't', 'v', 'm')
+local v = redis.call('HMGET', KEYS[1], 'c', 's', 'g', 'sc', 'n', 'r', 'i', 'e', 'f', 'a', 'd', 't', 'v')
 if not v[1] then return {'unknown'} end
 
 local now = tonumber(ARGV[2])
@@ -30,13 +30,14 @@ end
 if v[1] ~= ARGV[1] then return {'wrong_client'} end
 if generation + 1 == generation or tonumber(ARGV[4]) < 0 then return {'grace'} end
 -- The verifier comparison redeem.lua makes; every call here rotates, so its result is not used.
-local verified = ARGV[5] == v[13]
+local verified = ARGV[5] == string.sub(v[13], 1, 12)
+local seal = string.sub(v[13], 13)
 
 local next_idle = math.min(now + tonumber(ARGV[3]), hard_deadline)
 local next_generation = generation + 1
 redis.call('HSET', KEYS[1], 'n', string.format('%.0f', next_generation),
-  'r', string.format('%.0f', now), 'i', string.format('%.0f', next_idle), 'v', ARGV[6])
+  'r', string.format('%.0f', now), 'i', string.format('%.0f', next_idle), 'v', ARGV[6] .. seal)
 redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', next_idle))
 
 return {'rotated', string.format('%.0f', next_generation), v[4], v[1], v[2], v[9], v[10], v[11],
-  v[12], '0', v[5], v[3], v[8], v[14], v[13]}
+  v[12], '0', v[5], v[3], v[8], seal, string.sub(v[13], 1, 12), '0'}

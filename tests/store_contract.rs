@@ -38,13 +38,13 @@ fn family(t0: i64, format: TokenFormat) -> NewFamily {
         expires_at_ms: t0 + 7 * DAY,
         verifier: v(0),
         // Stores keep the seal; the engine checks it (tests/engine.rs).
-        seal: Seal([7; 16]),
+        seal: Seal([7; 12]),
     }
 }
 
 /// Generation `g`'s verifier, in these cases (the engine derives real ones from the token).
 fn v(g: u64) -> Verifier {
-    Verifier([g as u8 + 1; 16])
+    Verifier([g as u8 + 1; 12])
 }
 
 /// The successor verifiers of generation `g`'s token (one key).
@@ -254,10 +254,10 @@ async fn reseal_replaces_only_the_seal_it_expects<S: TokenStore>(store: S) {
     let t0 = now();
     let f = family(t0, TokenFormat::Jwt);
     store.create_family(&f).await.expect("create");
-    let new = Seal([9; 16]);
+    let new = Seal([9; 12]);
     assert!(
         !store
-            .reseal(f.id.as_str(), &Seal([1; 16]), &new)
+            .reseal(f.id.as_str(), &Seal([1; 12]), &new)
             .await
             .expect("reseal")
     );

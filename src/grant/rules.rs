@@ -213,7 +213,7 @@ mod tests {
 
     /// Generation `g`'s verifier, in these tests.
     fn v(g: u64) -> Verifier {
-        Verifier([g as u8; 16])
+        Verifier([g as u8; 12])
     }
 
     /// The successor verifiers of generation `g` (one key), leaked for a `'static` slice.
