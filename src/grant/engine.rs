@@ -277,13 +277,13 @@ impl Engine {
         let at_ttl_ms = secs_to_ms(self.access_token_ttl);
         // The successor is a function of the presented token: computed now, its verifier goes
         // into the store's atomic step, which stores it on rotation.
-        let successors = keys.refresh.successor_verifiers(&token);
+        let successors = keys.refresh.successors(&token);
         let mut request = RedeemRequest {
             family: token.family,
             redeem: Redeem {
                 generation: token.generation,
                 presented: token.verifier(),
-                successors: &successors,
+                successors: successors.verifiers(),
                 ahead_of: None,
                 client_id: &client.id,
                 scope: form.get("scope"),
@@ -335,7 +335,7 @@ impl Engine {
         let (refresh_token, scope) = match verdict {
             Verdict::Rotated { scope, .. } => {
                 inc(&self.metrics.rotations);
-                (keys.refresh.successor(0, &token), scope)
+                (keys.refresh.successor_token(&successors, 0, &token), scope)
             }
             Verdict::Grace {
                 generation,
@@ -349,7 +349,10 @@ impl Engine {
                     generation,
                     "refresh token presented again within the grace period; same answer"
                 );
-                (keys.refresh.successor(key, &token), scope)
+                (
+                    keys.refresh.successor_token(&successors, key, &token),
+                    scope,
+                )
             }
             Verdict::Reused { scope } => {
                 inc(&self.metrics.reuses);

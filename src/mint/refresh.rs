@@ -379,6 +379,28 @@ impl RefreshTokenKey {
     }
 }
 
+/// A token's successors, one per key of the ring ([`RefreshKeys::successors`]).
+pub struct Successors {
+    xs: [[u8; X_BYTES]; MAX_KEYS],
+    verifiers: [Verifier; MAX_KEYS],
+    len: usize,
+}
+
+impl Successors {
+    /// Their verifiers, the current key's first.
+    pub fn verifiers(&self) -> &[Verifier] {
+        &self.verifiers[..self.len]
+    }
+}
+
+impl std::fmt::Debug for Successors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Successors")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The refresh-token keys in use: the first mints, every one is accepted (key rotation without
 /// logging anyone out: add the new key first, keep the old one until its tokens are gone).
 pub struct RefreshKeys {
@@ -438,12 +460,40 @@ impl RefreshKeys {
         self.current().first(family)
     }
 
-    /// The verifiers of `token`'s successor as each key would make it (index 0: the current
-    /// key, whose successor a rotation stores). A retry within the grace window matches
-    /// whichever key made the live token, so a key change between the first use and the retry
-    /// logs no one out.
-    pub fn successor_verifiers(&self, token: &RefreshToken<'_>) -> Vec<Verifier> {
-        self.keys.iter().map(|k| k.successor(token).1).collect()
+    /// `token`'s successor as each key would make it (index 0: the current key, whose
+    /// successor a rotation stores). A retry within the grace window matches whichever key
+    /// made the live token, so a key change between the first use and the retry logs no one
+    /// out. Computed once per refresh, without allocating; the token string is written only
+    /// for the one that is answered ([`RefreshKeys::successor_token`]).
+    pub fn successors(&self, token: &RefreshToken<'_>) -> Successors {
+        let generation = token.generation.saturating_add(1);
+        let previous = token.verifier();
+        let mut s = Successors {
+            xs: [[0; X_BYTES]; MAX_KEYS],
+            verifiers: [Verifier::default(); MAX_KEYS],
+            len: self.keys.len(),
+        };
+        for (i, k) in self.keys.iter().enumerate() {
+            s.xs[i] = k.chain_x(token.family, generation, &previous);
+            s.verifiers[i] = verifier_of(&s.xs[i]);
+        }
+        s
+    }
+
+    /// The successor token key `index` makes, from [`RefreshKeys::successors`].
+    pub fn successor_token(
+        &self,
+        successors: &Successors,
+        index: usize,
+        token: &RefreshToken<'_>,
+    ) -> String {
+        let index = if index < successors.len { index } else { 0 };
+        let key = self.keys.get(index).unwrap_or_else(|| self.current());
+        key.encode(
+            token.family,
+            token.generation.saturating_add(1),
+            &successors.xs[index],
+        )
     }
 
     /// `token`'s successor as key `index` makes it.
@@ -658,9 +708,15 @@ mod tests {
         assert_eq!(p.verifier(), v_old);
         assert!(after.parse(&t_old).is_none(), "until it is removed");
         // The successor is the current key's; a retry matches the old key's too.
-        let vs = during.successor_verifiers(&p);
+        let successors = during.successors(&p);
+        let vs = successors.verifiers();
         assert_eq!(vs.len(), 2);
-        assert_eq!(vs[1], before.successor_verifiers(&p)[0]);
+        assert_eq!(vs[1], before.successors(&p).verifiers()[0]);
+        assert_eq!(vs[0], during.current().successor(&p).1);
+        assert_eq!(
+            during.successor_token(&successors, 1, &p),
+            before.successor(0, &p)
+        );
         let t_new = during.successor(0, &p);
         assert!(t_new.contains(&format!(".{}", new().kid())), "{t_new}");
         assert!(after.parse(&t_new).is_some());

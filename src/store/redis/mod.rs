@@ -34,7 +34,7 @@ use super::{
 };
 use crate::config::{ConfigError, StoreConfig};
 use crate::grant::rules::Verdict;
-use crate::mint::refresh::{DIGEST_BYTES, Seal, Verifier};
+use crate::mint::refresh::{DIGEST_BYTES, MAX_KEYS, Seal, Verifier};
 
 /// Opens a family. Fields at their default are left out (`n` 0, `f` jwt, empty `a`, `d`,
 /// `t`; `sc` is written only once it differs from `g`): a family hash is small enough that a
@@ -297,7 +297,7 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
         "grace" => Verdict::Grace {
             generation: num(&generation)?,
             scope,
-            key: num(&text(key)?)?,
+            key: if key.is_empty() { 0 } else { num(&text(key)?)? },
         },
         "reuse" => Verdict::ReuseDetected {
             presented: num(&generation)?,
@@ -560,11 +560,12 @@ impl TokenStore for RedisStore {
             Some((n, v)) => (n.to_string(), v.as_bytes().to_vec()),
             None => (String::new(), Vec::new()),
         };
-        let successors: Vec<u8> = r
-            .successors
-            .iter()
-            .flat_map(|v| v.as_bytes().iter().copied())
-            .collect();
+        // The successors' verifiers back to back, on the stack.
+        let mut successors = [0u8; MAX_KEYS * DIGEST_BYTES];
+        for (chunk, v) in successors.chunks_exact_mut(DIGEST_BYTES).zip(r.successors) {
+            chunk.copy_from_slice(v.as_bytes());
+        }
+        let successors = &successors[..r.successors.len().min(MAX_KEYS) * DIGEST_BYTES];
         let reply: Vec<Vec<u8>> = self
             .bounded(
                 self.scripts
@@ -581,7 +582,7 @@ impl TokenStore for RedisStore {
                             .arg(issued)
                             .arg(expires)
                             .arg(r.presented.as_bytes())
-                            .arg(successors.as_slice())
+                            .arg(successors)
                             .arg(&ahead_generation)
                             .arg(&ahead_verifier);
                     }),

@@ -13,7 +13,8 @@
 -- Returns  {'unknown'}, {'corrupt'} or
 --          {verdict, generation, scope, client, subject, format, at claims, id claims,
 --           auth time, opaque stored ('0'|'1'), current generation, granted scope,
---           absolute deadline, seal, verifier, successor key index}
+--           absolute deadline, seal, verifier ('ahead' only), successor key index
+--           ('grace' only)}
 local function int(x) return string.format('%.0f', x) end
 
 local f = redis.call('HMGET', KEYS[1], 'c', 's', 'g', 'sc', 'n', 'r', 'i', 'e', 'f', 'a', 'd', 't', 'v')
@@ -33,7 +34,10 @@ local g, now = tonumber(ARGV[1]), tonumber(ARGV[5])
 local key = 0
 local function reply(verdict, gen, sc, stored)
   return {verdict, int(gen), sc, client, subject, fmt, atc, idc, auth, stored, int(n),
-    granted, int(expires), seal, v, int(key)}
+    granted, int(expires), seal,
+    -- Only the verdicts that use them carry the verifier and the key index (fewer reply
+    -- allocations on the common path).
+    verdict == 'ahead' and v or '', verdict == 'grace' and int(key) or ''}
 end
 
 if now >= expires or now >= idle then
