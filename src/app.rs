@@ -161,6 +161,9 @@ impl App {
         ) {
             layer = layer.introspection_client(id, secret.expose())?;
         }
+        if let Some(claim) = &config.upstream.subject_claim {
+            layer = layer.subject_claim(claim);
+        }
         let layer = layer.build();
         let jwks = Arc::new(jwt::jwks(&engine.signers()));
         let id_token_alg = engine.id_token_alg();

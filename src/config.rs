@@ -202,6 +202,9 @@ pub struct UpstreamConfig {
     /// with handled clients and none known (and says that clients cannot revoke its tokens).
     #[serde(default)]
     pub revocation: RevocationMode,
+    /// The introspection claim that names the subject at capture when the answer has no `sub`
+    /// (RFC 7662 §2.2 makes `sub` optional); it must carry what the ID token's `sub` carries.
+    pub subject_claim: Option<String>,
     #[serde(default = "secs::<2>", deserialize_with = "seconds")]
     pub connect_timeout: Duration,
     /// Time until the upstream's response head arrives (bodies may stream for longer).
@@ -522,6 +525,14 @@ impl Config {
                 "required with [clients] when upstream.discovery = false, or the proxy cannot \
                  answer revocations of its own refresh tokens (the upstream would answer 200 and \
                  they would stay live); set it, or declare upstream.revocation = \"absent\"",
+            ));
+        }
+        if let Some(claim) = &self.upstream.subject_claim
+            && claim.trim().is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "upstream.subject_claim",
+                "must name a claim (e.g. \"username\"), or be left out",
             ));
         }
         if self.server.max_body_bytes < 1024 {
@@ -1170,5 +1181,20 @@ mod tests {
         assert!(err.to_string().starts_with("upstream.revocation:"), "{err}");
         let err = parse(&format!("{base}revocation = \"none\"\n"), &[]).expect_err("value");
         assert!(err.to_string().starts_with("upstream.revocation:"), "{err}");
+    }
+
+    #[test]
+    fn subject_claim_must_name_a_claim() {
+        let c = parse(&format!("{MINIMAL}subject_claim = \"username\"\n"), &[]).expect("valid");
+        assert_eq!(c.upstream.subject_claim.as_deref(), Some("username"));
+        assert_eq!(
+            parse(MINIMAL, &[]).expect("valid").upstream.subject_claim,
+            None
+        );
+        let err = parse(&format!("{MINIMAL}subject_claim = \" \"\n"), &[]).expect_err("empty");
+        assert!(
+            err.to_string().starts_with("upstream.subject_claim:"),
+            "{err}"
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! path or appended to the issuer; or nowhere), and the proxy must find every endpoint it
 //! answers for, refuse to run when a handled client's revocation could be answered "revoked"
 //! by an upstream that never saw the token, say what it cannot locate, and refuse documents
-//! naming another issuer.
+//! naming another issuer. Capture reads the subject from a named introspection claim.
 
 mod support;
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use refresh_proxy::app::Outcome;
 use serde_json::{Value, json};
-use support::fake_idp::FakeIdp;
+use support::fake_idp::{FakeIdp, payload};
 use support::proxy::{ProxyProcess, TestProxy, issue};
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
@@ -225,4 +225,79 @@ async fn metadata_naming_another_issuer_is_not_merged() {
     let (status, ready) = get_json(&format!("{}/readyz", proxy.admin_url)).await;
     assert_eq!(status, 503, "{ready}");
     assert_eq!(ready["discovery"], "pending", "{ready}");
+}
+
+/// Issue 19: the IdP's introspection answer names the user in `username`, not `sub` (RFC 7662
+/// §2.2: `sub` is OPTIONAL). Without `upstream.subject_claim` the answer is passed on
+/// uncaptured; with it, the family's subject is that claim.
+#[tokio::test]
+async fn capture_takes_the_subject_from_a_named_introspection_claim() {
+    for (subject_claim, captured) in [("", false), ("subject_claim = \"username\"\n", true)] {
+        let idp = FakeIdp::start().await;
+        idp.answer_with(json!({
+            "access_token": "opaque-upstream-access-token", "token_type": "Bearer",
+            "expires_in": 300, "refresh_token": "upstream-refresh-token", "scope": "read",
+        }));
+        idp.introspect_with(json!({
+            "active": true, "scope": "read", "client_id": "www", "username": "alice",
+            "exp": 4_000_000_000u64,
+        }));
+        let text = format!(
+            "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
+             [clients.www]\nsecret = \"{SECRET}\"\naccess_token_format = \"jwt\"\n\
+             [upstream]\nurl = \"{}\"\n{subject_claim}",
+            idp.url()
+        );
+        let proxy = TestProxy::start(&text).await;
+        proxy.wait_ready().await;
+        let http = reqwest::Client::new();
+        let answer: Value = http
+            .post(format!("{}/token", proxy.url))
+            .basic_auth("www", Some(SECRET))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", "c"),
+                ("redirect_uri", "http://127.0.0.1/cb"),
+            ])
+            .send()
+            .await
+            .expect("code")
+            .json()
+            .await
+            .expect("json");
+        let rt = answer["refresh_token"].as_str().expect("refresh_token");
+        assert_eq!(idp.introspections(), 1);
+        if !captured {
+            assert_eq!(rt, "upstream-refresh-token", "captured without a subject");
+            let m = metrics(&proxy).await;
+            assert!(
+                m.contains("refresh_proxy_capture_skips_total{reason=\"no_subject\"} 1"),
+                "{m}"
+            );
+            continue;
+        }
+        assert_ne!(rt, "upstream-refresh-token", "not captured");
+        let refreshed: Value = http
+            .post(format!("{}/token", proxy.url))
+            .basic_auth("www", Some(SECRET))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", rt)])
+            .send()
+            .await
+            .expect("refresh")
+            .json()
+            .await
+            .expect("json");
+        let at = refreshed["access_token"].as_str().expect("access_token");
+        assert_eq!(payload(at)["sub"], "alice", "{refreshed}");
+        // Revocation by subject reaches the family opened under the named claim.
+        let res = http
+            .post(format!("{}/admin/revoke", proxy.admin_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"subject": "alice"}))
+            .send()
+            .await
+            .expect("admin revoke");
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["revoked"], 1, "{body}");
+    }
 }
