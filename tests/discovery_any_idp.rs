@@ -301,3 +301,42 @@ async fn capture_takes_the_subject_from_a_named_introspection_claim() {
         assert_eq!(body["revoked"], 1, "{body}");
     }
 }
+
+/// `check-config` catches statically what it can: without discovery, handled clients need a
+/// revocation path or `revocation = "absent"`.
+#[test]
+fn check_config_refuses_clients_without_a_revocation_path_when_discovery_is_off() {
+    let dir = support::temp_dir("check-revocation");
+    let run = |extra: &str| {
+        let path = dir.join("config.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[clients.www]\nsecret = \"{SECRET}\"\n\
+                 [upstream]\nurl = \"http://127.0.0.1:9\"\ndiscovery = false\n\
+                 token_path = \"/token\"\n{extra}"
+            ),
+        )
+        .expect("write");
+        let out = std::process::Command::new(support::proxy::binary())
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run check-config");
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, text) = run("");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("upstream.revocation_path"), "{text}");
+    let (code, text) = run("revocation_path = \"/revoke\"\n");
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run("revocation = \"absent\"\n");
+    assert_eq!(code, Some(0), "{text}");
+}
