@@ -357,6 +357,8 @@ shutdown_timeout = 5
 url = "{upstream}"
 discovery = false
 token_path = "/token"
+# The nginx backend has no revocation endpoint (the bench never revokes).
+revocation = "absent"
 
 [store]
 url = "{store_url}"

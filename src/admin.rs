@@ -3,7 +3,8 @@
 //! - `GET /healthz`: 200 while the process runs; it checks nothing else, so a liveness probe
 //!   never restarts the proxy for an outage of Redis or the IdP.
 //! - `GET /readyz`: 200 when the store answers, discovery is done and the proxy is not
-//!   draining; 503 otherwise, with the state of each check in the JSON body.
+//!   draining; 503 otherwise, with the state of each check in the JSON body, which also lists
+//!   the endpoints the proxy answers for but could not locate (`missing_endpoints`).
 //! - `GET /jwks`: the proxy's public signing keys (the same ones merged into the upstream's
 //!   JWKS on the proxy port).
 //! - `/admin/...`: the admin API ([`AdminApi`]), only when `admin.token` is set.
@@ -66,11 +67,26 @@ use crate::store::{AnyStore, Revoke, TokenStore};
 pub struct Readiness {
     discovered: AtomicBool,
     draining: AtomicBool,
+    /// Endpoints the proxy answers for but cannot locate at the upstream.
+    missing: std::sync::Mutex<Vec<&'static str>>,
 }
 
 impl Readiness {
     pub fn set_discovered(&self) {
         self.discovered.store(true, Ordering::Release);
+    }
+
+    /// Discovery is done and these endpoints could not be located.
+    pub fn set_discovered_missing(&self, missing: Vec<&'static str>) {
+        *self.missing.lock().unwrap_or_else(|e| e.into_inner()) = missing;
+        self.set_discovered();
+    }
+
+    pub fn missing_endpoints(&self) -> Vec<&'static str> {
+        self.missing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn set_draining(&self) {
@@ -133,6 +149,8 @@ struct ReadyBody {
     store: &'static str,
     discovery: &'static str,
     draining: bool,
+    /// Endpoints the proxy answers for that neither discovery nor config located.
+    missing_endpoints: Vec<&'static str>,
 }
 
 impl Admin {
@@ -194,6 +212,7 @@ impl Admin {
             store: if store_ok { "ok" } else { "unavailable" },
             discovery: if discovered { "ok" } else { "pending" },
             draining,
+            missing_endpoints: self.readiness.missing_endpoints(),
         };
         let status = if ready {
             StatusCode::OK

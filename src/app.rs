@@ -183,6 +183,9 @@ pub enum Outcome {
     DeadlineExceeded,
     /// No worker thread could start, so nothing was served (the reason is logged).
     NoWorkers,
+    /// Discovery's result forbids serving: handled clients and no revocation endpoint known
+    /// nor declared absent (the reason is logged, naming the config key).
+    Refused,
 }
 
 impl App {
@@ -201,6 +204,9 @@ impl App {
             &config.upstream.introspection_client_secret,
         ) {
             layer = layer.introspection_client(id, secret.expose())?;
+        }
+        if let Some(claim) = &config.upstream.subject_claim {
+            layer = layer.subject_claim(claim);
         }
         let layer = layer.build();
         let id_token_alg = engine.keys().id_token_alg();
@@ -309,16 +315,33 @@ impl App {
         }
 
         let discovered = readiness.clone();
-        let found = endpoints.clone();
+        let upstream = config.upstream.clone();
+        let handled_clients = !config.clients.is_empty();
+        let known = metrics.clone();
+        // Discovery's result may forbid serving (see `discovery::check`): the run loop ends.
+        let (refuse, refused) = oneshot::channel::<()>();
         let discovery = discovery::spawn(
             forward.clone(),
             config.upstream.clone(),
             endpoints,
-            move || {
-                check_id_token_alg(id_token_alg, &found.load().id_token_signing_algs);
-                discovered.set_discovered();
+            move |found| {
+                known.set_endpoints(found);
+                match discovery::check(&upstream, handled_clients, found) {
+                    Ok(missing) => {
+                        check_id_token_alg(id_token_alg, &found.id_token_signing_algs);
+                        discovered.set_discovered_missing(missing);
+                    }
+                    Err(_) => {
+                        let _ = refuse.send(());
+                    }
+                }
             },
         );
+        let refused = async move {
+            if refused.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
 
         if admin_api.is_none() {
             tracing::info!("admin.token is not set: the admin API is off (/admin/... answers 404)");
@@ -373,6 +396,7 @@ impl App {
         let outcome = tokio::select! {
             () = serving => Outcome::Drained,
             () = hard_deadline => Outcome::DeadlineExceeded,
+            () = refused => Outcome::Refused,
         };
         // At the deadline the workers drop their runtimes, which cuts their connections off.
         let _ = cut_off.send(true);

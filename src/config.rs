@@ -201,6 +201,13 @@ pub struct UpstreamConfig {
     pub revocation_path: Option<String>,
     pub introspection_path: Option<String>,
     pub jwks_path: Option<String>,
+    /// `"absent"` declares that the upstream has no revocation endpoint: the proxy then starts
+    /// with handled clients and none known (and says that clients cannot revoke its tokens).
+    #[serde(default)]
+    pub revocation: RevocationMode,
+    /// The introspection claim that names the subject at capture when the answer has no `sub`
+    /// (RFC 7662 §2.2 makes `sub` optional); it must carry what the ID token's `sub` carries.
+    pub subject_claim: Option<String>,
     #[serde(default = "secs::<2>", deserialize_with = "seconds")]
     pub connect_timeout: Duration,
     /// Time until the upstream's response head arrives (bodies may stream for longer).
@@ -219,6 +226,17 @@ pub struct UpstreamConfig {
     /// client's own).
     pub introspection_client_id: Option<String>,
     pub introspection_client_secret: Option<Secret>,
+}
+
+/// Whether the upstream has a revocation endpoint (`upstream.revocation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevocationMode {
+    /// `revocation_path`, else discovery, says where it is; handled clients need one.
+    #[default]
+    Auto,
+    /// Declared absent: no client can revoke the proxy's refresh tokens (only the admin API).
+    Absent,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -523,6 +541,38 @@ impl Config {
             return Err(ConfigError::invalid(
                 "upstream.token_path",
                 "required when upstream.discovery = false",
+            ));
+        }
+        if self.upstream.revocation == RevocationMode::Absent
+            && self.upstream.revocation_path.is_some()
+        {
+            return Err(ConfigError::invalid(
+                "upstream.revocation",
+                "\"absent\" contradicts upstream.revocation_path; set one of them",
+            ));
+        }
+        // A handled client's RFC 7009 revocation of a proxy token that reached the upstream
+        // would be answered 200 (RFC 7009 §2.2: "invalid tokens do not cause an error
+        // response") while the token stays live at the proxy: without discovery, config must
+        // say where the endpoint is, or that there is none.
+        if !self.upstream.discovery
+            && !self.clients.is_empty()
+            && self.upstream.revocation_path.is_none()
+            && self.upstream.revocation != RevocationMode::Absent
+        {
+            return Err(ConfigError::invalid(
+                "upstream.revocation_path",
+                "required with [clients] when upstream.discovery = false, or the proxy cannot \
+                 answer revocations of its own refresh tokens (the upstream would answer 200 and \
+                 they would stay live); set it, or declare upstream.revocation = \"absent\"",
+            ));
+        }
+        if let Some(claim) = &self.upstream.subject_claim
+            && claim.trim().is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "upstream.subject_claim",
+                "must name a claim (e.g. \"username\"), or be left out",
             ));
         }
         if self.server.max_body_bytes < 1024 {
@@ -1121,6 +1171,7 @@ mod tests {
                 ("REFRESH_PROXY_SERVER__MAX_BODY_BYTES", "4096"),
                 ("REFRESH_PROXY_UPSTREAM__DISCOVERY", "false"),
                 ("REFRESH_PROXY_UPSTREAM__TOKEN_PATH", "/oauth/token"),
+                ("REFRESH_PROXY_UPSTREAM__REVOCATION", "absent"),
                 ("REFRESH_PROXY_CLIENTS__WWW__SECRET", "1234"),
                 ("REFRESH_PROXY_CONFIG", "ignored.toml"),
             ],
@@ -1297,5 +1348,48 @@ mod tests {
         assert_eq!(p.refresh_token_ttl, Some(0));
         assert_eq!(p.reuse_grace_period, Some(10));
         assert_eq!(p.reuse_refresh_tokens, None);
+    }
+
+    /// Issue 19: without discovery, nothing would say where the revocation endpoint is, so a
+    /// handled client's revocation of a proxy token would go to the upstream (200, still live).
+    #[test]
+    fn handled_clients_without_discovery_need_a_revocation_path_or_absent() {
+        let base = "[upstream]\nurl = \"http://x\"\ndiscovery = false\ntoken_path = \"/t\"\n";
+        let client = "[clients.www]\nsecret = \"s\"\n";
+        let err = parse(&format!("{base}{client}"), &[]).expect_err("no revocation path");
+        let msg = err.to_string();
+        assert!(msg.starts_with("upstream.revocation_path:"), "{msg}");
+        assert!(msg.contains("upstream.revocation = \"absent\""), "{msg}");
+        // No handled client: nothing of the proxy's to revoke.
+        parse(base, &[]).expect("no clients");
+        let c = parse(&format!("{base}revocation_path = \"/r\"\n{client}"), &[]).expect("path");
+        assert_eq!(c.upstream.revocation, RevocationMode::Auto);
+        let c = parse(&format!("{base}revocation = \"absent\"\n{client}"), &[]).expect("absent");
+        assert_eq!(c.upstream.revocation, RevocationMode::Absent);
+        // With discovery the check waits for its result (at start).
+        parse(&format!("{MINIMAL}{client}"), &[]).expect("discovery");
+        let err = parse(
+            &format!("{base}revocation = \"absent\"\nrevocation_path = \"/r\"\n"),
+            &[],
+        )
+        .expect_err("both");
+        assert!(err.to_string().starts_with("upstream.revocation:"), "{err}");
+        let err = parse(&format!("{base}revocation = \"none\"\n"), &[]).expect_err("value");
+        assert!(err.to_string().starts_with("upstream.revocation:"), "{err}");
+    }
+
+    #[test]
+    fn subject_claim_must_name_a_claim() {
+        let c = parse(&format!("{MINIMAL}subject_claim = \"username\"\n"), &[]).expect("valid");
+        assert_eq!(c.upstream.subject_claim.as_deref(), Some("username"));
+        assert_eq!(
+            parse(MINIMAL, &[]).expect("valid").upstream.subject_claim,
+            None
+        );
+        let err = parse(&format!("{MINIMAL}subject_claim = \" \"\n"), &[]).expect_err("empty");
+        assert!(
+            err.to_string().starts_with("upstream.subject_claim:"),
+            "{err}"
+        );
     }
 }

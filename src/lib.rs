@@ -21,7 +21,8 @@
 //! - [`oauth`]: wire types and the one mapping from [`error::Error`] to a response.
 //! - [`proxy`]: the forwarding service, header hygiene, the upstream connection pool
 //!   (`proxy::pool`: an `http://` upstream's connections, driven by the requests that use them).
-//! - [`discovery`]: the upstream's endpoint paths from its OIDC discovery document.
+//! - [`discovery`]: the upstream's endpoint paths from its OIDC discovery document and RFC 8414
+//!   metadata, and the checks of what they gave (an unknown revocation endpoint stops the proxy).
 //! - [`store`]: the `TokenStore` trait, `memory://` and `redis://` (Lua), one contract suite.
 //! - [`server`]: listeners (HTTP/1.1, h2c, TLS with ALPN), graceful shutdown, and the
 //!   acceptor that hands each connection to a worker thread.

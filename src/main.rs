@@ -282,6 +282,9 @@ fn run(config: Config, config_path: std::path::PathBuf) -> ExitCode {
                 tracing::warn!("server.shutdown_timeout passed; in-flight requests were cut off")
             }
             Outcome::NoWorkers => return ExitCode::from(1),
+            // A crash loop with the reason in the log, rather than a proxy that reports
+            // "revoked" for tokens that stay live.
+            Outcome::Refused => return ExitCode::from(1),
         }
         ExitCode::SUCCESS
     })

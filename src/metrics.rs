@@ -241,7 +241,12 @@ pub struct Metrics {
     capture_skips: [AtomicU64; CaptureSkip::ALL.len()],
     pub store_errors: AtomicU64,
     pub integrity_failures: AtomicU64,
+    /// Per endpoint of [`KNOWN_ENDPOINTS`]: 1 when the proxy knows its upstream path.
+    endpoint_known: [AtomicU64; KNOWN_ENDPOINTS.len()],
 }
+
+/// The endpoints the proxy answers for, whose upstream paths discovery or config must give.
+pub const KNOWN_ENDPOINTS: [&str; 4] = ["token", "revocation", "introspection", "jwks"];
 
 /// Adds one to a counter.
 pub fn inc(counter: &AtomicU64) {
@@ -298,6 +303,19 @@ impl Metrics {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Which endpoints the proxy can locate now (after discovery, or from config).
+    pub fn set_endpoints(&self, e: &crate::classify::Endpoints) {
+        let known = [
+            &e.token_path,
+            &e.revocation_path,
+            &e.introspection_path,
+            &e.jwks_path,
+        ];
+        for (gauge, path) in self.endpoint_known.iter().zip(known) {
+            gauge.store(u64::from(path.is_some()), Ordering::Relaxed);
+        }
     }
 
     /// Time taken by a refresh grant the proxy answered (any outcome).
@@ -444,6 +462,17 @@ impl Metrics {
                 "refresh_proxy_capture_skips_total{{reason=\"{}\"}} {}",
                 reason.label(),
                 self.capture_skips[i].load(Ordering::Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP refresh_proxy_endpoint_known Whether the proxy knows the upstream path of an endpoint it answers for (0 before discovery).\n\
+             # TYPE refresh_proxy_endpoint_known gauge\n",
+        );
+        for (i, endpoint) in KNOWN_ENDPOINTS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "refresh_proxy_endpoint_known{{endpoint=\"{endpoint}\"}} {}",
+                self.endpoint_known[i].load(Ordering::Relaxed)
             );
         }
         out

@@ -35,7 +35,8 @@ fn config_text(store: &str, admin_token: Option<&str>, upstream: &str) -> String
          [clients.www]\nsecret = \"{SECRET}\"\n\
          [clients.app]\nsecret = \"{SECRET}\"\n\
          [clients.nort]\nsecret = \"{SECRET}\"\nrefresh_token_ttl = 0\n\
-         [upstream]\nurl = \"{upstream}\"\ndiscovery = false\ntoken_path = \"/token\"\n",
+         [upstream]\nurl = \"{upstream}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
+             revocation = \"absent\"\n",
         key = support::TEST_REFRESH_KEY,
     )
 }

@@ -52,7 +52,8 @@ impl Stack {
              [admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
              [log]\nlevel = \"warn\"\n\
              [clients.www]\nsecret = \"{secret}\"\n\
-             [upstream]\nurl = \"{upstream}\"\ndiscovery = false\ntoken_path = \"/token\"\n",
+             [upstream]\nurl = \"{upstream}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
+             revocation = \"absent\"\n",
             key = support::TEST_REFRESH_KEY,
             secret = CLIENT.1,
             upstream = echo.url(),

@@ -37,7 +37,8 @@ impl Stack {
              [tokens]\nrefresh_token_key = \"{key}\"\n\
              [admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
              [clients.www]\nsecret = \"{SECRET}\"\n\
-             [upstream]\nurl = \"{up}\"\ndiscovery = false\ntoken_path = \"/token\"\n",
+             [upstream]\nurl = \"{up}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
+             revocation = \"absent\"\n",
             key = support::TEST_REFRESH_KEY,
             up = echo.url(),
         );

@@ -137,6 +137,16 @@ pub fn is_sender_constrained(claims: &Map<String, Value>) -> bool {
 /// Who the tokens are for, from the ID token, else the access token, else introspection.
 /// `default_audience` is the `aud` of minted access tokens when the upstream names none.
 pub fn identify(upstream: Upstream<'_>, default_audience: &str) -> Result<Identity, Skip> {
+    identify_with(upstream, default_audience, None)
+}
+
+/// [`identify`], with `subject_claim` (`upstream.subject_claim`) naming the introspection claim
+/// that carries the subject when the introspection answer has no `sub`.
+pub fn identify_with(
+    upstream: Upstream<'_>,
+    default_audience: &str,
+    subject_claim: Option<&str>,
+) -> Result<Identity, Skip> {
     let Upstream {
         access,
         id,
@@ -156,9 +166,20 @@ pub fn identify(upstream: Upstream<'_>, default_audience: &str) -> Result<Identi
         .and_then(subject_of)
         .or_else(|| access.as_ref().and_then(subject_of))
         .or_else(|| introspection.and_then(subject_of))
+        // RFC 7662 §2.2 lists "sub" as OPTIONAL: an IdP may name the user only in another
+        // claim (e.g. "username"), which the operator names. Only a string is a subject.
+        .or_else(|| {
+            let claim = subject_claim?;
+            introspection?
+                .get(claim)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        })
         .ok_or((
             CaptureSkip::NoSubject,
-            "neither the ID token, the access token nor introspection names a subject",
+            "neither the ID token, the access token nor introspection names a subject \
+             (sub, or upstream.subject_claim in introspection)",
         ))?;
     let auth_time = [id.as_ref(), access.as_ref(), introspection]
         .into_iter()
@@ -320,5 +341,51 @@ mod tests {
         }
         assert!(is_sender_constrained(&answer(json!({"cnf":{"jkt":"x"}}))));
         assert!(!is_sender_constrained(&answer(json!({"sub":"x"}))));
+    }
+
+    /// Issue 19: an introspection answer with `username` and no `sub` (RFC 7662 §2.2 makes
+    /// `sub` optional) names the subject only through `upstream.subject_claim`.
+    #[test]
+    fn a_named_introspection_claim_is_the_subject_when_sub_is_absent() {
+        let i = answer(json!({"active": true, "username": "alice", "scope": "read"}));
+        let up = || Upstream {
+            access: None,
+            id: None,
+            introspection: Some(&i),
+        };
+        let (reason, _) = identify(up(), "x").expect_err("no sub");
+        assert_eq!(reason, CaptureSkip::NoSubject);
+        let got = identify_with(up(), "x", Some("username")).expect("username");
+        assert_eq!(got.subject, "alice");
+        // sub wins over the named claim; the claim must be a non-empty string.
+        let both = answer(json!({"active": true, "sub": "u-1", "username": "alice"}));
+        let got = identify_with(
+            Upstream {
+                introspection: Some(&both),
+                ..Upstream::default()
+            },
+            "x",
+            Some("username"),
+        )
+        .expect("sub");
+        assert_eq!(got.subject, "u-1");
+        for bad in [
+            json!({"active": true, "username": ""}),
+            json!({"active": true, "username": 7}),
+        ] {
+            let bad = answer(bad);
+            let up = Upstream {
+                introspection: Some(&bad),
+                ..Upstream::default()
+            };
+            assert!(identify_with(up, "x", Some("username")).is_err());
+        }
+        // Never from the tokens' claims: only introspection is read with the named claim.
+        let at = claims(json!({"username": "alice"}));
+        let up = Upstream {
+            access: at,
+            ..Upstream::default()
+        };
+        assert!(identify_with(up, "x", Some("username")).is_err());
     }
 }

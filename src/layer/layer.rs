@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) introspection_auth: Option<HeaderValue>,
     /// The upstream's JWKS, cached for capture; one for every worker.
     pub(crate) upstream_keys: Arc<UpstreamKeys>,
+    /// The introspection claim naming the subject when there is no `sub`, when configured.
+    pub(crate) subject_claim: Option<String>,
 }
 
 impl Shared {
@@ -78,6 +80,7 @@ impl RefreshGrantLayer {
             engine: None,
             fallback_issuer: String::new(),
             introspection_auth: None,
+            subject_claim: None,
         }
     }
 }
@@ -95,6 +98,7 @@ impl RefreshGrantLayer {
                 fallback_issuer: s.fallback_issuer.clone(),
                 introspection_auth: s.introspection_auth.clone(),
                 upstream_keys: s.upstream_keys.clone(),
+                subject_claim: s.subject_claim.clone(),
             }),
         }
     }
@@ -117,9 +121,17 @@ pub struct RefreshGrantLayerBuilder {
     engine: Option<Arc<Engine>>,
     fallback_issuer: String,
     introspection_auth: Option<HeaderValue>,
+    subject_claim: Option<String>,
 }
 
 impl RefreshGrantLayerBuilder {
+    /// At capture, the introspection claim that names the subject when the answer has no `sub`
+    /// (`upstream.subject_claim`); it must carry the value the ID token's `sub` carries.
+    pub fn subject_claim(mut self, claim: impl Into<String>) -> Self {
+        self.subject_claim = Some(claim.into());
+        self
+    }
+
     /// Fixed endpoint paths.
     pub fn endpoints(mut self, endpoints: Endpoints) -> Self {
         self.endpoints = Arc::new(ArcSwap::from_pointee(endpoints));
@@ -186,6 +198,7 @@ impl RefreshGrantLayerBuilder {
                 fallback_issuer: self.fallback_issuer,
                 introspection_auth: self.introspection_auth,
                 upstream_keys: Arc::default(),
+                subject_claim: self.subject_claim,
             }),
         }
     }

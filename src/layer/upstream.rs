@@ -428,7 +428,11 @@ where
     ))?;
     let issuer = ctx.shared.issuer();
     let audience = ctx.engine.default_audience(&issuer);
-    Ok((capture::identify(upstream, audience)?, granted))
+    let subject_claim = ctx.shared.subject_claim.as_deref();
+    Ok((
+        capture::identify_with(upstream, audience, subject_claim)?,
+        granted,
+    ))
 }
 
 fn json_bytes(answer: &Map<String, Value>) -> Bytes {

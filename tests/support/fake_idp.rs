@@ -10,7 +10,9 @@
 //! - `POST /token`: the JSON set with [`FakeIdp::answer_with`], whatever the request;
 //! - `POST /introspect`: the JSON set with [`FakeIdp::introspect_with`] (default
 //!   `{"active": false}`; counted: [`FakeIdp::introspections`]);
-//! - `POST /revoke`: 200.
+//! - `POST /revoke`: 200 (counted: [`FakeIdp::revocations`]);
+//! - any `GET` path given a document with [`FakeIdp::serve_document`] (e.g. RFC 8414 metadata,
+//!   or an OIDC discovery document that replaces the default one); a path set to `None` is 404.
 //!
 //! [`TestKey`] signs the test's upstream tokens with aws-lc-rs directly (not the proxy's
 //! signer), for RS256, ES256 and EdDSA.
@@ -43,6 +45,9 @@ struct State {
     introspection: Value,
     jwks_fetches: u64,
     introspections: u64,
+    revocations: u64,
+    /// Documents served at GET paths, before the defaults (`None`: 404).
+    documents: std::collections::HashMap<String, Option<Value>>,
 }
 
 pub struct FakeIdp {
@@ -63,6 +68,8 @@ impl FakeIdp {
             introspection: json!({"active": false}),
             jwks_fetches: 0,
             introspections: 0,
+            revocations: 0,
+            documents: std::collections::HashMap::new(),
         }));
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -102,6 +109,20 @@ impl FakeIdp {
         self.state.lock().expect("state").introspection = answer;
     }
 
+    /// Serves `doc` at `GET path` (`None`: 404), instead of whatever was there.
+    pub fn serve_document(&self, path: &str, doc: Option<Value>) {
+        self.state
+            .lock()
+            .expect("state")
+            .documents
+            .insert(path.to_owned(), doc);
+    }
+
+    /// `POST /revoke` requests that reached this upstream.
+    pub fn revocations(&self) -> u64 {
+        self.state.lock().expect("state").revocations
+    }
+
     pub fn jwks_fetches(&self) -> u64 {
         self.state.lock().expect("state").jwks_fetches
     }
@@ -136,6 +157,14 @@ async fn handle(
     let _ = req.into_body().collect().await;
     let base = format!("http://{addr}");
     let mut state = state.lock().expect("state");
+    if method == Method::GET
+        && let Some(doc) = state.documents.get(&path)
+    {
+        return Ok(match doc {
+            Some(doc) => json_response(StatusCode::OK, doc),
+            None => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
+        });
+    }
     Ok(match (method, path.as_str()) {
         (Method::GET, "/.well-known/openid-configuration") => json_response(
             StatusCode::OK,
@@ -157,7 +186,10 @@ async fn handle(
             state.introspections += 1;
             json_response(StatusCode::OK, &state.introspection)
         }
-        (Method::POST, "/revoke") => json_response(StatusCode::OK, &json!({})),
+        (Method::POST, "/revoke") => {
+            state.revocations += 1;
+            json_response(StatusCode::OK, &json!({}))
+        }
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
     })
 }

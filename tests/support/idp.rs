@@ -414,12 +414,24 @@ pub async fn code_flow(base: &str, flow: &CodeFlow<'_>) -> Value {
 /// The browser part of [`code_flow`]: returns (code_verifier, authorization code) without
 /// redeeming the code.
 pub async fn authorize(base: &str, flow: &CodeFlow<'_>) -> (String, String) {
+    authorize_at(base, "/auth", true, flow).await
+}
+
+/// [`authorize`] at another IdP's authorization endpoint (`{base}{path}`), with or without
+/// `prompt=consent` (not every IdP supports it). Login forms may name the login field `login`
+/// or `username`; the password typed is `any-password`.
+pub async fn authorize_at(
+    base: &str,
+    path: &str,
+    prompt_consent: bool,
+    flow: &CodeFlow<'_>,
+) -> (String, String) {
     let base = trim_base(base);
     let browser = browser();
     let (verifier, challenge) = pkce_pair();
     let state = random_b64url(16);
 
-    let mut url = url::Url::parse(&format!("{base}/auth"))
+    let mut url = url::Url::parse(&format!("{base}{path}"))
         .unwrap_or_else(|e| panic!("code flow: bad base URL {base:?}: {e}"));
     {
         let mut q = url.query_pairs_mut();
@@ -428,9 +440,11 @@ pub async fn authorize(base: &str, flow: &CodeFlow<'_>) -> (String, String) {
             .append_pair("redirect_uri", REDIRECT_URI)
             .append_pair("scope", flow.scope)
             .append_pair("state", &state)
-            .append_pair("prompt", "consent")
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
+        if prompt_consent {
+            q.append_pair("prompt", "consent");
+        }
         // oidc-provider rejects a nonce in a plain OAuth 2.0 (no `openid`) request.
         if flow.scope.split(' ').any(|s| s == "openid") {
             q.append_pair("nonce", &random_b64url(16));
@@ -515,7 +529,7 @@ pub async fn authorize(base: &str, flow: &CodeFlow<'_>) -> (String, String) {
         let mut fields: Vec<(String, String)> = Vec::new();
         for input in &form.inputs {
             let value = match (input.kind.as_str(), input.name.as_str()) {
-                (_, "login") => flow.login.to_owned(),
+                (_, "login" | "username") => flow.login.to_owned(),
                 ("password", _) => "any-password".to_owned(),
                 _ => input.value.clone().unwrap_or_default(),
             };

@@ -5,6 +5,8 @@
 //! - [`topology`]: Redis Cluster, Sentinel and TLS / ACL servers on free ports, with failover
 //!   faults (kill a master, wait for its replica to take over).
 //! - [`idp`]: a real OpenID Connect provider (npm `oidc-provider`, pinned in tests/idp).
+//! - [`idp_py`]: a second real one of another family (PyPI `django-oauth-toolkit`, pinned in
+//!   tests/idp-py), whose revocation and introspection endpoints are only in RFC 8414 metadata.
 //! - [`echo`]: a plain upstream that reports what reached it, for transparency tests.
 //! - [`fake_idp`]: a programmable upstream IdP (token answer, JWKS, introspection set by the
 //!   test) and signing keys for its tokens, for capture tests.
@@ -17,6 +19,7 @@
 pub mod echo;
 pub mod fake_idp;
 pub mod idp;
+pub mod idp_py;
 pub mod jose;
 pub mod load;
 pub mod proxy;

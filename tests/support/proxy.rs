@@ -83,6 +83,18 @@ impl TestProxy {
         .await;
     }
 
+    /// How the run loop ended by itself within `timeout` (no shutdown asked), else `None`.
+    pub async fn ended_within(&mut self, timeout: Duration) -> Option<Outcome> {
+        let task = self.task.as_mut().expect("running");
+        match tokio::time::timeout(timeout, task).await {
+            Ok(outcome) => {
+                self.task = None;
+                Some(outcome.expect("run loop does not panic"))
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Triggers shutdown (as SIGTERM would) without waiting.
     pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
