@@ -136,10 +136,10 @@ impl Stack {
     }
 }
 
-/// A refresh token minted by the proxy: `<22-char family>.<generation>.<64 chars>`.
+/// A refresh token minted by the proxy: `<22-char family>.<generation>.<4-char key id><64 chars>`.
 fn is_proxy_token(t: &str) -> bool {
     let parts: Vec<&str> = t.split('.').collect();
-    parts.len() == 3 && parts[0].len() == 22 && parts[2].len() == 64
+    parts.len() == 3 && parts[0].len() == 22 && parts[2].len() == 68
 }
 
 fn str_of<'v>(v: &'v Value, key: &str) -> &'v str {
