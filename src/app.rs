@@ -272,6 +272,7 @@ impl App {
         } = self;
         let options = ConnOptions {
             header_read_timeout: config.server.header_read_timeout,
+            trusted_proxies: config.server.trusted_proxies.clone().into(),
         };
 
         // The workers first: they are serving by the time discovery or the admin port says
@@ -291,7 +292,7 @@ impl App {
                 forward: forward.clone(),
                 access_log: AccessLogLayer::new(config.log.access_log),
                 tls: tls.clone(),
-                options,
+                options: options.clone(),
             };
             if let Some((outbox, done, store)) = worker.start(cut_off_seen.clone()).await {
                 outboxes.push(outbox);

@@ -159,6 +159,10 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// Peers whose `X-Forwarded-*` and `Forwarded` headers are believed (addresses or CIDR
+    /// networks); from any other peer they are replaced by what the proxy saw. Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<crate::net::IpNet>,
     /// After SIGTERM/SIGINT: readiness turns 503 and the proxy keeps serving this long.
     #[serde(default = "secs::<5>", deserialize_with = "seconds")]
     pub drain_delay: Duration,

@@ -34,6 +34,7 @@
 //!   single-threaded runtime per worker thread (`server.workers`), each with its own upstream
 //!   pool and Redis connection, so a request never leaves its thread.
 //! - [`tls`]: rustls set-up on aws-lc-rs, the crate's one crypto backend.
+//! - [`net`]: IP networks from config (`server.trusted_proxies`). Pure.
 //!
 //! `main.rs` is a thin CLI: parse arguments, load config, bind, [`app::App::run`].
 
@@ -50,6 +51,7 @@ pub mod grant;
 pub mod layer;
 pub mod metrics;
 pub mod mint;
+pub mod net;
 pub mod oauth;
 pub mod proxy;
 pub mod server;

@@ -36,9 +36,11 @@ use tower::{Service, ServiceExt};
 use crate::proxy::{BoxError, ClientInfo};
 
 /// Per-connection settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnOptions {
     pub header_read_timeout: Duration,
+    /// `server.trusted_proxies`: peers whose forwarding headers are kept and appended to.
+    pub trusted_proxies: std::sync::Arc<[crate::net::IpNet]>,
 }
 
 /// Serves `service` on `listener` until `shutdown` completes and every connection has closed.
@@ -65,7 +67,15 @@ pub async fn serve<S, B>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        spawn_connection(stream, remote, &tls, &service, options, &graceful, None);
+        spawn_connection(
+            stream,
+            remote,
+            &tls,
+            &service,
+            options.clone(),
+            &graceful,
+            None,
+        );
     }
     drop(listener);
     graceful.shutdown().await;
@@ -193,7 +203,7 @@ pub async fn serve_inbox<S, B>(
                 remote,
                 &tls,
                 &service,
-                options,
+                options.clone(),
                 &graceful,
                 Some(open),
             ),
@@ -231,7 +241,11 @@ fn spawn_connection<S, B>(
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let info = ClientInfo::new(remote, tls.is_some());
+    let trusted = options
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(remote.ip()));
+    let info = ClientInfo::new(remote, tls.is_some()).trusted(trusted);
     let svc = service.clone();
     let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(info.clone());

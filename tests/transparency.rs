@@ -123,8 +123,28 @@ async fn repeated_headers_pass_both_ways_and_hop_by_hop_headers_do_not() {
 }
 
 #[tokio::test]
-async fn host_is_the_upstreams_and_forwarded_headers_are_appended() {
-    let (echo, proxy) = setup("").await;
+async fn forwarding_headers_from_an_untrusted_peer_are_replaced_by_what_the_proxy_saw() {
+    // No server.trusted_proxies: a client at the IdP's public address cannot claim another
+    // address (defeating the IdP's per-IP lockout), host or scheme.
+    let (_echo, proxy) = setup("").await;
+    let addr = format!("127.0.0.1:{}", proxy.port);
+    let req = "GET /fwd HTTP/1.1\r\nHost: login.example.test\r\nX-Forwarded-For: 6.6.6.6\r\n\
+               X-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\n\
+               Forwarded: for=6.6.6.6;host=evil.example\r\nConnection: close\r\n\r\n";
+    let seen = body_json(&raw(&addr, req.as_bytes(), Duration::from_secs(5)).await);
+    assert_eq!(seen.header_all("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen.header_all("x-forwarded-proto"), ["http"]);
+    assert_eq!(seen.header_all("x-forwarded-host"), ["login.example.test"]);
+    assert!(
+        seen.header("forwarded").is_none(),
+        "the client's Forwarded is dropped"
+    );
+}
+
+#[tokio::test]
+async fn host_is_the_upstreams_and_forwarded_headers_from_a_trusted_proxy_are_appended() {
+    let (echo, proxy) =
+        setup("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\"]\n").await;
     let addr = format!("127.0.0.1:{}", proxy.port);
     let req = "GET /fwd HTTP/1.1\r\nHost: login.example.test\r\nX-Forwarded-For: 203.0.113.9\r\n\
                Connection: close\r\n\r\n";

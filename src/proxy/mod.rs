@@ -70,6 +70,9 @@ pub enum ForwardError {
 pub struct ClientInfo {
     pub remote: SocketAddr,
     pub tls: bool,
+    /// The peer is in `server.trusted_proxies`: its `X-Forwarded-*` and `Forwarded` headers
+    /// are kept and this hop is appended; from any other peer they are replaced.
+    pub trusted: bool,
     /// The remote address as this hop's `X-Forwarded-For` entry, formatted once per connection.
     forwarded_for: HeaderValue,
 }
@@ -79,8 +82,15 @@ impl ClientInfo {
         ClientInfo {
             remote,
             tls,
+            trusted: false,
             forwarded_for: ip_value(remote.ip()),
         }
+    }
+
+    /// The same, with the peer trusted (or not) to say what earlier hops saw.
+    pub fn trusted(mut self, trusted: bool) -> ClientInfo {
+        self.trusted = trusted;
+        self
     }
 }
 
@@ -310,6 +320,19 @@ impl Forward {
             _ => headers.insert(header::HOST, self.inner.host.clone()),
         };
         if let Some(info) = parts.extensions.get::<ClientInfo>() {
+            if !info.trusted {
+                // A peer outside server.trusted_proxies says nothing about earlier hops: what it
+                // claims (a spoofed client address defeats the IdP's per-IP lockout; a spoofed
+                // host poisons the URLs it builds) is replaced by what the proxy saw.
+                for name in [
+                    X_FORWARDED_FOR,
+                    X_FORWARDED_PROTO,
+                    X_FORWARDED_HOST,
+                    header::FORWARDED,
+                ] {
+                    headers.remove(name);
+                }
+            }
             append(headers, X_FORWARDED_FOR, info.forwarded_for.clone());
             append(
                 headers,
