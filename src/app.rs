@@ -197,6 +197,7 @@ impl App {
         let mut layer = RefreshGrantLayer::builder()
             .shared_endpoints(endpoints.clone())
             .max_body_bytes(config.server.max_body_bytes)?
+            .body_read_timeout(config.server.body_read_timeout)
             .engine(engine.clone())
             .fallback_issuer(config.upstream.url.clone());
         if let (Some(id), Some(secret)) = (

@@ -157,6 +157,10 @@ pub struct ServerConfig {
     /// A client that has not sent a complete request head within this time is disconnected.
     #[serde(default = "secs::<10>", deserialize_with = "seconds")]
     pub header_read_timeout: Duration,
+    /// A token, revocation or introspection body not received whole within this time (from the
+    /// end of its head) is refused with 408 and its connection closed.
+    #[serde(default = "secs::<10>", deserialize_with = "seconds")]
+    pub body_read_timeout: Duration,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     /// Peers whose `X-Forwarded-*` and `Forwarded` headers are believed (addresses or CIDR

@@ -13,6 +13,8 @@ pub enum Error {
     BodyTooLarge,
     #[error("request body could not be read")]
     BodyRead,
+    #[error("request body not received within server.body_read_timeout")]
+    BodyTimeout,
     #[error(transparent)]
     Form(#[from] FormError),
     #[error(transparent)]

@@ -92,6 +92,11 @@ fn classify(err: &Error) -> (StatusCode, ErrorCode, &'static str) {
             ErrorCode::InvalidRequest,
             "request body could not be read",
         ),
+        Error::BodyTimeout => (
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::InvalidRequest,
+            "request body not received in time",
+        ),
         Error::Form(e) => (
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidRequest,

@@ -360,3 +360,58 @@ async fn malformed_requests_get_a_400_and_a_closed_connection() {
         assert!(res.starts_with("HTTP/1.1 400"), "{bad:?}: {res}");
     }
 }
+
+/// A token-endpoint body sent a byte at a time (slowloris) is cut off after
+/// `server.body_read_timeout` with a 408 and a closed connection; other clients are served
+/// meanwhile.
+#[tokio::test]
+async fn a_slow_token_body_is_cut_off_and_others_are_served_meanwhile() {
+    let (_echo, proxy) = setup("[server]\nbody_read_timeout = 0.5\n").await;
+    let addr = format!("127.0.0.1:{}", proxy.port);
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(
+        b"POST /oauth/token HTTP/1.1\r\nHost: x\r\n\
+          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ng",
+    )
+    .await
+    .expect("write");
+    let started = std::time::Instant::now();
+    let dripping = tokio::spawn(async move {
+        // One byte every 100 ms until the server closes the connection.
+        let mut out = Vec::new();
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if slow.write_all(b"r").await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Ok(Err(_)) => break,
+                Err(_) => {}
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), slow.read_to_end(&mut out)).await;
+        (
+            String::from_utf8_lossy(&out).into_owned(),
+            started.elapsed(),
+        )
+    });
+    // Another client, on the same proxy, meanwhile.
+    let res = client()
+        .get(format!("{}/meanwhile", proxy.url))
+        .send()
+        .await
+        .expect("served");
+    assert_eq!(res.status(), 200);
+    let (answer, took) = dripping.await.expect("drip task");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"error\":\"invalid_request\""), "{answer}");
+    assert!(
+        took < Duration::from_secs(4),
+        "cut off after the timeout, not after the 100 bytes: {took:?}"
+    );
+}

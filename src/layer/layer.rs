@@ -16,12 +16,16 @@ use http::HeaderValue;
 /// The smallest body limit the builder accepts: a token request with a long refresh token and
 /// a JWT client assertion fits comfortably.
 const MIN_BODY_LIMIT: usize = 1024;
+/// `server.body_read_timeout`'s default.
+const DEFAULT_BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// State shared by every clone of the middleware.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) endpoints: Arc<ArcSwap<Endpoints>>,
     pub(crate) max_body_bytes: usize,
+    /// How long a body the layer reads may take to arrive.
+    pub(crate) body_read_timeout: std::time::Duration,
     /// Answers refresh grants and captures; without it the layer only checks token forms.
     pub(crate) engine: Option<Arc<Engine>>,
     /// The proxy's public keys, merged into the upstream's JWKS.
@@ -77,6 +81,7 @@ impl RefreshGrantLayer {
         RefreshGrantLayerBuilder {
             endpoints: Arc::new(ArcSwap::from_pointee(Endpoints::default())),
             max_body_bytes: 64 * 1024,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             engine: None,
             fallback_issuer: String::new(),
             introspection_auth: None,
@@ -94,6 +99,7 @@ impl RefreshGrantLayer {
             shared: Arc::new(Shared {
                 endpoints: s.endpoints.clone(),
                 max_body_bytes: s.max_body_bytes,
+                body_read_timeout: s.body_read_timeout,
                 engine: Some(engine),
                 fallback_issuer: s.fallback_issuer.clone(),
                 introspection_auth: s.introspection_auth.clone(),
@@ -118,6 +124,7 @@ impl<S> Layer<S> for RefreshGrantLayer {
 pub struct RefreshGrantLayerBuilder {
     endpoints: Arc<ArcSwap<Endpoints>>,
     max_body_bytes: usize,
+    body_read_timeout: std::time::Duration,
     engine: Option<Arc<Engine>>,
     fallback_issuer: String,
     introspection_auth: Option<HeaderValue>,
@@ -154,6 +161,14 @@ impl RefreshGrantLayerBuilder {
         }
         self.max_body_bytes = limit;
         Ok(self)
+    }
+
+    /// How long a token, revocation or introspection body may take to arrive (default 10 s);
+    /// a slower one gets 408 and its connection is closed, so a client sending a byte a second
+    /// holds no worker's attention for long.
+    pub fn body_read_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.body_read_timeout = timeout;
+        self
     }
 
     /// The grant engine: with it the layer answers refresh grants, captures handled clients'
@@ -194,6 +209,7 @@ impl RefreshGrantLayerBuilder {
             shared: Arc::new(Shared {
                 endpoints: self.endpoints,
                 max_body_bytes: self.max_body_bytes,
+                body_read_timeout: self.body_read_timeout,
                 engine: self.engine,
                 fallback_issuer: self.fallback_issuer,
                 introspection_auth: self.introspection_auth,

@@ -144,7 +144,7 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    let (req, form) = match read_form(req, shared.max_body_bytes).await {
+    let (req, form) = match read_form(req, &shared).await {
         Ok(read) => read,
         Err(err) => return Ok(refused(&shared, Route::Token, err)),
     };
@@ -212,7 +212,7 @@ where
     B::Error: Into<BoxError>,
 {
     let route = route_of(endpoint);
-    let (req, form) = match read_form(req, shared.max_body_bytes).await {
+    let (req, form) = match read_form(req, &shared).await {
         Ok(read) => read,
         Err(err) => return Ok(refused(&shared, route, err)),
     };
@@ -274,7 +274,7 @@ where
 /// Reads a token-endpoint request: form content type, body within `limit`, a valid form.
 async fn read_form<B>(
     req: Request<B>,
-    limit: usize,
+    shared: &Shared,
 ) -> Result<(Request<RequestBody<B>>, Form), Error>
 where
     B: Body<Data = Bytes>,
@@ -304,11 +304,14 @@ where
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let limit = shared.max_body_bytes;
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Error::BodyTooLarge);
     }
     let (parts, body) = req.into_parts();
-    let bytes = read_body(body, limit).await?;
+    let bytes = tokio::time::timeout(shared.body_read_timeout, read_body(body, limit))
+        .await
+        .map_err(|_| Error::BodyTimeout)??;
     let form = Form::parse_bytes(bytes.clone())?;
     Ok((
         Request::from_parts(parts, RequestBody::buffered(bytes)),
