@@ -282,7 +282,7 @@ impl Engine {
             family: token.family,
             redeem: Redeem {
                 generation: token.generation,
-                presented: token.verifier(),
+                presented: successors.presented(),
                 successors: successors.verifiers(),
                 ahead_of: None,
                 client_id: &client.id,
@@ -317,14 +317,12 @@ impl Engine {
         let (verdict, family, opaque_stored) = match redemption {
             Redemption::Unknown => return Err(GrantError::InvalidGrant("unknown family")),
             Redemption::Corrupt => {
-                inc(&self.metrics.integrity_failures);
-                tracing::error!(
-                    security_event = "family_record_corrupt",
-                    family = token.family,
-                    client_id = %client.id,
-                    "the family's record in the store cannot be read; refused"
-                );
-                return Err(GrantError::InvalidGrant("corrupt family record"));
+                return Err(self.record_refused(
+                    "family_record_corrupt",
+                    token.family,
+                    &client.id,
+                    "corrupt family record",
+                ));
             }
             Redemption::Decided {
                 verdict,
@@ -407,14 +405,12 @@ impl Engine {
             || scope::narrow(&scope, &family.granted_scope).is_none()
             || now >= family.expires_at_ms
         {
-            inc(&self.metrics.integrity_failures);
-            tracing::error!(
-                security_event = "family_record_tampered",
-                family = token.family,
-                client_id = %client.id,
-                "the family's record fails its seal (changed in the store, or sealed with another key); refused"
-            );
-            return Err(GrantError::InvalidGrant("family record fails its seal"));
+            return Err(self.record_refused(
+                "family_record_tampered",
+                token.family,
+                &client.id,
+                "family record fails its seal",
+            ));
         }
         if sealed_by != Some(0) {
             // Sealed with a key that is still accepted but no longer current: re-seal with the
@@ -500,6 +496,25 @@ impl Engine {
             .inspect_err(|_| tracing::error!("a family's ID-token claims are not JSON"))
             .ok()?;
         Some(signer.sign("JWT", &*raw))
+    }
+
+    /// A family record refused by an integrity check (unreadable, or failing its seal: changed
+    /// in the store, or sealed with a key no longer listed): counted, logged, `invalid_grant`.
+    fn record_refused(
+        &self,
+        event: &'static str,
+        family: &str,
+        client_id: &str,
+        why: &'static str,
+    ) -> GrantError {
+        inc(&self.metrics.integrity_failures);
+        tracing::error!(
+            security_event = event,
+            family,
+            client_id,
+            "the family's record was refused ({why}); nothing was minted"
+        );
+        GrantError::InvalidGrant(why)
     }
 
     /// One store redemption, timed and counted.

@@ -381,12 +381,19 @@ impl RefreshTokenKey {
 
 /// A token's successors, one per key of the ring ([`RefreshKeys::successors`]).
 pub struct Successors {
+    /// The presented token's own verifier (the successors are derived from it).
+    presented: Verifier,
     xs: [[u8; X_BYTES]; MAX_KEYS],
     verifiers: [Verifier; MAX_KEYS],
     len: usize,
 }
 
 impl Successors {
+    /// The verifier of the token they follow.
+    pub fn presented(&self) -> Verifier {
+        self.presented
+    }
+
     /// Their verifiers, the current key's first.
     pub fn verifiers(&self) -> &[Verifier] {
         &self.verifiers[..self.len]
@@ -469,6 +476,7 @@ impl RefreshKeys {
         let generation = token.generation.saturating_add(1);
         let previous = token.verifier();
         let mut s = Successors {
+            presented: previous,
             xs: [[0; X_BYTES]; MAX_KEYS],
             verifiers: [Verifier::default(); MAX_KEYS],
             len: self.keys.len(),
