@@ -5,6 +5,12 @@
 //! the upstream would ignore it); everything that is not one of the endpoints the proxy owns is
 //! [`Endpoint::Other`] and is forwarded untouched.
 //!
+//! Servers route leniently: one merges `//`, one ignores case, one decodes `%2F` or drops a
+//! trailing slash. A path that is not the exact token, revocation or introspection path but that
+//! some server could route there ([`canonical_path`]: the union of those normalisations) is
+//! [`Endpoint::Variant`], which the proxy refuses, so no request reaches those endpoints of the
+//! upstream without passing the proxy's rules (docs/paths.md).
+//!
 //! [`Form::parse`] reads an `application/x-www-form-urlencoded` body strictly: values must be
 //! UTF-8 after percent-decoding, and a parameter may appear once (RFC 6749 §3.2: "Request and
 //! response parameters MUST NOT be included more than once").
@@ -40,7 +46,18 @@ pub enum Endpoint {
     Revocation,
     Introspection,
     Jwks,
+    /// Not the exact path of the token, revocation or introspection endpoint (whatever the
+    /// method), but one a lenient server routes there: refused with 400.
+    Variant(Owned),
     Other,
+}
+
+/// The endpoints whose variants are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owned {
+    Token,
+    Revocation,
+    Introspection,
 }
 
 impl Endpoints {
@@ -59,8 +76,183 @@ impl Endpoints {
         } else if method == Method::GET && is(&self.jwks_path) {
             return Endpoint::Jwks;
         }
+        let owned = [
+            (&self.token_path, Owned::Token),
+            (&self.revocation_path, Owned::Revocation),
+            (&self.introspection_path, Owned::Introspection),
+        ];
+        let mut canonical = None;
+        for (owned_path, which) in owned {
+            let Some(owned_path) = owned_path.as_deref() else {
+                continue;
+            };
+            if owned_path == path {
+                // The exact path with another method: the upstream answers it.
+                continue;
+            }
+            let c = canonical.get_or_insert_with(|| canonical_path(path));
+            if **c == *canonical_path(owned_path) {
+                return Endpoint::Variant(which);
+            }
+        }
         Endpoint::Other
     }
+}
+
+impl Endpoint {
+    /// The token, revocation or introspection endpoint (not a variant of one).
+    pub fn owned(self) -> Option<Owned> {
+        match self {
+            Endpoint::Token => Some(Owned::Token),
+            Endpoint::Revocation => Some(Owned::Revocation),
+            Endpoint::Introspection => Some(Owned::Introspection),
+            Endpoint::Jwks | Endpoint::Variant(_) | Endpoint::Other => None,
+        }
+    }
+}
+
+impl From<Owned> for Endpoint {
+    fn from(owned: Owned) -> Endpoint {
+        match owned {
+            Owned::Token => Endpoint::Token,
+            Owned::Revocation => Endpoint::Revocation,
+            Owned::Introspection => Endpoint::Introspection,
+        }
+    }
+}
+
+/// Parameter names that carry a token request, its client's credentials or the token of a
+/// revocation or introspection request (RFC 6749, 7009, 7521, 7523, 7662, 8628, 8693, 8707).
+const REQUEST_PARAMETERS: &[&str] = &[
+    "grant_type",
+    "refresh_token",
+    "code",
+    "code_verifier",
+    "redirect_uri",
+    "scope",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+    "assertion",
+    "username",
+    "password",
+    "device_code",
+    "subject_token",
+    "subject_token_type",
+    "actor_token",
+    "actor_token_type",
+    "requested_token_type",
+    "audience",
+    "resource",
+    "token",
+    "token_type_hint",
+];
+
+/// Whether a query on the token, revocation or introspection endpoint names a request
+/// parameter (or one that does not decode): RFC 6749 §3.2 puts them in the body, which is all
+/// the proxy reads, so an upstream that merged the query into the request would act on
+/// parameters the proxy never saw. Other queries (a tenant selector, say) are the upstream's.
+pub fn query_names_a_request_parameter(query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        match decode(name.as_bytes()) {
+            Ok(name) => REQUEST_PARAMETERS.contains(&name.as_str()),
+            Err(_) => true,
+        }
+    })
+}
+
+/// How many times [`canonical_path`] percent-decodes (`%252F` → `%2F` → `/`).
+const DECODE_ROUNDS: usize = 3;
+
+/// `path` as the most lenient of common servers would route it: percent-decoded (repeatedly,
+/// up to [`DECODE_ROUNDS`] times, `%2F` and `%2E` included), cut at a NUL byte, `\` read as
+/// `/`, `;`-parameters dropped from each segment (servlet containers), empty and `.` segments
+/// dropped and `..` resolved, no trailing slash, ASCII lowercase. Two paths with the same
+/// canonical form may reach the same handler of some upstream. Borrows when `path` is already
+/// canonical (the common case: no allocation).
+pub fn canonical_path(path: &str) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    let bytes = path.as_bytes();
+    if is_canonical(bytes) {
+        return Cow::Borrowed(bytes);
+    }
+    let mut decoded = bytes.to_vec();
+    for _ in 0..DECODE_ROUNDS {
+        match percent_decode_once(&decoded) {
+            Some(next) => decoded = next,
+            None => break,
+        }
+    }
+    if let Some(nul) = decoded.iter().position(|&b| b == 0) {
+        decoded.truncate(nul);
+    }
+    let mut segments: Vec<&[u8]> = Vec::new();
+    for segment in decoded.split(|&b| b == b'/' || b == b'\\') {
+        let segment = match segment.iter().position(|&b| b == b';') {
+            Some(i) => &segment[..i],
+            None => segment,
+        };
+        match segment {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = Vec::with_capacity(decoded.len() + 1);
+    for s in segments {
+        out.push(b'/');
+        out.extend(s.iter().map(u8::to_ascii_lowercase));
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    Cow::Owned(out)
+}
+
+/// Whether [`canonical_path`] would leave `path` as it is.
+fn is_canonical(path: &[u8]) -> bool {
+    let Some(rest) = path.strip_prefix(b"/") else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    !rest
+        .iter()
+        .any(|&b| matches!(b, b'%' | b'\\' | b';' | 0) || b.is_ascii_uppercase())
+        && rest
+            .split(|&b| b == b'/')
+            .all(|s| !matches!(s, b"" | b"." | b".."))
+}
+
+/// One round of percent-decoding; `None` when there was nothing to decode.
+fn percent_decode_once(input: &[u8]) -> Option<Vec<u8>> {
+    if !input.contains(&b'%') {
+        return None;
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                input.get(i + 1).copied().and_then(hex),
+                input.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(h << 4 | l);
+            changed = true;
+            i += 3;
+        } else {
+            out.push(input[i]);
+            i += 1;
+        }
+    }
+    changed.then_some(out)
 }
 
 /// Why a form body was refused.
@@ -292,7 +484,10 @@ mod tests {
         let e = endpoints();
         assert_eq!(e.classify(&Method::POST, "/oauth/token"), Endpoint::Token);
         assert_eq!(e.classify(&Method::GET, "/oauth/token"), Endpoint::Other);
-        assert_eq!(e.classify(&Method::POST, "/oauth/token/"), Endpoint::Other);
+        assert_eq!(
+            e.classify(&Method::POST, "/oauth/token/"),
+            Endpoint::Variant(Owned::Token)
+        );
         assert_eq!(
             e.classify(&Method::POST, "/oauth/revoke"),
             Endpoint::Revocation
@@ -306,6 +501,124 @@ mod tests {
             Endpoints::default().classify(&Method::POST, "/oauth/token"),
             Endpoint::Other
         );
+    }
+
+    #[test]
+    fn every_lenient_spelling_of_an_owned_path_is_a_variant() {
+        let e = endpoints();
+        for path in [
+            "/oauth/token/",
+            "/OAUTH/TOKEN",
+            "/oauth/Token",
+            "//oauth/token",
+            "/oauth//token",
+            "/./oauth/token",
+            "/oauth/./token",
+            "/oauth/x/../token",
+            "/x/../oauth/token",
+            "/../oauth/token",
+            "/oauth/%2e/token",
+            "/oauth/%2E%2E/oauth/token",
+            "/oauth%2Ftoken",
+            "/oauth%2ftoken",
+            "/oauth%252Ftoken",
+            "/oauth/%74oken",
+            "/oauth/token%2F",
+            "/oauth/token;jsessionid=1",
+            "/oauth;x=y/token",
+            "/oauth/token%00.json",
+            "/oauth\\token",
+            "/oauth/token/.",
+            "oauth/token",
+        ] {
+            for method in [Method::POST, Method::GET, Method::PUT] {
+                assert_eq!(
+                    e.classify(&method, path),
+                    Endpoint::Variant(Owned::Token),
+                    "{method} {path}"
+                );
+            }
+        }
+        assert_eq!(
+            e.classify(&Method::POST, "/oauth/REVOKE"),
+            Endpoint::Variant(Owned::Revocation)
+        );
+        assert_eq!(
+            e.classify(&Method::POST, "/oauth/introspect/"),
+            Endpoint::Variant(Owned::Introspection)
+        );
+        for other in [
+            "/oauth/tokens",
+            "/oauth/token/x",
+            "/oauth/token.json",
+            "/oauth",
+            "/",
+            "/jwks/",
+            "/oauth/%zz/token",
+        ] {
+            assert_eq!(e.classify(&Method::POST, other), Endpoint::Other, "{other}");
+        }
+    }
+
+    #[test]
+    fn an_owned_path_that_is_not_itself_canonical_still_matches_exactly() {
+        // django-oauth-toolkit's token path ends with a slash; Keycloak's holds the realm name.
+        let e = Endpoints {
+            token_path: Some("/o/token/".into()),
+            revocation_path: Some("/realms/Main/revoke".into()),
+            ..Endpoints::default()
+        };
+        assert_eq!(e.classify(&Method::POST, "/o/token/"), Endpoint::Token);
+        assert_eq!(
+            e.classify(&Method::POST, "/o/token"),
+            Endpoint::Variant(Owned::Token)
+        );
+        assert_eq!(
+            e.classify(&Method::POST, "/realms/Main/revoke"),
+            Endpoint::Revocation
+        );
+        assert_eq!(
+            e.classify(&Method::POST, "/realms/main/revoke"),
+            Endpoint::Variant(Owned::Revocation)
+        );
+        assert_eq!(e.classify(&Method::GET, "/o/token/"), Endpoint::Other);
+    }
+
+    #[test]
+    fn a_query_naming_a_request_parameter_is_found_however_it_is_spelled() {
+        for q in [
+            "grant_type=x",
+            "a=1&refresh_token",
+            "gr%61nt_type=x",
+            "client+id=x&client_id=y",
+            "token=",
+            "%ff=1",
+        ] {
+            assert!(query_names_a_request_parameter(q), "{q}");
+        }
+        for q in [
+            "",
+            "p=B2C_1_signin",
+            "tenant=blue&x=grant_type",
+            "grant_typex=1",
+        ] {
+            assert!(!query_names_a_request_parameter(q), "{q}");
+        }
+    }
+
+    #[test]
+    fn canonical_paths_borrow_when_nothing_changes() {
+        use std::borrow::Cow;
+        assert!(matches!(canonical_path("/oauth/token"), Cow::Borrowed(_)));
+        assert!(matches!(canonical_path("/"), Cow::Borrowed(_)));
+        assert_eq!(&*canonical_path("/A//b/./c/../d/"), b"/a/b/d");
+        assert_eq!(&*canonical_path("/.."), b"/");
+        assert_eq!(
+            &*canonical_path("/%2525252Fx"),
+            b"/%2fx",
+            "three rounds, no more"
+        );
+        assert_eq!(&*canonical_path("/a%ff"), b"/a\xff");
     }
 
     #[test]

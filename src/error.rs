@@ -15,6 +15,12 @@ pub enum Error {
     BodyRead,
     #[error("request body not received within server.body_read_timeout")]
     BodyTimeout,
+    /// A path some server routes to an owned endpoint, but not its exact path.
+    #[error("request path is a variant of an endpoint the proxy answers for")]
+    PathVariant,
+    /// The query of an owned endpoint names a request parameter.
+    #[error("request parameters in the query")]
+    QueryParameters,
     #[error(transparent)]
     Form(#[from] FormError),
     #[error(transparent)]

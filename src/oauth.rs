@@ -97,6 +97,16 @@ fn classify(err: &Error) -> (StatusCode, ErrorCode, &'static str) {
             ErrorCode::InvalidRequest,
             "request body not received in time",
         ),
+        Error::PathVariant => (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            "use the endpoint's exact path",
+        ),
+        Error::QueryParameters => (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            "request parameters belong in the body",
+        ),
         Error::Form(e) => (
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidRequest,

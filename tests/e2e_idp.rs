@@ -8,15 +8,7 @@ use support::proxy::{TestProxy, config};
 
 /// Binds the proxy's port first, so the IdP can be started with the proxy's URL as its issuer.
 async fn idp_behind_proxy(extra: &str) -> (Idp, TestProxy) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let issuer = format!("http://{}", listener.local_addr().expect("addr"));
-    let idp = Idp::start_with(IdpOptions {
-        issuer: Some(issuer),
-        ..IdpOptions::default()
-    })
-    .await;
+    let (listener, idp) = Idp::start_behind_proxy(IdpOptions::default()).await;
     let proxy = TestProxy::start_on(listener, &config(&idp.base_url, extra)).await;
     proxy.wait_ready().await;
     (idp, proxy)

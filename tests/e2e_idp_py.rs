@@ -278,3 +278,71 @@ both_stores!(
     revocation_and_introspection_at_the_proxy,
     subject_from_introspection_matches_the_id_token,
 );
+
+/// Spellings of django-oauth-toolkit's token path (`/o/token/`) that some server routes to it.
+const TOKEN_VARIANTS: &[&str] = &[
+    "//o/token/",
+    "/o/%74oken/",
+    "/o%2Ftoken/",
+    "/o/token",
+    "/O/TOKEN/",
+    "/o//token/",
+    "/o/./token/",
+    "/o/x/../token/",
+    "/o/token;x/",
+    "/o/token//",
+];
+
+/// What this IdP itself routes to its token endpoint (README, "Request paths"): Python's WSGI
+/// server decodes percent-escapes, `%2F` included, and drops a leading `//`; Django matches
+/// case and the trailing slash exactly. Pins the table.
+#[tokio::test]
+async fn the_python_idp_decodes_escapes_and_a_leading_double_slash() {
+    let idp = PyIdp::start().await;
+    let auth = idp::basic_auth_header(RS_CLIENT_ID, RS_CLIENT_SECRET);
+    let mut routed = Vec::new();
+    for path in TOKEN_VARIANTS {
+        let (status, body) = support::raw::raw_post(
+            support::raw::host(&idp.base_url),
+            path,
+            &[("Authorization", &auth)],
+            "grant_type=client_credentials",
+        )
+        .await;
+        match status {
+            200 => routed.push(*path),
+            404 => {}
+            other => panic!("{path}: unexpected HTTP {other}: {body}"),
+        }
+    }
+    assert_eq!(routed, ["//o/token/", "/o/%74oken/", "/o%2Ftoken/"]);
+}
+
+/// The proxy in front of it refuses every variant before the IdP sees it: no token is issued
+/// by any of them, and the exact path still works.
+#[tokio::test]
+async fn no_variant_of_the_python_idps_token_path_gets_past_the_proxy() {
+    let s = Stack::start(Kind::Memory).await;
+    let auth = idp::basic_auth_header(RS_CLIENT_ID, RS_CLIENT_SECRET);
+    let addr = support::raw::host(&s.proxy.url);
+    for path in TOKEN_VARIANTS {
+        let (status, body) = support::raw::raw_post(
+            addr,
+            path,
+            &[("Authorization", &auth)],
+            "grant_type=client_credentials",
+        )
+        .await;
+        assert_eq!(status, 400, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(body["error"], "invalid_request", "{path}: {body}");
+    }
+    let (status, body) = s
+        .post(
+            TOKEN_PATH,
+            (RS_CLIENT_ID, RS_CLIENT_SECRET),
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}

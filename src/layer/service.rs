@@ -64,6 +64,21 @@ where
             .endpoints
             .load()
             .classify(req.method(), req.uri().path());
+        let refusal = match endpoint {
+            Endpoint::Variant(owned) => Some((owned, Error::PathVariant)),
+            _ => endpoint
+                .owned()
+                .filter(|_| {
+                    req.uri()
+                        .query()
+                        .is_some_and(classify::query_names_a_request_parameter)
+                })
+                .map(|owned| (owned, Error::QueryParameters)),
+        };
+        if let Some((owned, err)) = refusal {
+            let response = refused(&self.shared, route_of(owned.into()), err);
+            return Box::pin(std::future::ready(Ok(response)));
+        }
         let shared = self.shared.clone();
         // Held by each future until it completes (inside it: no second box per request).
         let in_flight = shared.engine.as_ref().map(|e| e.metrics.in_flight());
@@ -82,7 +97,11 @@ where
                     own_tokens(inner, shared, req, endpoint).await
                 })
             }
-            Endpoint::Revocation | Endpoint::Introspection | Endpoint::Jwks | Endpoint::Other => {
+            Endpoint::Revocation
+            | Endpoint::Introspection
+            | Endpoint::Jwks
+            | Endpoint::Variant(_)
+            | Endpoint::Other => {
                 let mut inner = inner;
                 let fut = inner.call(req.map(RequestBody::streaming));
                 Box::pin(async move {
@@ -102,6 +121,7 @@ fn route_of(endpoint: Endpoint) -> Route {
         Endpoint::Revocation => Route::Revocation,
         Endpoint::Introspection => Route::Introspection,
         Endpoint::Jwks => Route::Jwks,
+        Endpoint::Variant(owned) => route_of(owned.into()),
         Endpoint::Other => Route::Other,
     }
 }

@@ -105,6 +105,22 @@ impl Idp {
         Idp::start_with(IdpOptions::default()).await
     }
 
+    /// Binds the proxy's port first and starts an IdP whose issuer is the proxy's URL, as in a
+    /// real deployment (clients talk only to the proxy); the proxy is then started on the
+    /// listener.
+    pub async fn start_behind_proxy(opts: IdpOptions) -> (tokio::net::TcpListener, Idp) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy's port");
+        let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+        let idp = Idp::start_with(IdpOptions {
+            issuer: Some(issuer),
+            ..opts
+        })
+        .await;
+        (listener, idp)
+    }
+
     /// Starts an IdP on a free port and waits (up to 20 s) until it listens.
     pub async fn start_with(opts: IdpOptions) -> Idp {
         let idp_dir = idp_dir();

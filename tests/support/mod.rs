@@ -13,6 +13,7 @@
 //! - [`proxy`]: the proxy itself, in-process or as the real binary.
 //! - [`jose`]: an independent JOSE implementation (Node's `jose`) to verify minted JWTs.
 //! - [`load`]: steady refresh chains and forwarded traffic for fault tests.
+//! - [`raw`]: HTTP/1.1 requests written byte for byte on a raw socket.
 //! - [`relay`]: a TCP relay to Redis that can lose an answer after Redis ran the request.
 #![allow(dead_code)]
 
@@ -23,6 +24,7 @@ pub mod idp_py;
 pub mod jose;
 pub mod load;
 pub mod proxy;
+pub mod raw;
 pub mod redis;
 pub mod relay;
 pub mod topology;
