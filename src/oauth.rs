@@ -39,7 +39,7 @@ pub struct ErrorBody {
 }
 
 /// One description for every refused refresh token: reused, unknown, expired, revoked or
-/// another client's answer alike, so the answer is no oracle (DESIGN §4.5).
+/// another client's answer alike, so the answer is no oracle (docs/design.md §4.5).
 const INVALID_GRANT: &str = "the refresh token is invalid, expired or revoked";
 
 /// The status, code and description an error is answered with.

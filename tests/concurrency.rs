@@ -1,4 +1,4 @@
-//! Rotation under racing requests (DESIGN §4.5–4.7), over real sockets: a real IdP
+//! Rotation under racing requests (docs/design.md §4.5–4.7), over real sockets: a real IdP
 //! (oidc-provider) behind the proxy, whose URL is the IdP's issuer, 200 refresh requests released
 //! together with one refresh token, on the memory store and on a private redis-server.
 //!

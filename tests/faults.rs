@@ -1,4 +1,4 @@
-//! Redis faults under a steady load (DESIGN §6): a fault costs the refresh path availability
+//! Redis faults under a steady load (docs/design.md §6): a fault costs the refresh path availability
 //! for the outage only, never a token family.
 //!
 //! Each test runs the real binary in front of an echo upstream, issues 50 families through the

@@ -8,7 +8,7 @@
 //! with the server key, no store access). Then, in order: client authentication, the client's
 //! policy (`refresh_token_ttl = 0` → `unauthorized_client`), one store round trip running the
 //! refresh rules, and minting. Reused, unknown, expired, revoked and other clients' tokens all
-//! get the same `invalid_grant` body, so the answer is no oracle (DESIGN §4.5).
+//! get the same `invalid_grant` body, so the answer is no oracle (docs/design.md §4.5).
 
 use std::sync::Arc;
 
@@ -246,7 +246,7 @@ impl Engine {
             .and_then(Option::as_ref)
             .and_then(|p| keys.clients.get(&p.client_id));
         let token = token_param.and_then(|t| keys.refresh.parse(t));
-        // DESIGN §4.2: a handled client with refresh_token_ttl = 0 gets unauthorized_client
+        // docs/design.md §4.2: a handled client with refresh_token_ttl = 0 gets unauthorized_client
         // for every refresh grant, whoever minted the token.
         let no_refresh_tokens = handled.is_some_and(|c| c.policy.refresh_token_ttl == 0);
         if token.is_none() && !no_refresh_tokens {

@@ -1,5 +1,5 @@
-//! Grant logic without I/O: scopes, the refresh-token rules, capture and the verification
-//! of the upstream's JWTs at capture.
+//! The grants: scopes, the refresh-token rules, capture and the verification of the upstream's
+//! JWTs at capture, all without I/O; and [`engine`], which runs them over the token store.
 
 pub mod capture;
 pub mod engine;

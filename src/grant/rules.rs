@@ -6,19 +6,19 @@
 //!
 //! | presented | answer |
 //! |---|---|
-//! | `g >= N` | **rotate**: the family moves to `g + 1` (DESIGN §4.1). `g > N` only happens when the store lost its last writes (e.g. a Redis crash between AOF syncs, a failover); once the caller has walked the family's chain to the token (**ahead**), the family continues from it. |
+//! | `g >= N` | **rotate**: the family moves to `g + 1` (docs/design.md §4.1). `g > N` only happens when the store lost its last writes (e.g. a Redis crash between AOF syncs, a failover); once the caller has walked the family's chain to the token (**ahead**), the family continues from it. |
 //! | `g == N`, `reuse_refresh_tokens` | **reuse**: the same token stays valid (Curity's "Reuse Refresh Tokens"). |
-//! | `g == N - 1`, within `reuse_grace_period` of its first use | **grace**: the same token `N` again, state unchanged, so lost answers, retries and racing tabs continue one family (DESIGN §4.6, FAPI 2.0 §5.3.2.1). Replays never extend the window. |
+//! | `g == N - 1`, within `reuse_grace_period` of its first use | **grace**: the same token `N` again, state unchanged, so lost answers, retries and racing tabs continue one family (docs/design.md §4.6, FAPI 2.0 §5.3.2.1). Replays never extend the window. |
 //! | anything else | **reuse detected**: the family is revoked (RFC 9700 §4.14.2). |
 //!
 //! Every accepted token is checked against the family's verifier in the same step: a token
 //! whose secret part is not the family's (made with the server key alone) is **unverified**
 //! and changes nothing.
 //!
-//! In this order: a family past its idle or absolute lifetime is expired (DESIGN §4.4); a
+//! In this order: a family past its idle or absolute lifetime is expired (docs/design.md §4.4); a
 //! rotated-out token outside the grace rule is reuse, whatever else is wrong with the request;
 //! then a token presented by another client is refused without touching the family (RFC 6749
-//! §6), and a `scope` beyond the granted scope is `invalid_scope` (DESIGN §4.3).
+//! §6), and a `scope` beyond the granted scope is `invalid_scope` (docs/design.md §4.3).
 
 use super::scope;
 use crate::mint::refresh::Verifier;

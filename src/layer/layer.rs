@@ -47,7 +47,7 @@ impl Shared {
         }
     }
 
-    /// The issuer of minted tokens: the upstream's (DESIGN §4.9).
+    /// The issuer of minted tokens: the upstream's (docs/design.md §4.9).
     pub(crate) fn issuer(&self) -> Issuer<'_> {
         Issuer {
             endpoints: self.endpoints.load_full(),

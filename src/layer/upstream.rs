@@ -279,7 +279,7 @@ where
     };
     let client = &ctx.client;
     if client.policy.refresh_token_ttl == 0 {
-        // DESIGN §4.2: this client gets no refresh tokens; the upstream's is revoked.
+        // docs/design.md §4.2: this client gets no refresh tokens; the upstream's is revoked.
         answer.remove("refresh_token");
         let revocation = ctx.shared.endpoints.load().revocation_path.clone();
         if let Some(path) = revocation {

@@ -34,7 +34,7 @@
 //! The same key seals each family's fixed fields ([`RefreshTokenKey::seal`]): a record changed
 //! in the store is refused, never signed.
 //!
-//! Every character is in `[A-Za-z0-9_.-]`, so clients can send tokens unencoded (DESIGN §4.8).
+//! Every character is in `[A-Za-z0-9_.-]`, so clients can send tokens unencoded (docs/design.md §4.8).
 //!
 //! ```
 //! use refresh_proxy::mint::refresh::{FamilyId, RefreshTokenKey};

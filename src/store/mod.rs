@@ -1,7 +1,7 @@
 //! The token store: one trait, an in-process implementation and a Redis one.
 //!
 //! [`TokenStore`] is what the grant logic talks to; [`AnyStore`] picks the implementation from
-//! `store.url` (`memory://` or `redis://`). Futures are `Send` and statically dispatched, so the
+//! `store.url` (`memory://`, or Redis standalone, Sentinel or Cluster, plain or TLS). Futures are `Send` and statically dispatched, so the
 //! hot path pays no boxing for the choice. Both implementations pass one contract suite
 //! (`tests/store_contract.rs`).
 //!
@@ -220,7 +220,7 @@ pub trait TokenStore: Send + Sync + 'static {
         family: &NewFamily,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Checks and applies one redemption atomically (DESIGN §4.7).
+    /// Checks and applies one redemption atomically (docs/design.md §4.7).
     fn redeem(
         &self,
         request: &RedeemRequest<'_>,

@@ -1,4 +1,4 @@
-//! One connection handle for every Redis topology (DESIGN §6), behind the `redis` crate's
+//! One connection handle for every Redis topology (docs/design.md §6), behind the `redis` crate's
 //! `ConnectionLike`, so the store's commands and scripts do not care which one it is.
 //!
 //! - standalone (`redis://`, `rediss://`): one multiplexed `ConnectionManager`, which

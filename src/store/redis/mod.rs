@@ -1,4 +1,4 @@
-//! The Redis store: standalone, Sentinel or Cluster, plain or TLS (DESIGN §6).
+//! The Redis store: standalone, Sentinel or Cluster, plain or TLS (docs/design.md §6).
 //!
 //! Key layout (every key of a family in one cluster hash slot):
 //!
@@ -189,7 +189,7 @@ impl RedisStore {
         format!("{}{{{family}}}:at:{digest}", self.prefix)
     }
 
-    /// The set of a subject's family ids (its own slot; DESIGN §6: secondary indexes may span
+    /// The set of a subject's family ids (its own slot; docs/design.md §6: secondary indexes may span
     /// slots, and are idempotent and lazily cleaned).
     fn subject_key(&self, subject: &str) -> String {
         format!("{}idx:sub:{subject}", self.prefix)

@@ -1,4 +1,4 @@
-//! Redis store URLs (DESIGN §6), parsed without I/O:
+//! Redis store URLs (docs/design.md §6), parsed without I/O:
 //!
 //! - `redis://[user:password@]host[:port][/db]` — one server (`rediss://` for TLS);
 //! - `redis+sentinel://[user:password@]host1[:port1],host2[:port2]/<master-name>` — the
