@@ -167,7 +167,7 @@ pub fn query_names_a_request_parameter(query: &str) -> bool {
 const DECODE_ROUNDS: usize = 3;
 
 /// `path` as the most lenient of common servers would route it: percent-decoded (repeatedly,
-/// up to [`DECODE_ROUNDS`] times, `%2F` and `%2E` included), cut at a NUL byte, `\` read as
+/// up to three times, `%2F` and `%2E` included), cut at a NUL byte, `\` read as
 /// `/`, `;`-parameters dropped from each segment (servlet containers), empty and `.` segments
 /// dropped and `..` resolved, no trailing slash, ASCII lowercase. Two paths with the same
 /// canonical form may reach the same handler of some upstream. Borrows when `path` is already
