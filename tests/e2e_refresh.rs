@@ -411,7 +411,18 @@ async fn an_id_token_on_refresh_only_when_asked_and_openid(kind: Kind) {
     let verified = support::jose::verify_with_node_jose(&jwks_uri, id_token, Some(s.url()))
         .await
         .expect("the ID token verifies");
-    assert_eq!(verified["header"]["alg"], "RS256", "what discovery lists");
+    // tokens.id_token_signing_alg (RS256 by default), which the proxy checks at start is one
+    // the IdP's discovery lists: OIDC clients refuse any other.
+    assert_eq!(verified["header"]["alg"], "RS256", "the configured default");
+    let discovery = idp::discovery(&s.url()).await;
+    let listed = discovery["id_token_signing_alg_values_supported"]
+        .as_array()
+        .expect("discovery lists ID-token algorithms");
+    assert!(
+        listed.contains(&verified["header"]["alg"]),
+        "{} is not in discovery's {listed:?}",
+        verified["header"]["alg"]
+    );
     let p = &verified["payload"];
     for claim in ["iss", "sub", "aud", "auth_time"] {
         assert_eq!(p[claim], original[claim], "{claim} kept");

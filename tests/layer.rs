@@ -216,14 +216,19 @@ async fn an_oversized_token_body_is_413_whether_declared_or_not() {
     let res = svc.oneshot(req).await.expect("infallible");
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(json(res).await["error"], "invalid_request");
+    assert!(seen.lock().expect("lock").is_empty(), "declared: passed on");
     // Not declared: found while reading.
-    let (svc, _) = stack(4096);
+    let (svc, seen) = stack(4096);
     let res = svc
         .oneshot(token_request(FORM, big))
         .await
         .expect("infallible");
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(seen.lock().expect("lock").is_empty());
+    assert_eq!(json(res).await["error"], "invalid_request");
+    assert!(
+        seen.lock().expect("lock").is_empty(),
+        "undeclared: passed on"
+    );
 }
 
 #[tokio::test]
