@@ -24,11 +24,23 @@ async fn setup(extra: &str) -> (EchoServer, TestProxy) {
 }
 
 /// Sends raw bytes on a new connection and reads until the server closes it or `timeout`.
+/// Writes `request` on a new connection and reads until the proxy closes it; panics if the
+/// connection is still open after `timeout` (every caller expects it closed: `Connection:
+/// close`, a malformed request, or a client too slow).
 async fn raw(addr: &str, request: &[u8], timeout: Duration) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request).await.expect("write");
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(timeout, stream.read_to_end(&mut out)).await;
+    match tokio::time::timeout(timeout, stream.read_to_end(&mut out)).await {
+        // Closed, by FIN or by reset (a server closing with unread input sends RST).
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Ok(Err(e)) => panic!("reading the answer: {e}"),
+        Err(_) => panic!(
+            "the connection is still open after {timeout:?}; read so far: {}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
     String::from_utf8_lossy(&out).into_owned()
 }
 
