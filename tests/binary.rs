@@ -161,7 +161,7 @@ async fn sigterm_finishes_the_in_flight_request_and_exits_0() {
     ));
     proxy.wait_ready().await;
     let slow = tokio::spawn(reqwest::get(format!("{}/slow?ms=1500", proxy.url)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    echo.slow_arrived(1).await;
     let started = Instant::now();
     proxy.signal("TERM");
     let res = slow

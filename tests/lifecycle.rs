@@ -175,7 +175,7 @@ async fn shutdown_drains_then_finishes_in_flight_requests() {
     let mut proxy = TestProxy::start(&text).await;
     proxy.wait_ready().await;
     let slow = tokio::spawn(reqwest::get(format!("{}/slow?ms=1500", proxy.url)));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    echo.slow_arrived(1).await;
     let started = Instant::now();
     proxy.begin_shutdown();
 
@@ -218,7 +218,7 @@ async fn shutdown_cuts_off_requests_at_the_deadline() {
     let mut proxy = TestProxy::start(&text).await;
     proxy.wait_ready().await;
     let _slow = tokio::spawn(reqwest::get(format!("{}/slow?ms=10000", proxy.url)));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    echo.slow_arrived(1).await;
     let started = Instant::now();
     proxy.begin_shutdown();
     assert_eq!(proxy.shutdown().await, Outcome::DeadlineExceeded);

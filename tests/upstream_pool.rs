@@ -63,6 +63,19 @@ impl Upstream {
     fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
     }
+
+    /// Returns once exactly `n` connections are open (panics after 3 s).
+    async fn wait_open(&self, n: usize, why: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while self.open() != n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{why}: {} connections open after 3 s, not {n}",
+                self.open()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// One connection: request heads (these tests send no bodies) and fixed answers.
@@ -200,7 +213,9 @@ async fn an_upstream_that_closes_idle_connections_costs_no_request() {
     for i in 0..8 {
         let (status, body) = get(&client, &format!("{}/ok", proxy.url)).await;
         assert_eq!((status, body.as_str()), (200, "ok"), "request {i}: no 502");
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        upstream
+            .wait_open(0, "the upstream closes the idle connection")
+            .await;
     }
     assert_eq!(
         upstream.accepted(),
@@ -227,7 +242,9 @@ async fn a_body_the_client_abandons_does_not_poison_the_pool() {
         "the large answer started"
     );
     drop(stream);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    upstream
+        .wait_open(0, "the proxy closes the abandoned answer's connection")
+        .await;
 
     // The half-read connection must not be handed to the next request: its unread bytes
     // would be taken for the next answer.
