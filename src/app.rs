@@ -200,6 +200,8 @@ pub struct App {
     readiness: Arc<Readiness>,
     store: AnyStore,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The admin listener's TLS (`server.admin_tls_*`); built once, like the proxy port's.
+    admin_tls: Option<tokio_rustls::TlsAcceptor>,
     id_token_alg: Option<&'static str>,
     /// The admin API, when `admin.token` or `admin.issue_token` is set.
     admin_api: Option<Arc<AdminApi>>,
@@ -253,7 +255,14 @@ impl App {
             },
         )?;
         let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
-            (Some(cert), Some(key)) => Some(tls::server_acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::server_acceptor(tls::Listener::Proxy, cert, key)?),
+            _ => None,
+        };
+        let admin_tls = match (
+            &config.server.admin_tls_cert_file,
+            &config.server.admin_tls_key_file,
+        ) {
+            (Some(cert), Some(key)) => Some(tls::server_acceptor(tls::Listener::Admin, cert, key)?),
             _ => None,
         };
         Ok(App {
@@ -265,6 +274,7 @@ impl App {
             readiness: Arc::new(Readiness::default()),
             store,
             tls,
+            admin_tls,
             id_token_alg,
             admin_api: admin_api.map(Arc::new),
             metrics: engine.metrics.clone(),
@@ -298,6 +308,7 @@ impl App {
             readiness,
             store,
             tls,
+            admin_tls,
             id_token_alg,
             admin_api,
             metrics,
@@ -393,7 +404,7 @@ impl App {
         let (stop_admin, admin_stopped) = oneshot::channel::<()>();
         let admin_task = tokio::spawn(server::serve(
             admin_listener,
-            None,
+            admin_tls,
             admin_service,
             options,
             async move {

@@ -5,7 +5,10 @@
 //! so they work whatever the store: the running proxy does the work. Each endpoint has its own
 //! token: `issue` sends `admin.issue_token`, `admin revoke` sends `admin.token`.
 //! An unspecified listen address (`0.0.0.0`, `::`) is reached on the loopback address of the
-//! same family.
+//! same family. When the config gives the admin port TLS (`server.admin_tls_cert_file`), they
+//! speak HTTPS and verify the proxy's certificate against the certificates of that file and
+//! the system roots; the certificate must name the address they connect to (e.g. an IP SAN
+//! `127.0.0.1` for a proxy listening on `0.0.0.0`).
 //!
 //! ```text
 //! refresh-proxy issue --config config.toml --client www --subject load-1 --scope "read" \
@@ -30,6 +33,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -93,6 +97,8 @@ pub enum CliError {
     },
     #[error("the admin API at {addr} answered something unexpected: {reason}")]
     BadAnswer { addr: SocketAddr, reason: String },
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot write {path}: {source}")]
     Output {
         path: String,
@@ -153,9 +159,11 @@ struct ErrorAnswer {
 #[derive(Clone)]
 pub struct AdminClient {
     addr: SocketAddr,
+    /// `https` when the admin port serves TLS, else `http`.
+    scheme: &'static str,
     endpoint: Endpoint,
     token: HeaderValue,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
 }
 
@@ -163,6 +171,7 @@ impl std::fmt::Debug for AdminClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let AdminClient {
             addr,
+            scheme,
             endpoint,
             token: _,
             client: _,
@@ -170,6 +179,7 @@ impl std::fmt::Debug for AdminClient {
         } = self;
         f.debug_struct("AdminClient")
             .field("addr", addr)
+            .field("scheme", scheme)
             .field("endpoint", endpoint)
             .field("token", &"<redacted>")
             .field("timeout", timeout)
@@ -208,28 +218,50 @@ impl AdminClient {
             Endpoint::Revoke => config.admin.token.as_ref(),
             Endpoint::Issue => config.admin.issue_token.as_ref(),
         };
+        let tls = config
+            .server
+            .admin_tls_cert_file
+            .as_deref()
+            .map(crate::tls::admin_client_config)
+            .transpose()?;
         AdminClient::new(
             config.server.admin_listen,
+            tls,
             endpoint,
             token.ok_or_else(no_token)?,
         )
         .ok_or_else(no_token)
     }
 
-    /// `None` when the token cannot be sent in a header (a control character).
+    /// A client of `endpoint` at `admin_listen`, over TLS with `tls` when given. `None` when
+    /// the token cannot be sent in a header (a control character).
     pub fn new(
         admin_listen: SocketAddr,
+        tls: Option<rustls::ClientConfig>,
         endpoint: Endpoint,
         token: &Secret,
     ) -> Option<AdminClient> {
         let mut token = HeaderValue::try_from(format!("Bearer {}", token.expose())).ok()?;
         token.set_sensitive(true);
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        // Without TLS the connector never makes a TLS connection: `http://` URIs only.
+        let tls = match tls {
+            Some(tls) => tls,
+            None => crate::tls::client_config(crate::tls::Roots::Unused).ok()?,
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Some(AdminClient {
             addr: reachable(admin_listen),
+            scheme,
             endpoint,
             token,
             client,
@@ -317,7 +349,7 @@ impl AdminClient {
         let json = serde_json::to_vec(body).expect("request bodies serialise");
         let request = Request::builder()
             .method(Method::POST)
-            .uri(format!("http://{addr}{path}"))
+            .uri(format!("{}://{addr}{path}", self.scheme))
             .header(CONTENT_TYPE, "application/json")
             .header(AUTHORIZATION, self.token.clone())
             .body(Full::new(Bytes::from(json)))
@@ -586,6 +618,7 @@ mod tests {
     fn the_token_stays_out_of_debug() {
         let client = AdminClient::new(
             "127.0.0.1:1".parse().expect("addr"),
+            None,
             Endpoint::Revoke,
             &Secret::new("a-very-secret-admin-token"),
         )
@@ -598,6 +631,7 @@ mod tests {
         // Nothing listens at port 1: a request that went out would fail to connect instead.
         let revoker = AdminClient::new(
             "127.0.0.1:1".parse().expect("addr"),
+            None,
             Endpoint::Revoke,
             &Secret::new("revoke-token-0123456789"),
         )
@@ -610,6 +644,7 @@ mod tests {
         );
         let issuer = AdminClient::new(
             "127.0.0.1:1".parse().expect("addr"),
+            None,
             Endpoint::Issue,
             &Secret::new("issue-token-0123456789"),
         )

@@ -164,6 +164,9 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// PEM certificate chain and key of the admin listener: both set = it serves HTTPS only.
+    pub admin_tls_cert_file: Option<PathBuf>,
+    pub admin_tls_key_file: Option<PathBuf>,
     /// Peers whose `X-Forwarded-*` and `Forwarded` headers are believed (addresses or CIDR
     /// networks); from any other peer they are replaced by what the proxy saw. Default: none.
     #[serde(default)]
@@ -638,11 +641,18 @@ impl Config {
                 "must be shorter than server.shutdown_timeout",
             ));
         }
-        for (cert, key, prefix) in [(
-            &self.server.tls_cert_file,
-            &self.server.tls_key_file,
-            "server.tls",
-        )] {
+        for (cert, key, prefix) in [
+            (
+                &self.server.tls_cert_file,
+                &self.server.tls_key_file,
+                "server.tls",
+            ),
+            (
+                &self.server.admin_tls_cert_file,
+                &self.server.admin_tls_key_file,
+                "server.admin_tls",
+            ),
+        ] {
             match (cert, key) {
                 (Some(_), None) => {
                     return Err(ConfigError::invalid(
@@ -663,6 +673,8 @@ impl Config {
         for path in [
             &mut self.server.tls_cert_file,
             &mut self.server.tls_key_file,
+            &mut self.server.admin_tls_cert_file,
+            &mut self.server.admin_tls_key_file,
             &mut self.upstream.ca_file,
             &mut self.tokens.signing_key_file,
             &mut self.tokens.id_token_signing_key_file,
@@ -1340,6 +1352,14 @@ mod tests {
             (
                 "[server]\ntls_cert_file = \"c.pem\"\n",
                 "server.tls_key_file",
+            ),
+            (
+                "[server]\nadmin_tls_cert_file = \"c.pem\"\n",
+                "server.admin_tls_key_file: required when server.admin_tls_cert_file is set",
+            ),
+            (
+                "[server]\nadmin_tls_key_file = \"k.pem\"\n",
+                "server.admin_tls_cert_file: required when server.admin_tls_key_file is set",
             ),
             ("[store]\nurl = \"mongodb://x\"\n", "store.url"),
             ("[store]\nurl = \"redis://a,b\"\n", "store.url"),

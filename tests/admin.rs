@@ -11,13 +11,13 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::Value;
 use support::echo::EchoServer;
 use support::idp;
-use support::proxy::{ProxyProcess, TestProxy, binary};
+use support::proxy::{ProxyProcess, TestProxy, admin_client, binary, wait_for_status_with};
 use support::redis::RedisServer;
 
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
@@ -1076,4 +1076,207 @@ async fn the_cli_fails_with_exit_1_and_says_why() {
     )
     .await;
     assert_eq!(out.status.code(), Some(2));
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS on the admin listener
+// ---------------------------------------------------------------------------------------
+
+/// A self-signed certificate for 127.0.0.1 and localhost, and its key, written to `dir`.
+fn admin_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("cert");
+    let (cert_path, key_path) = (dir.join("admin-cert.pem"), dir.join("admin-key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    (cert_path, key_path)
+}
+
+/// `config_text` with the admin port on TLS.
+fn tls_config_text(cert: &Path, key: &Path, store: &str, tokens: Tokens, upstream: &str) -> String {
+    format!(
+        "[server]\nadmin_tls_cert_file = \"{}\"\nadmin_tls_key_file = \"{}\"\n{}",
+        cert.display(),
+        key.display(),
+        config_text(store, tokens, upstream)
+    )
+}
+
+#[tokio::test]
+async fn with_admin_tls_the_admin_port_speaks_https_only() {
+    let echo = EchoServer::start().await;
+    let dir = support::temp_dir("admin-tls");
+    let (cert, key) = admin_cert(&dir);
+    let proxy = TestProxy::start(&tls_config_text(
+        &cert,
+        &key,
+        "memory://",
+        BOTH,
+        &echo.url(),
+    ))
+    .await;
+    assert!(
+        proxy.admin_url.starts_with("https://127.0.0.1:"),
+        "{}",
+        proxy.admin_url
+    );
+    // Over HTTPS, verified against the admin certificate: the probes, the JWKS, the metrics.
+    proxy.wait_ready().await;
+    let https = &proxy.admin_http;
+    for path in ["/healthz", "/readyz", "/jwks", "/metrics"] {
+        let res = https
+            .get(format!("{}{path}", proxy.admin_url))
+            .send()
+            .await
+            .expect("https");
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    // The admin API, each endpoint with its token.
+    let res = https
+        .post(format!("{}/admin/issue", proxy.admin_url))
+        .bearer_auth(ISSUE_TOKEN)
+        .json(
+            &serde_json::json!({"client_id": "www", "subject": "tls", "scope": "read", "count": 2}),
+        )
+        .send()
+        .await
+        .expect("issue");
+    assert_eq!(res.status(), 200);
+    let issued: Value = res.json().await.expect("json");
+    let token = issued["refresh_tokens"][0].as_str().expect("a token");
+    let (status, body) = idp::refresh(&proxy.url, "www", SECRET, token, None).await;
+    assert_eq!(status, 200, "{body}");
+    let res = https
+        .post(format!("{}/admin/revoke", proxy.admin_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"subject": "tls"}))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(
+        res.json::<Value>().await.expect("json"),
+        serde_json::json!({"revoked": 2})
+    );
+    // Plain HTTP to the admin port gets no answer at all, with or without a token: the TLS
+    // handshake fails and the connection is closed.
+    let plain = proxy.admin_url.replacen("https://", "http://", 1);
+    for path in ["/healthz", "/admin/revoke"] {
+        let res = reqwest::Client::new()
+            .post(format!("{plain}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(r#"{"subject":"tls"}"#)
+            .send()
+            .await;
+        assert!(res.is_err(), "{path} answered over plain HTTP: {res:?}");
+    }
+    // The proxy port is not affected: still plain HTTP here.
+    let res = reqwest::get(format!("{}/anything", proxy.url))
+        .await
+        .expect("proxy port");
+    assert_eq!(res.status(), 200);
+}
+
+#[test]
+fn admin_tls_files_are_checked_at_start() {
+    let dir = support::temp_dir("admin-tls-bad");
+    let (cert, key) = admin_cert(&dir);
+    let not_pem = dir.join("not-pem.txt");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    for (cert, key, named) in [
+        (&not_pem, &key, "server.admin_tls_cert_file: "),
+        (&cert, &not_pem, "server.admin_tls_key_file: "),
+        (
+            &dir.join("missing.pem"),
+            &key,
+            "server.admin_tls_cert_file: ",
+        ),
+    ] {
+        let text = tls_config_text(cert, key, "memory://", BOTH, "http://127.0.0.1:9");
+        let config =
+            refresh_proxy::config::Config::from_toml_str(&text, Path::new("."), std::iter::empty())
+                .expect("the config parses");
+        let err = refresh_proxy::app::App::build(config)
+            .err()
+            .expect("App::build refuses it");
+        assert!(err.to_string().starts_with(named), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn the_cli_speaks_https_to_an_admin_port_with_tls() {
+    let echo = EchoServer::start().await;
+    let dir = support::temp_dir("admin-tls-cli");
+    let (cert, key) = admin_cert(&dir);
+    let proxy = ProxyProcess::spawn(&tls_config_text(
+        &cert,
+        &key,
+        "memory://",
+        BOTH,
+        &echo.url(),
+    ));
+    let https_admin = proxy.admin_url.replacen("http://", "https://", 1);
+    wait_for_status_with(
+        &admin_client(Some(&cert)),
+        &format!("{https_admin}/readyz"),
+        200,
+        std::time::Duration::from_secs(15),
+    )
+    .await;
+    let admin = admin_addr(&proxy);
+    let out = cli(
+        &proxy.config_path,
+        &admin,
+        &[
+            "issue",
+            "--client",
+            "www",
+            "--subject",
+            "tls-cli",
+            "--count",
+            "3",
+            "--out",
+            "-",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let tokens = text(&out.stdout);
+    assert_eq!(tokens.lines().count(), 3);
+    let (status, body) = idp::refresh(
+        &proxy.url,
+        "www",
+        SECRET,
+        tokens.lines().next().expect("a token"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let out = cli(
+        &proxy.config_path,
+        &admin,
+        &["admin", "revoke", "--subject", "tls-cli"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "{\"revoked\":3}\n");
+
+    // A CLI whose config has no admin TLS speaks plain HTTP to it and gets no answer.
+    let plain_config = dir.join("plain.toml");
+    std::fs::write(&plain_config, config_text("memory://", BOTH, &echo.url())).expect("write");
+    let out = cli(
+        &plain_config,
+        &admin,
+        &["admin", "revoke", "--subject", "x"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("revoke failed: the request to the admin API"),
+        "{}",
+        text(&out.stderr)
+    );
 }
