@@ -1,4 +1,9 @@
-//! The admin listener: `/healthz`, `/readyz`, `/jwks` and the admin API.
+//! The admin listener: `/healthz`, `/readyz`, `/jwks`, `/metrics` and the admin API.
+//!
+//! Served over HTTPS only when `server.admin_tls_cert_file` and `server.admin_tls_key_file` are
+//! set (the acceptor is built by [`crate::tls::server_acceptor`] and run by
+//! [`crate::server::serve`], as for the proxy port); else plain HTTP. Every path below is
+//! served either way.
 //!
 //! - `GET /healthz`: 200 while the process runs; it checks nothing else, so a liveness probe
 //!   never restarts the proxy for an outage of Redis or the IdP.
@@ -7,6 +12,7 @@
 //!   the endpoints the proxy answers for but could not locate (`missing_endpoints`).
 //! - `GET /jwks`: the proxy's public signing keys (the same ones merged into the upstream's
 //!   JWKS on the proxy port).
+//! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
 //! - `/admin/...`: the admin API ([`AdminApi`]), each endpoint only when its token is set.
 //!
 //! Anything else is a 404 JSON answer.
