@@ -47,7 +47,9 @@ RESULTS = ROOT / "bench" / "results"
 
 CLIENT_ID = "bench"
 CLIENT_SECRET = "bench-client-secret"
-ADMIN_TOKEN = "bench-admin-token-0123456789"
+# The bench only opens families (`refresh-proxy issue`, which sends admin.issue_token); it
+# never revokes, so admin.token is not set.
+ISSUE_TOKEN = "bench-issue-token-0123456789"
 REFRESH_TOKEN_KEY = "bench-refresh-token-key-0123456789abcdef"
 IDP_CLIENT_ID = "www"
 IDP_CLIENT_SECRET = "Secr3t!"
@@ -372,9 +374,11 @@ signing_alg = "{alg}"
 secret = "{CLIENT_SECRET}"
 access_token_format = "{fmt}"
 reuse_grace_period = 30
+# A load-test client: /admin/issue may open its families.
+allow_admin_issue = true
 
 [admin]
-token = "{ADMIN_TOKEN}"
+issue_token = "{ISSUE_TOKEN}"
 
 [log]
 level = "warn"

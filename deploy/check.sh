@@ -9,7 +9,8 @@
 # "deploy checks: all passed" at the end; exits non-zero at the first failed check.
 #
 # Optional: REFRESH_PROXY_BIN=/path/to/refresh-proxy for the check-config step (default: the
-# newest of target/{release,debug}/refresh-proxy, when it is not older than the sources).
+# newest of {$CARGO_TARGET_DIR,target}/{release,debug}/refresh-proxy, when it is not older than
+# the sources).
 set -euo pipefail
 
 DEPLOY="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,6 +19,7 @@ VENV="$DEPLOY/.venv"
 PY="$VENV/bin/python"
 CHART="$DEPLOY/helm/refresh-proxy"
 CI_VALUES="$CHART/ci/servicemonitor-existing-secret-values.yaml"
+SECRET_VALUES="$CHART/ci/chart-secret-admin-issue-values.yaml"
 KUBE_VERSION=1.33.0
 REQUIREMENTS=(
   "helm-python-sdk==0.2.2"
@@ -102,14 +104,27 @@ check "servicemonitor (default)" "${CHECKS[@]}" servicemonitor "$TMP/helm-defaul
 check "helm render (ci values)" "${CHECKS[@]}" render "$CHART" "$CI_VALUES" "$TMP/helm-ci"
 check "kubernetes-validate chart (ci)" kube_validate "$TMP/helm-ci/manifests.yaml"
 check "servicemonitor (ci)" "${CHECKS[@]}" servicemonitor "$TMP/helm-ci/crds.yaml"
-check "helm lint" "${CHECKS[@]}" lint "$CHART" "$CI_VALUES"
+check "helm render (secret values)" "${CHECKS[@]}" render "$CHART" "$SECRET_VALUES" "$TMP/helm-secret"
+check "kubernetes-validate chart (secret)" kube_validate "$TMP/helm-secret/manifests.yaml"
+check "helm lint" "${CHECKS[@]}" lint "$CHART" "$CI_VALUES" "$SECRET_VALUES"
+# Two renders of each values set are identical (Secrets included, or no Secret at all): nothing
+# is generated per render, so `helm template` and GitOps tools never mint new keys.
+check "helm render twice: identical" "${CHECKS[@]}" deterministic "$CHART" - "$CI_VALUES" "$SECRET_VALUES"
+check "helm refuses incomplete secrets" "${CHECKS[@]}" refusals "$CHART"
 
 # --- What schemas cannot tell -------------------------------------------------------------------
-# The ci values reference a Secret and a ConfigMap that exist only in a cluster.
-check "policy (manifests and chart)" "${CHECKS[@]}" policy \
-  --external=Secret/refresh-proxy-secrets --external=ConfigMap/upstream-ca \
+# The ci values reference a Secret and a ConfigMap that exist only in a cluster; so does the
+# default render (the Secret named after the release, made out of band).
+EXTERNAL=(Secret/refresh-proxy Secret/refresh-proxy-secrets ConfigMap/upstream-ca)
+check "policy (manifests and chart)" "${CHECKS[@]}" policy "${EXTERNAL[@]/#/--external=}" \
   "$DEPLOY/kubernetes/proxy-with-redis.yaml" "$DEPLOY/kubernetes/sidecar.yaml" \
-  "$TMP/helm-default/manifests.yaml" "$TMP/helm-ci/manifests.yaml"
+  "$TMP/helm-default/manifests.yaml" "$TMP/helm-ci/manifests.yaml" "$TMP/helm-secret/manifests.yaml"
+# Which admin API endpoints each shipped config turns on: the chart's default has none.
+check "admin API (chart default)" "${CHECKS[@]}" admin "$TMP/helm-default/manifests.yaml" off
+check "admin API (chart ci)" "${CHECKS[@]}" admin "$TMP/helm-ci/manifests.yaml" revoke
+check "admin API (chart secret)" "${CHECKS[@]}" admin "$TMP/helm-secret/manifests.yaml" revoke+issue
+check "admin API (proxy-with-redis.yaml)" "${CHECKS[@]}" admin "$DEPLOY/kubernetes/proxy-with-redis.yaml" revoke
+check "admin API (sidecar.yaml)" "${CHECKS[@]}" admin "$DEPLOY/kubernetes/sidecar.yaml" off
 check "compose" "${CHECKS[@]}" compose "$DEPLOY"
 
 # --- Dockerfile ---------------------------------------------------------------------------------
@@ -121,7 +136,8 @@ check "dockerfile build command" "${CHECKS[@]}" dockerfile "$DEPLOY/Dockerfile" 
 find_binary() {
   if [ -n "${REFRESH_PROXY_BIN:-}" ]; then echo "$REFRESH_PROXY_BIN"; return; fi
   local newest="" b
-  for b in "$REPO/target/release/refresh-proxy" "$REPO/target/debug/refresh-proxy"; do
+  for b in ${CARGO_TARGET_DIR:+"$CARGO_TARGET_DIR/release/refresh-proxy" "$CARGO_TARGET_DIR/debug/refresh-proxy"} \
+    "$REPO/target/release/refresh-proxy" "$REPO/target/debug/refresh-proxy"; do
     if [ -x "$b" ] && { [ -z "$newest" ] || [ "$b" -nt "$newest" ]; }; then newest="$b"; fi
   done
   [ -n "$newest" ] || return 0
@@ -141,8 +157,9 @@ elif ! command -v openssl >/dev/null; then
   skip "check-config" "openssl not found (needed for a stand-in signing key)"
 else
   check "check-config ($(basename "$(dirname "$BIN")"))" "${CHECKS[@]}" check-config "$BIN" "$REPO" \
+    "${EXTERNAL[@]/#/--stand-in=}" \
     "$DEPLOY/kubernetes/proxy-with-redis.yaml" "$DEPLOY/kubernetes/sidecar.yaml" \
-    "$TMP/helm-default/manifests.yaml"
+    "$TMP/helm-default/manifests.yaml" "$TMP/helm-ci/manifests.yaml" "$TMP/helm-secret/manifests.yaml"
 fi
 
 echo "deploy checks: all passed ($((SECONDS - START)) s)"

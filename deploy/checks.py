@@ -8,9 +8,16 @@ as the last line of stdout. Run with the venv's Python from outside helm-python-
   checks.py lint CHART [VALUES...]          helm lint, strict, for each values set
   checks.py servicemonitor FILE [--absent]  the rendered ServiceMonitor (a CRD) is well formed
   checks.py policy [--external=KIND/NAME...] FILE...
-                                            restricted PSS, probes, shutdown budget, wiring
+                                            restricted PSS, probes, shutdown budget, wiring,
+                                            a NetworkPolicy that keeps the admin port closed
+  checks.py admin FILE off|revoke|revoke+issue
+                                            which admin API endpoints the proxy's config turns on
+  checks.py deterministic CHART VALUES|-... two renders of each values set are identical, and
+                                            no template generates random values
+  checks.py refusals CHART                  values the chart must refuse fail with a clear message
   checks.py compose DEPLOY                  compose.yaml's references and settings
-  checks.py check-config BIN REPO FILE...   run `refresh-proxy check-config` on every config the
+  checks.py check-config BIN REPO [--stand-in=KIND/NAME...] FILE...
+                                            run `refresh-proxy check-config` on every config the
                                             manifests, the chart, compose and the image carry
   checks.py dockerfile DOCKERFILE REPO      the image is built with CI's build command
 """
@@ -305,12 +312,67 @@ def check_proxy_container(where: str, c: dict, spec: dict, objects: dict, replic
     return pre_stop, shutdown
 
 
+def selects(selector: dict, labels: dict) -> bool:
+    """Whether a NetworkPolicy's podSelector selects a pod with these labels (matchLabels only:
+    the checked files use nothing else)."""
+    if selector.get("matchExpressions"):
+        fail(f"podSelector {selector}: use matchLabels (matchExpressions are not checked)")
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def covers(rule_ports: list | None, name: str, number: int) -> bool:
+    """Whether an ingress rule's ports admit a container port (no ports = every port)."""
+    if not rule_ports:
+        return True
+    return any(p.get("port") in (name, number) or
+               (isinstance(p.get("port"), int) and p.get("endPort") and
+                p["port"] <= number <= p["endPort"]) for p in rule_ports)
+
+
+def broad(peer: dict) -> bool:
+    """A peer that admits every pod or every address: no restriction at all."""
+    block = (peer.get("ipBlock") or {}).get("cidr")
+    if block:
+        return block in ("0.0.0.0/0", "::/0")
+    sels = [peer.get(k) for k in ("namespaceSelector", "podSelector") if k in peer]
+    return not sels or all(not (s or {}).get("matchLabels") and not (s or {}).get("matchExpressions")
+                           for s in sels)
+
+
+def check_network_policy(where: str, workload: dict, docs: list[dict], proxies: list[dict]) -> None:
+    """The proxy port open to every source, the admin port only to named peers."""
+    labels = pod_labels(workload)
+    policies = [d for d in docs if d.get("kind") == "NetworkPolicy"
+                and selects(d["spec"].get("podSelector") or {}, labels)
+                and "Ingress" in (d["spec"].get("policyTypes") or ["Ingress"])]
+    if not policies:
+        fail(f"{where}: no NetworkPolicy (Ingress) selects the pod: its admin port is open to "
+             "every pod in the cluster")
+    rules = [r for np in policies for r in np["spec"].get("ingress") or []]
+    for c in proxies:
+        ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+        admin, proxy = ports["admin"], ports["proxy"]
+        for r in rules:
+            if not covers(r.get("ports"), "admin", admin):
+                continue
+            peers = r.get("from") or []
+            if not peers:
+                fail(f"{where}: a NetworkPolicy rule admits every source to the admin port "
+                     f"({admin}); name the peers that need it (e.g. Prometheus)")
+            for peer in peers:
+                if broad(peer):
+                    fail(f"{where}: a NetworkPolicy peer admits everyone to the admin port: {peer}")
+        if not any(covers(r.get("ports"), "proxy", proxy) and not r.get("from") for r in rules):
+            fail(f"{where}: no NetworkPolicy rule admits every source to the proxy port ({proxy}); "
+                 "it is the IdP's public address")
+
+
 def cmd_policy(*args: str) -> str:
     # --external=Kind/Name: an object created out of band (existingSecret, extraVolumes), so
     # not in the files.
     external = {tuple(a.split("=", 1)[1].split("/", 1)) for a in args if a.startswith("--external=")}
     files = [a for a in args if not a.startswith("--")]
-    objects_checked = pods = 0
+    objects_checked = pods = network_policies = 0
     for file in files:
         docs = load_docs(Path(file))
         label = label_of(file)
@@ -353,6 +415,8 @@ def cmd_policy(*args: str) -> str:
                     fail(f"{where}: no volumeClaimTemplates")
             if not proxies:
                 continue
+            check_network_policy(where, d, docs, proxies)
+            network_policies += 1
             replicas = int(d["spec"].get("replicas", 1))
             grace = float(spec.get("terminationGracePeriodSeconds", 30))
             for c in proxies:
@@ -391,7 +455,118 @@ def cmd_policy(*args: str) -> str:
                         if isinstance(tp, str) and tp not in names:
                             fail(f"{label}: {name_of(d)} targetPort {tp} is not a port of {name_of(w)}")
     return (f"{len(files)} files, {pods} pod templates, {objects_checked} objects: restricted PSS, "
-            "probes, preStop sleep, grace period, config/ports/store wiring, selectors")
+            "probes, preStop sleep, grace period, config/ports/store wiring, selectors; "
+            f"{network_policies} proxy pods behind a NetworkPolicy (proxy port open, admin port "
+            "only to named peers)")
+
+
+# ---------------------------------------------------------------------------------------------
+# admin: which admin API endpoints the shipped configs turn on
+
+ADMIN_KEYS = {"revoke": ("token", "token_file"), "issue": ("issue_token", "issue_token_file")}
+
+
+def cmd_admin(file: str, expect: str) -> str:
+    want = set() if expect == "off" else set(expect.split("+"))
+    if not want <= set(ADMIN_KEYS):
+        fail(f"unknown expectation {expect!r}: off, revoke, issue or revoke+issue")
+    docs = load_docs(Path(file))
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    checked = 0
+    for d in docs:
+        spec = pod_spec(d)
+        if spec is None:
+            continue
+        for c in (spec.get("initContainers") or []) + spec["containers"]:
+            if not is_proxy(c):
+                continue
+            found = config_for(c, spec, objects)
+            if not found:
+                fail(f"{label_of(file)}: {name_of(d)} {c['name']}: no config.toml found")
+            admin = found[0].get("admin") or {}
+            on = {e for e, keys in ADMIN_KEYS.items() if any(k in admin for k in keys)}
+            if on != want:
+                fail(f"{label_of(file)}: {name_of(d)} {c['name']}: admin API endpoints on: "
+                     f"{sorted(on) or 'none'}, expected {sorted(want) or 'none'} "
+                     f"({found[1]} and the container's env)")
+            checked += 1
+    if not checked:
+        fail(f"{label_of(file)}: no proxy container")
+    return f"{label_of(file)}: admin API {expect} ({checked} proxy containers)"
+
+
+# ---------------------------------------------------------------------------------------------
+# deterministic: nothing random per render (a render without a cluster must not mint new keys)
+
+GENERATORS = re.compile(r"\b(randAlphaNum|randAlpha|randNumeric|randAscii|randBytes|randInt|uuidv4|"
+                        r"genPrivateKey|genCA|genCAWithKey|genSelfSignedCert|genSelfSignedCertWithKey|"
+                        r"genSignedCert|genSignedCertWithKey|now|htpasswd)\b")
+
+
+def cmd_deterministic(chart: str, *values_files: str) -> str:
+    import helm_python
+
+    for template in sorted((Path(chart) / "templates").rglob("*")):
+        if template.is_file():
+            for n, line in enumerate(template.read_text(encoding="utf-8").splitlines(), 1):
+                m = GENERATORS.search(line)
+                if m and "{{" in line:
+                    fail(f"{template.name}:{n}: `{m[1]}` makes every render different")
+    secrets = []
+    for values_file in values_files:
+        values = None
+        if values_file != "-":
+            values = helm_python.values_from_yaml(Path(values_file).read_text(encoding="utf-8"))
+        renders = []
+        for _ in range(2):
+            c = helm_python.Chart.load(chart)
+            try:
+                renders.append(c.render(values, name="refresh-proxy", namespace="refresh-proxy",
+                                        is_install=True))
+            finally:
+                c.close()
+        if renders[0] != renders[1]:
+            differ = sorted(k for k in set(renders[0]) | set(renders[1])
+                            if renders[0].get(k) != renders[1].get(k))
+            fail(f"{values_file}: two renders differ in {differ}")
+        count = sum(1 for template, text in renders[0].items() if template.endswith((".yaml", ".yml"))
+                    for doc in yaml.safe_load_all(text) if isinstance(doc, dict) and doc.get("kind") == "Secret")
+        secrets.append(f"{'default' if values_file == '-' else Path(values_file).name}: {count}")
+    return (f"{len(values_files)} values sets rendered twice, identical; no generator in templates; "
+            f"Secrets rendered: {', '.join(secrets)}")
+
+
+# Values the chart must refuse, and what its message must say.
+REFUSED_VALUES = [
+    ("secret:\n  create: true\n", "secret.refreshTokenKey is required"),
+    ("secret:\n  create: true\n  refreshTokenKey: too-short\n", "at least 32 bytes"),
+    ("secret:\n  create: true\n  refreshTokenKey: " + "k" * 40 + "\n", "secret.signingKey is required"),
+    ("secret:\n  create: true\n  refreshTokenKey: " + "k" * 40 + "\n  signingKey: pem\n"
+     "admin:\n  enabled: true\n", "secret.adminToken is required"),
+    ("secret:\n  create: true\n  refreshTokenKey: " + "k" * 40 + "\n  signingKey: pem\n"
+     "  adminToken: same-token-0123456789\n  adminIssueToken: same-token-0123456789\n"
+     "admin:\n  enabled: true\n  issue: true\n", "must differ from secret.adminToken"),
+    ("secret:\n  create: true\nexistingSecret: mine\n", "exclude each other"),
+    ("admin:\n  issue: true\n", "admin.issue needs admin.enabled"),
+]
+
+
+def cmd_refusals(chart: str) -> str:
+    import helm_python
+
+    for values_text, expected in REFUSED_VALUES:
+        c = helm_python.Chart.load(chart)
+        try:
+            c.render(helm_python.values_from_yaml(values_text), name="refresh-proxy",
+                     namespace="refresh-proxy", is_install=True)
+        except Exception as e:  # helm_python's render error
+            if expected not in str(e):
+                fail(f"values {values_text!r}: refused, but the message does not say {expected!r}: {e}")
+            continue
+        finally:
+            c.close()
+        fail(f"values {values_text!r}: rendered, expected a failure saying {expected!r}")
+    return f"{len(REFUSED_VALUES)} bad values sets refused with a message naming the value"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,7 +656,22 @@ def run_check_config(binary: str, config: Path, env: dict[str, str], label: str)
     return label
 
 
-def cmd_check_config(binary: str, repo: str, *files: str) -> str:
+# What an out-of-band Secret holds for the chart and the manifests (deploy/README.md): stand-in
+# values, so the config that names them can be checked. The PEM placeholder is replaced by a
+# generated key, as the manifests' own placeholder is.
+STAND_IN_SECRET = {
+    "refresh-token-key": "stand-in-refresh-token-key-0123456789abcdef-0123",
+    "signing-key.pem": "-----BEGIN PRIVATE KEY-----\nCHANGE-ME\n-----END PRIVATE KEY-----\n",
+    "admin-token": "stand-in-admin-token-0123456789",
+    "admin-issue-token": "stand-in-admin-issue-token-0123456789",
+}
+
+
+def cmd_check_config(binary: str, repo: str, *args: str) -> str:
+    # --stand-in=Kind/Name: an object created out of band (existingSecret, extraVolumes): a
+    # Secret with STAND_IN_SECRET's keys, or an empty ConfigMap.
+    stand_ins = [tuple(a.split("=", 1)[1].split("/", 1)) for a in args if a.startswith("--stand-in=")]
+    files = [a for a in args if not a.startswith("--")]
     deploy = Path(repo) / "deploy"
     checked = []
     with tempfile.TemporaryDirectory(prefix="deploy-check-config-") as tmp:
@@ -493,6 +683,11 @@ def cmd_check_config(binary: str, repo: str, *files: str) -> str:
         for n, file in enumerate(files):
             docs = load_docs(Path(file))
             objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+            for kind, name in stand_ins:
+                if (kind, name) not in objects:
+                    data = dict(STAND_IN_SECRET) if kind == "Secret" else {}
+                    objects[(kind, name)] = {"kind": kind, "metadata": {"name": name},
+                                             "stringData" if kind == "Secret" else "data": data}
             label = label_of(file)
             for d in docs:
                 spec = pod_spec(d)
@@ -566,7 +761,8 @@ def main(argv: list[str]) -> int:
     commands = {
         "yaml": cmd_yaml, "render": cmd_render, "lint": cmd_lint,
         "servicemonitor": cmd_servicemonitor, "policy": cmd_policy, "compose": cmd_compose,
-        "check-config": cmd_check_config, "dockerfile": cmd_dockerfile,
+        "check-config": cmd_check_config, "dockerfile": cmd_dockerfile, "admin": cmd_admin,
+        "deterministic": cmd_deterministic, "refusals": cmd_refusals,
     }
     if len(argv) < 2 or argv[1] not in commands:
         print(__doc__, file=sys.stderr)

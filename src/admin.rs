@@ -1,4 +1,9 @@
-//! The admin listener: `/healthz`, `/readyz`, `/jwks` and the admin API.
+//! The admin listener: `/healthz`, `/readyz`, `/jwks`, `/metrics` and the admin API.
+//!
+//! Served over HTTPS only when `server.admin_tls_cert_file` and `server.admin_tls_key_file` are
+//! set (the acceptor is built by [`crate::tls::server_acceptor`] and run by
+//! [`crate::server::serve`], as for the proxy port); else plain HTTP. Every path below is
+//! served either way.
 //!
 //! - `GET /healthz`: 200 while the process runs; it checks nothing else, so a liveness probe
 //!   never restarts the proxy for an outage of Redis or the IdP.
@@ -7,34 +12,47 @@
 //!   the endpoints the proxy answers for but could not locate (`missing_endpoints`).
 //! - `GET /jwks`: the proxy's public signing keys (the same ones merged into the upstream's
 //!   JWKS on the proxy port).
-//! - `/admin/...`: the admin API ([`AdminApi`]), only when `admin.token` is set.
+//! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
+//! - `/admin/...`: the admin API ([`AdminApi`]), each endpoint only when its token is set.
 //!
 //! Anything else is a 404 JSON answer.
 //!
 //! # The admin API
 //!
-//! It exists exactly when `admin.token` is set (at least 16 characters, checked once at
-//! start); without it every `/admin/...` path answers 404 `admin_api_disabled`, so an
-//! unauthenticated admin API can never be exposed, whatever address the admin port listens
-//! on. Every request must carry `Authorization: Bearer <admin.token>`, compared as SHA-256
-//! digests in constant time; a missing or wrong token is 401 `unauthorized` with
-//! `WWW-Authenticate: Bearer realm="refresh-proxy-admin"`.
+//! Two endpoints with two tokens, so that the token operators use to revoke cannot mint
+//! tokens (families the proxy signs for any subject and scope):
+//!
+//! | endpoint | token | unset |
+//! |---|---|---|
+//! | `POST /admin/revoke` | `admin.token` | 404 `admin_api_disabled` |
+//! | `POST /admin/issue` | `admin.issue_token`, a separate opt-in for load-test rigs | 404 `admin_api_disabled` |
+//!
+//! Both are at least 16 characters and must differ (checked once at start, with the rest of
+//! the config), so an unauthenticated endpoint can never be exposed, whatever address the admin
+//! port listens on. Every request must carry `Authorization: Bearer <its endpoint's token>`,
+//! compared as SHA-256 digests in constant time; a missing or wrong token, the other
+//! endpoint's token included, is 401 `unauthorized` with
+//! `WWW-Authenticate: Bearer realm="refresh-proxy-admin"`. Any other `/admin/...` path is 401
+//! unless one of the two tokens is presented (then 404 `not_found`): an unauthenticated caller
+//! learns no more than which of the two endpoints are on.
 //!
 //! - `POST /admin/revoke` with exactly one of `{"family": "<id>"}`, `{"subject": "<sub>"}`,
 //!   `{"client_id": "<id>"}` → `{"revoked": n}`: the number of live families revoked (1 or 0
 //!   for a family; every client's families for a subject).
 //! - `POST /admin/issue` with `{"client_id", "subject", "scope", "count"}` (`scope` may be
 //!   empty or left out, `1 <= count <= 1_000_000`) → `{"refresh_tokens": [...]}`: `count` new
-//!   families, as if the client had logged in `count` times (load-testing rigs).
+//!   families, as if the client had logged in `count` times (load-testing rigs). Only for
+//!   clients marked `allow_admin_issue = true`; any other client is 400 `unauthorized_client`.
 //!
 //! Errors: a body that is not such a JSON object, or is larger than 64 KiB → 400 (413)
-//! `invalid_request`; an unknown client → 400 `invalid_request`; a client with
-//! `refresh_token_ttl = 0` → 400 `unauthorized_client`; the store unreachable → 503
+//! `invalid_request`; an unknown client → 400 `invalid_request`; a client without
+//! `allow_admin_issue`, or with `refresh_token_ttl = 0` → 400 `unauthorized_client` (RFC 6749
+//! §5.2: the client is not authorized for this way of obtaining tokens); the store unreachable → 503
 //! `temporarily_unavailable` with `Retry-After: 1`. Grant errors are answered by
 //! [`crate::oauth::error_response`], the crate's one mapping; [`AdminError::into_response`]
 //! adds the admin API's own few.
 //!
-//! Each action is logged on one line (what, for whom, how many, how long); never the admin
+//! Each action is logged on one line (what, for whom, how many, how long); never an admin
 //! token, never a refresh token.
 //!
 //! Caveat: issuing a million tokens in one request builds the whole answer (about 90 MB) in
@@ -56,7 +74,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use crate::classify::Endpoints;
-use crate::config::{ConfigError, Secret};
+use crate::config::{AdminConfig, ConfigError, Secret};
 use crate::grant::engine::{Engine, GrantError};
 use crate::mint::refresh::FamilyId;
 use crate::oauth::json_response;
@@ -114,7 +132,7 @@ pub struct Admin {
     pub store_timeout: Duration,
     /// The engine whose public keys `GET /jwks` serves (as they are after any reload).
     pub engine: Arc<crate::grant::engine::Engine>,
-    /// The admin API; `None` when `admin.token` is not set.
+    /// The admin API; `None` when neither `admin.token` nor `admin.issue_token` is set.
     pub api: Option<Arc<AdminApi>>,
     /// `GET /metrics` (no token, like the probes: Prometheus scrapes it).
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -162,7 +180,7 @@ impl Admin {
         if path == "/admin" || path.starts_with("/admin/") {
             return Ok(match &self.api {
                 Some(api) => api.handle(req).await,
-                None => AdminError::Disabled.into_response(),
+                None => AdminError::Disabled(Endpoint::of(path)).into_response(),
             });
         }
         let get = req.method() == Method::GET || req.method() == Method::HEAD;
@@ -223,7 +241,7 @@ impl Admin {
     }
 }
 
-/// The shortest `admin.token` accepted: anything shorter is guessable.
+/// The shortest `admin.token` and `admin.issue_token` accepted: anything shorter is guessable.
 pub const MIN_TOKEN_CHARS: usize = 16;
 /// The largest admin request body read.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -247,13 +265,16 @@ impl IssuerSource {
     }
 }
 
-/// The admin API: revocation and issuing over the grant engine, behind a bearer token.
+/// The admin API: revocation and issuing over the grant engine, each behind its own bearer
+/// token.
 pub struct AdminApi {
     engine: Arc<Engine>,
     /// The default `aud` of issued families' access tokens, without `tokens.audience`.
     issuer: IssuerSource,
-    /// SHA-256 of `admin.token`; the token itself is not kept.
-    token_digest: digest::Digest,
+    /// SHA-256 of `admin.token` (`/admin/revoke`); the token itself is not kept.
+    revoke_digest: Option<digest::Digest>,
+    /// SHA-256 of `admin.issue_token` (`/admin/issue`).
+    issue_digest: Option<digest::Digest>,
 }
 
 impl std::fmt::Debug for AdminApi {
@@ -261,36 +282,82 @@ impl std::fmt::Debug for AdminApi {
         let AdminApi {
             engine,
             issuer,
-            token_digest: _,
+            revoke_digest,
+            issue_digest,
         } = self;
+        let state = |d: &Option<digest::Digest>| if d.is_some() { "<redacted>" } else { "off" };
         f.debug_struct("AdminApi")
             .field("engine", engine)
             .field("issuer", issuer)
-            .field("token_digest", &"<redacted>")
+            .field("revoke_digest", &state(revoke_digest))
+            .field("issue_digest", &state(issue_digest))
             .finish()
     }
 }
 
+/// The two endpoints of the admin API, each with its own token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /admin/revoke`, with `admin.token`.
+    Revoke,
+    /// `POST /admin/issue`, with `admin.issue_token`.
+    Issue,
+}
+
+impl Endpoint {
+    /// The endpoint at `path`; `None` for any other path.
+    pub fn of(path: &str) -> Option<Endpoint> {
+        match path {
+            "/admin/revoke" => Some(Endpoint::Revoke),
+            "/admin/issue" => Some(Endpoint::Issue),
+            _ => None,
+        }
+    }
+
+    /// The config key of its token.
+    pub fn token_key(self) -> &'static str {
+        match self {
+            Endpoint::Revoke => "admin.token",
+            Endpoint::Issue => "admin.issue_token",
+        }
+    }
+}
+
 impl AdminApi {
-    /// The admin API for `admin.token`: `Ok(None)` when it is not set (the API is off).
+    /// The admin API for `[admin]`: `Ok(None)` when neither token is set (the API is off).
     pub fn from_config(
-        token: Option<&Secret>,
+        admin: &AdminConfig,
         engine: Arc<Engine>,
         issuer: IssuerSource,
     ) -> Result<Option<AdminApi>, ConfigError> {
-        let Some(token) = token else { return Ok(None) };
-        let token = token.expose();
-        if token.chars().count() < MIN_TOKEN_CHARS {
-            return Err(ConfigError::invalid(
-                "admin.token",
-                format_args!("must be at least {MIN_TOKEN_CHARS} characters"),
-            ));
+        admin.validate()?;
+        let digest_of = |t: &Option<Secret>| {
+            t.as_ref()
+                .map(|t| digest::digest(&digest::SHA256, t.expose().as_bytes()))
+        };
+        let (revoke_digest, issue_digest) =
+            (digest_of(&admin.token), digest_of(&admin.issue_token));
+        if revoke_digest.is_none() && issue_digest.is_none() {
+            return Ok(None);
         }
         Ok(Some(AdminApi {
             engine,
             issuer,
-            token_digest: digest::digest(&digest::SHA256, token.as_bytes()),
+            revoke_digest,
+            issue_digest,
         }))
+    }
+
+    /// Whether `endpoint` is on (its token is set).
+    pub fn enabled(&self, endpoint: Endpoint) -> bool {
+        self.digest(endpoint).is_some()
+    }
+
+    fn digest(&self, endpoint: Endpoint) -> Option<&digest::Digest> {
+        match endpoint {
+            Endpoint::Revoke => self.revoke_digest.as_ref(),
+            Endpoint::Issue => self.issue_digest.as_ref(),
+        }
     }
 
     /// Answers one `/admin/...` request.
@@ -310,35 +377,41 @@ impl AdminApi {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        // Authentication first, so an unauthenticated caller learns nothing, not even which
-        // paths exist.
-        if !self.authorized(req.headers()) {
-            return Err(AdminError::Unauthorized);
-        }
-        let action = match req.uri().path() {
-            "/admin/revoke" => Action::Revoke,
-            "/admin/issue" => Action::Issue,
-            _ => return Err(AdminError::NotFound),
+        let presented = presented_digest(req.headers());
+        let presented = presented.as_ref();
+        // Authentication before anything else about the request, so an unauthenticated caller
+        // learns nothing but which endpoints are on.
+        let endpoint = match Endpoint::of(req.uri().path()) {
+            Some(endpoint) => {
+                let Some(expected) = self.digest(endpoint) else {
+                    return Err(AdminError::Disabled(Some(endpoint)));
+                };
+                if !matches(presented, expected) {
+                    return Err(AdminError::Unauthorized);
+                }
+                endpoint
+            }
+            None => {
+                // Either token may learn that a path does not exist; nobody else may.
+                let known = [self.revoke_digest.as_ref(), self.issue_digest.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .fold(false, |ok, expected| matches(presented, expected) | ok);
+                return Err(if known {
+                    AdminError::NotFound
+                } else {
+                    AdminError::Unauthorized
+                });
+            }
         };
         if req.method() != Method::POST {
             return Err(AdminError::MethodNotAllowed);
         }
         let body = read_body(req).await?;
-        match action {
-            Action::Revoke => self.revoke(parse_revoke(&body)?).await,
-            Action::Issue => self.issue(parse_issue(&body)?).await,
+        match endpoint {
+            Endpoint::Revoke => self.revoke(parse_revoke(&body)?).await,
+            Endpoint::Issue => self.issue(parse_issue(&body)?).await,
         }
-    }
-
-    /// `Authorization: Bearer <admin.token>` (RFC 6750 §2.1; the scheme is case-insensitive,
-    /// RFC 9110 §11.1), compared as digests in constant time.
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = headers.get(AUTHORIZATION).and_then(bearer_token) else {
-            return false;
-        };
-        let presented = digest::digest(&digest::SHA256, token);
-        constant_time::verify_slices_are_equal(presented.as_ref(), self.token_digest.as_ref())
-            .is_ok()
     }
 
     async fn revoke(&self, target: RevokeTarget) -> Result<Response<Full<Bytes>>, AdminError> {
@@ -400,10 +473,18 @@ impl AdminApi {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Action {
-    Revoke,
-    Issue,
+/// SHA-256 of the token of `Authorization: Bearer <token>` (RFC 6750 §2.1; the scheme is
+/// case-insensitive, RFC 9110 §11.1), if there is one.
+fn presented_digest(headers: &HeaderMap) -> Option<digest::Digest> {
+    let token = headers.get(AUTHORIZATION).and_then(bearer_token)?;
+    Some(digest::digest(&digest::SHA256, token))
+}
+
+/// Whether the presented token's digest is `expected`, compared in constant time.
+fn matches(presented: Option<&digest::Digest>, expected: &digest::Digest) -> bool {
+    presented.is_some_and(|p| {
+        constant_time::verify_slices_are_equal(p.as_ref(), expected.as_ref()).is_ok()
+    })
 }
 
 /// The token of an `Authorization: Bearer <token>` header value.
@@ -538,8 +619,9 @@ struct IssueAnswer {
 /// Why an admin request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("the admin API is disabled (admin.token is not set)")]
-    Disabled,
+    /// The endpoint's token is not set (`None`: a path of no endpoint, with the API off).
+    #[error("the admin API endpoint is disabled (its token is not set)")]
+    Disabled(Option<Endpoint>),
     #[error("missing or wrong admin token")]
     Unauthorized,
     #[error("no such admin endpoint")]
@@ -575,11 +657,18 @@ impl AdminError {
             error_description,
         };
         match self {
-            AdminError::Disabled => json_response(
+            AdminError::Disabled(endpoint) => json_response(
                 StatusCode::NOT_FOUND,
                 &body(
                     "admin_api_disabled",
-                    Some("set admin.token to enable the admin API"),
+                    Some(match endpoint {
+                        Some(Endpoint::Revoke) => "set admin.token to enable /admin/revoke",
+                        Some(Endpoint::Issue) => "set admin.issue_token to enable /admin/issue",
+                        None => {
+                            "set admin.token (revoke) or admin.issue_token (issue) to enable \
+                             the admin API"
+                        }
+                    }),
                 ),
             ),
             AdminError::Unauthorized => {
@@ -711,12 +800,27 @@ mod tests {
 
     #[test]
     fn error_bodies_are_pinned() {
-        let (status, body, _) = error_json(AdminError::Disabled);
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        assert_eq!(
-            body.to_string(),
-            r#"{"error":"admin_api_disabled","error_description":"set admin.token to enable the admin API"}"#
-        );
+        for (endpoint, description) in [
+            (
+                Some(Endpoint::Revoke),
+                "set admin.token to enable /admin/revoke",
+            ),
+            (
+                Some(Endpoint::Issue),
+                "set admin.issue_token to enable /admin/issue",
+            ),
+            (
+                None,
+                "set admin.token (revoke) or admin.issue_token (issue) to enable the admin API",
+            ),
+        ] {
+            let (status, body, _) = error_json(AdminError::Disabled(endpoint));
+            assert_eq!(status, StatusCode::NOT_FOUND);
+            assert_eq!(
+                body,
+                serde_json::json!({"error": "admin_api_disabled", "error_description": description})
+            );
+        }
         let (status, body, headers) = error_json(AdminError::Unauthorized);
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(body.to_string(), r#"{"error":"unauthorized"}"#);
@@ -733,44 +837,84 @@ mod tests {
         assert_eq!(headers["retry-after"], "1");
     }
 
-    #[test]
-    fn short_admin_tokens_are_refused() {
-        let issuer = || IssuerSource {
+    fn issuer() -> IssuerSource {
+        IssuerSource {
             endpoints: Arc::default(),
             fallback: "http://127.0.0.1:9".into(),
-        };
-        let err = AdminApi::from_config(
-            Some(&Secret::new("too-short")),
-            Arc::new(test_engine()),
-            issuer(),
-        )
-        .expect_err("short");
-        assert!(err.to_string().starts_with("admin.token: "), "{err}");
+        }
+    }
+
+    fn admin(token: Option<&str>, issue_token: Option<&str>) -> AdminConfig {
+        AdminConfig {
+            token: token.map(Secret::new),
+            issue_token: issue_token.map(Secret::new),
+        }
+    }
+
+    #[test]
+    fn short_or_shared_admin_tokens_are_refused() {
+        for (config, key) in [
+            (admin(Some("too-short"), None), "admin.token: "),
+            (admin(None, Some("too-short")), "admin.issue_token: "),
+            (
+                admin(Some("0123456789abcdef"), Some("0123456789abcdef")),
+                "admin.issue_token: must differ from admin.token",
+            ),
+        ] {
+            let err = AdminApi::from_config(&config, Arc::new(test_engine()), issuer())
+                .expect_err("refused");
+            assert!(err.to_string().starts_with(key), "{err}");
+        }
         assert!(
-            AdminApi::from_config(None, Arc::new(test_engine()), issuer())
+            AdminApi::from_config(&admin(None, None), Arc::new(test_engine()), issuer())
                 .expect("no token")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn each_endpoint_is_on_with_its_own_token_only() {
+        let revoke = "0123456789abcdef";
+        let issue = "fedcba9876543210";
         let api = AdminApi::from_config(
-            Some(&Secret::new("0123456789abcdef")),
+            &admin(Some(revoke), Some(issue)),
             Arc::new(test_engine()),
             issuer(),
         )
         .expect("16 chars")
         .expect("enabled");
-        let mut headers = HeaderMap::new();
-        assert!(!api.authorized(&headers));
-        headers.insert(
-            AUTHORIZATION,
-            HeaderValue::from_static("Bearer 0123456789abcdeX"),
-        );
-        assert!(!api.authorized(&headers));
-        headers.insert(
-            AUTHORIZATION,
-            HeaderValue::from_static("Bearer 0123456789abcdef"),
-        );
-        assert!(api.authorized(&headers));
-        assert!(!format!("{api:?}").contains("0123456789abcdef"));
+        assert!(api.enabled(Endpoint::Revoke) && api.enabled(Endpoint::Issue));
+        let presented = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_static(value));
+            presented_digest(&headers)
+        };
+        let revoke_digest = api.digest(Endpoint::Revoke).expect("on");
+        let issue_digest = api.digest(Endpoint::Issue).expect("on");
+        let as_revoke = presented("Bearer 0123456789abcdef");
+        assert!(matches(as_revoke.as_ref(), revoke_digest));
+        assert!(!matches(as_revoke.as_ref(), issue_digest));
+        let as_issue = presented("Bearer fedcba9876543210");
+        assert!(matches(as_issue.as_ref(), issue_digest));
+        assert!(!matches(as_issue.as_ref(), revoke_digest));
+        assert!(!matches(
+            presented("Bearer 0123456789abcdeX").as_ref(),
+            revoke_digest
+        ));
+        assert!(!matches(None, revoke_digest));
+        let dump = format!("{api:?}");
+        assert!(!dump.contains(revoke) && !dump.contains(issue), "{dump}");
+
+        let revoke_only = AdminApi::from_config(
+            &admin(Some(revoke), None),
+            Arc::new(test_engine()),
+            issuer(),
+        )
+        .expect("valid")
+        .expect("enabled");
+        assert!(revoke_only.enabled(Endpoint::Revoke));
+        assert!(!revoke_only.enabled(Endpoint::Issue));
+        assert!(format!("{revoke_only:?}").contains("issue_digest: \"off\""));
     }
 
     fn test_engine() -> Engine {

@@ -158,6 +158,38 @@ impl Reloader {
     }
 }
 
+/// Says at start which admin endpoints are on, and warns when `allow_admin_issue` and
+/// `admin.issue_token` do not go together.
+fn log_admin_api(config: &Config, api: Option<&AdminApi>) {
+    use crate::admin::Endpoint;
+    let on = |e| api.is_some_and(|api| api.enabled(e));
+    tracing::info!(
+        revoke = on(Endpoint::Revoke),
+        issue = on(Endpoint::Issue),
+        "admin API: /admin/revoke needs admin.token, /admin/issue admin.issue_token; an \
+         endpoint without its token answers 404"
+    );
+    let issuers: Vec<&str> = config
+        .clients
+        .iter()
+        .filter(|(_, c)| c.allow_admin_issue)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    if !issuers.is_empty() && !on(Endpoint::Issue) {
+        tracing::warn!(
+            clients = ?issuers,
+            "clients are marked allow_admin_issue but admin.issue_token is not set: \
+             /admin/issue is off"
+        );
+    }
+    if issuers.is_empty() && on(Endpoint::Issue) {
+        tracing::warn!(
+            "admin.issue_token is set but no client is marked allow_admin_issue = true: \
+             /admin/issue refuses every client"
+        );
+    }
+}
+
 /// Everything the binary runs, built from config.
 pub struct App {
     config: Config,
@@ -168,8 +200,10 @@ pub struct App {
     readiness: Arc<Readiness>,
     store: AnyStore,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The admin listener's TLS (`server.admin_tls_*`); built once, like the proxy port's.
+    admin_tls: Option<tokio_rustls::TlsAcceptor>,
     id_token_alg: Option<&'static str>,
-    /// The admin API, when `admin.token` is set.
+    /// The admin API, when `admin.token` or `admin.issue_token` is set.
     admin_api: Option<Arc<AdminApi>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -211,10 +245,9 @@ impl App {
         }
         let layer = layer.build();
         let id_token_alg = engine.keys().id_token_alg();
-        // Checked here, with the rest of the config: `admin.token` turns the admin API on and
-        // must be long enough not to be guessed.
+        // `admin.token` turns `/admin/revoke` on, `admin.issue_token` `/admin/issue`.
         let admin_api = AdminApi::from_config(
-            config.admin.token.as_ref(),
+            &config.admin,
             engine.clone(),
             IssuerSource {
                 endpoints: endpoints.clone(),
@@ -222,7 +255,14 @@ impl App {
             },
         )?;
         let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
-            (Some(cert), Some(key)) => Some(tls::server_acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::server_acceptor(tls::Listener::Proxy, cert, key)?),
+            _ => None,
+        };
+        let admin_tls = match (
+            &config.server.admin_tls_cert_file,
+            &config.server.admin_tls_key_file,
+        ) {
+            (Some(cert), Some(key)) => Some(tls::server_acceptor(tls::Listener::Admin, cert, key)?),
             _ => None,
         };
         Ok(App {
@@ -234,6 +274,7 @@ impl App {
             readiness: Arc::new(Readiness::default()),
             store,
             tls,
+            admin_tls,
             id_token_alg,
             admin_api: admin_api.map(Arc::new),
             metrics: engine.metrics.clone(),
@@ -267,6 +308,7 @@ impl App {
             readiness,
             store,
             tls,
+            admin_tls,
             id_token_alg,
             admin_api,
             metrics,
@@ -345,9 +387,7 @@ impl App {
             }
         };
 
-        if admin_api.is_none() {
-            tracing::info!("admin.token is not set: the admin API is off (/admin/... answers 404)");
-        }
+        log_admin_api(&config, admin_api.as_deref());
         let admin = Admin {
             readiness: readiness.clone(),
             store,
@@ -364,7 +404,7 @@ impl App {
         let (stop_admin, admin_stopped) = oneshot::channel::<()>();
         let admin_task = tokio::spawn(server::serve(
             admin_listener,
-            None,
+            admin_tls,
             admin_service,
             options,
             async move {

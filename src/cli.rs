@@ -1,10 +1,14 @@
 //! The command-line front ends of the admin API: `refresh-proxy issue` and
 //! `refresh-proxy admin revoke`.
 //!
-//! They call the admin API of the proxy that a config file describes (`server.admin_listen`,
-//! with `admin.token`), so they work whatever the store: the running proxy does the work.
+//! They call the admin API of the proxy that a config file describes (`server.admin_listen`),
+//! so they work whatever the store: the running proxy does the work. Each endpoint has its own
+//! token: `issue` sends `admin.issue_token`, `admin revoke` sends `admin.token`.
 //! An unspecified listen address (`0.0.0.0`, `::`) is reached on the loopback address of the
-//! same family.
+//! same family. When the config gives the admin port TLS (`server.admin_tls_cert_file`), they
+//! speak HTTPS and verify the proxy's certificate against the certificates of that file and
+//! the system roots; the certificate must name the address they connect to (e.g. an IP SAN
+//! `127.0.0.1` for a proxy listening on `0.0.0.0`).
 //!
 //! ```text
 //! refresh-proxy issue --config config.toml --client www --subject load-1 --scope "read" \
@@ -29,11 +33,13 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
+use crate::admin::Endpoint;
 use crate::config::{Config, Secret};
 
 /// The most tokens one `POST /admin/issue` of the CLI asks for.
@@ -52,10 +58,14 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(
-        "admin.token is not set in {config}: the admin API is off without it; set it (the same \
-         value as the running proxy's)"
+        "{key} is not set in {config}: the admin API's {endpoint} is off without it; set it (the \
+         same value as the running proxy's)"
     )]
-    NoToken { config: String },
+    NoToken {
+        config: String,
+        key: &'static str,
+        endpoint: &'static str,
+    },
     #[error(
         "cannot connect to the admin API at {addr}: is the proxy running at {addr}? ({reason})"
     )]
@@ -65,15 +75,19 @@ pub enum CliError {
     #[error("the request to the admin API at {addr} failed: {reason}")]
     Request { addr: SocketAddr, reason: String },
     #[error(
-        "the admin API at {addr} refused the token (401): admin.token does not match the running \
+        "the admin API at {addr} refused the token (401): {key} does not match the running \
          proxy's"
     )]
-    Unauthorized { addr: SocketAddr },
+    Unauthorized { addr: SocketAddr, key: &'static str },
     #[error(
-        "the proxy at {addr} has its admin API disabled (404 admin_api_disabled): set admin.token \
-         in its config and restart it"
+        "the proxy at {addr} has {endpoint} disabled (404 admin_api_disabled): set {key} in its \
+         config and restart it"
     )]
-    Disabled { addr: SocketAddr },
+    Disabled {
+        addr: SocketAddr,
+        key: &'static str,
+        endpoint: &'static str,
+    },
     #[error("the admin API at {addr} answered {status} {error}{}", describe(.description))]
     Refused {
         addr: SocketAddr,
@@ -83,6 +97,8 @@ pub enum CliError {
     },
     #[error("the admin API at {addr} answered something unexpected: {reason}")]
     BadAnswer { addr: SocketAddr, reason: String },
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot write {path}: {source}")]
     Output {
         path: String,
@@ -139,12 +155,15 @@ struct ErrorAnswer {
     error_description: Option<String>,
 }
 
-/// A client of one proxy's admin API.
+/// A client of one endpoint of one proxy's admin API, with that endpoint's token.
 #[derive(Clone)]
 pub struct AdminClient {
     addr: SocketAddr,
+    /// `https` when the admin port serves TLS, else `http`.
+    scheme: &'static str,
+    endpoint: Endpoint,
     token: HeaderValue,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
 }
 
@@ -152,12 +171,16 @@ impl std::fmt::Debug for AdminClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let AdminClient {
             addr,
+            scheme,
+            endpoint,
             token: _,
             client: _,
             timeout,
         } = self;
         f.debug_struct("AdminClient")
             .field("addr", addr)
+            .field("scheme", scheme)
+            .field("endpoint", endpoint)
             .field("token", &"<redacted>")
             .field("timeout", timeout)
             .finish_non_exhaustive()
@@ -179,25 +202,67 @@ pub fn reachable(addr: SocketAddr) -> SocketAddr {
 }
 
 impl AdminClient {
-    /// The admin API of the proxy `config` describes (`config_path` is for messages).
-    pub fn from_config(config: &Config, config_path: &Path) -> Result<AdminClient, CliError> {
+    /// The `endpoint` of the admin API of the proxy `config` describes, with its token
+    /// (`config_path` is for messages).
+    pub fn from_config(
+        config: &Config,
+        config_path: &Path,
+        endpoint: Endpoint,
+    ) -> Result<AdminClient, CliError> {
         let no_token = || CliError::NoToken {
             config: config_path.display().to_string(),
+            key: endpoint.token_key(),
+            endpoint: path_of(endpoint),
         };
-        let token = config.admin.token.as_ref().ok_or_else(no_token)?;
-        AdminClient::new(config.server.admin_listen, token).ok_or_else(no_token)
+        let token = match endpoint {
+            Endpoint::Revoke => config.admin.token.as_ref(),
+            Endpoint::Issue => config.admin.issue_token.as_ref(),
+        };
+        let tls = config
+            .server
+            .admin_tls_cert_file
+            .as_deref()
+            .map(crate::tls::admin_client_config)
+            .transpose()?;
+        AdminClient::new(
+            config.server.admin_listen,
+            tls,
+            endpoint,
+            token.ok_or_else(no_token)?,
+        )
+        .ok_or_else(no_token)
     }
 
-    /// `None` when the token cannot be sent in a header (a control character).
-    pub fn new(admin_listen: SocketAddr, token: &Secret) -> Option<AdminClient> {
+    /// A client of `endpoint` at `admin_listen`, over TLS with `tls` when given. `None` when
+    /// the token cannot be sent in a header (a control character).
+    pub fn new(
+        admin_listen: SocketAddr,
+        tls: Option<rustls::ClientConfig>,
+        endpoint: Endpoint,
+        token: &Secret,
+    ) -> Option<AdminClient> {
         let mut token = HeaderValue::try_from(format!("Bearer {}", token.expose())).ok()?;
         token.set_sensitive(true);
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        // Without TLS the connector never makes a TLS connection: `http://` URIs only.
+        let tls = match tls {
+            Some(tls) => tls,
+            None => crate::tls::client_config(crate::tls::Roots::Unused).ok()?,
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Some(AdminClient {
             addr: reachable(admin_listen),
+            scheme,
+            endpoint,
             token,
             client,
             timeout: REQUEST_TIMEOUT,
@@ -210,6 +275,7 @@ impl AdminClient {
     }
 
     /// `POST /admin/issue` once: `count` (at most 1,000,000) new families' refresh tokens.
+    /// Needs a client made for [`Endpoint::Issue`].
     pub async fn issue(
         &self,
         client_id: &str,
@@ -217,6 +283,7 @@ impl AdminClient {
         scope: &str,
         count: u64,
     ) -> Result<Vec<String>, CliError> {
+        self.expect(Endpoint::Issue)?;
         let body = IssueBody {
             client_id,
             subject,
@@ -233,8 +300,10 @@ impl AdminClient {
         Ok(answer.refresh_tokens)
     }
 
-    /// `POST /admin/revoke`: how many live families were revoked.
+    /// `POST /admin/revoke`: how many live families were revoked. Needs a client made for
+    /// [`Endpoint::Revoke`].
     pub async fn revoke(&self, target: &RevokeTarget) -> Result<u64, CliError> {
+        self.expect(Endpoint::Revoke)?;
         let mut body = RevokeBody {
             family: None,
             subject: None,
@@ -247,6 +316,21 @@ impl AdminClient {
         }
         let answer: RevokeAnswer = self.post("/admin/revoke", &body).await?;
         Ok(answer.revoked)
+    }
+
+    /// Each token goes to its own endpoint only.
+    fn expect(&self, endpoint: Endpoint) -> Result<(), CliError> {
+        if self.endpoint == endpoint {
+            return Ok(());
+        }
+        Err(CliError::Request {
+            addr: self.addr,
+            reason: format!(
+                "this client holds {} and cannot call {}",
+                self.endpoint.token_key(),
+                path_of(endpoint)
+            ),
+        })
     }
 
     fn bad_answer(&self, reason: impl Into<String>) -> CliError {
@@ -265,7 +349,7 @@ impl AdminClient {
         let json = serde_json::to_vec(body).expect("request bodies serialise");
         let request = Request::builder()
             .method(Method::POST)
-            .uri(format!("http://{addr}{path}"))
+            .uri(format!("{}://{addr}{path}", self.scheme))
             .header(CONTENT_TYPE, "application/json")
             .header(AUTHORIZATION, self.token.clone())
             .body(Full::new(Bytes::from(json)))
@@ -309,9 +393,16 @@ impl AdminClient {
         }
         let error: Option<ErrorAnswer> = serde_json::from_slice(&bytes).ok();
         Err(match (status, error) {
-            (StatusCode::UNAUTHORIZED, _) => CliError::Unauthorized { addr },
+            (StatusCode::UNAUTHORIZED, _) => CliError::Unauthorized {
+                addr,
+                key: self.endpoint.token_key(),
+            },
             (StatusCode::NOT_FOUND, Some(e)) if e.error == "admin_api_disabled" => {
-                CliError::Disabled { addr }
+                CliError::Disabled {
+                    addr,
+                    key: self.endpoint.token_key(),
+                    endpoint: path_of(self.endpoint),
+                }
             }
             (status, Some(e)) => CliError::Refused {
                 addr,
@@ -326,6 +417,14 @@ impl AdminClient {
                 description: None,
             },
         })
+    }
+}
+
+/// The endpoint's path, for messages.
+fn path_of(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::Revoke => "/admin/revoke",
+        Endpoint::Issue => "/admin/issue",
     }
 }
 
@@ -486,14 +585,22 @@ mod tests {
                 .contains("is the proxy running at 127.0.0.1:9901?")
         );
         assert!(
-            CliError::Unauthorized { addr }
-                .to_string()
-                .contains("admin.token does not match the running proxy's")
+            CliError::Unauthorized {
+                addr,
+                key: "admin.issue_token"
+            }
+            .to_string()
+            .contains("admin.issue_token does not match the running proxy's")
         );
-        assert!(
-            CliError::Disabled { addr }
-                .to_string()
-                .contains("admin API disabled")
+        assert_eq!(
+            CliError::Disabled {
+                addr,
+                key: "admin.issue_token",
+                endpoint: "/admin/issue"
+            }
+            .to_string(),
+            "the proxy at 127.0.0.1:9901 has /admin/issue disabled (404 admin_api_disabled): set \
+             admin.issue_token in its config and restart it"
         );
         let refused = CliError::Refused {
             addr,
@@ -511,10 +618,46 @@ mod tests {
     fn the_token_stays_out_of_debug() {
         let client = AdminClient::new(
             "127.0.0.1:1".parse().expect("addr"),
+            None,
+            Endpoint::Revoke,
             &Secret::new("a-very-secret-admin-token"),
         )
         .expect("client");
         assert!(!format!("{client:?}").contains("a-very-secret"));
+    }
+
+    #[tokio::test]
+    async fn a_token_is_never_sent_to_the_other_endpoint() {
+        // Nothing listens at port 1: a request that went out would fail to connect instead.
+        let revoker = AdminClient::new(
+            "127.0.0.1:1".parse().expect("addr"),
+            None,
+            Endpoint::Revoke,
+            &Secret::new("revoke-token-0123456789"),
+        )
+        .expect("client");
+        let err = revoker.issue("www", "s", "", 1).await.expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("holds admin.token and cannot call /admin/issue"),
+            "{err}"
+        );
+        let issuer = AdminClient::new(
+            "127.0.0.1:1".parse().expect("addr"),
+            None,
+            Endpoint::Issue,
+            &Secret::new("issue-token-0123456789"),
+        )
+        .expect("client");
+        let err = issuer
+            .revoke(&RevokeTarget::Subject("s".into()))
+            .await
+            .expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("holds admin.issue_token and cannot call /admin/revoke"),
+            "{err}"
+        );
     }
 
     #[test]

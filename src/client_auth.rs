@@ -204,6 +204,8 @@ pub struct Client {
     /// May call the introspection endpoint (RFC 7662 §2.1: the endpoint MUST require
     /// authorization of its callers).
     pub may_introspect: bool,
+    /// `POST /admin/issue` may open families for it (`allow_admin_issue`, load-test clients).
+    pub allow_admin_issue: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -213,12 +215,14 @@ impl std::fmt::Debug for Client {
             secret_sha256,
             policy,
             may_introspect,
+            allow_admin_issue,
         } = self;
         f.debug_struct("Client")
             .field("id", id)
             .field("public", &secret_sha256.is_none())
             .field("policy", policy)
             .field("may_introspect", may_introspect)
+            .field("allow_admin_issue", allow_admin_issue)
             .finish()
     }
 }
@@ -262,6 +266,7 @@ impl Clients {
                     secret_sha256,
                     policy,
                     may_introspect: c.may_introspect,
+                    allow_admin_issue: c.allow_admin_issue,
                 },
             );
         }

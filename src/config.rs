@@ -43,6 +43,7 @@ const SECRET_LISTS: &[(&str, &str)] = &[("refresh_token_keys", "refresh_token_ke
 const SECRET_KEYS: &[&str] = &[
     "secret",
     "token",
+    "issue_token",
     "password",
     "introspection_client_secret",
     "refresh_token_key",
@@ -163,6 +164,9 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// PEM certificate chain and key of the admin listener: both set = it serves HTTPS only.
+    pub admin_tls_cert_file: Option<PathBuf>,
+    pub admin_tls_key_file: Option<PathBuf>,
     /// Peers whose `X-Forwarded-*` and `Forwarded` headers are believed (addresses or CIDR
     /// networks); from any other peer they are replaced by what the proxy saw. Default: none.
     #[serde(default)]
@@ -403,8 +407,41 @@ impl TokensConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Bearer token for the admin API.
+    /// Bearer token of `POST /admin/revoke`; unset = that endpoint is off.
     pub token: Option<Secret>,
+    /// Bearer token of `POST /admin/issue`, a separate opt-in (load-test rigs); unset = that
+    /// endpoint is off. Must differ from `token`.
+    pub issue_token: Option<Secret>,
+}
+
+impl AdminConfig {
+    /// Each token long enough not to be guessed, and the two different: the revoke token must
+    /// never be able to mint families.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let min = crate::admin::MIN_TOKEN_CHARS;
+        for (key, token) in [
+            ("admin.token", &self.token),
+            ("admin.issue_token", &self.issue_token),
+        ] {
+            if let Some(token) = token
+                && token.expose().chars().count() < min
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    format_args!("must be at least {min} characters"),
+                ));
+            }
+        }
+        if let (Some(revoke), Some(issue)) = (&self.token, &self.issue_token)
+            && revoke == issue
+        {
+            return Err(ConfigError::invalid(
+                "admin.issue_token",
+                "must differ from admin.token (the revoke token must not be able to issue)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -422,6 +459,9 @@ pub struct ClientConfig {
     /// A resource server allowed to introspect the proxy's tokens (RFC 7662).
     #[serde(default)]
     pub may_introspect: bool,
+    /// `POST /admin/issue` may open families for this client (meant for load-test clients).
+    #[serde(default)]
+    pub allow_admin_issue: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -601,24 +641,40 @@ impl Config {
                 "must be shorter than server.shutdown_timeout",
             ));
         }
-        match (&self.server.tls_cert_file, &self.server.tls_key_file) {
-            (Some(_), None) => {
-                return Err(ConfigError::invalid(
-                    "server.tls_key_file",
-                    "required when server.tls_cert_file is set",
-                ));
+        for (cert, key, prefix) in [
+            (
+                &self.server.tls_cert_file,
+                &self.server.tls_key_file,
+                "server.tls",
+            ),
+            (
+                &self.server.admin_tls_cert_file,
+                &self.server.admin_tls_key_file,
+                "server.admin_tls",
+            ),
+        ] {
+            match (cert, key) {
+                (Some(_), None) => {
+                    return Err(ConfigError::invalid(
+                        format!("{prefix}_key_file"),
+                        format_args!("required when {prefix}_cert_file is set"),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        format!("{prefix}_cert_file"),
+                        format_args!("required when {prefix}_key_file is set"),
+                    ));
+                }
+                _ => {}
             }
-            (None, Some(_)) => {
-                return Err(ConfigError::invalid(
-                    "server.tls_cert_file",
-                    "required when server.tls_key_file is set",
-                ));
-            }
-            _ => {}
         }
+        self.admin.validate()?;
         for path in [
             &mut self.server.tls_cert_file,
             &mut self.server.tls_key_file,
+            &mut self.server.admin_tls_cert_file,
+            &mut self.server.admin_tls_key_file,
             &mut self.upstream.ca_file,
             &mut self.tokens.signing_key_file,
             &mut self.tokens.id_token_signing_key_file,
@@ -1297,6 +1353,14 @@ mod tests {
                 "[server]\ntls_cert_file = \"c.pem\"\n",
                 "server.tls_key_file",
             ),
+            (
+                "[server]\nadmin_tls_cert_file = \"c.pem\"\n",
+                "server.admin_tls_key_file: required when server.admin_tls_cert_file is set",
+            ),
+            (
+                "[server]\nadmin_tls_key_file = \"k.pem\"\n",
+                "server.admin_tls_cert_file: required when server.admin_tls_key_file is set",
+            ),
             ("[store]\nurl = \"mongodb://x\"\n", "store.url"),
             ("[store]\nurl = \"redis://a,b\"\n", "store.url"),
             (
@@ -1384,6 +1448,94 @@ mod tests {
         assert!(err.to_string().starts_with("upstream.revocation:"), "{err}");
         let err = parse(&format!("{base}revocation = \"none\"\n"), &[]).expect_err("value");
         assert!(err.to_string().starts_with("upstream.revocation:"), "{err}");
+    }
+
+    /// Security issue, item 5: the revoke token must not be able to mint families.
+    #[test]
+    fn admin_tokens_are_long_and_distinct() {
+        for (admin, key) in [
+            (
+                "token = \"short-token-15c\"\n",
+                "admin.token: must be at least 16",
+            ),
+            (
+                "issue_token = \"short-token-15c\"\n",
+                "admin.issue_token: must be at least 16",
+            ),
+            (
+                "token = \"the-same-token-twice\"\nissue_token = \"the-same-token-twice\"\n",
+                "admin.issue_token: must differ from admin.token",
+            ),
+        ] {
+            let err = parse(&format!("{MINIMAL}[admin]\n{admin}"), &[]).expect_err(admin);
+            assert!(err.to_string().starts_with(key), "{admin}: {err}");
+        }
+        // The same through the environment and a file: still refused.
+        let dir = std::env::temp_dir().join(format!("rp-config-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        std::fs::write(dir.join("issue-token"), "the-same-token-twice\n").expect("write");
+        let text = format!("{MINIMAL}[admin]\nissue_token_file = \"issue-token\"\n");
+        let env = [("REFRESH_PROXY_ADMIN__TOKEN", "the-same-token-twice")];
+        let err = Config::from_toml_str(
+            &text,
+            &dir,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .expect_err("shared");
+        assert!(
+            err.to_string()
+                .starts_with("admin.issue_token: must differ"),
+            "{err}"
+        );
+        let c = Config::from_toml_str(&text, &dir, std::iter::empty()).expect("issue only");
+        assert_eq!(
+            c.admin.issue_token.as_ref().map(Secret::expose),
+            Some("the-same-token-twice")
+        );
+        assert!(c.admin.token.is_none());
+        let both = format!("{text}issue_token = \"x\"\n");
+        let err = Config::from_toml_str(&both, &dir, std::iter::empty()).expect_err("both");
+        assert!(
+            err.to_string()
+                .starts_with("admin.issue_token_file: set either"),
+            "{err}"
+        );
+        let c = parse(
+            &format!(
+                "{MINIMAL}[admin]\ntoken = \"revoke-token-0123456789\"\n\
+                 issue_token = \"issue-token-0123456789\"\n"
+            ),
+            &[],
+        )
+        .expect("two different tokens");
+        assert!(!format!("{c:?}").contains("-token-0123456789"));
+    }
+
+    #[test]
+    fn allow_admin_issue_is_off_unless_set() {
+        let c = parse(
+            &format!(
+                "{MINIMAL}[clients.www]\nsecret = \"s\"\n\
+                 [clients.load]\nsecret = \"s\"\nallow_admin_issue = true\n"
+            ),
+            &[],
+        )
+        .expect("valid");
+        assert!(!c.clients["www"].allow_admin_issue);
+        assert!(c.clients["load"].allow_admin_issue);
+        // Without admin.issue_token it is allowed (and warned about at start): nothing can
+        // issue anyway.
+        assert!(c.admin.issue_token.is_none());
+        let err = parse(
+            &format!("{MINIMAL}[clients.www]\nallow_admin_issue = \"yes\"\n"),
+            &[],
+        )
+        .expect_err("not a boolean");
+        assert!(
+            err.to_string()
+                .starts_with("clients.www.allow_admin_issue:"),
+            "{err}"
+        );
     }
 
     #[test]

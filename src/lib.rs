@@ -28,7 +28,8 @@
 //!   acceptor that hands each connection to a worker thread.
 //! - [`metrics`]: counters and the refresh latency histogram, Prometheus text.
 //! - [`admin`]: the admin listener: `/healthz`, `/readyz`, `/jwks`, `/metrics`, and the admin
-//!   API (revoke families, issue families for load tests) behind a bearer token.
+//!   API (revoke families; issue families for load tests), each endpoint behind its own bearer
+//!   token; HTTPS with `server.admin_tls_*`.
 //! - [`cli`]: the `issue` and `admin revoke` front ends, which call a running proxy's admin API.
 //! - [`app`]: builds all of the above from a [`config::Config`] and runs it: one
 //!   single-threaded runtime per worker thread (`server.workers`), each with its own upstream

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use refresh_proxy::admin::Endpoint;
 use refresh_proxy::app::{App, Outcome};
 use refresh_proxy::cli::{self, AdminClient, IssueJob, RevokeTarget};
 use refresh_proxy::config::{Config, LogFormat};
@@ -39,7 +40,8 @@ enum Command {
     /// exit 1.
     CheckConfig,
     /// Open COUNT token families on the running proxy (load-testing rigs) and write their
-    /// refresh tokens to OUT, one a line. Uses the admin API that the config names.
+    /// refresh tokens to OUT, one a line. Uses the admin API that the config names, with
+    /// `admin.issue_token`; the client must be marked `allow_admin_issue = true`.
     Issue(IssueArgs),
     /// Operate a running proxy through its admin API (`server.admin_listen`, `admin.token`).
     #[command(subcommand)]
@@ -126,15 +128,22 @@ fn client_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn admin_client(config: &Config, config_path: &Path) -> Result<AdminClient, ExitCode> {
-    AdminClient::from_config(config, config_path).map_err(|e| {
+fn admin_client(
+    config: &Config,
+    config_path: &Path,
+    endpoint: Endpoint,
+) -> Result<AdminClient, ExitCode> {
+    AdminClient::from_config(config, config_path, endpoint).map_err(|e| {
         eprintln!("refresh-proxy: {e}");
         ExitCode::from(1)
     })
 }
 
 fn issue(config: &Config, config_path: &Path, args: IssueArgs) -> ExitCode {
-    let (runtime, client) = match (client_runtime(), admin_client(config, config_path)) {
+    let (runtime, client) = match (
+        client_runtime(),
+        admin_client(config, config_path, Endpoint::Issue),
+    ) {
         (Ok(rt), Ok(client)) => (rt, client),
         (Err(code), _) | (_, Err(code)) => return code,
     };
@@ -180,7 +189,10 @@ fn revoke(config: &Config, config_path: &Path, args: RevokeArgs) -> ExitCode {
         eprintln!("refresh-proxy: admin revoke needs exactly one of --family, --subject, --client");
         return ExitCode::from(2);
     };
-    let (runtime, client) = match (client_runtime(), admin_client(config, config_path)) {
+    let (runtime, client) = match (
+        client_runtime(),
+        admin_client(config, config_path, Endpoint::Revoke),
+    ) {
         (Ok(rt), Ok(client)) => (rt, client),
         (Err(code), _) | (_, Err(code)) => return code,
     };

@@ -67,6 +67,13 @@ fn classify(err: &Error) -> (StatusCode, ErrorCode, &'static str) {
             ErrorCode::UnauthorizedClient,
             "the client is not allowed to use refresh tokens",
         ),
+        // RFC 6749 §5.2: "The authenticated client is not authorized to use this
+        // authorization grant type": here, families opened by the admin API.
+        Error::Grant(GrantError::AdminIssueNotAllowed) => (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::UnauthorizedClient,
+            "the client is not marked allow_admin_issue = true",
+        ),
         Error::Grant(GrantError::InvalidGrant(_)) => (
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidGrant,

@@ -2,8 +2,11 @@
 //!
 //! - [`client_config`]: for an `https` upstream, trusting the system roots or a CA file;
 //!   the connector offers `h2` and `http/1.1` by ALPN.
-//! - [`server_acceptor`]: for the optional TLS listener, from PEM certificate chain and key
-//!   files; ALPN offers `h2` and `http/1.1`.
+//! - [`server_acceptor`]: for the optional TLS listeners (the proxy port, `server.tls_*`, and
+//!   the admin port, `server.admin_tls_*`), from PEM certificate chain and key files; ALPN
+//!   offers `h2` and `http/1.1`.
+//! - [`admin_client_config`]: for the CLI talking to an admin port that serves TLS, trusting
+//!   the certificates of `server.admin_tls_cert_file` and the system roots.
 //!
 //! Both are built once at start-up; a file that cannot be read or parsed is a config error
 //! naming its key.
@@ -60,26 +63,65 @@ pub fn client_config(roots_from: Roots<'_>) -> Result<rustls::ClientConfig, Conf
         .with_no_client_auth())
 }
 
-/// The TLS acceptor of the proxy's listener.
+/// Which listener an acceptor is for: its config keys name the files in errors.
+#[derive(Debug, Clone, Copy)]
+pub enum Listener {
+    /// The proxy port: `server.tls_cert_file`, `server.tls_key_file`.
+    Proxy,
+    /// The admin port: `server.admin_tls_cert_file`, `server.admin_tls_key_file`.
+    Admin,
+}
+
+impl Listener {
+    fn keys(self) -> (&'static str, &'static str) {
+        match self {
+            Listener::Proxy => ("server.tls_cert_file", "server.tls_key_file"),
+            Listener::Admin => ("server.admin_tls_cert_file", "server.admin_tls_key_file"),
+        }
+    }
+}
+
+/// The TLS acceptor of a listener.
 pub fn server_acceptor(
+    listener: Listener,
     cert_file: &Path,
     key_file: &Path,
 ) -> Result<tokio_rustls::TlsAcceptor, ConfigError> {
-    let certs = read_certs("server.tls_cert_file", cert_file)?;
+    let (cert_key, key_key) = listener.keys();
+    let certs = read_certs(cert_key, cert_file)?;
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
         ConfigError::invalid(
-            "server.tls_key_file",
+            key_key,
             format!("{}: no PEM private key ({e})", key_file.display()),
         )
     })?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::invalid("server.tls_cert_file", e))?
+        .map_err(|e| ConfigError::invalid(cert_key, e))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| ConfigError::invalid("server.tls_key_file", e))?;
+        .map_err(|e| ConfigError::invalid(key_key, e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The TLS configuration of a client of the admin port (the CLI), which reads the same config
+/// as the proxy: it trusts the certificates of `server.admin_tls_cert_file` (a self-signed
+/// certificate, or a chain that holds its CA) and the system roots.
+pub fn admin_client_config(cert_file: &Path) -> Result<rustls::ClientConfig, ConfigError> {
+    let key = "server.admin_tls_cert_file";
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    for cert in read_certs(key, cert_file)? {
+        roots
+            .add(cert)
+            .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", cert_file.display())))?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::invalid(key, e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {

@@ -1,6 +1,9 @@
 //! The admin API on the admin port, and its CLI front ends (`refresh-proxy issue`,
 //! `refresh-proxy admin revoke`).
 //!
+//! Two endpoints, two tokens: `admin.token` revokes, `admin.issue_token` (a separate opt-in)
+//! issues, and only for clients marked `allow_admin_issue = true`.
+//!
 //! In-process: the proxy in front of an echo upstream (`discovery = false`, token path
 //! `/token`), so every refresh grant below is answered by the proxy itself; the cases that
 //! touch the store run on `memory://` and on a private redis-server. Then the real binary:
@@ -8,33 +11,64 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::Value;
 use support::echo::EchoServer;
 use support::idp;
-use support::proxy::{ProxyProcess, TestProxy, binary};
+use support::proxy::{ProxyProcess, TestProxy, admin_client, binary, wait_for_status_with};
 use support::redis::RedisServer;
 
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+const ISSUE_TOKEN: &str = "issue-token-for-tests-0123456789";
 const SECRET: &str = "Secr3t!";
 
 use support::StoreKind as Kind;
 
-/// The proxy's config: clients `www` and `app` (refresh tokens), `nort` (none), the admin
-/// token when given, and the echo upstream.
-fn config_text(store: &str, admin_token: Option<&str>, upstream: &str) -> String {
-    let admin = admin_token
-        .map(|t| format!("[admin]\ntoken = \"{t}\"\n"))
-        .unwrap_or_default();
+/// Which admin tokens a proxy is configured with.
+#[derive(Clone, Copy)]
+struct Tokens {
+    revoke: Option<&'static str>,
+    issue: Option<&'static str>,
+}
+
+const BOTH: Tokens = Tokens {
+    revoke: Some(ADMIN_TOKEN),
+    issue: Some(ISSUE_TOKEN),
+};
+const NONE: Tokens = Tokens {
+    revoke: None,
+    issue: None,
+};
+/// The configuration before the issue token existed: one token for everything.
+const REVOKE_ONLY: Tokens = Tokens {
+    revoke: Some(ADMIN_TOKEN),
+    issue: None,
+};
+
+/// The proxy's config: clients `www` and `app` (refresh tokens), `nort` (none), all three
+/// marked `allow_admin_issue`, and `plain` (refresh tokens, not marked); the admin tokens; the
+/// echo upstream.
+fn config_text(store: &str, tokens: Tokens, upstream: &str) -> String {
+    let mut admin = String::new();
+    if tokens.revoke.is_some() || tokens.issue.is_some() {
+        admin.push_str("[admin]\n");
+    }
+    if let Some(t) = tokens.revoke {
+        admin.push_str(&format!("token = \"{t}\"\n"));
+    }
+    if let Some(t) = tokens.issue {
+        admin.push_str(&format!("issue_token = \"{t}\"\n"));
+    }
     format!(
         "[store]\nurl = \"{store}\"\n\
          [tokens]\nrefresh_token_key = \"{key}\"\n\
          {admin}\
-         [clients.www]\nsecret = \"{SECRET}\"\n\
-         [clients.app]\nsecret = \"{SECRET}\"\n\
-         [clients.nort]\nsecret = \"{SECRET}\"\nrefresh_token_ttl = 0\n\
+         [clients.www]\nsecret = \"{SECRET}\"\nallow_admin_issue = true\n\
+         [clients.app]\nsecret = \"{SECRET}\"\nallow_admin_issue = true\n\
+         [clients.nort]\nsecret = \"{SECRET}\"\nrefresh_token_ttl = 0\nallow_admin_issue = true\n\
+         [clients.plain]\nsecret = \"{SECRET}\"\n\
          [upstream]\nurl = \"{upstream}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
              revocation = \"absent\"\n",
         key = support::TEST_REFRESH_KEY,
@@ -56,13 +90,13 @@ struct Answer {
 }
 
 impl Stack {
-    async fn start(kind: Kind, admin_token: Option<&str>) -> Stack {
+    async fn start(kind: Kind, tokens: Tokens) -> Stack {
         let echo = EchoServer::start().await;
         let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
         let store = redis
             .as_ref()
             .map_or("memory://".to_owned(), RedisServer::url);
-        let proxy = TestProxy::start(&config_text(&store, admin_token, &echo.url())).await;
+        let proxy = TestProxy::start(&config_text(&store, tokens, &echo.url())).await;
         proxy.wait_ready().await;
         Stack {
             proxy,
@@ -73,7 +107,7 @@ impl Stack {
     }
 
     async fn with_admin(kind: Kind) -> Stack {
-        Stack::start(kind, Some(ADMIN_TOKEN)).await
+        Stack::start(kind, BOTH).await
     }
 
     /// A request to the admin port with `Authorization: <authorization>` when given.
@@ -105,11 +139,18 @@ impl Stack {
         }
     }
 
+    /// A POST with the token of its endpoint: the issue token for `/admin/issue`, else the
+    /// revoke token.
     async fn post(&self, path: &str, body: &str) -> Answer {
+        let token = if path == "/admin/issue" {
+            ISSUE_TOKEN
+        } else {
+            ADMIN_TOKEN
+        };
         self.admin(
             reqwest::Method::POST,
             path,
-            Some(&format!("Bearer {ADMIN_TOKEN}")),
+            Some(&format!("Bearer {token}")),
             body,
         )
         .await
@@ -205,6 +246,21 @@ async fn the_admin_api_needs_the_bearer_token() {
             (200, &serde_json::json!({"revoked": 0}))
         );
     }
+    // Either token learns that other paths do not exist; nothing else does (above).
+    for token in [ADMIN_TOKEN, ISSUE_TOKEN] {
+        let a = s
+            .admin(
+                reqwest::Method::POST,
+                "/admin/nope",
+                Some(&format!("Bearer {token}")),
+                body,
+            )
+            .await;
+        assert_eq!(
+            (a.status, a.body["error"].as_str()),
+            (404, Some("not_found"))
+        );
+    }
     // The probes and the JWKS stay open.
     for path in ["/healthz", "/readyz", "/jwks"] {
         let a = s.admin(reqwest::Method::GET, path, None, "").await;
@@ -212,15 +268,154 @@ async fn the_admin_api_needs_the_bearer_token() {
     }
 }
 
+/// Security issue, item 5: one admin token covered revoke and issue, so whoever could revoke
+/// could mint a family for any client, subject and scope (`sub: root`, `admin superuser`).
+/// With only `admin.token` set (the configuration of before), `/admin/issue` is off; the old
+/// code answered 200 with refresh tokens here.
+async fn the_revoke_token_cannot_issue(kind: Kind) {
+    let s = Stack::start(kind, REVOKE_ONLY).await;
+    let golden = r#"{"client_id":"www","subject":"root","scope":"admin superuser","count":1}"#;
+    let a = s
+        .admin(
+            reqwest::Method::POST,
+            "/admin/issue",
+            Some(&format!("Bearer {ADMIN_TOKEN}")),
+            golden,
+        )
+        .await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    assert_eq!(
+        a.body,
+        serde_json::json!({
+            "error": "admin_api_disabled",
+            "error_description": "set admin.issue_token to enable /admin/issue",
+        })
+    );
+    assert!(a.body.get("refresh_tokens").is_none());
+    // Nothing was opened for root; revoking still works with the revoke token.
+    assert_eq!(s.revoke(serde_json::json!({"subject": "root"})).await, 0);
+    assert_eq!(s.revoke(serde_json::json!({"client_id": "www"})).await, 0);
+}
+
+/// With both tokens set, each opens its own endpoint only.
+async fn each_token_opens_its_own_endpoint_only(kind: Kind) {
+    let s = Stack::with_admin(kind).await;
+    let issue_body = r#"{"client_id":"www","subject":"root","scope":"admin superuser","count":1}"#;
+    let a = s
+        .admin(
+            reqwest::Method::POST,
+            "/admin/issue",
+            Some(&format!("Bearer {ADMIN_TOKEN}")),
+            issue_body,
+        )
+        .await;
+    assert_eq!(
+        (a.status, &a.body),
+        (401, &serde_json::json!({"error": "unauthorized"})),
+        "the revoke token at /admin/issue"
+    );
+    let token = s.issue("www", "alice", "read", 1).await.remove(0);
+    let a = s
+        .admin(
+            reqwest::Method::POST,
+            "/admin/revoke",
+            Some(&format!("Bearer {ISSUE_TOKEN}")),
+            r#"{"subject":"alice"}"#,
+        )
+        .await;
+    assert_eq!(
+        (a.status, &a.body),
+        (401, &serde_json::json!({"error": "unauthorized"})),
+        "the issue token at /admin/revoke"
+    );
+    // The issue token revoked nothing: the family is live until the revoke token ends it.
+    let next = s.refresh_ok("www", &token).await;
+    assert_eq!(s.revoke(serde_json::json!({"subject": "alice"})).await, 1);
+    s.assert_invalid_grant("www", next["refresh_token"].as_str().expect("rt"))
+        .await;
+}
+
+/// `/admin/issue` opens families only for clients marked `allow_admin_issue = true`.
+async fn only_clients_marked_allow_admin_issue_get_families(kind: Kind) {
+    let s = Stack::with_admin(kind).await;
+    let a = s
+        .post(
+            "/admin/issue",
+            r#"{"client_id":"plain","subject":"root","scope":"admin superuser","count":3}"#,
+        )
+        .await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(
+        a.body,
+        serde_json::json!({
+            "error": "unauthorized_client",
+            "error_description": "the client is not marked allow_admin_issue = true",
+        })
+    );
+    assert_eq!(s.revoke(serde_json::json!({"client_id": "plain"})).await, 0);
+    assert_eq!(s.revoke(serde_json::json!({"subject": "root"})).await, 0);
+    // A marked client gets them.
+    s.refresh_ok("www", &s.issue("www", "load-1", "read", 1).await[0])
+        .await;
+}
+
 #[tokio::test]
-async fn without_admin_token_the_admin_api_is_off() {
-    let s = Stack::start(Kind::Memory, None).await;
+async fn an_issue_token_alone_turns_on_issue_only() {
+    let s = Stack::start(
+        Kind::Memory,
+        Tokens {
+            revoke: None,
+            issue: Some(ISSUE_TOKEN),
+        },
+    )
+    .await;
+    let token = s.issue("www", "alice", "read", 1).await.remove(0);
+    for bearer in [ISSUE_TOKEN, ADMIN_TOKEN] {
+        let a = s
+            .admin(
+                reqwest::Method::POST,
+                "/admin/revoke",
+                Some(&format!("Bearer {bearer}")),
+                r#"{"subject":"alice"}"#,
+            )
+            .await;
+        assert_eq!(a.status, 404);
+        assert_eq!(
+            a.body,
+            serde_json::json!({
+                "error": "admin_api_disabled",
+                "error_description": "set admin.token to enable /admin/revoke",
+            })
+        );
+    }
+    s.refresh_ok("www", &token).await;
+}
+
+#[tokio::test]
+async fn without_admin_tokens_the_admin_api_is_off() {
+    let s = Stack::start(Kind::Memory, NONE).await;
     let bearer = format!("Bearer {ADMIN_TOKEN}");
-    for (path, authorization) in [
-        ("/admin/issue", None),
-        ("/admin/revoke", Some(bearer.as_str())),
-        ("/admin", Some(bearer.as_str())),
-        ("/admin/anything", None),
+    for (path, authorization, description) in [
+        (
+            "/admin/issue",
+            None,
+            "set admin.issue_token to enable /admin/issue",
+        ),
+        (
+            "/admin/revoke",
+            Some(bearer.as_str()),
+            "set admin.token to enable /admin/revoke",
+        ),
+        (
+            "/admin",
+            Some(bearer.as_str()),
+            "set admin.token (revoke) or admin.issue_token (issue) to enable the admin API",
+        ),
+        (
+            "/admin/anything",
+            None,
+            "set admin.token (revoke) or admin.issue_token (issue) to enable the admin API",
+        ),
     ] {
         let a = s
             .admin(
@@ -235,7 +430,7 @@ async fn without_admin_token_the_admin_api_is_off() {
             a.body,
             serde_json::json!({
                 "error": "admin_api_disabled",
-                "error_description": "set admin.token to enable the admin API",
+                "error_description": description,
             })
         );
     }
@@ -244,24 +439,46 @@ async fn without_admin_token_the_admin_api_is_off() {
 }
 
 #[test]
-fn an_admin_token_shorter_than_16_characters_is_a_config_error() {
-    let text = config_text("memory://", Some("short-token-15c"), "http://127.0.0.1:9");
-    let config =
-        refresh_proxy::config::Config::from_toml_str(&text, Path::new("."), std::iter::empty())
-            .expect("the config parses");
-    let err = refresh_proxy::app::App::build(config)
-        .err()
-        .expect("App::build refuses it");
-    assert!(
-        err.to_string()
-            .starts_with("admin.token: must be at least 16 characters"),
-        "{err}"
-    );
-    // 16 is enough.
-    let text = config_text("memory://", Some("sixteen-chars-ok"), "http://127.0.0.1:9");
-    let config =
-        refresh_proxy::config::Config::from_toml_str(&text, Path::new("."), std::iter::empty())
-            .expect("the config parses");
+fn short_or_shared_admin_tokens_are_config_errors() {
+    let parse = |tokens| {
+        refresh_proxy::config::Config::from_toml_str(
+            &config_text("memory://", tokens, "http://127.0.0.1:9"),
+            Path::new("."),
+            std::iter::empty(),
+        )
+    };
+    for (tokens, message) in [
+        (
+            Tokens {
+                revoke: Some("short-token-15c"),
+                issue: None,
+            },
+            "admin.token: must be at least 16 characters",
+        ),
+        (
+            Tokens {
+                revoke: None,
+                issue: Some("short-token-15c"),
+            },
+            "admin.issue_token: must be at least 16 characters",
+        ),
+        (
+            Tokens {
+                revoke: Some(ADMIN_TOKEN),
+                issue: Some(ADMIN_TOKEN),
+            },
+            "admin.issue_token: must differ from admin.token",
+        ),
+    ] {
+        let err = parse(tokens).expect_err(message);
+        assert!(err.to_string().starts_with(message), "{err}");
+    }
+    // 16 is enough, and App::build takes it.
+    let config = parse(Tokens {
+        revoke: Some("sixteen-chars-ok"),
+        issue: Some("sixteen-chars-OK"),
+    })
+    .expect("valid");
     assert!(refresh_proxy::app::App::build(config).is_ok());
 }
 
@@ -326,7 +543,8 @@ async fn bad_admin_requests_are_400_and_say_why() {
             a.body
         );
     }
-    // A client with refresh_token_ttl = 0 gets no refresh tokens from the admin API either.
+    // A client with refresh_token_ttl = 0 gets no refresh tokens from the admin API either,
+    // allow_admin_issue or not.
     let a = s
         .post(
             "/admin/issue",
@@ -334,8 +552,14 @@ async fn bad_admin_requests_are_400_and_say_why() {
         )
         .await;
     assert_eq!(
-        (a.status, a.body["error"].as_str()),
-        (400, Some("unauthorized_client"))
+        (a.status, &a.body),
+        (
+            400,
+            &serde_json::json!({
+                "error": "unauthorized_client",
+                "error_description": "the client is not allowed to use refresh tokens",
+            })
+        )
     );
     // Bodies are read up to 64 KiB.
     let big = format!(r#"{{"subject":"{}"}}"#, "x".repeat(70 * 1024));
@@ -435,6 +659,9 @@ async fn revocation_by_family_subject_and_client(kind: Kind) {
 }
 
 both_stores!(
+    the_revoke_token_cannot_issue,
+    each_token_opens_its_own_endpoint_only,
+    only_clients_marked_allow_admin_issue_get_families,
     issued_tokens_are_refreshed_at_the_proxy,
     revocation_by_family_subject_and_client,
     the_cli_issues_tokens_the_proxy_accepts_and_revokes_them,
@@ -503,7 +730,7 @@ async fn the_cli_issues_tokens_the_proxy_accepts_and_revokes_them(kind: Kind) {
     let store = redis
         .as_ref()
         .map_or("memory://".to_owned(), RedisServer::url);
-    let proxy = ProxyProcess::spawn(&config_text(&store, Some(ADMIN_TOKEN), &echo.url()));
+    let proxy = ProxyProcess::spawn(&config_text(&store, BOTH, &echo.url()));
     proxy.wait_ready().await;
     let admin = admin_addr(&proxy);
     let out_file = support::temp_dir("issue").join("tokens.txt");
@@ -598,7 +825,7 @@ async fn the_cli_issues_tokens_the_proxy_accepts_and_revokes_them(kind: Kind) {
 #[tokio::test]
 async fn the_cli_fails_with_exit_1_and_says_why() {
     let echo = EchoServer::start().await;
-    let config = config_text("memory://", Some(ADMIN_TOKEN), &echo.url());
+    let config = config_text("memory://", BOTH, &echo.url());
 
     // Nothing listens on the admin address.
     let dir = support::temp_dir("cli");
@@ -637,18 +864,47 @@ async fn the_cli_fails_with_exit_1_and_says_why() {
     proxy.wait_ready().await;
     let admin = admin_addr(&proxy);
 
-    // The wrong token.
-    let wrong = [("REFRESH_PROXY_ADMIN__TOKEN", "not-the-proxys-admin-token")];
-    for args in [&issue[..], &["admin", "revoke", "--subject", "s"]] {
+    // The wrong token, each command with its own.
+    for (args, var, key) in [
+        (
+            &issue[..],
+            "REFRESH_PROXY_ADMIN__ISSUE_TOKEN",
+            "admin.issue_token",
+        ),
+        (
+            &["admin", "revoke", "--subject", "s"][..],
+            "REFRESH_PROXY_ADMIN__TOKEN",
+            "admin.token",
+        ),
+    ] {
+        let wrong = [(var, "not-the-proxys-admin-token")];
         let out = cli(&proxy.config_path, &admin, args, &wrong).await;
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let stderr = text(&out.stderr);
         assert!(
-            stderr.contains("admin.token does not match the running proxy's"),
+            stderr.contains(&format!("{key} does not match the running proxy's")),
             "{stderr}"
         );
         assert!(!stderr.contains("not-the-proxys-admin-token"), "{stderr}");
     }
+    // The revoke token as the CLI's issue token: its own config is refused before any request.
+    let out = cli(
+        &proxy.config_path,
+        &admin,
+        &issue,
+        &[
+            ("REFRESH_PROXY_ADMIN__ISSUE_TOKEN", ADMIN_TOKEN),
+            ("REFRESH_PROXY_ADMIN__TOKEN", ADMIN_TOKEN),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("admin.issue_token: must differ from admin.token"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stderr).contains(ADMIN_TOKEN));
 
     // What the proxy refuses is passed on: an unknown client, no refresh tokens for a client.
     let out = cli(
@@ -692,6 +948,29 @@ async fn the_cli_fails_with_exit_1_and_says_why() {
     let out = cli(
         &proxy.config_path,
         &admin,
+        &[
+            "issue",
+            "--client",
+            "plain",
+            "--subject",
+            "s",
+            "--count",
+            "5",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(
+            "400 Bad Request unauthorized_client: the client is not marked allow_admin_issue = true"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(
+        &proxy.config_path,
+        &admin,
         &["admin", "revoke", "--family", "nope"],
         &[],
     )
@@ -724,11 +1003,37 @@ async fn the_cli_fails_with_exit_1_and_says_why() {
         text(&out.stderr)
     );
 
-    // No admin.token in the CLI's config.
-    let no_token_path = dir.join("no-token.toml");
-    std::fs::write(&no_token_path, config_text("memory://", None, &echo.url()))
-        .expect("write config");
-    let out = cli(&no_token_path, &admin, &issue, &[]).await;
+    // No token for the command in the CLI's config.
+    let revoke_only_path = dir.join("revoke-only.toml");
+    std::fs::write(
+        &revoke_only_path,
+        config_text("memory://", REVOKE_ONLY, &echo.url()),
+    )
+    .expect("write config");
+    let out = cli(&revoke_only_path, &admin, &issue, &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("admin.issue_token is not set"),
+        "{}",
+        text(&out.stderr)
+    );
+    let issue_only_path = dir.join("issue-only.toml");
+    let issue_only = Tokens {
+        revoke: None,
+        issue: Some(ISSUE_TOKEN),
+    };
+    std::fs::write(
+        &issue_only_path,
+        config_text("memory://", issue_only, &echo.url()),
+    )
+    .expect("write config");
+    let out = cli(
+        &issue_only_path,
+        &admin,
+        &["admin", "revoke", "--subject", "s"],
+        &[],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("admin.token is not set"),
@@ -736,16 +1041,21 @@ async fn the_cli_fails_with_exit_1_and_says_why() {
         text(&out.stderr)
     );
 
-    // A proxy running without admin.token.
-    let off = ProxyProcess::spawn(&config_text("memory://", None, &echo.url()));
-    off.wait_ready().await;
-    let out = cli(&path, &admin_addr(&off), &issue, &[]).await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("admin API disabled"),
-        "{}",
-        text(&out.stderr)
-    );
+    // A proxy running without admin.issue_token (its /admin/issue is off), and one without
+    // any admin token.
+    for tokens in [REVOKE_ONLY, NONE] {
+        let off = ProxyProcess::spawn(&config_text("memory://", tokens, &echo.url()));
+        off.wait_ready().await;
+        let out = cli(&path, &admin_addr(&off), &issue, &[]).await;
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains(
+                "has /admin/issue disabled (404 admin_api_disabled): set admin.issue_token"
+            ),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 
     // A usage error is clap's (exit 2), never a panic.
     let out = cli(&path, &admin, &["admin", "revoke"], &[]).await;
@@ -766,4 +1076,207 @@ async fn the_cli_fails_with_exit_1_and_says_why() {
     )
     .await;
     assert_eq!(out.status.code(), Some(2));
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS on the admin listener
+// ---------------------------------------------------------------------------------------
+
+/// A self-signed certificate for 127.0.0.1 and localhost, and its key, written to `dir`.
+fn admin_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("cert");
+    let (cert_path, key_path) = (dir.join("admin-cert.pem"), dir.join("admin-key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    (cert_path, key_path)
+}
+
+/// `config_text` with the admin port on TLS.
+fn tls_config_text(cert: &Path, key: &Path, store: &str, tokens: Tokens, upstream: &str) -> String {
+    format!(
+        "[server]\nadmin_tls_cert_file = \"{}\"\nadmin_tls_key_file = \"{}\"\n{}",
+        cert.display(),
+        key.display(),
+        config_text(store, tokens, upstream)
+    )
+}
+
+#[tokio::test]
+async fn with_admin_tls_the_admin_port_speaks_https_only() {
+    let echo = EchoServer::start().await;
+    let dir = support::temp_dir("admin-tls");
+    let (cert, key) = admin_cert(&dir);
+    let proxy = TestProxy::start(&tls_config_text(
+        &cert,
+        &key,
+        "memory://",
+        BOTH,
+        &echo.url(),
+    ))
+    .await;
+    assert!(
+        proxy.admin_url.starts_with("https://127.0.0.1:"),
+        "{}",
+        proxy.admin_url
+    );
+    // Over HTTPS, verified against the admin certificate: the probes, the JWKS, the metrics.
+    proxy.wait_ready().await;
+    let https = &proxy.admin_http;
+    for path in ["/healthz", "/readyz", "/jwks", "/metrics"] {
+        let res = https
+            .get(format!("{}{path}", proxy.admin_url))
+            .send()
+            .await
+            .expect("https");
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    // The admin API, each endpoint with its token.
+    let res = https
+        .post(format!("{}/admin/issue", proxy.admin_url))
+        .bearer_auth(ISSUE_TOKEN)
+        .json(
+            &serde_json::json!({"client_id": "www", "subject": "tls", "scope": "read", "count": 2}),
+        )
+        .send()
+        .await
+        .expect("issue");
+    assert_eq!(res.status(), 200);
+    let issued: Value = res.json().await.expect("json");
+    let token = issued["refresh_tokens"][0].as_str().expect("a token");
+    let (status, body) = idp::refresh(&proxy.url, "www", SECRET, token, None).await;
+    assert_eq!(status, 200, "{body}");
+    let res = https
+        .post(format!("{}/admin/revoke", proxy.admin_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"subject": "tls"}))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(
+        res.json::<Value>().await.expect("json"),
+        serde_json::json!({"revoked": 2})
+    );
+    // Plain HTTP to the admin port gets no answer at all, with or without a token: the TLS
+    // handshake fails and the connection is closed.
+    let plain = proxy.admin_url.replacen("https://", "http://", 1);
+    for path in ["/healthz", "/admin/revoke"] {
+        let res = reqwest::Client::new()
+            .post(format!("{plain}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(r#"{"subject":"tls"}"#)
+            .send()
+            .await;
+        assert!(res.is_err(), "{path} answered over plain HTTP: {res:?}");
+    }
+    // The proxy port is not affected: still plain HTTP here.
+    let res = reqwest::get(format!("{}/anything", proxy.url))
+        .await
+        .expect("proxy port");
+    assert_eq!(res.status(), 200);
+}
+
+#[test]
+fn admin_tls_files_are_checked_at_start() {
+    let dir = support::temp_dir("admin-tls-bad");
+    let (cert, key) = admin_cert(&dir);
+    let not_pem = dir.join("not-pem.txt");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    for (cert, key, named) in [
+        (&not_pem, &key, "server.admin_tls_cert_file: "),
+        (&cert, &not_pem, "server.admin_tls_key_file: "),
+        (
+            &dir.join("missing.pem"),
+            &key,
+            "server.admin_tls_cert_file: ",
+        ),
+    ] {
+        let text = tls_config_text(cert, key, "memory://", BOTH, "http://127.0.0.1:9");
+        let config =
+            refresh_proxy::config::Config::from_toml_str(&text, Path::new("."), std::iter::empty())
+                .expect("the config parses");
+        let err = refresh_proxy::app::App::build(config)
+            .err()
+            .expect("App::build refuses it");
+        assert!(err.to_string().starts_with(named), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn the_cli_speaks_https_to_an_admin_port_with_tls() {
+    let echo = EchoServer::start().await;
+    let dir = support::temp_dir("admin-tls-cli");
+    let (cert, key) = admin_cert(&dir);
+    let proxy = ProxyProcess::spawn(&tls_config_text(
+        &cert,
+        &key,
+        "memory://",
+        BOTH,
+        &echo.url(),
+    ));
+    let https_admin = proxy.admin_url.replacen("http://", "https://", 1);
+    wait_for_status_with(
+        &admin_client(Some(&cert)),
+        &format!("{https_admin}/readyz"),
+        200,
+        std::time::Duration::from_secs(15),
+    )
+    .await;
+    let admin = admin_addr(&proxy);
+    let out = cli(
+        &proxy.config_path,
+        &admin,
+        &[
+            "issue",
+            "--client",
+            "www",
+            "--subject",
+            "tls-cli",
+            "--count",
+            "3",
+            "--out",
+            "-",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let tokens = text(&out.stdout);
+    assert_eq!(tokens.lines().count(), 3);
+    let (status, body) = idp::refresh(
+        &proxy.url,
+        "www",
+        SECRET,
+        tokens.lines().next().expect("a token"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let out = cli(
+        &proxy.config_path,
+        &admin,
+        &["admin", "revoke", "--subject", "tls-cli"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "{\"revoked\":3}\n");
+
+    // A CLI whose config has no admin TLS speaks plain HTTP to it and gets no answer.
+    let plain_config = dir.join("plain.toml");
+    std::fs::write(&plain_config, config_text("memory://", BOTH, &echo.url())).expect("write");
+    let out = cli(
+        &plain_config,
+        &admin,
+        &["admin", "revoke", "--subject", "x"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("revoke failed: the request to the admin API"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -17,6 +17,7 @@ use support::fake_idp::{FakeIdp, payload};
 use support::proxy::{ProxyProcess, TestProxy, issue};
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
+const ISSUE_TOKEN: &str = "issue-token-0123456789";
 const SECRET: &str = "Secr3t!";
 const OIDC: &str = "/.well-known/openid-configuration";
 const RFC8414: &str = "/.well-known/oauth-authorization-server";
@@ -44,8 +45,8 @@ fn rfc8414_metadata(idp: &FakeIdp, issuer: &str) -> Value {
 
 fn config_text(upstream: &str, extra_upstream: &str) -> String {
     format!(
-        "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
-         [clients.www]\nsecret = \"{SECRET}\"\n\
+        "[admin]\nissue_token = \"{ISSUE_TOKEN}\"\n\
+         [clients.www]\nsecret = \"{SECRET}\"\nallow_admin_issue = true\n\
          [upstream]\nurl = \"{upstream}\"\n{extra_upstream}"
     )
 }
@@ -83,7 +84,7 @@ async fn revocation_listed_only_in_rfc8414_metadata_revokes_proxy_tokens() {
 
         let rt = issue(
             &proxy.admin_url,
-            ADMIN_TOKEN,
+            ISSUE_TOKEN,
             json!({"client_id": "www", "subject": "alice", "scope": "read", "count": 1}),
         )
         .await

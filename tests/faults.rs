@@ -20,7 +20,7 @@ use support::load::{Load, Report, family_and_generation};
 use support::proxy::ProxyProcess;
 use support::redis::RedisServer;
 
-const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+const ISSUE_TOKEN: &str = "issue-token-for-tests-0123456789";
 const CLIENT: (&str, &str) = ("www", "Secr3t!");
 const CHAINS: usize = 50;
 /// Each chain refreshes every 250 ms: 200 refreshes a second in all.
@@ -49,9 +49,9 @@ impl Stack {
         let config = format!(
             "[store]\n{store_config}\
              [tokens]\nrefresh_token_key = \"{key}\"\nreuse_grace_period = 60\n\
-             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
+             [admin]\nissue_token = \"{ISSUE_TOKEN}\"\n\
              [log]\nlevel = \"warn\"\n\
-             [clients.www]\nsecret = \"{secret}\"\n\
+             [clients.www]\nsecret = \"{secret}\"\nallow_admin_issue = true\n\
              [upstream]\nurl = \"{upstream}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
              revocation = \"absent\"\n",
             key = support::TEST_REFRESH_KEY,
@@ -71,7 +71,7 @@ impl Stack {
     async fn issue(&self, count: usize) -> Vec<String> {
         support::proxy::issue(
             &self.proxy.admin_url,
-            ADMIN_TOKEN,
+            ISSUE_TOKEN,
             serde_json::json!({
                 "client_id": CLIENT.0, "subject": "load", "scope": "read", "count": count,
             }),

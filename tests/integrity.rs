@@ -16,7 +16,7 @@ use support::echo::EchoServer;
 use support::proxy::TestProxy;
 use support::redis::RedisServer;
 
-const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+const ISSUE_TOKEN: &str = "issue-token-for-tests-0123456789";
 const SECRET: &str = "Secr3t!";
 const PREFIX: &str = "rp:";
 
@@ -37,10 +37,11 @@ impl Stack {
         let config = format!(
             "[store]\nurl = \"{store}\"\nkey_prefix = \"{PREFIX}\"\n\
              [tokens]\nrefresh_token_key = \"{key}\"\n\
-             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
-             [clients.www]\nsecret = \"{SECRET}\"\nmay_introspect = true\n\
+             [admin]\nissue_token = \"{ISSUE_TOKEN}\"\n\
+             [clients.www]\nsecret = \"{SECRET}\"\nmay_introspect = true\nallow_admin_issue = true\n\
              [clients.op]\nsecret = \"{SECRET}\"\naccess_token_format = \"opaque\"\nmay_introspect = true\n\
-             [clients.spa]\n\
+             allow_admin_issue = true\n\
+             [clients.spa]\nallow_admin_issue = true\n\
              [upstream]\nurl = \"{upstream}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
              revocation_path = \"/revoke\"\nintrospection_path = \"/introspect\"\n",
             key = support::TEST_REFRESH_KEY,
@@ -59,7 +60,7 @@ impl Stack {
     async fn issue(&self, client_id: &str, subject: &str, scope: &str) -> String {
         let tokens = support::proxy::issue(
             &self.proxy.admin_url,
-            ADMIN_TOKEN,
+            ISSUE_TOKEN,
             serde_json::json!({"client_id": client_id, "subject": subject, "scope": scope, "count": 1}),
         )
         .await;

@@ -10,6 +10,7 @@ use support::idp::{self, CodeFlow, Idp, IdpOptions, WWW_CLIENT_ID, WWW_CLIENT_SE
 use support::proxy::ProxyProcess;
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
+const ISSUE_TOKEN: &str = "issue-token-0123456789";
 const COOKIE: &str = "session=cookie-value-that-must-not-be-logged";
 const QUERY_SECRET: &str = "query-secret-that-must-not-be-logged";
 
@@ -28,9 +29,9 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
         &config,
         format!(
             "[log]\nformat = \"json\"\nlevel = \"trace\"\n\
-             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
+             [admin]\ntoken = \"{ADMIN_TOKEN}\"\nissue_token = \"{ISSUE_TOKEN}\"\n\
              [tokens]\nrefresh_token_key = \"{key}\"\n\
-             [clients.www]\nsecret = \"Secr3t!\"\nreuse_grace_period = 0\n\
+             [clients.www]\nsecret = \"Secr3t!\"\nreuse_grace_period = 0\nallow_admin_issue = true\n\
              [clients.rs]\nsecret = \"rs-secret\"\nmay_introspect = true\n\
              [upstream]\nurl = \"{up}\"\n",
             key = support::TEST_REFRESH_KEY,
@@ -87,9 +88,10 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
         .await
         .expect("send");
     assert!(res.status().as_u16() < 500);
+    secrets.push(ISSUE_TOKEN.into());
     let issued: serde_json::Value = client
         .post(format!("{}/admin/issue", proxy.admin_url))
-        .bearer_auth(ADMIN_TOKEN)
+        .bearer_auth(ISSUE_TOKEN)
         .json(&serde_json::json!({"client_id":"www","subject":"load","scope":"read","count":2}))
         .send()
         .await

@@ -14,7 +14,7 @@ use support::idp;
 use support::proxy::TestProxy;
 use support::redis::RedisServer;
 
-const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+const ISSUE_TOKEN: &str = "issue-token-for-tests-0123456789";
 const SECRET: &str = "Secr3t!";
 const WORKERS: usize = 4;
 
@@ -35,8 +35,8 @@ impl Stack {
             "[server]\nworkers = {WORKERS}\n\
              [store]\nurl = \"{store}\"\n\
              [tokens]\nrefresh_token_key = \"{key}\"\n\
-             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
-             [clients.www]\nsecret = \"{SECRET}\"\n\
+             [admin]\nissue_token = \"{ISSUE_TOKEN}\"\n\
+             [clients.www]\nsecret = \"{SECRET}\"\nallow_admin_issue = true\n\
              [upstream]\nurl = \"{up}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
              revocation = \"absent\"\n",
             key = support::TEST_REFRESH_KEY,
@@ -55,7 +55,7 @@ impl Stack {
     async fn issue(&self, count: u64) -> Vec<String> {
         support::proxy::issue(
             &self.proxy.admin_url,
-            ADMIN_TOKEN,
+            ISSUE_TOKEN,
             serde_json::json!({"client_id": "www", "subject": "alice", "count": count}),
         )
         .await

@@ -47,6 +47,9 @@ pub enum GrantError {
     ClientAuth(#[from] ClientAuthError),
     #[error("the client may not use refresh tokens")]
     UnauthorizedClient,
+    /// `POST /admin/issue` for a client without `allow_admin_issue = true`.
+    #[error("the client is not marked allow_admin_issue")]
+    AdminIssueNotAllowed,
     #[error("invalid grant: {0}")]
     InvalidGrant(&'static str),
     #[error("the requested scope exceeds the granted scope")]
@@ -750,6 +753,10 @@ impl Engine {
 
     /// Opens `count` families for a client and subject (load-testing rigs, the admin API) and
     /// returns their refresh tokens. `issuer` is the upstream issuer (the default `aud`).
+    ///
+    /// Only for a client marked `allow_admin_issue` (checked against the clients as of now, so
+    /// a reload that takes the mark away takes effect at once); others get
+    /// [`GrantError::AdminIssueNotAllowed`], whatever else the request says.
     pub async fn issue(
         &self,
         client_id: &str,
@@ -763,6 +770,9 @@ impl Engine {
             .clients
             .get(client_id)
             .ok_or(GrantError::InvalidRequest("unknown client_id"))?;
+        if !client.allow_admin_issue {
+            return Err(GrantError::AdminIssueNotAllowed);
+        }
         let policy = &client.policy;
         if policy.refresh_token_ttl == 0 {
             return Err(GrantError::UnauthorizedClient);

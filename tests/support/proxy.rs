@@ -38,7 +38,10 @@ pub async fn issue(admin_url: &str, admin_token: &str, request: serde_json::Valu
 /// The proxy running as tasks of the test's runtime.
 pub struct TestProxy {
     pub url: String,
+    /// `https://…` when the config gives the admin port TLS (`server.admin_tls_*`).
     pub admin_url: String,
+    /// A client of the admin port: it trusts the admin certificate when there is one.
+    pub admin_http: reqwest::Client,
     pub port: u16,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Outcome>>,
@@ -55,11 +58,17 @@ impl TestProxy {
         let config =
             Config::from_toml_str(config_text, std::path::Path::new("."), std::iter::empty())
                 .expect("test config is valid");
+        let admin_http = admin_client(config.server.admin_tls_cert_file.as_deref());
+        let scheme = if config.server.admin_tls_cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let app = App::build(config).expect("app builds");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let port = listener.local_addr().expect("addr").port();
         let url = format!("http://127.0.0.1:{port}");
-        let admin_url = format!("http://{}", admin.local_addr().expect("addr"));
+        let admin_url = format!("{scheme}://{}", admin.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run(listener, admin, async move {
             let _ = rx.await;
@@ -67,6 +76,7 @@ impl TestProxy {
         TestProxy {
             url,
             admin_url,
+            admin_http,
             port,
             shutdown: Some(tx),
             task: Some(task),
@@ -75,7 +85,8 @@ impl TestProxy {
 
     /// Waits until `/readyz` answers 200 (discovery done, store reachable).
     pub async fn wait_ready(&self) {
-        wait_for_status(
+        wait_for_status_with(
+            &self.admin_http,
             &format!("{}/readyz", self.admin_url),
             200,
             Duration::from_secs(15),
@@ -121,9 +132,32 @@ impl Drop for TestProxy {
     }
 }
 
+/// A client for an admin port: trusting the certificates of `admin_tls_cert_file` when given
+/// (its HTTPS), else plain.
+pub fn admin_client(admin_tls_cert_file: Option<&std::path::Path>) -> reqwest::Client {
+    let Some(cert_file) = admin_tls_cert_file else {
+        return reqwest::Client::new();
+    };
+    let pem = std::fs::read(cert_file).expect("read the admin certificate");
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("PEM certificates");
+    reqwest::Client::builder()
+        .tls_certs_only(certs)
+        .build()
+        .expect("a TLS client")
+}
+
 /// Polls `url` until it answers `status` or `timeout` passes (then panics).
 pub async fn wait_for_status(url: &str, status: u16, timeout: Duration) {
-    let client = reqwest::Client::new();
+    wait_for_status_with(&reqwest::Client::new(), url, status, timeout).await;
+}
+
+/// [`wait_for_status`] with `client`.
+pub async fn wait_for_status_with(
+    client: &reqwest::Client,
+    url: &str,
+    status: u16,
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     loop {
         let last = match client.get(url).send().await {
