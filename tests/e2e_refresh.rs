@@ -414,7 +414,7 @@ async fn an_id_token_on_refresh_only_when_asked_and_openid(kind: Kind) {
     // tokens.id_token_signing_alg (RS256 by default), which the proxy checks at start is one
     // the IdP's discovery lists: OIDC clients refuse any other.
     assert_eq!(verified["header"]["alg"], "RS256", "the configured default");
-    let discovery = idp::discovery(&s.url()).await;
+    let discovery = idp::discovery(s.url()).await;
     let listed = discovery["id_token_signing_alg_values_supported"]
         .as_array()
         .expect("discovery lists ID-token algorithms");
