@@ -345,8 +345,10 @@ async fn shutdown_signal() {
 
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::new(&config.log.level);
+    // Colours only for a terminal: in a file or a log collector's pipe they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(std::io::stdout);
     match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

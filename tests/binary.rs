@@ -237,3 +237,39 @@ async fn fifty_megabytes_stream_each_way_without_being_held_in_memory() {
         "peak RSS grew from {baseline} KiB to {peak} KiB while streaming 2 x 50 MB"
     );
 }
+
+/// Text logs written to a file or a pipe carry no terminal colour codes (ANSI escapes): a log
+/// collector would store them as noise. They are for terminals only.
+#[tokio::test]
+async fn text_logs_to_a_file_have_no_colour_codes() {
+    let echo = EchoServer::start().await;
+    let dir = support::temp_dir("text-logs");
+    let config_path = dir.join("config.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[log]\nformat = \"text\"\nlevel = \"info\"\n{}",
+            config(&echo.url(), "")
+        ),
+    )
+    .expect("write config");
+    let log_path = dir.join("proxy.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut proxy = ProxyProcess::spawn_full(config_path, &[], support::free_port(), log.into());
+    proxy.wait_ready().await;
+    let res = reqwest::get(format!("{}/hello", proxy.url))
+        .await
+        .expect("forwarded");
+    assert_eq!(res.status(), 200);
+    proxy.signal("TERM");
+    proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits");
+    let text = std::fs::read_to_string(&log_path).expect("read log");
+    assert!(text.contains("/hello"), "the request's log line: {text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file: {text:?}"
+    );
+}
