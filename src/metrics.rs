@@ -153,10 +153,12 @@ pub enum CaptureSkip {
     Introspection,
     /// The token store failed.
     Store,
+    /// The answer is larger than the proxy reads to decide capture; it is streamed on as is.
+    TooLarge,
 }
 
 impl CaptureSkip {
-    pub const ALL: [CaptureSkip; 8] = [
+    pub const ALL: [CaptureSkip; 9] = [
         CaptureSkip::NoSubject,
         CaptureSkip::NoScope,
         CaptureSkip::SenderConstrained,
@@ -165,6 +167,7 @@ impl CaptureSkip {
         CaptureSkip::NoJwks,
         CaptureSkip::Introspection,
         CaptureSkip::Store,
+        CaptureSkip::TooLarge,
     ];
 
     pub fn label(self) -> &'static str {
@@ -177,6 +180,7 @@ impl CaptureSkip {
             CaptureSkip::NoJwks => "no_jwks",
             CaptureSkip::Introspection => "introspection",
             CaptureSkip::Store => "store",
+            CaptureSkip::TooLarge => "too_large",
         }
     }
 }
