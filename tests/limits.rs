@@ -251,7 +251,11 @@ async fn max_connections_holds_the_next_connection_until_one_closes() {
         "the upstream saw the fourth connection's request"
     );
     assert_eq!(s.metric("refresh_proxy_open_connections").await, 3);
-    assert!(s.metric("refresh_proxy_connection_limit_reached_total").await >= 1);
+    assert!(
+        s.metric("refresh_proxy_connection_limit_reached_total")
+            .await
+            >= 1
+    );
 
     // One closes: the fourth is accepted and served.
     drop(held.remove(0));
