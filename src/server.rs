@@ -86,6 +86,10 @@ pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 /// make each hold that much).
 pub const H2_MAX_SEND_BUF_SIZE: usize = 64 * 1024;
 
+/// The smallest step of an HTTP/1.1 connection's buffers: they grow up to `max_header_bytes`
+/// plus this (48 KiB with the default 32 KiB heads), at least twice this.
+pub const H1_MIN_BUF_SIZE: usize = 16 * 1024;
+
 /// Per-connection settings.
 #[derive(Debug, Clone)]
 pub struct ConnOptions {
@@ -697,6 +701,9 @@ fn http1_builder(options: &ConnOptions) -> http1::Builder {
         // The wait for the next request on a kept-alive connection is the same timer.
         .header_read_timeout(options.header_read_timeout.min(options.idle_timeout))
         .max_header_size(options.max_header_bytes)
+        // hyper's read and write buffers grow up to this (its default is about 400 KB): a
+        // head must fit; bodies are read and written through it in pieces.
+        .max_buf_size(options.max_header_bytes.max(H1_MIN_BUF_SIZE) + H1_MIN_BUF_SIZE)
         .keep_alive(true);
     b
 }

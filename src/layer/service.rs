@@ -326,6 +326,15 @@ where
     ))
 }
 
+/// What [`read_body`] has read so far.
+enum Read {
+    Nothing,
+    /// One frame, kept as it came (no copy).
+    One(Bytes),
+    /// Two frames or more, copied into one buffer.
+    Joined(bytes::BytesMut),
+}
+
 /// The whole body, at most `limit` bytes. A body that arrives in one frame (a token request
 /// nearly always does) is kept as it is, without a copy or a frame list. With a `budget`, the
 /// bytes are taken from it into `held` before they are kept: the declared length at once, else
@@ -342,8 +351,7 @@ where
     B::Error: Into<BoxError>,
 {
     let mut body = std::pin::pin!(body);
-    let mut first: Option<Bytes> = None;
-    let mut more: Option<bytes::BytesMut> = None;
+    let mut read = Read::Nothing;
     // Bytes taken from the budget so far, ahead of the frames that fill them.
     let mut taken = 0usize;
     if let (Some(budget), Some(n)) = (budget, declared) {
@@ -360,11 +368,10 @@ where
         let Ok(data) = frame.map_err(|_| Error::BodyRead)?.into_data() else {
             continue; // trailers
         };
-        // `more`, once there, holds the first frame too.
-        let len = match (&first, &more) {
-            (_, Some(joined)) => joined.len(),
-            (Some(head), None) => head.len(),
-            (None, None) => 0,
+        let len = match &read {
+            Read::Nothing => 0,
+            Read::One(first) => first.len(),
+            Read::Joined(joined) => joined.len(),
         };
         if len + data.len() > limit {
             return Err(Error::BodyTooLarge);
@@ -377,21 +384,29 @@ where
                 .ok_or(Error::BodyTooLarge)?;
             taken += more_than_taken;
         }
-        match (&first, &mut more) {
-            (None, _) => first = Some(data),
-            (Some(head), None) => {
-                let mut joined = bytes::BytesMut::with_capacity(head.len() + data.len());
-                joined.extend_from_slice(head);
+        read = match read {
+            Read::Nothing => Read::One(data),
+            Read::One(first) => {
+                // A copy from the second frame on, sized once: a frame from the server shares
+                // the connection's read buffer, which holding it would keep allocated while
+                // the rest of a slow body arrives.
+                let declared = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit));
+                let capacity = declared.clamp(first.len() + data.len(), limit);
+                let mut joined = bytes::BytesMut::with_capacity(capacity);
+                joined.extend_from_slice(&first);
                 joined.extend_from_slice(&data);
-                more = Some(joined);
+                Read::Joined(joined)
             }
-            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
-        }
+            Read::Joined(mut joined) => {
+                joined.extend_from_slice(&data);
+                Read::Joined(joined)
+            }
+        };
     }
-    Ok(match (first, more) {
-        (_, Some(joined)) => joined.freeze(),
-        (Some(one), None) => one,
-        (None, None) => Bytes::new(),
+    Ok(match read {
+        Read::Nothing => Bytes::new(),
+        Read::One(first) => first,
+        Read::Joined(joined) => joined.freeze(),
     })
 }
 
