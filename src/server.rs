@@ -34,7 +34,8 @@
 //!   answer, so the two are one timer there).
 //! - **Heads**: `server.max_header_bytes` for an HTTP/1.1 request line and headers (431
 //!   beyond; hyper also refuses more than 100 header lines with 431) and as HTTP/2's
-//!   `SETTINGS_MAX_HEADER_LIST_SIZE`.
+//!   `SETTINGS_MAX_HEADER_LIST_SIZE`. hyper's HTTP/1.1 buffers grow to at most
+//!   `max_header_bytes` + [`H1_MIN_BUF_SIZE`].
 //! - **HTTP/2**: at most `server.http2_max_concurrent_streams` streams at once (more are
 //!   refused with `REFUSED_STREAM`); [`H2_MAX_PENDING_ACCEPT_RESET_STREAMS`] streams reset by
 //!   the client before they were served and [`H2_MAX_LOCAL_ERROR_RESET_STREAMS`] streams reset by
