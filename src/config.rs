@@ -198,6 +198,7 @@ pub struct ServerConfig {
     /// `http2_keep_alive_timeout` closes it. Pings do not count as activity for `idle_timeout`.
     #[serde(default = "secs::<30>", deserialize_with = "seconds")]
     pub http2_keep_alive_interval: Duration,
+    /// An HTTP/2 connection whose PING is not answered within this is closed.
     #[serde(default = "secs::<10>", deserialize_with = "seconds")]
     pub http2_keep_alive_timeout: Duration,
     /// Bytes of token, revocation and introspection bodies held in memory at once for one

@@ -22,9 +22,9 @@
 //!
 //! - **Connections**: a [`Gate`] (`server.max_connections`) shared by the acceptor and every
 //!   worker. At the cap the acceptor stops accepting: new connections wait in the kernel's
-//!   listen backlog (and are refused by the kernel when that is full) until one closes, as
-//!   nginx does at `worker_connections`. Nothing is accepted only to be closed, so a flood costs
-//!   no accept work, and a burst just over the cap is served late rather than failed.
+//!   listen backlog (once that is full, the kernel drops further attempts, which clients
+//!   retry) until one closes. Nothing is accepted only to be closed, so a flood costs no accept
+//!   work, and a burst just over the cap is served late rather than failed.
 //! - **Idle connections** (`server.idle_timeout`): an HTTP/2 connection with no stream open for
 //!   that long gets GOAWAY and closes. hyper has no such timer, so the connection's service
 //!   counts its open streams (a request counts until its answer's body is done or dropped) and
