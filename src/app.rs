@@ -313,10 +313,10 @@ impl App {
             admin_api,
             metrics,
         } = self;
-        let options = ConnOptions {
-            header_read_timeout: config.server.header_read_timeout,
-            trusted_proxies: config.server.trusted_proxies.clone().into(),
-        };
+        let options = ConnOptions::from_config(&config.server);
+        // The proxy port's cap, across every worker; the admin port has none of its own, so
+        // probes and /metrics answer when the proxy port is full.
+        let gate = server::Gate::new(config.server.max_connections).with_metrics(metrics.clone());
 
         // The workers first: they are serving by the time discovery or the admin port says
         // the proxy is ready.
@@ -407,6 +407,7 @@ impl App {
             admin_tls,
             admin_service,
             options,
+            server::Gate::unlimited(),
             async move {
                 let _ = admin_stopped.await;
             },
@@ -429,7 +430,7 @@ impl App {
             tokio::time::sleep(deadline).await;
         };
         let serving = async move {
-            server::accept(listener, outboxes, stop_accepting).await;
+            server::accept(listener, gate, outboxes, stop_accepting).await;
             // Each worker returns once its last connection has closed (or its thread died).
             for done in finished {
                 let _ = done.await;

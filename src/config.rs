@@ -181,10 +181,51 @@ pub struct ServerConfig {
     /// connections, upstream pool and Redis connection; 0 = one per CPU core.
     #[serde(default)]
     pub workers: usize,
+    /// Open connections on the proxy port, all workers together. At the cap the proxy stops
+    /// accepting (new connections wait in the kernel's listen backlog) until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY). An
+    /// HTTP/1.1 connection's wait for its next request is also bounded by
+    /// `header_read_timeout` (hyper times the next head from the end of the previous answer).
+    #[serde(default = "secs::<60>", deserialize_with = "seconds")]
+    pub idle_timeout: Duration,
+    /// Largest request head: HTTP/1.1 request line and headers (431 beyond), HTTP/2 header list
+    /// as `SETTINGS_MAX_HEADER_LIST_SIZE` counts it.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Streams one HTTP/2 connection may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`);
+    /// more are refused with `REFUSED_STREAM`.
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 PING interval on a connection (0 = no pings); a ping unanswered within
+    /// `http2_keep_alive_timeout` closes it. Pings do not count as activity for `idle_timeout`.
+    #[serde(default = "secs::<30>", deserialize_with = "seconds")]
+    pub http2_keep_alive_interval: Duration,
+    /// An HTTP/2 connection whose PING is not answered within this is closed.
+    #[serde(default = "secs::<10>", deserialize_with = "seconds")]
+    pub http2_keep_alive_timeout: Duration,
+    /// Bytes of token, revocation and introspection bodies held in memory at once for one
+    /// HTTP/2 connection (its streams together); a body that does not fit waits for room, within
+    /// `body_read_timeout`. At least `max_body_bytes`.
+    #[serde(default = "default_max_connection_body_bytes")]
+    pub max_connection_body_bytes: usize,
 }
 
 /// The most worker threads `server.workers` may ask for.
 pub const MAX_WORKERS: usize = 1024;
+/// The most `server.max_connections` may allow.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// The longest `header_read_timeout`, `body_read_timeout`, `idle_timeout` and HTTP/2 keep-alive
+/// interval and timeout: an hour. Bounded so that no deadline computed from one can overflow.
+pub const MAX_SERVER_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The bounds of `server.max_header_bytes`.
+pub const MIN_HEADER_BYTES: usize = 4 * 1024;
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+/// The most `server.http2_max_concurrent_streams` may allow.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1000;
+/// The most `server.max_connection_body_bytes` may allow: a GiB.
+pub const MAX_CONNECTION_BODY_BYTES: usize = 1 << 30;
 
 impl ServerConfig {
     /// `server.workers` with 0 resolved to the number of CPU cores this process may use.
@@ -635,6 +676,7 @@ impl Config {
                 format_args!("must be at most {MAX_WORKERS} (0 = one per CPU core)"),
             ));
         }
+        validate_connections(&self.server)?;
         if self.server.drain_delay >= self.server.shutdown_timeout {
             return Err(ConfigError::invalid(
                 "server.drain_delay",
@@ -881,6 +923,78 @@ fn validate_store(store: &StoreConfig, url: &crate::store::StoreUrl) -> Result<(
     Ok(())
 }
 
+/// The `[server]` keys that bound connections: each within its range, so no deadline overflows
+/// and no limit is zero.
+fn validate_connections(server: &ServerConfig) -> Result<(), ConfigError> {
+    let hour = MAX_SERVER_TIMEOUT.as_secs();
+    for (key, d, zero_allowed) in [
+        (
+            "server.header_read_timeout",
+            server.header_read_timeout,
+            false,
+        ),
+        ("server.body_read_timeout", server.body_read_timeout, false),
+        ("server.idle_timeout", server.idle_timeout, false),
+        (
+            "server.http2_keep_alive_interval",
+            server.http2_keep_alive_interval,
+            true,
+        ),
+        (
+            "server.http2_keep_alive_timeout",
+            server.http2_keep_alive_timeout,
+            false,
+        ),
+    ] {
+        if d > MAX_SERVER_TIMEOUT || (d.is_zero() && !zero_allowed) {
+            let low = if zero_allowed { "0" } else { "more than 0" };
+            return Err(ConfigError::invalid(
+                key,
+                format_args!("must be {low} and at most {hour} seconds"),
+            ));
+        }
+    }
+    for (key, value, low, high) in [
+        (
+            "server.max_connections",
+            server.max_connections,
+            1,
+            MAX_CONNECTIONS,
+        ),
+        (
+            "server.max_header_bytes",
+            server.max_header_bytes,
+            MIN_HEADER_BYTES,
+            MAX_HEADER_BYTES,
+        ),
+        (
+            "server.http2_max_concurrent_streams",
+            server.http2_max_concurrent_streams as usize,
+            1,
+            MAX_CONCURRENT_STREAMS as usize,
+        ),
+        (
+            "server.max_connection_body_bytes",
+            server.max_connection_body_bytes,
+            server.max_body_bytes,
+            MAX_CONNECTION_BODY_BYTES,
+        ),
+    ] {
+        if !(low..=high).contains(&value) {
+            let at_least = if key == "server.max_connection_body_bytes" {
+                format!("server.max_body_bytes ({low})")
+            } else {
+                low.to_string()
+            };
+            return Err(ConfigError::invalid(
+                key,
+                format_args!("must be at least {at_least} and at most {high}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The longest access-token lifetime: a day (access tokens are meant to be short-lived; RFC
 /// 9700 §4.14.2 relies on it).
 pub const MAX_ACCESS_TOKEN_TTL: u64 = 86_400;
@@ -1099,6 +1213,18 @@ fn default_admin_listen() -> SocketAddr {
 }
 const fn default_max_body_bytes() -> usize {
     64 * 1024
+}
+const fn default_max_connections() -> usize {
+    10_000
+}
+const fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+const fn default_http2_max_concurrent_streams() -> u32 {
+    100
+}
+const fn default_max_connection_body_bytes() -> usize {
+    1024 * 1024
 }
 const fn default_pool_max_idle() -> usize {
     256
@@ -1536,6 +1662,64 @@ mod tests {
                 .starts_with("clients.www.allow_admin_issue:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_bounds_that_name_the_key() {
+        let c = parse(MINIMAL, &[]).expect("valid");
+        assert_eq!(c.server.max_connections, 10_000);
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.max_header_bytes, 32 * 1024);
+        assert_eq!(c.server.http2_max_concurrent_streams, 100);
+        assert_eq!(c.server.http2_keep_alive_interval, Duration::from_secs(30));
+        assert_eq!(c.server.http2_keep_alive_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.max_connection_body_bytes, 1024 * 1024);
+        let c = parse(
+            &format!(
+                "{MINIMAL}[server]\nmax_connections = 3\nidle_timeout = 0.5\n\
+                 http2_keep_alive_interval = 0\nmax_connection_body_bytes = 65536\n"
+            ),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(c.server.max_connections, 3);
+        assert_eq!(c.server.idle_timeout, Duration::from_millis(500));
+        assert!(c.server.http2_keep_alive_interval.is_zero());
+        for (extra, key) in [
+            ("max_connections = 0", "server.max_connections"),
+            ("max_connections = 1000001", "server.max_connections"),
+            ("idle_timeout = 0", "server.idle_timeout"),
+            ("idle_timeout = 3601", "server.idle_timeout"),
+            // Would overflow a deadline: every connection would panic or close at once.
+            ("header_read_timeout = 1e18", "server.header_read_timeout"),
+            ("header_read_timeout = 0", "server.header_read_timeout"),
+            ("body_read_timeout = 0", "server.body_read_timeout"),
+            (
+                "http2_keep_alive_interval = 7200",
+                "server.http2_keep_alive_interval",
+            ),
+            (
+                "http2_keep_alive_timeout = 0",
+                "server.http2_keep_alive_timeout",
+            ),
+            ("max_header_bytes = 100", "server.max_header_bytes"),
+            ("max_header_bytes = 2000000", "server.max_header_bytes"),
+            (
+                "http2_max_concurrent_streams = 0",
+                "server.http2_max_concurrent_streams",
+            ),
+            (
+                "http2_max_concurrent_streams = 5000",
+                "server.http2_max_concurrent_streams",
+            ),
+            (
+                "max_connection_body_bytes = 1024",
+                "server.max_connection_body_bytes",
+            ),
+        ] {
+            let err = parse(&format!("{MINIMAL}[server]\n{extra}\n"), &[]).expect_err(extra);
+            assert!(err.to_string().starts_with(key), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -153,10 +153,12 @@ pub enum CaptureSkip {
     Introspection,
     /// The token store failed.
     Store,
+    /// The answer is larger than the proxy reads to decide capture; it is streamed on as is.
+    TooLarge,
 }
 
 impl CaptureSkip {
-    pub const ALL: [CaptureSkip; 8] = [
+    pub const ALL: [CaptureSkip; 9] = [
         CaptureSkip::NoSubject,
         CaptureSkip::NoScope,
         CaptureSkip::SenderConstrained,
@@ -165,6 +167,7 @@ impl CaptureSkip {
         CaptureSkip::NoJwks,
         CaptureSkip::Introspection,
         CaptureSkip::Store,
+        CaptureSkip::TooLarge,
     ];
 
     pub fn label(self) -> &'static str {
@@ -177,6 +180,7 @@ impl CaptureSkip {
             CaptureSkip::NoJwks => "no_jwks",
             CaptureSkip::Introspection => "introspection",
             CaptureSkip::Store => "store",
+            CaptureSkip::TooLarge => "too_large",
         }
     }
 }
@@ -232,6 +236,10 @@ pub struct Metrics {
     upstream_latency: Histogram,
     upstream_responses: [AtomicU64; UPSTREAM_CLASSES.len()],
     in_flight: AtomicU64,
+    /// Connections open on the proxy port.
+    open_connections: AtomicU64,
+    /// Times the proxy port reached `server.max_connections` and stopped accepting.
+    pub connection_limit_reached: AtomicU64,
     pub rotations: AtomicU64,
     pub reuses: AtomicU64,
     pub grace_hits: AtomicU64,
@@ -286,6 +294,12 @@ impl Metrics {
     pub fn in_flight(self: &std::sync::Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Counts an open connection on the proxy port until the guard drops.
+    pub fn open_connection(self: &std::sync::Arc<Self>) -> OpenConnection {
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
     }
 
     /// An upstream answer passed on uncaptured, and why.
@@ -374,6 +388,13 @@ impl Metrics {
              refresh_proxy_in_flight_requests {}",
             self.in_flight.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP refresh_proxy_open_connections Connections open on the proxy port.\n\
+             # TYPE refresh_proxy_open_connections gauge\n\
+             refresh_proxy_open_connections {}",
+            self.open_connections.load(Ordering::Relaxed)
+        );
         out.push_str(
             "# HELP refresh_proxy_upstream_responses_total Upstream answers by status class (error: no answer).\n\
              # TYPE refresh_proxy_upstream_responses_total counter\n",
@@ -441,6 +462,11 @@ impl Metrics {
                 &self.store_errors,
             ),
             (
+                "connection_limit_reached",
+                "Times the proxy port reached server.max_connections and stopped accepting until a connection closed.",
+                &self.connection_limit_reached,
+            ),
+            (
                 "integrity_failures",
                 "Tokens or family records refused by an integrity check (a token not the family's, a record changed in the store).",
                 &self.integrity_failures,
@@ -476,6 +502,16 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// Decrements the open-connections gauge when dropped (the connection closed).
+#[derive(Debug)]
+pub struct OpenConnection(std::sync::Arc<Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -524,5 +560,13 @@ mod tests {
         );
         assert!(text.contains("refresh_proxy_capture_skips_total{reason=\"store\"} 0"));
         assert_eq!(m.capture_skips(), 1);
+        let m = std::sync::Arc::new(m);
+        let open = m.open_connection();
+        inc(&m.connection_limit_reached);
+        let text = m.render();
+        assert!(text.contains("refresh_proxy_open_connections 1"), "{text}");
+        assert!(text.contains("refresh_proxy_connection_limit_reached_total 1"));
+        drop(open);
+        assert!(m.render().contains("refresh_proxy_open_connections 0"));
     }
 }

@@ -143,6 +143,11 @@ fn classify(err: &Error) -> (StatusCode, ErrorCode, &'static str) {
             ErrorCode::TemporarilyUnavailable,
             "the upstream connection failed",
         ),
+        Error::Forward(ForwardError::ClientBody) => (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            "request body could not be read",
+        ),
     }
 }
 

@@ -523,6 +523,36 @@ async fn minted_access_tokens_never_default_to_the_client_as_audience(kind: Kind
     assert_eq!(minted["aud"], "https://api.configured");
 }
 
+/// An upstream answer over 1 MiB is not read whole to decide capture: it is passed on as it
+/// streams, byte for byte, and counted as `too_large` (it used to be a 502). The answer is one
+/// the proxy would capture were it smaller: only its size keeps it uncaptured.
+#[tokio::test]
+async fn an_answer_over_a_mebibyte_passes_through_uncaptured() {
+    let r = Rig::start(Kind::Memory, "").await;
+    let at = r.key.sign(&r.at_claims(json!({})));
+    r.assert_captured("small", answer(&at, json!({})), None)
+        .await;
+    let big = answer(&at, json!({"pad": "a".repeat(2 * 1024 * 1024)})).to_string();
+    for (i, streamed) in [false, true].into_iter().enumerate() {
+        if streamed {
+            r.idp.answer_raw_streamed("application/json", big.clone());
+        } else {
+            r.idp.answer_raw("application/json", big.clone());
+        }
+        let res = reqwest::Client::new()
+            .post(format!("{}/token", r.proxy.url))
+            .basic_auth(CLIENT, Some(SECRET))
+            .form(&[("grant_type", "authorization_code"), ("code", "c")])
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(res.status(), 200, "streamed: {streamed}");
+        let got = res.bytes().await.expect("body");
+        assert!(got == big.as_bytes(), "streamed: {streamed}: changed");
+        assert_eq!(r.skips("too_large").await, i as u64 + 1);
+    }
+}
+
 both_stores!(
     the_granted_scope_is_the_upstreams_not_the_clients,
     upstream_tokens_that_do_not_verify_are_not_captured,

@@ -373,6 +373,32 @@ async fn malformed_requests_get_a_400_and_a_closed_connection() {
     }
 }
 
+/// A forwarded request whose own body is malformed (a chunk size that overflows, a chunk that
+/// is not hex) fails while it streams upstream: that is the client's mistake, a 400, not the
+/// upstream's 502.
+#[tokio::test]
+async fn a_malformed_forwarded_body_is_a_400_not_a_502() {
+    let (_echo, proxy) = setup("").await;
+    let addr = format!("127.0.0.1:{}", proxy.port);
+    for body in [
+        &b"fffffffffffffffffffff\r\nx\r\n0\r\n\r\n"[..],
+        b"5\r\nhello\r\nzz\r\n",
+    ] {
+        let mut request =
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        request.extend_from_slice(body);
+        let res = raw(&addr, &request, Duration::from_secs(5)).await;
+        assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+        assert!(res.contains("\"error\":\"invalid_request\""), "{res}");
+    }
+    let ok = client()
+        .get(format!("{}/after", proxy.url))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(ok.status(), 200);
+}
+
 /// A token-endpoint body sent a byte at a time (slowloris) is cut off after
 /// `server.body_read_timeout` with a 408 and a closed connection; other clients are served
 /// meanwhile.

@@ -72,6 +72,9 @@ pin_project! {
         Inner { #[pin] body: B },
         /// An answer the proxy wrote itself (JSON).
         Local { #[pin] body: Full<Bytes> },
+        /// The inner service's answer whose first bytes the layer read (to decide capture) and
+        /// gives back, followed by the rest as it streams: an answer passed on untouched.
+        Prefixed { prefix: Option<Bytes>, body: Pin<Box<B>> },
     }
 }
 
@@ -82,6 +85,14 @@ impl<B> ResponseBody<B> {
 
     pub fn local(body: Full<Bytes>) -> Self {
         ResponseBody::Local { body }
+    }
+
+    /// `prefix`, then whatever is left of `body`.
+    pub fn prefixed(prefix: Bytes, body: Pin<Box<B>>) -> Self {
+        ResponseBody::Prefixed {
+            prefix: Some(prefix).filter(|p| !p.is_empty()),
+            body,
+        }
     }
 }
 
@@ -98,6 +109,10 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
             ResponseBodyProj::Local { body } => body
                 .poll_frame(cx)
                 .map(|f| f.map(|f| Ok(f.unwrap_or_else(|never| match never {})))),
+            ResponseBodyProj::Prefixed { prefix, body } => match prefix.take() {
+                Some(first) => Poll::Ready(Some(Ok(Frame::data(first)))),
+                None => body.as_mut().poll_frame(cx),
+            },
         }
     }
 
@@ -105,6 +120,7 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
         match self {
             ResponseBody::Inner { body } => body.is_end_stream(),
             ResponseBody::Local { body } => body.is_end_stream(),
+            ResponseBody::Prefixed { prefix, body } => prefix.is_none() && body.is_end_stream(),
         }
     }
 
@@ -112,6 +128,16 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
         match self {
             ResponseBody::Inner { body } => body.size_hint(),
             ResponseBody::Local { body } => body.size_hint(),
+            ResponseBody::Prefixed { prefix, body } => {
+                let first = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let rest = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(first));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(first));
+                }
+                hint
+            }
         }
     }
 }

@@ -35,11 +35,13 @@
 //! they are known, every request is forwarded untouched.
 
 mod body;
+mod budget;
 #[allow(clippy::module_inception)]
 mod layer;
 mod service;
 mod upstream;
 
 pub use body::{RequestBody, ResponseBody};
+pub use budget::BodyBudget;
 pub use layer::{RefreshGrantLayer, RefreshGrantLayerBuilder};
 pub use service::RefreshGrant;

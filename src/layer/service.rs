@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use tower::Service;
 
 use super::body::{RequestBody, ResponseBody};
+use super::budget::{BodyBudget, Held};
 use super::layer::Shared;
 use super::upstream;
 use crate::classify::{self, Endpoint, Form, FormError};
@@ -164,7 +165,8 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    let (req, form) = match read_form(req, &shared).await {
+    // `_held`: the connection's body budget taken by this body, given back when done.
+    let (req, form, _held) = match read_form(req, &shared).await {
         Ok(read) => read,
         Err(err) => return Ok(refused(&shared, Route::Token, err)),
     };
@@ -232,7 +234,7 @@ where
     B::Error: Into<BoxError>,
 {
     let route = route_of(endpoint);
-    let (req, form) = match read_form(req, &shared).await {
+    let (req, form, _held) = match read_form(req, &shared).await {
         Ok(read) => read,
         Err(err) => return Ok(refused(&shared, route, err)),
     };
@@ -291,11 +293,12 @@ where
     Ok(upstream::merge_jwks(res, &ours).await)
 }
 
-/// Reads a token-endpoint request: form content type, body within `limit`, a valid form.
+/// Reads a token-endpoint request: form content type, body within `limit` (and within the
+/// connection's [`BodyBudget`], when the server gave one), a valid form.
 async fn read_form<B>(
     req: Request<B>,
     shared: &Shared,
-) -> Result<(Request<RequestBody<B>>, Form), Error>
+) -> Result<(Request<RequestBody<B>>, Form, Held), Error>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -329,54 +332,101 @@ where
         return Err(Error::BodyTooLarge);
     }
     let (parts, body) = req.into_parts();
-    let bytes = tokio::time::timeout(shared.body_read_timeout, read_body(body, limit))
+    let budget = parts.extensions.get::<BodyBudget>();
+    let mut held = Held::default();
+    let read = read_body(body, limit, declared, budget, &mut held);
+    let bytes = tokio::time::timeout(shared.body_read_timeout, read)
         .await
         .map_err(|_| Error::BodyTimeout)??;
     let form = Form::parse_bytes(bytes.clone())?;
     Ok((
         Request::from_parts(parts, RequestBody::buffered(bytes)),
         form,
+        held,
     ))
 }
 
+/// What [`read_body`] has read so far.
+enum Read {
+    Nothing,
+    /// One frame, kept as it came (no copy).
+    One(Bytes),
+    /// Two frames or more, copied into one buffer.
+    Joined(bytes::BytesMut),
+}
+
 /// The whole body, at most `limit` bytes. A body that arrives in one frame (a token request
-/// nearly always does) is kept as it is, without a copy or a frame list.
-async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, Error>
+/// nearly always does) is kept as it is, without a copy or a frame list. With a `budget`, the
+/// bytes are taken from it into `held` before they are kept: the declared length at once, else
+/// each frame as it comes.
+async fn read_body<B>(
+    body: B,
+    limit: usize,
+    declared: Option<u64>,
+    budget: Option<&BodyBudget>,
+    held: &mut Held,
+) -> Result<Bytes, Error>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     let mut body = std::pin::pin!(body);
-    let mut first: Option<Bytes> = None;
-    let mut more: Option<bytes::BytesMut> = None;
-    while let Some(frame) = body.as_mut().frame().await {
+    let mut read = Read::Nothing;
+    // Bytes taken from the budget so far, ahead of the frames that fill them.
+    let mut taken = 0usize;
+    if let (Some(budget), Some(n)) = (budget, declared) {
+        // At most `limit`: a larger declared body was refused before.
+        let n = usize::try_from(n).map_err(|_| Error::BodyTooLarge)?;
+        budget.take(held, n).await.ok_or(Error::BodyTooLarge)?;
+        taken = n;
+    }
+    loop {
+        // Not `while let`: its temporaries would live across the budget's await below.
+        let Some(frame) = body.as_mut().frame().await else {
+            break;
+        };
         let Ok(data) = frame.map_err(|_| Error::BodyRead)?.into_data() else {
             continue; // trailers
         };
-        // `more`, once there, holds the first frame too.
-        let len = match (&first, &more) {
-            (_, Some(joined)) => joined.len(),
-            (Some(head), None) => head.len(),
-            (None, None) => 0,
+        let len = match &read {
+            Read::Nothing => 0,
+            Read::One(first) => first.len(),
+            Read::Joined(joined) => joined.len(),
         };
         if len + data.len() > limit {
             return Err(Error::BodyTooLarge);
         }
-        match (&first, &mut more) {
-            (None, _) => first = Some(data),
-            (Some(head), None) => {
-                let mut joined = bytes::BytesMut::with_capacity(head.len() + data.len());
-                joined.extend_from_slice(head);
-                joined.extend_from_slice(&data);
-                more = Some(joined);
-            }
-            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        if let Some(budget) = budget {
+            let more_than_taken = (len + data.len()).saturating_sub(taken);
+            budget
+                .take(held, more_than_taken)
+                .await
+                .ok_or(Error::BodyTooLarge)?;
+            taken += more_than_taken;
         }
+        read = match read {
+            Read::Nothing => Read::One(data),
+            Read::One(first) => {
+                // A copy from the second frame on, sized once: a frame from the server shares
+                // the connection's read buffer, which holding it would keep allocated while
+                // the rest of a slow body arrives.
+                let declared = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit));
+                let capacity = declared.clamp(first.len() + data.len(), limit);
+                let mut joined = bytes::BytesMut::with_capacity(capacity);
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+                Read::Joined(joined)
+            }
+            Read::Joined(mut joined) => {
+                joined.extend_from_slice(&data);
+                Read::Joined(joined)
+            }
+        };
     }
-    Ok(match (first, more) {
-        (_, Some(joined)) => joined.freeze(),
-        (Some(one), None) => one,
-        (None, None) => Bytes::new(),
+    Ok(match read {
+        Read::Nothing => Bytes::new(),
+        Read::One(first) => first,
+        Read::Joined(joined) => joined.freeze(),
     })
 }
 
@@ -396,22 +446,42 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_is_read_whole_up_to_the_limit_in_any_number_of_frames() {
-        let one = read_body(body(&[b"abcd"]), 4).await.expect("fits");
+        async fn read(chunks: &[&'static [u8]], limit: usize) -> Result<Bytes, Error> {
+            read_body(body(chunks), limit, None, None, &mut Held::default()).await
+        }
+        let one = read(&[b"abcd"], 4).await.expect("fits");
         assert_eq!(one, "abcd");
-        let many = read_body(body(&[b"ab", b"", b"c", b"d"]), 4)
+        let many = read(&[b"ab", b"", b"c", b"d"], 4)
             .await
             .expect("fits exactly");
         assert_eq!(many, "abcd");
-        assert_eq!(read_body(body(&[]), 4).await.expect("empty"), "");
+        assert_eq!(read(&[], 4).await.expect("empty"), "");
         for chunks in [
             &[&b"abcde"[..]][..],
             &[b"ab", b"cd", b"e"],
             &[b"abc", b"de"],
         ] {
-            assert!(matches!(
-                read_body(body(chunks), 4).await,
-                Err(Error::BodyTooLarge)
-            ));
+            assert!(matches!(read(chunks, 4).await, Err(Error::BodyTooLarge)));
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_takes_its_bytes_from_the_connections_budget_until_the_request_is_done() {
+        let budget = BodyBudget::new(10);
+        // Declared: taken at once, whatever the frames.
+        let mut held = Held::default();
+        let bytes = read_body(body(&[b"ab", b"cd"]), 8, Some(4), Some(&budget), &mut held)
+            .await
+            .expect("fits");
+        assert_eq!((bytes.as_ref(), budget.available()), (&b"abcd"[..], 6));
+        // Undeclared: frame by frame.
+        let mut other = Held::default();
+        read_body(body(&[b"abc", b"def"]), 8, None, Some(&budget), &mut other)
+            .await
+            .expect("fits");
+        assert_eq!(budget.available(), 0);
+        // Given back when the requests are done.
+        drop((held, other));
+        assert_eq!(budget.available(), 10);
     }
 }

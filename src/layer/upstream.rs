@@ -28,8 +28,10 @@ use crate::grant::verify::{self, Expect, KeySet, Rejected};
 use crate::metrics::CaptureSkip;
 use crate::proxy::BoxError;
 
-/// Upstream token answers, JWKS and introspection answers larger than this are not read.
-const MAX_UPSTREAM_JSON: usize = 1024 * 1024;
+/// Upstream token answers, JWKS and introspection answers larger than this are not read whole:
+/// a token answer is passed on uncaptured, as it is (`too_large`); a JWKS is not merged (502);
+/// an introspection answer is not used.
+pub(crate) const MAX_UPSTREAM_JSON: usize = 1024 * 1024;
 /// The upstream's JWKS is fetched again when a token names a `kid` it does not hold, but no
 /// sooner than this after the last fetch.
 const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
@@ -244,7 +246,45 @@ where
         .map_err(|_| "the upstream's answer could not be read (or is over 1 MiB)")
 }
 
+/// An upstream answer read up to a limit.
+enum Bounded<B> {
+    /// The whole body.
+    Whole(Bytes),
+    /// More than the limit: what was read, and the rest still to stream.
+    TooLarge(Bytes, std::pin::Pin<Box<B>>),
+    /// The body failed before its end.
+    Failed,
+}
+
+/// Reads `body` whole if it is at most `limit` bytes; else stops just past the limit and hands
+/// back what it read and the rest, so the answer can go on untouched.
+async fn read_bounded<B>(body: B, limit: usize) -> Bounded<B>
+where
+    B: Body<Data = Bytes>,
+{
+    let mut body = Box::pin(body);
+    let mut read = bytes::BytesMut::new();
+    loop {
+        // `let else`, not `match`: no body error is held across the next await.
+        let Some(frame) = body.frame().await else {
+            return Bounded::Whole(read.freeze());
+        };
+        let Ok(frame) = frame else {
+            return Bounded::Failed;
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        read.extend_from_slice(&data);
+        if read.len() > limit {
+            return Bounded::TooLarge(read.freeze(), body);
+        }
+    }
+}
+
 /// Captures a handled client's upstream answer: opens a family and swaps the refresh token.
+/// An answer larger than [`MAX_UPSTREAM_JSON`] is passed on as it is, uncaptured: the proxy
+/// holds at most that much of an answer to decide.
 pub(super) async fn capture<S, B, ResB>(
     spare: S,
     ctx: CaptureContext,
@@ -261,10 +301,35 @@ where
     if res.status() != StatusCode::OK || !is_json(&res) {
         return Ok(inner_response(res));
     }
+    let too_large = |client: &Client| {
+        tracing::warn!(
+            client_id = %client.id,
+            reason = CaptureSkip::TooLarge.label(),
+            "capture skipped: the upstream's answer is over 1 MiB; passed on as it is"
+        );
+        ctx.engine.metrics.capture_skip(CaptureSkip::TooLarge);
+    };
+    let declared = res
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_UPSTREAM_JSON as u64) {
+        too_large(&ctx.client);
+        return Ok(inner_response(res));
+    }
     let (parts, body) = res.into_parts();
-    let bytes = match read_json(body).await {
-        Ok(b) => b,
-        Err(why) => {
+    let bytes = match read_bounded(body, MAX_UPSTREAM_JSON).await {
+        Bounded::Whole(b) => b,
+        Bounded::TooLarge(read, rest) => {
+            too_large(&ctx.client);
+            return Ok(Response::from_parts(
+                parts,
+                ResponseBody::prefixed(read, rest),
+            ));
+        }
+        Bounded::Failed => {
+            let why = "the upstream's answer could not be read";
             tracing::warn!(client_id = %ctx.client.id, "capture skipped: {why}");
             return Ok(super::service::local_response(
                 crate::error::Error::Forward(crate::proxy::ForwardError::Failed(why.into())),
@@ -580,6 +645,30 @@ mod tests {
             fetched: Some(at),
             attempted: Some(at),
         }
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_handed_back_whole_read_part_first() {
+        use http_body_util::{BodyExt, StreamBody};
+        let chunks = || {
+            let frames: Vec<Result<http_body::Frame<Bytes>, BoxError>> = [&b"abc"[..], b"de", b"f"]
+                .iter()
+                .map(|c| Ok(http_body::Frame::data(Bytes::from_static(c))))
+                .collect();
+            StreamBody::new(futures_util::stream::iter(frames))
+        };
+        assert!(matches!(read_bounded(chunks(), 6).await, Bounded::Whole(b) if b == "abcdef"));
+        let Bounded::TooLarge(read, rest) = read_bounded(chunks(), 4).await else {
+            panic!("over the limit");
+        };
+        assert_eq!(read, "abcde");
+        let passed = ResponseBody::prefixed(read, rest)
+            .collect()
+            .await
+            .map_err(|_| "body")
+            .expect("streams")
+            .to_bytes();
+        assert_eq!(passed, "abcdef");
     }
 
     #[test]

@@ -62,6 +62,33 @@ pub enum ForwardError {
     Unreachable(BoxError),
     #[error("the upstream request failed: {0}")]
     Failed(BoxError),
+    /// The client's own request body failed while it was being forwarded (a malformed chunked
+    /// encoding, a connection cut mid-body): the client's mistake, not the upstream's.
+    #[error("the client's request body could not be read")]
+    ClientBody,
+}
+
+/// A client's request body error, marked on its way into the upstream request so that a
+/// failure it causes is told apart from the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed: {0}")]
+struct ClientBodyError(BoxError);
+
+impl ForwardError {
+    /// `Failed` because of the client's body: `ClientBody`.
+    fn blame(self) -> ForwardError {
+        let ForwardError::Failed(e) = &self else {
+            return self;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+        while let Some(err) = cause {
+            if err.is::<ClientBodyError>() {
+                return ForwardError::ClientBody;
+            }
+            cause = err.source();
+        }
+        self
+    }
 }
 
 /// What the server knows about the client's connection, put in each request's extensions.
@@ -238,8 +265,10 @@ impl Forward {
         req: Request<UpstreamBody>,
     ) -> Result<Response<ForwardedBody>, ForwardError> {
         let started = std::time::Instant::now();
-        let result = self.send_timed(req).await;
-        if let Some(m) = &self.inner.metrics {
+        let result = self.send_timed(req).await.map_err(ForwardError::blame);
+        if let Some(m) = &self.inner.metrics
+            && !matches!(result, Err(ForwardError::ClientBody))
+        {
             m.upstream(
                 result.as_ref().ok().map(|r| r.status().as_u16()),
                 started.elapsed(),
@@ -343,7 +372,8 @@ impl Forward {
         if let Some(host) = client_host.filter(|h| h.to_str().is_ok()) {
             append(headers, X_FORWARDED_HOST, host);
         }
-        Request::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+        let body = body.map_err(|e| Box::new(ClientBodyError(e.into())) as BoxError);
+        Request::from_parts(parts, body.boxed_unsync())
     }
 }
 

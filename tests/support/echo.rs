@@ -12,9 +12,16 @@
 //! - `/hop`: an answer carrying hop-by-hop headers that the proxy must remove;
 //! - anything else: 200 with a JSON [`Seen`] of the request (the body is hashed as it streams,
 //!   never held whole).
+//!
+//! [`EchoServer::start_recording`] also keeps every byte that reached it and the request line
+//! of every request it parsed ([`EchoServer::recorded`]): what the upstream saw, for smuggling
+//! tests.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use aws_lc_rs::digest;
@@ -63,6 +70,18 @@ pub struct EchoServer {
     task: tokio::task::JoinHandle<()>,
     /// How many `/slow` requests have arrived.
     slow: tokio::sync::watch::Receiver<u64>,
+    record: Option<Arc<Mutex<Recorded>>>,
+}
+
+/// What reached a recording echo server.
+#[derive(Debug, Default, Clone)]
+pub struct Recorded {
+    /// Every byte received, all connections in arrival order of their reads.
+    pub raw: Vec<u8>,
+    /// `METHOD target` of every request it parsed, in order.
+    pub requests: Vec<String>,
+    /// Connections accepted.
+    pub connections: usize,
 }
 
 impl EchoServer {
@@ -73,31 +92,68 @@ impl EchoServer {
         Self::serve(listener)
     }
 
+    /// An echo server that records what reaches it ([`EchoServer::recorded`]).
+    pub async fn start_recording() -> EchoServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind echo server");
+        Self::serve_with(listener, Some(Arc::default()))
+    }
+
     /// Serves on a listener the test bound (e.g. on a port reserved earlier).
     pub fn serve(listener: tokio::net::TcpListener) -> EchoServer {
+        Self::serve_with(listener, None)
+    }
+
+    fn serve_with(
+        listener: tokio::net::TcpListener,
+        record: Option<Arc<Mutex<Recorded>>>,
+    ) -> EchoServer {
         let addr = listener.local_addr().expect("local addr");
         let (slow_tx, slow) = tokio::sync::watch::channel(0u64);
         let slow_tx = std::sync::Arc::new(slow_tx);
+        let recording = record.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let slow_tx = slow_tx.clone();
+                let record = recording.clone();
+                if let Some(r) = &record {
+                    r.lock().expect("record").connections += 1;
+                }
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
+                    let seen = record.clone();
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        if let Some(r) = &seen {
+                            r.lock().expect("record").requests.push(format!(
+                                "{} {}",
+                                req.method(),
+                                req.uri()
+                            ));
+                        }
                         if req.uri().path() == "/slow" {
                             slow_tx.send_modify(|n| *n += 1);
                         }
                         handle(req, addr)
                     });
+                    let io = TokioIo::new(Recording {
+                        stream,
+                        record: record.clone(),
+                    });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection(io, service)
                         .await;
                 });
             }
         });
-        EchoServer { addr, task, slow }
+        EchoServer {
+            addr,
+            task,
+            slow,
+            record,
+        }
     }
 
     /// Returns once `n` `/slow` requests have reached this server (panics after 10 s): the
@@ -112,6 +168,58 @@ impl EchoServer {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// What reached this server so far (only when started with [`EchoServer::start_recording`]).
+    pub fn recorded(&self) -> Recorded {
+        self.record
+            .as_ref()
+            .expect("started with start_recording")
+            .lock()
+            .expect("record")
+            .clone()
+    }
+}
+
+/// A connection that appends what it reads to the record.
+struct Recording {
+    stream: tokio::net::TcpStream,
+    record: Option<Arc<Mutex<Recorded>>>,
+}
+
+impl tokio::io::AsyncRead for Recording {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(r)) = (&polled, &self.record) {
+            r.lock()
+                .expect("record")
+                .raw
+                .extend_from_slice(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Recording {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

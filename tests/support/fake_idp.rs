@@ -7,7 +7,8 @@
 //! - `GET /.well-known/openid-configuration`: issuer = [`FakeIdp::url`], and the endpoints
 //!   below on this server;
 //! - `GET /jwks`: the JWK Set set with [`FakeIdp::set_jwks`] (counted: [`FakeIdp::jwks_fetches`]);
-//! - `POST /token`: the JSON set with [`FakeIdp::answer_with`], whatever the request;
+//! - `POST /token`: the JSON set with [`FakeIdp::answer_with`], whatever the request (or the
+//!   bytes and content type set with [`FakeIdp::answer_raw`]: huge, not JSON, not UTF-8);
 //! - `POST /introspect`: the JSON set with [`FakeIdp::introspect_with`] (default
 //!   `{"active": false}`; counted: [`FakeIdp::introspections`]);
 //! - `POST /revoke`: 200 (counted: [`FakeIdp::revocations`]);
@@ -31,8 +32,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
@@ -42,6 +43,9 @@ type Body = BoxBody<Bytes, Infallible>;
 struct State {
     jwks: Value,
     token_answer: Value,
+    /// Instead of `token_answer`: a content type and body as they are, with a Content-Length
+    /// (`false`) or streamed in 64 KiB chunks without one (`true`).
+    token_raw: Option<(String, Bytes, bool)>,
     introspection: Value,
     jwks_fetches: u64,
     introspections: u64,
@@ -65,6 +69,7 @@ impl FakeIdp {
         let state = Arc::new(Mutex::new(State {
             jwks: json!({"keys": []}),
             token_answer: json!({"error": "invalid_grant"}),
+            token_raw: None,
             introspection: json!({"active": false}),
             jwks_fetches: 0,
             introspections: 0,
@@ -101,7 +106,21 @@ impl FakeIdp {
 
     /// What `POST /token` answers (HTTP 200, `application/json`).
     pub fn answer_with(&self, answer: Value) {
-        self.state.lock().expect("state").token_answer = answer;
+        let mut state = self.state.lock().expect("state");
+        state.token_answer = answer;
+        state.token_raw = None;
+    }
+
+    /// What `POST /token` answers: HTTP 200 with this content type and body, byte for byte.
+    pub fn answer_raw(&self, content_type: &str, body: impl Into<Bytes>) {
+        self.state.lock().expect("state").token_raw =
+            Some((content_type.to_owned(), body.into(), false));
+    }
+
+    /// As [`FakeIdp::answer_raw`], the body streamed in 64 KiB chunks without a Content-Length.
+    pub fn answer_raw_streamed(&self, content_type: &str, body: impl Into<Bytes>) {
+        self.state.lock().expect("state").token_raw =
+            Some((content_type.to_owned(), body.into(), true));
     }
 
     /// What `POST /introspect` answers.
@@ -181,7 +200,24 @@ async fn handle(
             state.jwks_fetches += 1;
             json_response(StatusCode::OK, &state.jwks)
         }
-        (Method::POST, "/token") => json_response(StatusCode::OK, &state.token_answer),
+        (Method::POST, "/token") => match &state.token_raw {
+            Some((content_type, body, streamed)) => {
+                let body = if *streamed {
+                    let chunks: Vec<Result<Frame<Bytes>, Infallible>> = body
+                        .chunks(64 * 1024)
+                        .map(|c| Ok(Frame::data(body.slice_ref(c))))
+                        .collect();
+                    BoxBody::new(StreamBody::new(futures_util::stream::iter(chunks)))
+                } else {
+                    Full::new(body.clone()).boxed()
+                };
+                Response::builder()
+                    .header("content-type", content_type.as_str())
+                    .body(body)
+                    .expect("valid response")
+            }
+            None => json_response(StatusCode::OK, &state.token_answer),
+        },
         (Method::POST, "/introspect") => {
             state.introspections += 1;
             json_response(StatusCode::OK, &state.introspection)

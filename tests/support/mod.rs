@@ -15,10 +15,13 @@
 //! - [`load`]: steady refresh chains and forwarded traffic for fault tests.
 //! - [`raw`]: HTTP/1.1 requests written byte for byte on a raw socket.
 //! - [`relay`]: a TCP relay to Redis that can lose an answer after Redis ran the request.
+//! - [`h2raw`]: a raw HTTP/2 client writing exact frames (stream floods, rapid reset, bad
+//!   header blocks).
 #![allow(dead_code)]
 
 pub mod echo;
 pub mod fake_idp;
+pub mod h2raw;
 pub mod idp;
 pub mod idp_py;
 pub mod jose;
