@@ -31,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+const ISSUE_TOKEN: &str = "issue-token-for-tests-0123456789";
 const SECRET: &str = "Secr3t!";
 /// How long any answer may take before the case counts as a hang.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,8 +49,8 @@ impl Stack {
         let text = format!(
             "[server]\n{server}\n\
              [tokens]\nrefresh_token_key = \"{key}\"\n\
-             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
-             [clients.www]\nsecret = \"{SECRET}\"\n\
+             [admin]\ntoken = \"{ADMIN_TOKEN}\"\nissue_token = \"{ISSUE_TOKEN}\"\n\
+             [clients.www]\nsecret = \"{SECRET}\"\nallow_admin_issue = true\n\
              [clients.rs]\nsecret = \"{SECRET}\"\nmay_introspect = true\n\
              [upstream]\nurl = \"{up}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
              revocation_path = \"/revoke\"\nintrospection_path = \"/introspect\"\n",
@@ -71,7 +72,7 @@ impl Stack {
     async fn issue(&self, count: u64) -> Vec<String> {
         support::proxy::issue(
             &self.proxy.admin_url,
-            ADMIN_TOKEN,
+            ISSUE_TOKEN,
             json!({"client_id": "www", "subject": "alice", "count": count}),
         )
         .await
@@ -886,8 +887,8 @@ async fn hostile_upstream_answers_pass_through_untouched_with_memory_bounded() {
     let idp = FakeIdp::start().await;
     let proxy = ProxyProcess::spawn(&format!(
         "[tokens]\nrefresh_token_key = \"{key}\"\n\
-         [admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
-         [clients.www]\nsecret = \"{SECRET}\"\n\
+         [admin]\ntoken = \"{ADMIN_TOKEN}\"\nissue_token = \"{ISSUE_TOKEN}\"\n\
+         [clients.www]\nsecret = \"{SECRET}\"\nallow_admin_issue = true\n\
          [upstream]\nurl = \"{up}\"\n",
         key = support::TEST_REFRESH_KEY,
         up = idp.url(),
@@ -974,7 +975,7 @@ async fn hostile_upstream_answers_pass_through_untouched_with_memory_bounded() {
     // Still serving: a refresh of a family the admin API opens.
     let rt = support::proxy::issue(
         &proxy.admin_url,
-        ADMIN_TOKEN,
+        ISSUE_TOKEN,
         json!({"client_id": "www", "subject": "alice", "count": 1}),
     )
     .await

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+const ISSUE_TOKEN: &str = "issue-token-for-tests-0123456789";
 const SECRET: &str = "Secr3t!";
 
 struct Stack {
@@ -34,8 +35,8 @@ impl Stack {
         let text = format!(
             "[server]\n{server}\n\
              [tokens]\nrefresh_token_key = \"{key}\"\n\
-             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
-             [clients.www]\nsecret = \"{SECRET}\"\n\
+             [admin]\ntoken = \"{ADMIN_TOKEN}\"\nissue_token = \"{ISSUE_TOKEN}\"\n\
+             [clients.www]\nsecret = \"{SECRET}\"\nallow_admin_issue = true\n\
              [upstream]\nurl = \"{up}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
              revocation_path = \"/revoke\"\nintrospection_path = \"/introspect\"\n",
             key = support::TEST_REFRESH_KEY,
@@ -50,7 +51,7 @@ impl Stack {
     async fn issue(&self, count: u64) -> Vec<String> {
         support::proxy::issue(
             &self.proxy.admin_url,
-            ADMIN_TOKEN,
+            ISSUE_TOKEN,
             serde_json::json!({"client_id": "www", "subject": "alice", "count": count}),
         )
         .await
