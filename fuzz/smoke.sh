@@ -4,7 +4,7 @@
 # from crates.io when missing. Without nightly, says that fuzzing was skipped and why, and
 # succeeds. A crash fails it and leaves the input under fuzz/artifacts/<target>/.
 #
-#   bash fuzz/smoke.sh            # every target, FUZZ_SECONDS (default 10) each
+#   bash fuzz/smoke.sh            # every target, FUZZ_SECONDS (default 6) each
 #   bash fuzz/smoke.sh form       # only these
 #
 # The build (libFuzzer instrumentation, no sanitizer: the crate forbids unsafe code) goes to
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-seconds="${FUZZ_SECONDS:-10}"
+seconds="${FUZZ_SECONDS:-6}"
 target_dir="${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/refresh-proxy/fuzz-target}"
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
