@@ -841,6 +841,17 @@ impl Config {
                 client.reuse_grace_period,
             )?;
         }
+        // A span field filter (`target[span{field=value}]=level`) compiles its value into a
+        // regular-expression DFA, which for some patterns takes exponential time and memory
+        // (found by fuzzing: validation, and so `check-config` and start-up, never returned).
+        // Targets, span names and levels are all the proxy's logs need.
+        if self.log.level.contains(['{', '}']) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                "span field filters ({...}) are not supported; use targets and levels (e.g. \
+                 \"refresh_proxy=debug,info\")",
+            ));
+        }
         if self
             .log
             .level
@@ -1071,7 +1082,10 @@ fn apply_env_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(
         var: var.to_owned(),
         message: message.to_owned(),
     };
-    let rest = &var[ENV_PREFIX.len()..];
+    // `load` passes only names with the prefix; a caller of `from_toml_str` may pass any.
+    let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+        return Err(env_err("does not start with REFRESH_PROXY_"));
+    };
     let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
     if path.len() < 2 || path.iter().any(String::is_empty) {
         return Err(env_err(
@@ -1177,7 +1191,18 @@ fn resolve_secret_files(
     }
     for (k, v) in table.iter_mut() {
         if let toml::Value::Table(inner) = v {
-            resolve_secret_files(inner, base, &format!("{prefix}{k}."))?;
+            let prefix = format!("{prefix}{k}.");
+            if prefix == "clients." {
+                // The keys of [clients] are client ids, not settings: a client may be called
+                // `secret_file`. Its own table is resolved as any other.
+                for (id, client) in inner.iter_mut() {
+                    if let toml::Value::Table(client) = client {
+                        resolve_secret_files(client, base, &format!("clients.{id}."))?;
+                    }
+                }
+            } else {
+                resolve_secret_files(inner, base, &prefix)?;
+            }
         }
     }
     Ok(())
@@ -1432,6 +1457,55 @@ mod tests {
     fn env_override_without_section_is_an_error() {
         let err = parse(MINIMAL, &[("REFRESH_PROXY_LISTEN", "x")]).expect_err("bad var");
         assert!(err.to_string().contains("REFRESH_PROXY_LISTEN"), "{err}");
+    }
+
+    /// Found by fuzzing (fuzz/corpus/config): a name without the prefix panicked.
+    #[test]
+    fn env_override_without_the_prefix_is_an_error() {
+        for var in [
+            "",
+            "X",
+            "REFRESH_PROXY",
+            "refresh_proxy_server__workers",
+            "é",
+        ] {
+            let err = parse(MINIMAL, &[(var, "1")]).expect_err("not an override");
+            assert!(matches!(err, ConfigError::Env { .. }), "{var:?}: {err}");
+        }
+    }
+
+    /// Found by fuzzing (fuzz/corpus/config): a field filter's value is compiled into a DFA,
+    /// exponential for patterns like this one; validation never returned.
+    #[test]
+    fn log_level_field_filters_are_refused_before_they_are_compiled() {
+        let dots = ".".repeat(40);
+        for level in [
+            format!("x[{{f=a{dots}}}]=debug"),
+            "refresh_proxy[request{method=POST}]=debug".to_owned(),
+        ] {
+            let text = format!("{MINIMAL}[log]\nlevel = \"{level}\"\n");
+            let err = parse(&text, &[]).expect_err("refused");
+            assert!(err.to_string().starts_with("log.level:"), "{err}");
+        }
+        for level in [
+            "info",
+            "refresh_proxy=debug,info",
+            "refresh_proxy[request]=trace",
+        ] {
+            let text = format!("{MINIMAL}[log]\nlevel = \"{level}\"\n");
+            parse(&text, &[]).unwrap_or_else(|e| panic!("{level}: {e}"));
+        }
+    }
+
+    /// Found by fuzzing (fuzz/corpus/basic_auth): a client id that reads like a `*_file` key
+    /// was taken for one.
+    #[test]
+    fn client_ids_are_not_secret_file_keys() {
+        for id in ["secret_file", "token_file", "refresh_token_key_files"] {
+            let text = format!("{MINIMAL}[clients.{id}]\nsecret = \"s\"\n");
+            let c = parse(&text, &[]).unwrap_or_else(|e| panic!("{id}: {e}"));
+            assert_eq!(c.clients[id].secret.as_ref().map(Secret::expose), Some("s"));
+        }
     }
 
     #[test]

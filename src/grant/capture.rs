@@ -112,7 +112,18 @@ pub fn granted_scope(answer: &Map<String, Value>, upstream: &Upstream<'_>) -> Op
 
 /// Whether the answer's tokens are bearer tokens the proxy may stand in for.
 pub fn check_token_type(answer: &Map<String, Value>) -> Result<(), Skip> {
-    match answer.get("token_type").and_then(Value::as_str) {
+    let token_type = match answer.get("token_type") {
+        None => None,
+        Some(Value::String(t)) => Some(t.as_str()),
+        // RFC 6749 §5.1: a string; anything else is an answer the proxy does not understand.
+        Some(_) => {
+            return Err((
+                CaptureSkip::UnsupportedTokenType,
+                "the upstream's answer has a token_type that is not a string",
+            ));
+        }
+    };
+    match token_type {
         None => Ok(()),
         // RFC 6749 §7.1, RFC 6750 §4: "Bearer", matched case-insensitively.
         Some(t) if t.eq_ignore_ascii_case("bearer") => Ok(()),
@@ -338,6 +349,21 @@ mod tests {
         ] {
             let got = check_token_type(&answer(json!({ "token_type": bad })));
             assert_eq!(got.map_err(|e| e.0), Err(why), "{bad}");
+        }
+        // Found by fuzzing (fuzz/corpus/capture): a token_type that is not a string was taken
+        // for none, and the answer captured.
+        for bad in [
+            json!(null),
+            json!(1),
+            json!(["DPoP"]),
+            json!({"type": "DPoP"}),
+        ] {
+            let got = check_token_type(&answer(json!({ "token_type": bad.clone() })));
+            assert_eq!(
+                got.map_err(|e| e.0),
+                Err(CaptureSkip::UnsupportedTokenType),
+                "{bad}"
+            );
         }
         assert!(is_sender_constrained(&answer(json!({"cnf":{"jkt":"x"}}))));
         assert!(!is_sender_constrained(&answer(json!({"sub":"x"}))));

@@ -393,6 +393,15 @@ fn check_claims(claims: &Map<String, Value>, expect: &Expect<'_>) -> Result<(), 
         if !ok || !azp_ok {
             return Err(Rejected::Audience);
         }
+        // OIDC Core §2: "sub REQUIRED. Subject Identifier": a string, never empty. Capture takes
+        // the family's subject from it first, and the ID tokens issued on refresh carry it.
+        if claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(Rejected::MissingClaim);
+        }
     }
     Ok(())
 }
@@ -649,6 +658,30 @@ mod tests {
                 verify(&with(extra.clone()), &keys, &expect).is_ok(),
                 "{extra}"
             );
+        }
+    }
+
+    /// Found by fuzzing (fuzz/corpus/capture): an ID token without `sub` was captured with the
+    /// access token's subject, and the ID tokens issued on refresh then had no `sub`.
+    #[test]
+    fn an_id_token_without_a_string_subject_is_refused() {
+        let key = ed();
+        let keys = set(json!({"keys": [key.jwk("k1")]}));
+        for sub in [Value::Null, json!(""), json!(42), json!(["alice"])] {
+            let mut c = claims();
+            if sub.is_null() {
+                c.as_object_mut().expect("object").remove("sub");
+            } else {
+                c["sub"] = sub.clone();
+            }
+            let token = good(&key, "k1", &c);
+            assert_eq!(
+                verify(&token, &keys, &ID),
+                Err(Rejected::MissingClaim),
+                "{sub}"
+            );
+            // An access token may leave the subject to introspection (RFC 9068 aside).
+            assert!(verify(&token, &keys, &AT).is_ok(), "{sub}");
         }
     }
 

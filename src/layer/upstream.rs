@@ -671,6 +671,19 @@ mod tests {
         assert_eq!(passed, "abcdef");
     }
 
+    /// Found by fuzzing (fuzz/corpus/capture): a captured answer is written again, and a number
+    /// in it must keep its value (serde_json's default float parsing may be one ULP off, so
+    /// that each rewrite could move it; the `float_roundtrip` feature makes parsing exact).
+    #[test]
+    fn a_rewritten_answer_keeps_every_number() {
+        let upstream = br#"{"expires_in":60077777777777777777777777777777777777777777,"g":6.007777777777777e43,"a":0.1,"b":-1.7976931348623157e308,"c":5e-324,"d":18446744073709551615,"e":-9223372036854775808,"f":2.2250738585072014e-308}"#;
+        let answer: Map<String, Value> = serde_json::from_slice(upstream).expect("JSON");
+        let rewritten: Map<String, Value> =
+            serde_json::from_slice(&json_bytes(&answer)).expect("JSON");
+        assert_eq!(rewritten, answer);
+        assert_eq!(json_bytes(&rewritten), json_bytes(&answer));
+    }
+
     #[test]
     fn a_warm_cache_is_used_and_refetches_are_rate_limited() {
         let t0 = Instant::now();
