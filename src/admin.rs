@@ -49,7 +49,7 @@
 //! `allow_admin_issue`, or with `refresh_token_ttl = 0` → 400 `unauthorized_client` (RFC 6749
 //! §5.2: the client is not authorized for this way of obtaining tokens); the store unreachable → 503
 //! `temporarily_unavailable` with `Retry-After: 1`. Grant errors are answered by
-//! [`crate::oauth::error_response`], the crate's one mapping; [`AdminError::into_response`]
+//! [`crate::error::error_response`], the crate's one mapping; [`AdminError::into_response`]
 //! adds the admin API's own few.
 //!
 //! Each action is logged on one line (what, for whom, how many, how long); never an admin
@@ -75,7 +75,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::Endpoints;
 use crate::config::{AdminConfig, ConfigError, Secret};
-use crate::grant::engine::{Engine, GrantError};
+use crate::engine::{Engine, GrantError};
 use crate::mint::refresh::FamilyId;
 use crate::oauth::json_response;
 use crate::store::{AnyStore, Revoke, TokenStore};
@@ -131,7 +131,7 @@ pub struct Admin {
     /// How long `/readyz` waits for the store's answer.
     pub store_timeout: Duration,
     /// The engine whose public keys `GET /jwks` serves (as they are after any reload).
-    pub engine: Arc<crate::grant::engine::Engine>,
+    pub engine: Arc<crate::engine::Engine>,
     /// The admin API; `None` when neither `admin.token` nor `admin.issue_token` is set.
     pub api: Option<Arc<AdminApi>>,
     /// `GET /metrics` (no token, like the probes: Prometheus scrapes it).
@@ -241,8 +241,7 @@ impl Admin {
     }
 }
 
-/// The shortest `admin.token` and `admin.issue_token` accepted: anything shorter is guessable.
-pub const MIN_TOKEN_CHARS: usize = 16;
+pub use crate::config::MIN_TOKEN_CHARS;
 /// The largest admin request body read.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The most families one `POST /admin/issue` opens.
@@ -650,7 +649,7 @@ impl AdminError {
     }
 
     /// The admin API's error → response mapping; grant and store errors go through
-    /// [`crate::oauth::error_response`].
+    /// [`crate::error::error_response`].
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let body = |error, error_description| AdminErrorBody {
             error,
@@ -700,7 +699,7 @@ impl AdminError {
                 StatusCode::BAD_REQUEST,
                 &body("invalid_request", Some(&why)),
             ),
-            AdminError::Grant(e) => crate::oauth::error_response(e.into()),
+            AdminError::Grant(e) => crate::error::error_response(e.into()),
         }
     }
 }

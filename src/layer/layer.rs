@@ -9,7 +9,7 @@ use super::service::RefreshGrant;
 use super::upstream::UpstreamKeys;
 use crate::classify::Endpoints;
 use crate::config::ConfigError;
-use crate::grant::engine::Engine;
+use crate::engine::Engine;
 use crate::metrics::{Outcome, Route};
 use http::HeaderValue;
 

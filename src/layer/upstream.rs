@@ -17,16 +17,16 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{Map, Value};
 use tower::{Service, ServiceExt};
 
-use super::body::{RequestBody, ResponseBody};
 use super::layer::Shared;
 use super::service::inner_response;
+use crate::body::{RequestBody, ResponseBody};
 use crate::classify::Form;
 use crate::client_auth::{self, Client};
+use crate::conn::BoxError;
+use crate::engine::Engine;
 use crate::grant::capture::{self, Skip};
-use crate::grant::engine::Engine;
 use crate::grant::verify::{self, Expect, KeySet, Rejected};
 use crate::metrics::CaptureSkip;
-use crate::proxy::BoxError;
 
 /// Upstream token answers, JWKS and introspection answers larger than this are not read whole:
 /// a token answer is passed on uncaptured, as it is (`too_large`); a JWKS is not merged (502);
@@ -408,7 +408,7 @@ where
     let jwt_access_token = access_token.filter(|t| verify::is_jws(t));
     let (access, id) = if jwt_access_token.is_some() || id_token.is_some() {
         let issuer = ctx.shared.issuer().to_owned();
-        let now = crate::grant::engine::now_ms() / 1000;
+        let now = crate::engine::now_ms() / 1000;
         let path = ctx.shared.endpoints.load().jwks_path.clone().ok_or((
             CaptureSkip::NoJwks,
             "the answer has JWTs and the upstream's JWKS location is not known",

@@ -2,7 +2,7 @@
 //!
 //! It knows nothing of HTTP: the layer hands it the `Authorization` header value and the parsed
 //! form, and gets back either "not mine, forward it", a [`TokenResponse`], or a [`GrantError`]
-//! that [`crate::oauth::error_response`] turns into the answer.
+//! that [`crate::error::error_response`] turns into the answer.
 //!
 //! A refresh grant is the proxy's when its `refresh_token` is one the proxy minted (checked
 //! with the server key, no store access). Then, in order: client authentication, the client's
@@ -23,16 +23,17 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::capture::Identity;
-use super::rules::{Redeem, Verdict};
-use super::scope;
 use crate::classify::Form;
 use crate::client_auth::{self, Client, ClientAuthError, Clients};
 use crate::config::AccessTokenFormat;
+use crate::grant::capture::Identity;
+use crate::grant::rules::{Redeem, Verdict};
+use crate::grant::scope;
 use crate::metrics::{Metrics, inc};
 use crate::mint::jwt::{Signer, TYP_AT_JWT, TYP_JWT};
 use crate::mint::opaque;
 use crate::mint::refresh::{FamilyId, RefreshKeys, RefreshToken, Seal};
+use crate::oauth::{Introspection, TokenResponse};
 use crate::store::{
     AnyStore, FamilyData, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, Revoke,
     StoreError, TokenFormat, TokenStore,
@@ -56,18 +57,6 @@ pub enum GrantError {
     InvalidScope,
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// RFC 6749 §5.1 successful answer. Curity always sends the first five fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TokenResponse {
-    pub access_token: String,
-    pub refresh_token: String,
-    pub scope: String,
-    pub token_type: &'static str,
-    pub expires_in: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id_token: Option<String>,
 }
 
 /// What a reload (`SIGHUP`) replaces: the clients and their secrets, and every key. Each list
@@ -904,21 +893,6 @@ enum Owned<'a> {
     },
 }
 
-/// RFC 7662 §2.2 answer for an active token.
-#[derive(Serialize)]
-struct Introspection {
-    active: bool,
-    scope: String,
-    client_id: String,
-    sub: String,
-    exp: i64,
-    iat: i64,
-    iss: String,
-    token_type: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    aud: Option<Value>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -928,21 +902,5 @@ mod tests {
         assert_eq!(splice(r#"{"a":1}"#, r#"{"b":2}"#), r#"{"a":1,"b":2}"#);
         assert_eq!(splice(r#"{"a":1}"#, "{}"), r#"{"a":1}"#);
         assert_eq!(splice(r#"{"a":1}"#, ""), r#"{"a":1}"#);
-    }
-
-    #[test]
-    fn the_token_response_pins_curitys_shape() {
-        let r = TokenResponse {
-            access_token: "at".into(),
-            refresh_token: "rt".into(),
-            scope: "read profile".into(),
-            token_type: "bearer",
-            expires_in: 300,
-            id_token: None,
-        };
-        assert_eq!(
-            serde_json::to_string(&r).expect("json"),
-            r#"{"access_token":"at","refresh_token":"rt","scope":"read profile","token_type":"bearer","expires_in":300}"#
-        );
     }
 }
