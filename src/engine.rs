@@ -97,7 +97,13 @@ pub struct Engine {
     keys: Arc<ArcSwap<Keys>>,
     access_token_ttl: u64,
     audience: Option<String>,
+    /// The wall clock in milliseconds: [`now_ms`] in production, a fixed or stepped one in tests.
+    clock: Clock,
 }
+
+/// A clock: milliseconds since the Unix epoch. A plain function pointer, so the hot path pays
+/// one indirect call and no allocation or trait object.
+pub type Clock = fn() -> i64;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -195,7 +201,14 @@ impl Engine {
             keys: Arc::new(ArcSwap::from_pointee(keys)),
             access_token_ttl,
             audience,
+            clock: now_ms,
         }
+    }
+
+    /// The same engine reading the time from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Clock) -> Engine {
+        self.clock = clock;
+        self
     }
 
     /// The clients and keys of the moment.
@@ -218,6 +231,7 @@ impl Engine {
             keys: self.keys.clone(),
             access_token_ttl: self.access_token_ttl,
             audience: self.audience.clone(),
+            clock: self.clock,
         }
     }
 
@@ -262,7 +276,7 @@ impl Engine {
             return Err(GrantError::InvalidGrant("not a proxy token"));
         };
 
-        let now = now_ms();
+        let now = (self.clock)();
         let candidate = (policy.access_token_format != AccessTokenFormat::Jwt).then(|| {
             opaque::mint(&FamilyId::parse(token.family).expect("a parsed token has a family id"))
         });
@@ -589,7 +603,7 @@ impl Engine {
             Owned::Opaque { family, digest } => {
                 let known = self
                     .store
-                    .access_token(family, digest, now_ms())
+                    .access_token(family, digest, (self.clock)())
                     .await
                     .inspect_err(|_| inc(&self.metrics.store_errors))?;
                 known.is_some().then_some(*family)
@@ -643,7 +657,7 @@ impl Engine {
             }
             .into());
         }
-        let now = now_ms();
+        let now = (self.clock)();
         let inactive = || Ok(Some(serde_json::json!({"active": false})));
         let answer = match owned {
             Owned::IdToken => return inactive(),
@@ -771,7 +785,7 @@ impl Engine {
             // With no upstream token to go by, `auto` means JWT.
             AccessTokenFormat::Jwt | AccessTokenFormat::Auto => TokenFormat::Jwt,
         };
-        let now = now_ms();
+        let now = (self.clock)();
         let expires_at_ms = now.saturating_add(secs_to_ms(policy.refresh_token_max_lifetime));
         let at_claims = serde_json::json!({"aud": self.default_audience(issuer)}).to_string();
         let scope = scope::tokens(scope).join(" ");
@@ -828,7 +842,7 @@ impl Engine {
             AccessTokenFormat::Auto if identity.upstream_jwt => TokenFormat::Jwt,
             AccessTokenFormat::Auto => TokenFormat::Opaque,
         };
-        let now = now_ms();
+        let now = (self.clock)();
         let expires_at_ms = now.saturating_add(secs_to_ms(policy.refresh_token_max_lifetime));
         let keys = self.keys();
         let id = FamilyId::random();
@@ -902,5 +916,303 @@ mod tests {
         assert_eq!(splice(r#"{"a":1}"#, r#"{"b":2}"#), r#"{"a":1,"b":2}"#);
         assert_eq!(splice(r#"{"a":1}"#, "{}"), r#"{"a":1}"#);
         assert_eq!(splice(r#"{"a":1}"#, ""), r#"{"a":1}"#);
+    }
+
+    // Engine-level verdicts on the memory store, with a clock the test moves: no IdP, no
+    // sockets. The store-level rules are tests/store_contract.rs's; these check what the
+    // engine answers for them.
+    mod verdicts {
+        use std::cell::Cell;
+
+        use http::HeaderValue;
+        use serde_json::Value;
+
+        use super::super::*;
+        use crate::classify::Form;
+
+        thread_local! {
+            static NOW: Cell<i64> = const { Cell::new(1_700_000_000_000) };
+        }
+
+        fn clock() -> i64 {
+            NOW.with(Cell::get)
+        }
+
+        fn advance_secs(secs: i64) {
+            NOW.with(|n| n.set(n.get() + secs * 1000));
+        }
+
+        const ISSUER: &str = "https://idp.example";
+
+        fn engine() -> Engine {
+            let config = crate::config::Config::from_toml_str(
+                "[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+                 [clients.www]\nsecret = \"www-secret\"\nallow_admin_issue = true\n\
+                 refresh_token_ttl = 100\nrefresh_token_max_lifetime = 1000\n\
+                 reuse_grace_period = 10\n\
+                 [clients.app]\nsecret = \"app-secret\"\nallow_admin_issue = true\n\
+                 [clients.rs]\nsecret = \"rs-secret\"\nmay_introspect = true\n",
+                std::path::Path::new("."),
+                std::iter::empty(),
+            )
+            .expect("config");
+            Engine::new(
+                AnyStore::Memory(crate::store::MemoryStore::new()),
+                crate::app::build_keys(&config).expect("keys"),
+                300,
+                None,
+            )
+            .with_clock(clock)
+        }
+
+        fn form(pairs: &[(&str, &str)]) -> Form {
+            let body: Vec<String> = pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.replace('+', "%2B").replace(' ', "+")))
+                .collect();
+            Form::parse(body.join("&").as_bytes()).expect("form")
+        }
+
+        async fn issue(engine: &Engine, client: &str, scope: &str) -> String {
+            let mut tokens = engine
+                .issue(client, "alice", scope, 1, ISSUER)
+                .await
+                .expect("issue");
+            tokens.pop().expect("one token")
+        }
+
+        async fn refresh(
+            engine: &Engine,
+            client: &str,
+            token: &str,
+            scope: Option<&str>,
+        ) -> Result<Option<TokenResponse>, GrantError> {
+            let secret = format!("{client}-secret");
+            let mut pairs = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token),
+                ("client_id", client),
+                ("client_secret", secret.as_str()),
+            ];
+            if let Some(scope) = scope {
+                pairs.push(("scope", scope));
+            }
+            engine.refresh(None, &form(&pairs), ISSUER).await
+        }
+
+        fn rotated(answer: Result<Option<TokenResponse>, GrantError>) -> TokenResponse {
+            answer.expect("answered").expect("the proxy's token")
+        }
+
+        fn invalid_grant(answer: Result<Option<TokenResponse>, GrantError>) {
+            assert!(
+                matches!(answer, Err(GrantError::InvalidGrant(_))),
+                "{answer:?}"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_refresh_rotates_and_the_new_token_refreshes() {
+            let engine = engine();
+            let first = issue(&engine, "www", "read write").await;
+            let second = rotated(refresh(&engine, "www", &first, None).await);
+            assert_ne!(second.refresh_token, first);
+            assert_eq!(second.scope, "read write");
+            assert_eq!(second.expires_in, 300);
+            let third = rotated(refresh(&engine, "www", &second.refresh_token, None).await);
+            assert_ne!(third.refresh_token, second.refresh_token);
+        }
+
+        #[tokio::test]
+        async fn a_retry_within_the_grace_period_gets_the_same_successor() {
+            let engine = engine();
+            let first = issue(&engine, "www", "read").await;
+            let a = rotated(refresh(&engine, "www", &first, None).await);
+            advance_secs(5);
+            let b = rotated(refresh(&engine, "www", &first, None).await);
+            assert_eq!(a.refresh_token, b.refresh_token);
+        }
+
+        #[tokio::test]
+        async fn reuse_after_the_grace_period_revokes_the_family() {
+            let engine = engine();
+            let first = issue(&engine, "www", "read").await;
+            let second = rotated(refresh(&engine, "www", &first, None).await);
+            advance_secs(11);
+            invalid_grant(refresh(&engine, "www", &first, None).await);
+            // The family is gone: the live token is refused too.
+            invalid_grant(refresh(&engine, "www", &second.refresh_token, None).await);
+        }
+
+        #[tokio::test]
+        async fn an_idle_token_expires() {
+            let engine = engine();
+            let first = issue(&engine, "www", "read").await;
+            advance_secs(99);
+            let second = rotated(refresh(&engine, "www", &first, None).await);
+            advance_secs(101);
+            invalid_grant(refresh(&engine, "www", &second.refresh_token, None).await);
+        }
+
+        #[tokio::test]
+        async fn a_family_expires_at_its_absolute_lifetime_however_active() {
+            let engine = engine();
+            let mut token = issue(&engine, "www", "read").await;
+            for _ in 0..10 {
+                advance_secs(90);
+                token = rotated(refresh(&engine, "www", &token, None).await).refresh_token;
+            }
+            advance_secs(90); // 990 s: still inside
+            token = rotated(refresh(&engine, "www", &token, None).await).refresh_token;
+            advance_secs(20); // 1010 s
+            invalid_grant(refresh(&engine, "www", &token, None).await);
+        }
+
+        #[tokio::test]
+        async fn another_clients_token_is_invalid_grant() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            invalid_grant(refresh(&engine, "app", &token, None).await);
+            // and the owner's token still works: a wrong client revokes nothing
+            rotated(refresh(&engine, "www", &token, None).await);
+        }
+
+        #[tokio::test]
+        async fn a_wider_scope_is_invalid_scope_and_a_narrower_one_is_granted() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read write").await;
+            let answer = refresh(&engine, "www", &token, Some("read admin")).await;
+            assert!(
+                matches!(answer, Err(GrantError::InvalidScope)),
+                "{answer:?}"
+            );
+            let narrowed = rotated(refresh(&engine, "www", &token, Some("read")).await);
+            assert_eq!(narrowed.scope, "read");
+        }
+
+        #[tokio::test]
+        async fn a_wrong_secret_is_a_client_auth_error() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            let f = form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &token),
+                ("client_id", "www"),
+                ("client_secret", "wrong"),
+            ]);
+            let answer = engine.refresh(None, &f, ISSUER).await;
+            assert!(
+                matches!(answer, Err(GrantError::ClientAuth(_))),
+                "{answer:?}"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_token_whose_tag_does_not_verify_is_not_the_proxys_and_is_forwarded() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            let mut tampered = token.clone().into_bytes();
+            // a character inside the tag (the last one may carry padding bits)
+            let at = tampered.len() - 5;
+            tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+            let tampered = String::from_utf8(tampered).expect("ascii");
+            let answer = refresh(&engine, "www", &tampered, None).await;
+            assert!(matches!(answer, Ok(None)), "{answer:?}");
+            // Not the proxy's format at all: the upstream's token, forwarded too.
+            let answer = refresh(&engine, "www", "upstream-opaque-token", None).await;
+            assert!(matches!(answer, Ok(None)), "{answer:?}");
+        }
+
+        async fn revoke(engine: &Engine, client: &str, token: &str) -> Option<()> {
+            let secret = format!("{client}-secret");
+            let f = form(&[
+                ("token", token),
+                ("client_id", client),
+                ("client_secret", &secret),
+            ]);
+            engine
+                .revoke(None, &f)
+                .await
+                .expect("revocation answers 200")
+        }
+
+        #[tokio::test]
+        async fn the_owner_revokes_its_family() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            let access = rotated(refresh(&engine, "www", &token, None).await);
+            assert_eq!(
+                revoke(&engine, "www", &access.refresh_token).await,
+                Some(())
+            );
+            invalid_grant(refresh(&engine, "www", &access.refresh_token, None).await);
+        }
+
+        #[tokio::test]
+        async fn another_client_revokes_nothing() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            // RFC 7009 §2.1: the token was not issued to this client; the answer reveals nothing.
+            let _ = revoke(&engine, "app", &token).await;
+            rotated(refresh(&engine, "www", &token, None).await);
+        }
+
+        #[tokio::test]
+        async fn an_unknown_token_is_not_the_proxys_to_revoke() {
+            let engine = engine();
+            assert_eq!(revoke(&engine, "www", "upstream-opaque-token").await, None);
+        }
+
+        #[tokio::test]
+        async fn revoking_an_access_token_revokes_its_family() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            let answer = rotated(refresh(&engine, "www", &token, None).await);
+            assert_eq!(revoke(&engine, "www", &answer.access_token).await, Some(()));
+            invalid_grant(refresh(&engine, "www", &answer.refresh_token, None).await);
+        }
+
+        async fn introspect(engine: &Engine, token: &str) -> Option<Value> {
+            let f = form(&[
+                ("token", token),
+                ("client_id", "rs"),
+                ("client_secret", "rs-secret"),
+            ]);
+            let basic: Option<&HeaderValue> = None;
+            engine
+                .introspect(basic, &f, ISSUER)
+                .await
+                .expect("answered")
+        }
+
+        #[tokio::test]
+        async fn introspection_of_live_revoked_and_expired_tokens() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            let answer = rotated(refresh(&engine, "www", &token, None).await);
+            let live = introspect(&engine, &answer.refresh_token)
+                .await
+                .expect("ours");
+            assert_eq!(live["active"], true, "{live}");
+            assert_eq!(live["client_id"], "www");
+            assert_eq!(live["scope"], "read");
+            let at = introspect(&engine, &answer.access_token)
+                .await
+                .expect("ours");
+            assert_eq!(at["active"], true, "{at}");
+            // the rotated-away token is no longer active
+            let old = introspect(&engine, &token).await.expect("ours");
+            assert_eq!(old["active"], false, "{old}");
+            advance_secs(301); // the access token's 300 s are over
+            let at = introspect(&engine, &answer.access_token)
+                .await
+                .expect("ours");
+            assert_eq!(at["active"], false, "{at}");
+            revoke(&engine, "www", &answer.refresh_token).await;
+            let gone = introspect(&engine, &answer.refresh_token)
+                .await
+                .expect("ours");
+            assert_eq!(gone["active"], false, "{gone}");
+        }
     }
 }
