@@ -13,8 +13,8 @@
 //! - [`config`]: the TOML schema, env overrides, `*_file` secrets, validation, the store URL
 //!   (`config::store_url`) and the limits it validates against.
 //! - [`layer`]: [`RefreshGrantLayer`] / [`RefreshGrant`], the middleware (it re-exports the
-//!   [`body`] types); `layer::upstream` holds capture's I/O (introspection, the upstream's
-//!   cached JWKS).
+//!   [`body`] types); `layer::capture` holds capture's I/O (introspection, the upstream's JWTs
+//!   verified), `layer::jwks` the upstream's cached JWKS and the merge of the proxy's keys.
 //! - [`body`]: the request and response body types the layer and the forwarding client share.
 //! - [`conn`]: [`conn::ClientInfo`] (what the server knows about a connection) and
 //!   [`conn::BoxError`].
@@ -41,7 +41,8 @@
 //! - [`admin`]: the admin listener: `/healthz`, `/readyz`, `/jwks`, `/metrics`, and the admin
 //!   API (revoke families; issue families for load tests), each endpoint behind its own bearer
 //!   token; HTTPS with `server.admin_tls_*`.
-//! - [`cli`]: the `issue` and `admin revoke` front ends, which call a running proxy's admin API.
+//! - [`admin_client`]: the HTTP client of the admin API, behind the `issue` and `admin revoke`
+//!   subcommands (the command line itself is `main.rs`).
 //! - [`app`]: builds all of the above from a [`config::Config`] and runs it: one
 //!   single-threaded runtime per worker thread (`server.workers`), each with its own upstream
 //!   pool and Redis connection, so a request never leaves its thread.
@@ -66,17 +67,18 @@
 //! 10. `layer`
 //! 11. `discovery`, `server`, `access_log`
 //! 12. `admin`
-//! 13. `app`, `cli`
+//! 13. `app`, `admin_client`
 //! <!-- /layers -->
 //!
 //! `main.rs` is a thin CLI: parse arguments, load config, bind, [`app::App::run`].
 
 pub mod access_log;
 pub mod admin;
+pub mod admin_client;
 pub mod app;
 pub mod body;
 pub mod classify;
-pub mod cli;
+
 pub mod client_auth;
 pub mod config;
 pub mod conn;

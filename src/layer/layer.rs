@@ -5,8 +5,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tower::Layer;
 
+use super::jwks::UpstreamKeys;
 use super::service::RefreshGrant;
-use super::upstream::UpstreamKeys;
 use crate::classify::Endpoints;
 use crate::config::ConfigError;
 use crate::engine::Engine;

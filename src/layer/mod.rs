@@ -35,10 +35,11 @@
 //! they are known, every request is forwarded untouched.
 
 mod budget;
+mod capture;
+mod jwks;
 #[allow(clippy::module_inception)]
 mod layer;
 mod service;
-mod upstream;
 
 pub use crate::body::{RequestBody, ResponseBody};
 pub use budget::BodyBudget;

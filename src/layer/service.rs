@@ -15,7 +15,7 @@ use tower::Service;
 
 use super::budget::{BodyBudget, Held};
 use super::layer::Shared;
-use super::upstream;
+use super::{capture, jwks};
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::{self, Endpoint, Form, FormError};
 use crate::conn::BoxError;
@@ -200,20 +200,20 @@ where
         }
     }
     // Not answered here: forward, and capture a handled client's new refresh token.
-    let client = upstream::handled_client(&engine, authorization.as_ref(), &form);
+    let client = capture::handled_client(&engine, authorization.as_ref(), &form);
     let spare = inner.clone();
     let res = inner.call(req).await?;
     record(forwarded(&res));
     match client {
         Some(client) => {
-            let ctx = upstream::CaptureContext {
+            let ctx = capture::CaptureContext {
                 engine,
                 shared,
                 client,
                 authorization,
                 form,
             };
-            upstream::capture(spare, ctx, res).await
+            capture::capture(spare, ctx, res).await
         }
         None => Ok(inner_response(res)),
     }
@@ -290,7 +290,7 @@ where
         .as_ref()
         .map(|e| e.keys().public_jwks())
         .unwrap_or_default();
-    Ok(upstream::merge_jwks(res, &ours).await)
+    Ok(jwks::merge_jwks(res, &ours).await)
 }
 
 /// Reads a token-endpoint request: form content type, body within `limit` (and within the
