@@ -21,12 +21,12 @@ const WORKERS: usize = 4;
 struct Stack {
     proxy: TestProxy,
     _redis: Option<RedisServer>,
-    _echo: EchoServer,
+    echo: EchoServer,
 }
 
 impl Stack {
     async fn start(kind: Kind) -> Stack {
-        let echo = EchoServer::start().await;
+        let echo = EchoServer::start_recording().await;
         let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
         let store = redis
             .as_ref()
@@ -47,7 +47,7 @@ impl Stack {
         Stack {
             proxy,
             _redis: redis,
-            _echo: echo,
+            echo,
         }
     }
 
@@ -69,18 +69,62 @@ impl Stack {
     }
 }
 
-/// A chain whose every refresh arrives on a new connection (and so on any worker) goes on, and
-/// reuse of a rotated-out token is detected whichever worker saw the rotation: every worker
-/// works on the same families.
+/// A chain refreshed in turn on connections served by different workers goes on, and reuse of a
+/// rotated-out token is detected whichever worker saw the rotation: every worker works on the
+/// same families.
+///
+/// That the connections are on different workers is shown, not assumed: the acceptor hands a
+/// new connection to the worker with the fewest open ones, so `WORKERS` connections held open
+/// at once land on `WORKERS` workers, and each worker has its own upstream pool, so one GET
+/// forwarded on each reaches the upstream on `WORKERS` distinct connections (one worker would
+/// have reused one: with `workers = 1` this test fails with 1 upstream connection, not 4).
 async fn a_chain_goes_on_whichever_worker_serves_it(kind: Kind) {
     let s = Stack::start(kind).await;
+    let clients: Vec<reqwest::Client> = (0..WORKERS)
+        .map(|_| {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("client")
+        })
+        .collect();
+    for (i, client) in clients.iter().enumerate() {
+        let res = client
+            .get(format!("{}/resource/{i}", s.proxy.url))
+            .send()
+            .await
+            .expect("forwarded");
+        assert_eq!(res.status(), 200);
+        res.bytes().await.expect("body");
+    }
+    assert_eq!(
+        s.echo.recorded().connections,
+        WORKERS,
+        "one upstream connection per worker: the {WORKERS} client connections are on {WORKERS} workers"
+    );
+
     let first = s.issue(1).await.remove(0);
     let mut rt = first.clone();
     let mut seen = HashSet::new();
-    for _ in 0..3 * WORKERS {
-        rt = s.refresh(&rt).await;
+    for round in 0..3 * WORKERS {
+        let client = &clients[round % WORKERS];
+        let res = client
+            .post(format!("{}/token", s.proxy.url))
+            .basic_auth("www", Some(SECRET))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", &rt)])
+            .send()
+            .await
+            .expect("refresh");
+        assert_eq!(res.status(), 200, "round {round}");
+        let body: serde_json::Value = res.json().await.expect("json");
+        rt = body["refresh_token"].as_str().expect("rotated").to_owned();
         assert!(seen.insert(rt.clone()), "every rotation is a new token");
     }
+    assert_eq!(
+        s.echo.recorded().connections,
+        WORKERS,
+        "the refreshes were answered by the proxy, on the same connections"
+    );
     // The first token is long rotated out: presenting it is reuse.
     let (status, body) = idp::refresh(&s.proxy.url, "www", SECRET, &first, None).await;
     assert_eq!(

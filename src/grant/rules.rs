@@ -134,7 +134,7 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
     // The token must be this family's, not one made with the server key alone: the live
     // token's secret part digests to the verifier; the previous token's successor does; a
     // token ahead of the store is checked by walking the chain (see crate::mint::refresh, and
-    // the README's "Refresh tokens" and "Security").
+    // docs/design.md §4.8 and docs/threat-model.md).
     let successor_key = r.successors.iter().position(|v| *v == state.verifier);
     let verified = if grace {
         successor_key.is_some()
