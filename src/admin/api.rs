@@ -175,22 +175,20 @@ impl AdminApi {
         }
     }
 
-    async fn revoke(&self, target: RevokeTarget) -> Result<Response<Full<Bytes>>, AdminError> {
+    async fn revoke(&self, target: Revocation) -> Result<Response<Full<Bytes>>, AdminError> {
         let started = Instant::now();
         let store = &self.engine.store;
         let revoked = match &target {
-            RevokeTarget::Family(family) => {
-                match store.revoke_family(family.as_str(), None).await {
-                    Ok(Revoke::Revoked) => 1,
-                    Ok(Revoke::NotOwner | Revoke::Unknown) => 0,
-                    Err(e) => return Err(GrantError::Store(e).into()),
-                }
-            }
-            RevokeTarget::Subject(subject) => store
+            Revocation::Family(family) => match store.revoke_family(family.as_str(), None).await {
+                Ok(Revoke::Revoked) => 1,
+                Ok(Revoke::NotOwner | Revoke::Unknown) => 0,
+                Err(e) => return Err(GrantError::Store(e).into()),
+            },
+            Revocation::Subject(subject) => store
                 .revoke_subject(subject)
                 .await
                 .map_err(GrantError::Store)?,
-            RevokeTarget::Client(client_id) => store
+            Revocation::Client(client_id) => store
                 .revoke_client(client_id)
                 .await
                 .map_err(GrantError::Store)?,
@@ -295,19 +293,19 @@ pub(super) struct RevokeBody {
 
 /// What to revoke.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum RevokeTarget {
+pub(super) enum Revocation {
     Family(FamilyId),
     Subject(String),
     Client(String),
 }
 
-impl RevokeTarget {
+impl Revocation {
     /// For the log line: which key, and its value (ids and subjects, never a token).
     fn describe(&self) -> (&'static str, &str) {
         match self {
-            RevokeTarget::Family(f) => ("family", f.as_str()),
-            RevokeTarget::Subject(s) => ("subject", s),
-            RevokeTarget::Client(c) => ("client_id", c),
+            Revocation::Family(f) => ("family", f.as_str()),
+            Revocation::Subject(s) => ("subject", s),
+            Revocation::Client(c) => ("client_id", c),
         }
     }
 }
@@ -315,20 +313,20 @@ impl RevokeTarget {
 pub(super) const REVOKE_SHAPE: &str = "the body must be a JSON object with exactly one of \
                             \"family\", \"subject\" or \"client_id\" (a non-empty string)";
 
-pub(super) fn parse_revoke(body: &[u8]) -> Result<RevokeTarget, AdminError> {
+pub(super) fn parse_revoke(body: &[u8]) -> Result<Revocation, AdminError> {
     let RevokeBody {
         family,
         subject,
         client_id,
     } = parse_json(body, REVOKE_SHAPE)?;
     let target = match (family, subject, client_id) {
-        (Some(f), None, None) => RevokeTarget::Family(FamilyId::parse(&f).ok_or_else(|| {
+        (Some(f), None, None) => Revocation::Family(FamilyId::parse(&f).ok_or_else(|| {
             AdminError::invalid(
                 "family must be a family id: the part of a refresh token before its first dot",
             )
         })?),
-        (None, Some(s), None) if !s.is_empty() => RevokeTarget::Subject(s),
-        (None, None, Some(c)) if !c.is_empty() => RevokeTarget::Client(c),
+        (None, Some(s), None) if !s.is_empty() => Revocation::Subject(s),
+        (None, None, Some(c)) if !c.is_empty() => Revocation::Client(c),
         _ => return Err(AdminError::invalid(REVOKE_SHAPE)),
     };
     Ok(target)
@@ -512,15 +510,15 @@ mod tests {
         let family = "AAAAAAAAAAAAAAAAAAAAAA";
         assert_eq!(
             parse_revoke(format!(r#"{{"family":"{family}"}}"#).as_bytes()).expect("ok"),
-            RevokeTarget::Family(FamilyId::parse(family).expect("id"))
+            Revocation::Family(FamilyId::parse(family).expect("id"))
         );
         assert_eq!(
             parse_revoke(br#"{"subject":"alice"}"#).expect("ok"),
-            RevokeTarget::Subject("alice".into())
+            Revocation::Subject("alice".into())
         );
         assert_eq!(
             parse_revoke(br#"{"client_id":"www"}"#).expect("ok"),
-            RevokeTarget::Client("www".into())
+            Revocation::Client("www".into())
         );
         for bad in [
             &br#"{}"#[..],
