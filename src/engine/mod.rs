@@ -145,7 +145,9 @@ fn secs_to_ms(secs: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
 }
 
-pub fn now_ms() -> i64 {
+/// The system clock in milliseconds since the Unix epoch: the engine's [`Clock`] unless it is
+/// given another.
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -441,7 +441,7 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
 ///
 /// One pass over the message's (few) names: nothing is hashed or allocated for a message that
 /// carries none of them, and only the names present are removed.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let connection = headers.get_all(header::CONNECTION);
     let listed = connection.iter().next().is_some();
     let mut doomed: Vec<HeaderName> = Vec::new();
