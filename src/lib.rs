@@ -24,7 +24,8 @@
 //!   upstream's JWTs at capture against a given key set and clock (`grant::verify`, pure).
 //! - [`engine`]: runs the rules over the store: refresh, revocation, introspection, admin
 //!   issue, capture's new families.
-//! - [`mint`]: refresh-token format, opaque access tokens, JWT signing and the JWKS.
+//! - [`mint`]: refresh-token format, opaque access tokens, the claims of minted tokens, JWT
+//!   signing and the JWKS.
 //! - [`oauth`]: wire types (token, error and introspection answers) and their JSON. Pure.
 //! - [`error`]: the crate's [`error::Error`] and the one mapping of every error to a response
 //!   ([`error::error_response`]); the forwarding client gets its 502/504 answers from it as a

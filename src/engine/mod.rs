@@ -18,11 +18,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::rand;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use http::HeaderValue;
-use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -37,6 +33,7 @@ use crate::grant::capture::Identity;
 use crate::grant::rules::{Redeem, Verdict};
 use crate::grant::scope;
 use crate::metrics::{Metrics, inc};
+use crate::mint::claims::{AccessClaims, IdClaims, JTI_MAX, jti_of, splice, splice_into};
 use crate::mint::jwt::{Signer, TYP_AT_JWT, TYP_JWT};
 use crate::mint::opaque;
 use crate::mint::refresh::{FamilyId, RefreshKeys, RefreshToken, Seal};
@@ -120,26 +117,6 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// RFC 9068 §2.2 access-token claims the proxy sets (carried claims are appended).
-#[derive(Serialize)]
-struct AccessClaims<'a> {
-    iss: &'a str,
-    sub: &'a str,
-    client_id: &'a str,
-    scope: &'a str,
-    iat: i64,
-    exp: i64,
-    jti: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    auth_time: Option<i64>,
-}
-
-#[derive(Serialize)]
-struct IdClaims {
-    iat: i64,
-    exp: i64,
-}
-
 /// Seconds (a TTL from config, bounded there) as milliseconds, saturating.
 fn secs_to_ms(secs: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
@@ -152,49 +129,6 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// `{…ours}` + `{…carried}` as one JSON object. Capture keeps the two key sets apart.
-fn splice(ours: &str, carried: &str) -> String {
-    let carried = carried.trim();
-    if carried.len() <= 2 {
-        return ours.to_owned();
-    }
-    let mut out = String::with_capacity(ours.len() + carried.len());
-    out.push_str(&ours[..ours.len() - 1]);
-    out.push(',');
-    out.push_str(&carried[1..]);
-    out
-}
-
-/// `{…ours}` + `{…carried}`, in place: `ours` is a serialised JSON object.
-fn splice_into(ours: &mut Vec<u8>, carried: &str) {
-    let carried = carried.trim();
-    if carried.len() <= 2 {
-        return;
-    }
-    ours.pop();
-    ours.push(b',');
-    ours.extend_from_slice(&carried.as_bytes()[1..]);
-}
-
-/// Random bytes in a `jti`: 128 bits, 22 base64url characters.
-const JTI_RANDOM_BYTES: usize = 16;
-/// The longest `jti`: a family id (22 characters, checked when its token was parsed), a dot
-/// and the random part.
-const JTI_MAX: usize = 64;
-
-/// `<family id>.<random>`, written into `buf`.
-fn jti_of<'b>(family_id: &str, buf: &'b mut [u8; JTI_MAX]) -> &'b str {
-    let mut random = [0u8; JTI_RANDOM_BYTES];
-    rand::fill(&mut random).expect("the system RNG works");
-    let head = family_id.len().min(JTI_MAX - 23);
-    buf[..head].copy_from_slice(&family_id.as_bytes()[..head]);
-    buf[head] = b'.';
-    let n = B64
-        .encode_slice(random, &mut buf[head + 1..])
-        .expect("22 characters fit");
-    std::str::from_utf8(&buf[..head + 1 + n]).expect("a family id and base64url are ASCII")
 }
 
 impl Engine {
@@ -260,15 +194,6 @@ fn sealed(keys: &Keys, mut family: NewFamily) -> NewFamily {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn splice_joins_objects() {
-        assert_eq!(splice(r#"{"a":1}"#, r#"{"b":2}"#), r#"{"a":1,"b":2}"#);
-        assert_eq!(splice(r#"{"a":1}"#, "{}"), r#"{"a":1}"#);
-        assert_eq!(splice(r#"{"a":1}"#, ""), r#"{"a":1}"#);
-    }
-
     // Engine-level verdicts on the memory store, with a clock the test moves: no IdP, no
     // sockets. The store-level rules are tests/store_contract.rs's; these check what the
     // engine answers for them.
