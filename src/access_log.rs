@@ -23,7 +23,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::proxy::ClientInfo;
+use crate::conn::ClientInfo;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

@@ -38,7 +38,7 @@ use crate::admin::{Admin, AdminApi, IssuerSource, Readiness, WorkerStore};
 use crate::classify::Endpoints;
 use crate::client_auth::Clients;
 use crate::config::{Config, ConfigError};
-use crate::grant::engine::{Engine, Keys};
+use crate::engine::{Engine, Keys};
 use crate::layer::RefreshGrantLayer;
 use crate::mint::jwt::Signer;
 use crate::mint::refresh::{RefreshKeys, RefreshTokenKey};
@@ -227,7 +227,8 @@ impl App {
         let endpoints = Arc::new(ArcSwap::from_pointee(Endpoints::default()));
         let store = AnyStore::open(&config.store)?;
         let engine = Arc::new(build_engine(&config, store.clone())?);
-        let forward = Forward::new(&config.upstream)?.with_metrics(engine.metrics.clone());
+        let forward = Forward::new(&config.upstream, crate::error::gateway_answer)?
+            .with_metrics(engine.metrics.clone());
         let mut layer = RefreshGrantLayer::builder()
             .shared_endpoints(endpoints.clone())
             .max_body_bytes(config.server.max_body_bytes)?

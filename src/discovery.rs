@@ -34,7 +34,8 @@ use serde::Deserialize;
 
 use crate::classify::Endpoints;
 use crate::config::{RevocationMode, UpstreamConfig};
-use crate::proxy::{BoxError, Forward};
+use crate::conn::BoxError;
+use crate::proxy::Forward;
 
 /// The OIDC discovery document path, appended to the upstream URL.
 pub const WELL_KNOWN: &str = "/.well-known/openid-configuration";

@@ -1,15 +1,15 @@
 //! The `refresh-proxy` binary: arguments → config → bind → [`refresh_proxy::app::App::run`].
 //!
 //! `issue` and `admin revoke` are clients of a running proxy's admin API
-//! ([`refresh_proxy::cli`]): they read the same config to find it and its token.
+//! ([`refresh_proxy::admin_client`]): they read the same config to find it and its token.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use refresh_proxy::admin::Endpoint;
+use refresh_proxy::admin_client::{self, AdminClient, IssueJob, RevokeTarget};
 use refresh_proxy::app::{App, Outcome};
-use refresh_proxy::cli::{self, AdminClient, IssueJob, RevokeTarget};
 use refresh_proxy::config::{Config, LogFormat};
 use tokio::net::TcpListener;
 
@@ -154,7 +154,7 @@ fn issue(config: &Config, config_path: &Path, args: IssueArgs) -> ExitCode {
         count: args.count,
         out: args.out,
     };
-    match runtime.block_on(cli::issue(&client, &job)) {
+    match runtime.block_on(admin_client::issue(&client, &job)) {
         Ok(elapsed) => {
             eprintln!(
                 "issued {} refresh tokens for client {} in {:.2}s",

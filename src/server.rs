@@ -72,9 +72,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tower::{Service, ServiceExt};
 
 use crate::config::ServerConfig;
+use crate::conn::{BoxError, ClientInfo};
 use crate::layer::BodyBudget;
 use crate::metrics::Metrics;
-use crate::proxy::{BoxError, ClientInfo};
 
 /// HTTP/2 streams a client may reset before the proxy served them, after which the connection
 /// gets GOAWAY (the `h2` crate's own default, set here so it cannot change under us).

@@ -1,6 +1,6 @@
 //! Verifying the upstream's JWTs at capture: JWS compact serialization (RFC 7515) against the
 //! upstream's JWK Set (RFC 7517), then the claims (RFC 7519, OIDC Core §3.1.3.7). Pure: the key
-//! set and the clock are given; fetching and caching the key set is `layer::upstream`'s.
+//! set and the clock are given; fetching and caching the key set is `layer::jwks`'s.
 //!
 //! Only asymmetric algorithms are accepted: RS256/384/512, PS256/384/512, ES256, ES384 and
 //! EdDSA (Ed25519). `none` and HS* never verify, whatever the key set holds, and symmetric

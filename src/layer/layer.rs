@@ -5,11 +5,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tower::Layer;
 
+use super::jwks::UpstreamKeys;
 use super::service::RefreshGrant;
-use super::upstream::UpstreamKeys;
 use crate::classify::Endpoints;
 use crate::config::ConfigError;
-use crate::grant::engine::Engine;
+use crate::engine::Engine;
 use crate::metrics::{Outcome, Route};
 use http::HeaderValue;
 

@@ -34,14 +34,14 @@
 //! Caveat: endpoint paths may be swapped at run time (discovery finishes after start-up); until
 //! they are known, every request is forwarded untouched.
 
-mod body;
 mod budget;
+mod capture;
+mod jwks;
 #[allow(clippy::module_inception)]
 mod layer;
 mod service;
-mod upstream;
 
-pub use body::{RequestBody, ResponseBody};
+pub use crate::body::{RequestBody, ResponseBody};
 pub use budget::BodyBudget;
 pub use layer::{RefreshGrantLayer, RefreshGrantLayerBuilder};
 pub use service::RefreshGrant;

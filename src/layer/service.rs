@@ -13,15 +13,15 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tower::Service;
 
-use super::body::{RequestBody, ResponseBody};
 use super::budget::{BodyBudget, Held};
 use super::layer::Shared;
-use super::upstream;
+use super::{capture, jwks};
+use crate::body::{RequestBody, ResponseBody};
 use crate::classify::{self, Endpoint, Form, FormError};
+use crate::conn::BoxError;
 use crate::error::Error;
 use crate::metrics::{Grant, Outcome, Route};
 use crate::oauth;
-use crate::proxy::BoxError;
 
 /// The middleware; see the [module docs](crate::layer).
 #[derive(Debug, Clone)]
@@ -130,14 +130,14 @@ fn route_of(endpoint: Endpoint) -> Route {
 /// A forwarded answer's outcome: the forwarding service marks its own 502/504 answers.
 pub(super) fn forwarded<B>(res: &Response<B>) -> Outcome {
     match res.extensions().get::<Arc<Error>>() {
-        Some(err) => oauth::outcome_of(err),
+        Some(err) => crate::error::outcome_of(err),
         None => Outcome::Forwarded,
     }
 }
 
 /// The outcome and the local answer for an error the layer answers itself.
 fn refused<B>(shared: &Shared, route: Route, err: Error) -> Response<ResponseBody<B>> {
-    shared.record(route, oauth::outcome_of(&err));
+    shared.record(route, crate::error::outcome_of(&err));
     local_response(err)
 }
 
@@ -146,7 +146,7 @@ pub(super) fn inner_response<B>(res: Response<B>) -> Response<ResponseBody<B>> {
 }
 
 pub(super) fn local_response<B>(err: Error) -> Response<ResponseBody<B>> {
-    oauth::error_response(err).map(ResponseBody::local)
+    crate::error::error_response(err).map(ResponseBody::local)
 }
 
 /// The token endpoint: refresh grants the proxy owns are answered here; everything else goes
@@ -193,27 +193,27 @@ where
             }
             Err(err) => {
                 let err = Error::Grant(err);
-                record(oauth::outcome_of(&err));
+                record(crate::error::outcome_of(&err));
                 return Ok(local_response(err));
             }
             Ok(None) => {}
         }
     }
     // Not answered here: forward, and capture a handled client's new refresh token.
-    let client = upstream::handled_client(&engine, authorization.as_ref(), &form);
+    let client = capture::handled_client(&engine, authorization.as_ref(), &form);
     let spare = inner.clone();
     let res = inner.call(req).await?;
     record(forwarded(&res));
     match client {
         Some(client) => {
-            let ctx = upstream::CaptureContext {
+            let ctx = capture::CaptureContext {
                 engine,
                 shared,
                 client,
                 authorization,
                 form,
             };
-            upstream::capture(spare, ctx, res).await
+            capture::capture(spare, ctx, res).await
         }
         None => Ok(inner_response(res)),
     }
@@ -290,7 +290,7 @@ where
         .as_ref()
         .map(|e| e.keys().public_jwks())
         .unwrap_or_default();
-    Ok(upstream::merge_jwks(res, &ours).await)
+    Ok(jwks::merge_jwks(res, &ours).await)
 }
 
 /// Reads a token-endpoint request: form content type, body within `limit` (and within the

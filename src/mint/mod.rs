@@ -1,5 +1,7 @@
-//! Minting: refresh tokens, access tokens (JWT and opaque), signing keys and the JWKS.
+//! Minting: refresh tokens, access tokens (JWT and opaque) and their claims, signing keys and
+//! the JWKS.
 
+pub(crate) mod claims;
 pub mod jwt;
 pub mod opaque;
 pub mod refresh;

@@ -165,8 +165,8 @@ fn is_b64url(b: u8) -> bool {
 
 /// Characters of a key id: 24 bits of the key's own derivation, base64url.
 pub const KID_CHARS: usize = 4;
-/// The most refresh-token keys a ring may hold (the current one and those still accepted).
-pub const MAX_KEYS: usize = 4;
+/// The most refresh-token keys a ring may hold ([`crate::config::MAX_REFRESH_KEYS`]).
+pub use crate::config::MAX_REFRESH_KEYS as MAX_KEYS;
 
 /// One server key refresh tokens are derived and checked with.
 pub struct RefreshTokenKey {

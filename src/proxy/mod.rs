@@ -13,12 +13,12 @@
 //!
 //! Redirects and 4xx/5xx answers come back as they are. When the upstream cannot be reached the
 //! answer is a 502, when its response head does not arrive within `request_timeout` a 504, both
-//! with a JSON body ([`crate::oauth::error_response`]).
+//! with a JSON body (the [`GatewayAnswer`] it is given: [`crate::error::gateway_answer`]).
 //!
 //! Caveat: protocol upgrades (WebSocket) are not forwarded; an IdP does not need them.
 
 use std::future::Future;
-use std::net::SocketAddr;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,8 +29,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body::Body;
-use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -38,17 +38,18 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 
+#[cfg(test)]
+use crate::conn::ip_value;
+pub use crate::conn::{BoxError, ClientInfo};
+
+use crate::body::ResponseBody;
 use crate::config::{ConfigError, UpstreamConfig};
-use crate::error::Error;
-use crate::layer::ResponseBody;
 use crate::metrics::Metrics;
-use crate::oauth;
 
 mod pool;
 
 pub use pool::PooledBody;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type the upstream client sends.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
@@ -91,36 +92,6 @@ impl ForwardError {
     }
 }
 
-/// What the server knows about the client's connection, put in each request's extensions.
-/// Without it (the layer used in another server), `X-Forwarded-For/Proto` are not added.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    pub remote: SocketAddr,
-    pub tls: bool,
-    /// The peer is in `server.trusted_proxies`: its `X-Forwarded-*` and `Forwarded` headers
-    /// are kept and this hop is appended; from any other peer they are replaced.
-    pub trusted: bool,
-    /// The remote address as this hop's `X-Forwarded-For` entry, formatted once per connection.
-    forwarded_for: HeaderValue,
-}
-
-impl ClientInfo {
-    pub fn new(remote: SocketAddr, tls: bool) -> ClientInfo {
-        ClientInfo {
-            remote,
-            tls,
-            trusted: false,
-            forwarded_for: ip_value(remote.ip()),
-        }
-    }
-
-    /// The same, with the peer trusted (or not) to say what earlier hops saw.
-    pub fn trusted(mut self, trusted: bool) -> ClientInfo {
-        self.trusted = trusted;
-        self
-    }
-}
-
 /// The forwarding service. Cheap to clone: clones share one connection pool.
 #[derive(Clone)]
 pub struct Forward {
@@ -142,7 +113,13 @@ struct Inner {
     request_timeout: Duration,
     preserve_host: bool,
     metrics: Option<Arc<Metrics>>,
+    gateway: GatewayAnswer,
 }
+
+/// How a forwarding failure is answered: the crate's one error mapping
+/// ([`crate::error::gateway_answer`]), given by whoever builds the [`Forward`] service so that
+/// the forwarding client depends on no module above it.
+pub type GatewayAnswer = fn(ForwardError) -> Response<Full<Bytes>>;
 
 impl std::fmt::Debug for Forward {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,7 +130,7 @@ impl std::fmt::Debug for Forward {
 }
 
 impl Forward {
-    pub fn new(config: &UpstreamConfig) -> Result<Forward, ConfigError> {
+    pub fn new(config: &UpstreamConfig, gateway: GatewayAnswer) -> Result<Forward, ConfigError> {
         let uri: Uri = config
             .url
             .parse()
@@ -217,6 +194,7 @@ impl Forward {
             request_timeout: config.request_timeout,
             preserve_host: config.preserve_host,
             metrics: None,
+            gateway,
         };
         Ok(Forward {
             inner: Arc::new(inner),
@@ -244,6 +222,7 @@ impl Forward {
             request_timeout: i.request_timeout,
             preserve_host: i.preserve_host,
             metrics: i.metrics.clone(),
+            gateway: i.gateway,
         };
         Forward {
             inner: Arc::new(inner),
@@ -432,19 +411,6 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// An IP address as a header value, formatted on the stack (one allocation: the value's).
-fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
-    use std::io::Write as _;
-    let mut buf = [0u8; 48];
-    let left = {
-        let mut w = &mut buf[..];
-        let _ = write!(w, "{ip}");
-        w.len()
-    };
-    let len = buf.len() - left;
-    HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a valid header value")
-}
-
 /// Appends `value` (visible ASCII) to a comma-separated list header, folding earlier lines
 /// into one. The common case, no earlier line, inserts `value` as it is.
 fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
@@ -475,7 +441,7 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
 ///
 /// One pass over the message's (few) names: nothing is hashed or allocated for a message that
 /// carries none of them, and only the names present are removed.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let connection = headers.get_all(header::CONNECTION);
     let listed = connection.iter().next().is_some();
     let mut doomed: Vec<HeaderName> = Vec::new();
@@ -533,7 +499,7 @@ where
                 Ok(res) => Ok(res.map(ResponseBody::inner)),
                 Err(err) => {
                     tracing::warn!(error = %err, "forwarding failed");
-                    Ok(oauth::error_response(Error::Forward(err)).map(ResponseBody::local))
+                    Ok((this.inner.gateway)(err).map(ResponseBody::local))
                 }
             }
         })
@@ -554,7 +520,7 @@ mod tests {
                 std::iter::empty(),
             )
             .expect("valid");
-            Forward::new(&config.upstream).expect("builds");
+            Forward::new(&config.upstream, crate::error::gateway_answer).expect("builds");
         }
     }
 

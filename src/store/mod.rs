@@ -23,7 +23,8 @@ mod redis;
 use std::future::Future;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::{RedisStore, RedisUrl, Topology};
+pub use self::redis::RedisStore;
+pub use crate::config::store_url::{RedisUrl, StoreUrl, Topology};
 use crate::config::{ConfigError, StoreConfig};
 use crate::grant::rules::{Redeem, Verdict};
 use crate::mint::refresh::{FamilyId, Seal, Sealed, Verifier};
@@ -276,28 +277,6 @@ pub trait TokenStore: Send + Sync + 'static {
         &self,
         families: &[NewFamily],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-}
-
-/// The kinds of store URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreUrl {
-    Memory,
-    Redis(RedisUrl),
-}
-
-impl StoreUrl {
-    pub fn parse(url: &str) -> Result<StoreUrl, String> {
-        match url.split_once("://").map(|(s, _)| s).unwrap_or("") {
-            "memory" => Ok(StoreUrl::Memory),
-            "redis" | "rediss" | "redis+sentinel" | "rediss+sentinel" | "redis+cluster"
-            | "rediss+cluster" => RedisUrl::parse(url).map(StoreUrl::Redis),
-            _ => Err(
-                "must start with memory://, redis://, rediss://, redis+sentinel://, \
-                      rediss+sentinel://, redis+cluster:// or rediss+cluster://"
-                    .to_owned(),
-            ),
-        }
-    }
 }
 
 /// The store chosen by config.

@@ -31,7 +31,7 @@ use redis::{
 };
 use tokio::sync::{Mutex, OnceCell};
 
-use super::url::{RedisUrl, Topology};
+use crate::config::store_url::{RedisUrl, Topology};
 use crate::config::{ConfigError, StoreConfig};
 
 /// A cloneable handle to the store's Redis, whatever its topology.

@@ -18,9 +18,8 @@
 //! that failed may still have run on the server; the grace rule makes the client's retry safe.
 
 mod conn;
-mod url;
 
-pub use self::url::{RedisUrl, Topology};
+use crate::config::store_url::RedisUrl;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -31,6 +31,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod store_url;
+
+/// The shortest `admin.token` and `admin.issue_token` accepted: anything shorter is guessable.
+pub const MIN_TOKEN_CHARS: usize = 16;
+/// The most refresh-token keys a ring may hold (the current one and those still accepted).
+pub const MAX_REFRESH_KEYS: usize = 4;
+
 /// The prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "REFRESH_PROXY_";
 /// The environment variable that names the config file (read by the CLI, not an override).
@@ -459,7 +466,7 @@ impl AdminConfig {
     /// Each token long enough not to be guessed, and the two different: the revoke token must
     /// never be able to mint families.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let min = crate::admin::MIN_TOKEN_CHARS;
+        let min = MIN_TOKEN_CHARS;
         for (key, token) in [
             ("admin.token", &self.token),
             ("admin.issue_token", &self.issue_token),
@@ -772,14 +779,14 @@ impl Config {
                 self.tokens.refresh_token_keys.len(),
             ),
         ] {
-            if count > crate::mint::refresh::MAX_KEYS {
+            if count > MAX_REFRESH_KEYS {
                 return Err(ConfigError::invalid(
                     key,
                     "at most 4 keys (the current one and those still accepted)",
                 ));
             }
         }
-        let store = crate::store::StoreUrl::parse(&self.store.url)
+        let store = store_url::StoreUrl::parse(&self.store.url)
             .map_err(|e| ConfigError::invalid("store.url", e))?;
         validate_store(&self.store, &store)?;
         let refresh_secrets = self.tokens.refresh_token_secrets();
@@ -802,7 +809,7 @@ impl Config {
             }
         }
         match refresh_secrets.first() {
-            None if store != crate::store::StoreUrl::Memory => {
+            None if store != store_url::StoreUrl::Memory => {
                 return Err(ConfigError::invalid(
                     "tokens.refresh_token_key",
                     "required with a redis store: every replica and every restart must check the \
@@ -867,8 +874,8 @@ impl Config {
     }
 }
 
-fn validate_store(store: &StoreConfig, url: &crate::store::StoreUrl) -> Result<(), ConfigError> {
-    use crate::store::{StoreUrl, Topology};
+fn validate_store(store: &StoreConfig, url: &store_url::StoreUrl) -> Result<(), ConfigError> {
+    use store_url::{StoreUrl, Topology};
     let redis = match url {
         StoreUrl::Memory => None,
         StoreUrl::Redis(redis) => Some(redis),

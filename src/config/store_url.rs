@@ -1,4 +1,4 @@
-//! Redis store URLs (docs/design.md §6), parsed without I/O:
+//! Store URLs (docs/design.md §6), parsed without I/O: `memory://`, and the Redis ones:
 //!
 //! - `redis://[user:password@]host[:port][/db]` — one server (`rediss://` for TLS);
 //! - `redis+sentinel://[user:password@]host1[:port1],host2[:port2]/<master-name>` — the
@@ -186,6 +186,28 @@ fn decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The kinds of store URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Memory,
+    Redis(RedisUrl),
+}
+
+impl StoreUrl {
+    pub fn parse(url: &str) -> Result<StoreUrl, String> {
+        match url.split_once("://").map(|(s, _)| s).unwrap_or("") {
+            "memory" => Ok(StoreUrl::Memory),
+            "redis" | "rediss" | "redis+sentinel" | "rediss+sentinel" | "redis+cluster"
+            | "rediss+cluster" => RedisUrl::parse(url).map(StoreUrl::Redis),
+            _ => Err(
+                "must start with memory://, redis://, rediss://, redis+sentinel://, \
+                      rediss+sentinel://, redis+cluster:// or rediss+cluster://"
+                    .to_owned(),
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

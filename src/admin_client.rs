@@ -1,4 +1,4 @@
-//! The command-line front ends of the admin API: `refresh-proxy issue` and
+//! The HTTP client of the admin API, behind `refresh-proxy issue` and
 //! `refresh-proxy admin revoke`.
 //!
 //! They call the admin API of the proxy that a config file describes (`server.admin_listen`),

@@ -1,248 +1,9 @@
-//! The admin listener: `/healthz`, `/readyz`, `/jwks`, `/metrics` and the admin API.
-//!
-//! Served over HTTPS only when `server.admin_tls_cert_file` and `server.admin_tls_key_file` are
-//! set (the acceptor is built by [`crate::tls::server_acceptor`] and run by
-//! [`crate::server::serve`], as for the proxy port); else plain HTTP. Every path below is
-//! served either way.
-//!
-//! - `GET /healthz`: 200 while the process runs; it checks nothing else, so a liveness probe
-//!   never restarts the proxy for an outage of Redis or the IdP.
-//! - `GET /readyz`: 200 when the store answers, discovery is done and the proxy is not
-//!   draining; 503 otherwise, with the state of each check in the JSON body, which also lists
-//!   the endpoints the proxy answers for but could not locate (`missing_endpoints`).
-//! - `GET /jwks`: the proxy's public signing keys (the same ones merged into the upstream's
-//!   JWKS on the proxy port).
-//! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
-//! - `/admin/...`: the admin API ([`AdminApi`]), each endpoint only when its token is set.
-//!
-//! Anything else is a 404 JSON answer.
-//!
-//! # The admin API
-//!
-//! Two endpoints with two tokens, so that the token operators use to revoke cannot mint
-//! tokens (families the proxy signs for any subject and scope):
-//!
-//! | endpoint | token | unset |
-//! |---|---|---|
-//! | `POST /admin/revoke` | `admin.token` | 404 `admin_api_disabled` |
-//! | `POST /admin/issue` | `admin.issue_token`, a separate opt-in for load-test rigs | 404 `admin_api_disabled` |
-//!
-//! Both are at least 16 characters and must differ (checked once at start, with the rest of
-//! the config), so an unauthenticated endpoint can never be exposed, whatever address the admin
-//! port listens on. Every request must carry `Authorization: Bearer <its endpoint's token>`,
-//! compared as SHA-256 digests in constant time; a missing or wrong token, the other
-//! endpoint's token included, is 401 `unauthorized` with
-//! `WWW-Authenticate: Bearer realm="refresh-proxy-admin"`. Any other `/admin/...` path is 401
-//! unless one of the two tokens is presented (then 404 `not_found`): an unauthenticated caller
-//! learns no more than which of the two endpoints are on.
-//!
-//! - `POST /admin/revoke` with exactly one of `{"family": "<id>"}`, `{"subject": "<sub>"}`,
-//!   `{"client_id": "<id>"}` → `{"revoked": n}`: the number of live families revoked (1 or 0
-//!   for a family; every client's families for a subject).
-//! - `POST /admin/issue` with `{"client_id", "subject", "scope", "count"}` (`scope` may be
-//!   empty or left out, `1 <= count <= 1_000_000`) → `{"refresh_tokens": [...]}`: `count` new
-//!   families, as if the client had logged in `count` times (load-testing rigs). Only for
-//!   clients marked `allow_admin_issue = true`; any other client is 400 `unauthorized_client`.
-//!
-//! Errors: a body that is not such a JSON object, or is larger than 64 KiB → 400 (413)
-//! `invalid_request`; an unknown client → 400 `invalid_request`; a client without
-//! `allow_admin_issue`, or with `refresh_token_ttl = 0` → 400 `unauthorized_client` (RFC 6749
-//! §5.2: the client is not authorized for this way of obtaining tokens); the store unreachable → 503
-//! `temporarily_unavailable` with `Retry-After: 1`. Grant errors are answered by
-//! [`crate::oauth::error_response`], the crate's one mapping; [`AdminError::into_response`]
-//! adds the admin API's own few.
-//!
-//! Each action is logged on one line (what, for whom, how many, how long); never an admin
-//! token, never a refresh token.
-//!
-//! Caveat: issuing a million tokens in one request builds the whole answer (about 90 MB) in
-//! memory and, on `memory://`, holds the store's lock while it inserts them; the CLI
-//! (`refresh-proxy issue`) asks for at most 10,000 at a time.
+//! The admin API: `POST /admin/revoke` and `POST /admin/issue`, each behind its own bearer
+//! token (compared as SHA-256 digests in constant time), with strict JSON bodies and
+//! [`AdminError`]s mapped to answers.
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use super::*;
 
-use aws_lc_rs::{constant_time, digest};
-use bytes::Bytes;
-use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, HeaderValue, WWW_AUTHENTICATE};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body::Body;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use serde::{Deserialize, Serialize};
-
-use crate::classify::Endpoints;
-use crate::config::{AdminConfig, ConfigError, Secret};
-use crate::grant::engine::{Engine, GrantError};
-use crate::mint::refresh::FamilyId;
-use crate::oauth::json_response;
-use crate::store::{AnyStore, Revoke, TokenStore};
-
-/// What `/readyz` reports besides the store.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    discovered: AtomicBool,
-    draining: AtomicBool,
-    /// Endpoints the proxy answers for but cannot locate at the upstream.
-    missing: std::sync::Mutex<Vec<&'static str>>,
-}
-
-impl Readiness {
-    pub fn set_discovered(&self) {
-        self.discovered.store(true, Ordering::Release);
-    }
-
-    /// Discovery is done and these endpoints could not be located.
-    pub fn set_discovered_missing(&self, missing: Vec<&'static str>) {
-        *self.missing.lock().unwrap_or_else(|e| e.into_inner()) = missing;
-        self.set_discovered();
-    }
-
-    pub fn missing_endpoints(&self) -> Vec<&'static str> {
-        self.missing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::Release);
-    }
-
-    pub fn is_discovered(&self) -> bool {
-        self.discovered.load(Ordering::Acquire)
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-}
-
-/// The admin service's state.
-#[derive(Debug, Clone)]
-pub struct Admin {
-    pub readiness: Arc<Readiness>,
-    pub store: AnyStore,
-    /// The worker threads' own store handles (their Redis connections), checked by `/readyz`
-    /// with `store`: ready means every connection a request may use answers.
-    pub worker_stores: Vec<WorkerStore>,
-    /// How long `/readyz` waits for the store's answer.
-    pub store_timeout: Duration,
-    /// The engine whose public keys `GET /jwks` serves (as they are after any reload).
-    pub engine: Arc<crate::grant::engine::Engine>,
-    /// The admin API; `None` when neither `admin.token` nor `admin.issue_token` is set.
-    pub api: Option<Arc<AdminApi>>,
-    /// `GET /metrics` (no token, like the probes: Prometheus scrapes it).
-    pub metrics: Arc<crate::metrics::Metrics>,
-}
-
-/// A worker thread's store handle and the runtime it belongs to.
-///
-/// Its pings run as tasks of that runtime: a Redis connection (or a reconnection) is made by
-/// whoever uses the handle first, and its driver task is spawned where that happens, so a
-/// ping from the admin thread would move the worker's driver task off the worker's thread.
-#[derive(Debug, Clone)]
-pub struct WorkerStore {
-    pub store: AnyStore,
-    pub runtime: tokio::runtime::Handle,
-}
-
-impl WorkerStore {
-    async fn ping(&self) -> Result<(), crate::store::StoreError> {
-        let store = self.store.clone();
-        match self.runtime.spawn(async move { store.ping().await }).await {
-            Ok(result) => result,
-            Err(e) => Err(crate::store::StoreError::Unavailable(format!(
-                "the worker thread is gone: {e}"
-            ))),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct ReadyBody {
-    status: &'static str,
-    store: &'static str,
-    discovery: &'static str,
-    draining: bool,
-    /// Endpoints the proxy answers for that neither discovery nor config located.
-    missing_endpoints: Vec<&'static str>,
-}
-
-impl Admin {
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, Infallible> {
-        let path = req.uri().path();
-        if path == "/admin" || path.starts_with("/admin/") {
-            return Ok(match &self.api {
-                Some(api) => api.handle(req).await,
-                None => AdminError::Disabled(Endpoint::of(path)).into_response(),
-            });
-        }
-        let get = req.method() == Method::GET || req.method() == Method::HEAD;
-        Ok(match path {
-            "/healthz" if get => {
-                json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
-            }
-            "/readyz" if get => self.ready().await,
-            "/jwks" if get => json_response(
-                StatusCode::OK,
-                // RFC 7517 §5.1: "The value of the "keys" parameter is an array of JWK values."
-                &serde_json::json!({ "keys": self.engine.keys().public_jwks() }),
-            ),
-            "/metrics" if get => {
-                let mut res = Response::new(Full::new(Bytes::from(self.metrics.render())));
-                res.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                res
-            }
-            _ => json_response(
-                StatusCode::NOT_FOUND,
-                &serde_json::json!({"error": "not_found"}),
-            ),
-        })
-    }
-
-    async fn ready(&self) -> Response<Full<Bytes>> {
-        // Each ping also makes a connection that found Redis gone reconnect now.
-        let pings = async {
-            self.store.ping().await?;
-            for worker in &self.worker_stores {
-                worker.ping().await?;
-            }
-            Ok::<(), crate::store::StoreError>(())
-        };
-        let store_ok = matches!(
-            tokio::time::timeout(self.store_timeout, pings).await,
-            Ok(Ok(()))
-        );
-        let discovered = self.readiness.is_discovered();
-        let draining = self.readiness.is_draining();
-        let ready = store_ok && discovered && !draining;
-        let body = ReadyBody {
-            status: if ready { "ready" } else { "not_ready" },
-            store: if store_ok { "ok" } else { "unavailable" },
-            discovery: if discovered { "ok" } else { "pending" },
-            draining,
-            missing_endpoints: self.readiness.missing_endpoints(),
-        };
-        let status = if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        json_response(status, &body)
-    }
-}
-
-/// The shortest `admin.token` and `admin.issue_token` accepted: anything shorter is guessable.
-pub const MIN_TOKEN_CHARS: usize = 16;
 /// The largest admin request body read.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The most families one `POST /admin/issue` opens.
@@ -414,22 +175,20 @@ impl AdminApi {
         }
     }
 
-    async fn revoke(&self, target: RevokeTarget) -> Result<Response<Full<Bytes>>, AdminError> {
+    async fn revoke(&self, target: Revocation) -> Result<Response<Full<Bytes>>, AdminError> {
         let started = Instant::now();
         let store = &self.engine.store;
         let revoked = match &target {
-            RevokeTarget::Family(family) => {
-                match store.revoke_family(family.as_str(), None).await {
-                    Ok(Revoke::Revoked) => 1,
-                    Ok(Revoke::NotOwner | Revoke::Unknown) => 0,
-                    Err(e) => return Err(GrantError::Store(e).into()),
-                }
-            }
-            RevokeTarget::Subject(subject) => store
+            Revocation::Family(family) => match store.revoke_family(family.as_str(), None).await {
+                Ok(Revoke::Revoked) => 1,
+                Ok(Revoke::NotOwner | Revoke::Unknown) => 0,
+                Err(e) => return Err(GrantError::Store(e).into()),
+            },
+            Revocation::Subject(subject) => store
                 .revoke_subject(subject)
                 .await
                 .map_err(GrantError::Store)?,
-            RevokeTarget::Client(client_id) => store
+            Revocation::Client(client_id) => store
                 .revoke_client(client_id)
                 .await
                 .map_err(GrantError::Store)?,
@@ -475,20 +234,20 @@ impl AdminApi {
 
 /// SHA-256 of the token of `Authorization: Bearer <token>` (RFC 6750 §2.1; the scheme is
 /// case-insensitive, RFC 9110 §11.1), if there is one.
-fn presented_digest(headers: &HeaderMap) -> Option<digest::Digest> {
+pub(super) fn presented_digest(headers: &HeaderMap) -> Option<digest::Digest> {
     let token = headers.get(AUTHORIZATION).and_then(bearer_token)?;
     Some(digest::digest(&digest::SHA256, token))
 }
 
 /// Whether the presented token's digest is `expected`, compared in constant time.
-fn matches(presented: Option<&digest::Digest>, expected: &digest::Digest) -> bool {
+pub(super) fn matches(presented: Option<&digest::Digest>, expected: &digest::Digest) -> bool {
     presented.is_some_and(|p| {
         constant_time::verify_slices_are_equal(p.as_ref(), expected.as_ref()).is_ok()
     })
 }
 
 /// The token of an `Authorization: Bearer <token>` header value.
-fn bearer_token(value: &HeaderValue) -> Option<&[u8]> {
+pub(super) fn bearer_token(value: &HeaderValue) -> Option<&[u8]> {
     let value = value.as_bytes();
     let space = value.iter().position(|b| *b == b' ')?;
     let (scheme, rest) = value.split_at(space);
@@ -500,7 +259,7 @@ fn bearer_token(value: &HeaderValue) -> Option<&[u8]> {
 }
 
 /// Reads the body, at most [`MAX_BODY_BYTES`].
-async fn read_body<B>(req: Request<B>) -> Result<Bytes, AdminError>
+pub(super) async fn read_body<B>(req: Request<B>) -> Result<Bytes, AdminError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -526,7 +285,7 @@ where
 /// `POST /admin/revoke` as sent.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RevokeBody {
+pub(super) struct RevokeBody {
     family: Option<String>,
     subject: Option<String>,
     client_id: Option<String>,
@@ -534,40 +293,40 @@ struct RevokeBody {
 
 /// What to revoke.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum RevokeTarget {
+pub(super) enum Revocation {
     Family(FamilyId),
     Subject(String),
     Client(String),
 }
 
-impl RevokeTarget {
+impl Revocation {
     /// For the log line: which key, and its value (ids and subjects, never a token).
     fn describe(&self) -> (&'static str, &str) {
         match self {
-            RevokeTarget::Family(f) => ("family", f.as_str()),
-            RevokeTarget::Subject(s) => ("subject", s),
-            RevokeTarget::Client(c) => ("client_id", c),
+            Revocation::Family(f) => ("family", f.as_str()),
+            Revocation::Subject(s) => ("subject", s),
+            Revocation::Client(c) => ("client_id", c),
         }
     }
 }
 
-const REVOKE_SHAPE: &str = "the body must be a JSON object with exactly one of \
+pub(super) const REVOKE_SHAPE: &str = "the body must be a JSON object with exactly one of \
                             \"family\", \"subject\" or \"client_id\" (a non-empty string)";
 
-fn parse_revoke(body: &[u8]) -> Result<RevokeTarget, AdminError> {
+pub(super) fn parse_revoke(body: &[u8]) -> Result<Revocation, AdminError> {
     let RevokeBody {
         family,
         subject,
         client_id,
     } = parse_json(body, REVOKE_SHAPE)?;
     let target = match (family, subject, client_id) {
-        (Some(f), None, None) => RevokeTarget::Family(FamilyId::parse(&f).ok_or_else(|| {
+        (Some(f), None, None) => Revocation::Family(FamilyId::parse(&f).ok_or_else(|| {
             AdminError::invalid(
                 "family must be a family id: the part of a refresh token before its first dot",
             )
         })?),
-        (None, Some(s), None) if !s.is_empty() => RevokeTarget::Subject(s),
-        (None, None, Some(c)) if !c.is_empty() => RevokeTarget::Client(c),
+        (None, Some(s), None) if !s.is_empty() => Revocation::Subject(s),
+        (None, None, Some(c)) if !c.is_empty() => Revocation::Client(c),
         _ => return Err(AdminError::invalid(REVOKE_SHAPE)),
     };
     Ok(target)
@@ -576,7 +335,7 @@ fn parse_revoke(body: &[u8]) -> Result<RevokeTarget, AdminError> {
 /// `POST /admin/issue` as sent.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IssueRequest {
+pub(super) struct IssueRequest {
     client_id: String,
     subject: String,
     #[serde(default)]
@@ -584,10 +343,10 @@ struct IssueRequest {
     count: u64,
 }
 
-const ISSUE_SHAPE: &str = "the body must be a JSON object {\"client_id\": string, \
+pub(super) const ISSUE_SHAPE: &str = "the body must be a JSON object {\"client_id\": string, \
                            \"subject\": string, \"scope\": string, \"count\": integer}";
 
-fn parse_issue(body: &[u8]) -> Result<IssueRequest, AdminError> {
+pub(super) fn parse_issue(body: &[u8]) -> Result<IssueRequest, AdminError> {
     let request: IssueRequest = parse_json(body, ISSUE_SHAPE)?;
     if request.subject.is_empty() {
         return Err(AdminError::invalid("subject must not be empty"));
@@ -602,17 +361,20 @@ fn parse_issue(body: &[u8]) -> Result<IssueRequest, AdminError> {
 
 /// Parses a JSON body; the error names what was wrong (the caller is the authenticated
 /// operator, and these bodies carry no secret).
-fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8], shape: &str) -> Result<T, AdminError> {
+pub(super) fn parse_json<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    shape: &str,
+) -> Result<T, AdminError> {
     serde_json::from_slice(body).map_err(|e| AdminError::Invalid(format!("{shape}: {e}")))
 }
 
 #[derive(Serialize)]
-struct RevokeAnswer {
+pub(super) struct RevokeAnswer {
     revoked: u64,
 }
 
 #[derive(Serialize)]
-struct IssueAnswer {
+pub(super) struct IssueAnswer {
     refresh_tokens: Vec<String>,
 }
 
@@ -638,7 +400,7 @@ pub enum AdminError {
 
 /// An admin error body: `error`, and `error_description` when there is something to add.
 #[derive(Serialize)]
-struct AdminErrorBody<'a> {
+pub(super) struct AdminErrorBody<'a> {
     error: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error_description: Option<&'a str>,
@@ -650,7 +412,7 @@ impl AdminError {
     }
 
     /// The admin API's error → response mapping; grant and store errors go through
-    /// [`crate::oauth::error_response`].
+    /// [`crate::error::error_response`].
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let body = |error, error_description| AdminErrorBody {
             error,
@@ -700,7 +462,7 @@ impl AdminError {
                 StatusCode::BAD_REQUEST,
                 &body("invalid_request", Some(&why)),
             ),
-            AdminError::Grant(e) => crate::oauth::error_response(e.into()),
+            AdminError::Grant(e) => crate::error::error_response(e.into()),
         }
     }
 }
@@ -748,15 +510,15 @@ mod tests {
         let family = "AAAAAAAAAAAAAAAAAAAAAA";
         assert_eq!(
             parse_revoke(format!(r#"{{"family":"{family}"}}"#).as_bytes()).expect("ok"),
-            RevokeTarget::Family(FamilyId::parse(family).expect("id"))
+            Revocation::Family(FamilyId::parse(family).expect("id"))
         );
         assert_eq!(
             parse_revoke(br#"{"subject":"alice"}"#).expect("ok"),
-            RevokeTarget::Subject("alice".into())
+            Revocation::Subject("alice".into())
         );
         assert_eq!(
             parse_revoke(br#"{"client_id":"www"}"#).expect("ok"),
-            RevokeTarget::Client("www".into())
+            Revocation::Client("www".into())
         );
         for bad in [
             &br#"{}"#[..],

@@ -1,0 +1,494 @@
+//! The grant engine: refresh grants and capture, over the [`TokenStore`] trait. One file per
+//! thing it answers: `refresh` (the refresh grant and minting), `own_tokens` (revocation and
+//! introspection of the proxy's tokens), `issue` (admin issue, capture's new families); the
+//! time comes from a [`Clock`] it is given.
+//!
+//! It knows nothing of HTTP: the layer hands it the `Authorization` header value and the parsed
+//! form, and gets back either "not mine, forward it", a [`TokenResponse`], or a [`GrantError`]
+//! that [`crate::error::error_response`] turns into the answer.
+//!
+//! A refresh grant is the proxy's when its `refresh_token` is one the proxy minted (checked
+//! with the server key, no store access). Then, in order: client authentication, the client's
+//! policy (`refresh_token_ttl = 0` → `unauthorized_client`), one store round trip running the
+//! refresh rules, and minting. Reused, unknown, expired, revoked and other clients' tokens all
+//! get the same `invalid_grant` body, so the answer is no oracle (docs/design.md §4.5).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+mod issue;
+mod own_tokens;
+mod refresh;
+
+use crate::classify::Form;
+use crate::client_auth::{self, Client, ClientAuthError, Clients};
+use crate::config::AccessTokenFormat;
+use crate::grant::capture::Identity;
+use crate::grant::rules::{Redeem, Verdict};
+use crate::grant::scope;
+use crate::metrics::{Metrics, inc};
+use crate::mint::claims::{AccessClaims, IdClaims, JTI_MAX, jti_of, splice, splice_into};
+use crate::mint::jwt::{Signer, TYP_AT_JWT, TYP_JWT};
+use crate::mint::opaque;
+use crate::mint::refresh::{FamilyId, RefreshKeys, RefreshToken, Seal};
+use crate::oauth::{Introspection, TokenResponse};
+use crate::store::{
+    AnyStore, FamilyData, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, Revoke,
+    StoreError, TokenFormat, TokenStore,
+};
+
+/// Why a grant the proxy owns was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
+    #[error(transparent)]
+    ClientAuth(#[from] ClientAuthError),
+    #[error("the client may not use refresh tokens")]
+    UnauthorizedClient,
+    /// `POST /admin/issue` for a client without `allow_admin_issue = true`.
+    #[error("the client is not marked allow_admin_issue")]
+    AdminIssueNotAllowed,
+    #[error("invalid grant: {0}")]
+    InvalidGrant(&'static str),
+    #[error("the requested scope exceeds the granted scope")]
+    InvalidScope,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a reload (`SIGHUP`) replaces: the clients and their secrets, and every key. Each list
+/// of keys is a ring: the first signs or mints, all verify, all are published.
+#[derive(Debug)]
+pub struct Keys {
+    pub clients: Clients,
+    pub refresh: RefreshKeys,
+    /// Access-token signers (at least one).
+    pub signers: Vec<Signer>,
+    /// ID-token signers (empty when no client gets ID tokens on refresh).
+    pub id_signers: Vec<Signer>,
+}
+
+impl Keys {
+    /// The public JWKs of every signer, for the JWKS (each `kid` once).
+    pub fn public_jwks(&self) -> Vec<Value> {
+        let mut seen = std::collections::HashSet::new();
+        self.signers
+            .iter()
+            .chain(&self.id_signers)
+            .filter(|s| seen.insert(s.kid().to_owned()))
+            .map(Signer::public_jwk)
+            .collect()
+    }
+
+    /// The JOSE `alg` of ID tokens on refresh, when any client gets them.
+    pub fn id_token_alg(&self) -> Option<&'static str> {
+        self.id_signers.first().map(Signer::alg_name)
+    }
+}
+
+/// Everything refresh grants and capture need, built once from config.
+pub struct Engine {
+    pub store: AnyStore,
+    pub metrics: Arc<Metrics>,
+    // Shared by every worker's engine (`with_store`), and replaced as a whole on reload.
+    keys: Arc<ArcSwap<Keys>>,
+    access_token_ttl: u64,
+    audience: Option<String>,
+    /// The wall clock in milliseconds: [`now_ms`] in production, a fixed or stepped one in tests.
+    clock: Clock,
+}
+
+/// A clock: milliseconds since the Unix epoch. A plain function pointer, so the hot path pays
+/// one indirect call and no allocation or trait object.
+pub type Clock = fn() -> i64;
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("keys", &self.keys.load())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Seconds (a TTL from config, bounded there) as milliseconds, saturating.
+fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
+}
+
+/// The system clock in milliseconds since the Unix epoch: the engine's [`Clock`] unless it is
+/// given another.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Engine {
+    pub fn new(
+        store: AnyStore,
+        keys: Keys,
+        access_token_ttl: u64,
+        audience: Option<String>,
+    ) -> Engine {
+        Engine {
+            store,
+            metrics: Arc::default(),
+            keys: Arc::new(ArcSwap::from_pointee(keys)),
+            access_token_ttl,
+            audience,
+            clock: now_ms,
+        }
+    }
+
+    /// The same engine reading the time from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Clock) -> Engine {
+        self.clock = clock;
+        self
+    }
+
+    /// The clients and keys of the moment.
+    pub fn keys(&self) -> Arc<Keys> {
+        self.keys.load_full()
+    }
+
+    /// Replaces the clients and keys (a reload); requests in flight finish with the old ones.
+    pub fn reload(&self, keys: Keys) {
+        self.keys.store(Arc::new(keys));
+    }
+
+    /// The same engine over another handle of the store: a worker thread's own Redis
+    /// connection, so that its driver task runs on the thread whose requests it serves. Keys,
+    /// signers, clients and metrics are shared with `self`.
+    pub fn with_store(&self, store: AnyStore) -> Engine {
+        Engine {
+            store,
+            metrics: self.metrics.clone(),
+            keys: self.keys.clone(),
+            access_token_ttl: self.access_token_ttl,
+            audience: self.audience.clone(),
+            clock: self.clock,
+        }
+    }
+
+    /// The `aud` of minted access tokens when the upstream names none: `tokens.audience`, else
+    /// the upstream issuer. Never the client id: that is an ID token's audience (OIDC Core
+    /// §2), and an access token must not be one a client could pass off as an ID token.
+    pub fn default_audience<'a>(&'a self, issuer: &'a str) -> &'a str {
+        self.audience.as_deref().unwrap_or(issuer)
+    }
+}
+
+/// `family` with its seal set, with the current key.
+fn sealed(keys: &Keys, mut family: NewFamily) -> NewFamily {
+    family.seal = keys.refresh.seal(&family.sealed());
+    family
+}
+
+#[cfg(test)]
+mod tests {
+    // Engine-level verdicts on the memory store, with a clock the test moves: no IdP, no
+    // sockets. The store-level rules are tests/store_contract.rs's; these check what the
+    // engine answers for them.
+    mod verdicts {
+        use std::cell::Cell;
+
+        use http::HeaderValue;
+        use serde_json::Value;
+
+        use super::super::*;
+        use crate::classify::Form;
+
+        thread_local! {
+            static NOW: Cell<i64> = const { Cell::new(1_700_000_000_000) };
+        }
+
+        fn clock() -> i64 {
+            NOW.with(Cell::get)
+        }
+
+        fn advance_secs(secs: i64) {
+            NOW.with(|n| n.set(n.get() + secs * 1000));
+        }
+
+        const ISSUER: &str = "https://idp.example";
+
+        fn engine() -> Engine {
+            let config = crate::config::Config::from_toml_str(
+                "[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+                 [clients.www]\nsecret = \"www-secret\"\nallow_admin_issue = true\n\
+                 refresh_token_ttl = 100\nrefresh_token_max_lifetime = 1000\n\
+                 reuse_grace_period = 10\n\
+                 [clients.app]\nsecret = \"app-secret\"\nallow_admin_issue = true\n\
+                 [clients.rs]\nsecret = \"rs-secret\"\nmay_introspect = true\n",
+                std::path::Path::new("."),
+                std::iter::empty(),
+            )
+            .expect("config");
+            Engine::new(
+                AnyStore::Memory(crate::store::MemoryStore::new()),
+                crate::app::build_keys(&config).expect("keys"),
+                300,
+                None,
+            )
+            .with_clock(clock)
+        }
+
+        fn form(pairs: &[(&str, &str)]) -> Form {
+            let body: Vec<String> = pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.replace('+', "%2B").replace(' ', "+")))
+                .collect();
+            Form::parse(body.join("&").as_bytes()).expect("form")
+        }
+
+        async fn issue(engine: &Engine, client: &str, scope: &str) -> String {
+            let mut tokens = engine
+                .issue(client, "alice", scope, 1, ISSUER)
+                .await
+                .expect("issue");
+            tokens.pop().expect("one token")
+        }
+
+        async fn refresh(
+            engine: &Engine,
+            client: &str,
+            token: &str,
+            scope: Option<&str>,
+        ) -> Result<Option<TokenResponse>, GrantError> {
+            let secret = format!("{client}-secret");
+            let mut pairs = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token),
+                ("client_id", client),
+                ("client_secret", secret.as_str()),
+            ];
+            if let Some(scope) = scope {
+                pairs.push(("scope", scope));
+            }
+            engine.refresh(None, &form(&pairs), ISSUER).await
+        }
+
+        fn rotated(answer: Result<Option<TokenResponse>, GrantError>) -> TokenResponse {
+            answer.expect("answered").expect("the proxy's token")
+        }
+
+        fn invalid_grant(answer: Result<Option<TokenResponse>, GrantError>) {
+            assert!(
+                matches!(answer, Err(GrantError::InvalidGrant(_))),
+                "{answer:?}"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_refresh_rotates_and_the_new_token_refreshes() {
+            let engine = engine();
+            let first = issue(&engine, "www", "read write").await;
+            let second = rotated(refresh(&engine, "www", &first, None).await);
+            assert_ne!(second.refresh_token, first);
+            assert_eq!(second.scope, "read write");
+            assert_eq!(second.expires_in, 300);
+            let third = rotated(refresh(&engine, "www", &second.refresh_token, None).await);
+            assert_ne!(third.refresh_token, second.refresh_token);
+        }
+
+        #[tokio::test]
+        async fn a_retry_within_the_grace_period_gets_the_same_successor() {
+            let engine = engine();
+            let first = issue(&engine, "www", "read").await;
+            let a = rotated(refresh(&engine, "www", &first, None).await);
+            advance_secs(5);
+            let b = rotated(refresh(&engine, "www", &first, None).await);
+            assert_eq!(a.refresh_token, b.refresh_token);
+        }
+
+        #[tokio::test]
+        async fn reuse_after_the_grace_period_revokes_the_family() {
+            let engine = engine();
+            let first = issue(&engine, "www", "read").await;
+            let second = rotated(refresh(&engine, "www", &first, None).await);
+            advance_secs(11);
+            invalid_grant(refresh(&engine, "www", &first, None).await);
+            // The family is gone: the live token is refused too.
+            invalid_grant(refresh(&engine, "www", &second.refresh_token, None).await);
+        }
+
+        #[tokio::test]
+        async fn an_idle_token_expires() {
+            let engine = engine();
+            let first = issue(&engine, "www", "read").await;
+            advance_secs(99);
+            let second = rotated(refresh(&engine, "www", &first, None).await);
+            advance_secs(101);
+            invalid_grant(refresh(&engine, "www", &second.refresh_token, None).await);
+        }
+
+        #[tokio::test]
+        async fn a_family_expires_at_its_absolute_lifetime_however_active() {
+            let engine = engine();
+            let mut token = issue(&engine, "www", "read").await;
+            for _ in 0..10 {
+                advance_secs(90);
+                token = rotated(refresh(&engine, "www", &token, None).await).refresh_token;
+            }
+            advance_secs(90); // 990 s: still inside
+            token = rotated(refresh(&engine, "www", &token, None).await).refresh_token;
+            advance_secs(20); // 1010 s
+            invalid_grant(refresh(&engine, "www", &token, None).await);
+        }
+
+        #[tokio::test]
+        async fn another_clients_token_is_invalid_grant() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            invalid_grant(refresh(&engine, "app", &token, None).await);
+            // and the owner's token still works: a wrong client revokes nothing
+            rotated(refresh(&engine, "www", &token, None).await);
+        }
+
+        #[tokio::test]
+        async fn a_wider_scope_is_invalid_scope_and_a_narrower_one_is_granted() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read write").await;
+            let answer = refresh(&engine, "www", &token, Some("read admin")).await;
+            assert!(
+                matches!(answer, Err(GrantError::InvalidScope)),
+                "{answer:?}"
+            );
+            let narrowed = rotated(refresh(&engine, "www", &token, Some("read")).await);
+            assert_eq!(narrowed.scope, "read");
+        }
+
+        #[tokio::test]
+        async fn a_wrong_secret_is_a_client_auth_error() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            let f = form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &token),
+                ("client_id", "www"),
+                ("client_secret", "wrong"),
+            ]);
+            let answer = engine.refresh(None, &f, ISSUER).await;
+            assert!(
+                matches!(answer, Err(GrantError::ClientAuth(_))),
+                "{answer:?}"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_token_whose_tag_does_not_verify_is_not_the_proxys_and_is_forwarded() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            let mut tampered = token.clone().into_bytes();
+            // a character inside the tag (the last one may carry padding bits)
+            let at = tampered.len() - 5;
+            tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+            let tampered = String::from_utf8(tampered).expect("ascii");
+            let answer = refresh(&engine, "www", &tampered, None).await;
+            assert!(matches!(answer, Ok(None)), "{answer:?}");
+            // Not the proxy's format at all: the upstream's token, forwarded too.
+            let answer = refresh(&engine, "www", "upstream-opaque-token", None).await;
+            assert!(matches!(answer, Ok(None)), "{answer:?}");
+        }
+
+        async fn revoke(engine: &Engine, client: &str, token: &str) -> Option<()> {
+            let secret = format!("{client}-secret");
+            let f = form(&[
+                ("token", token),
+                ("client_id", client),
+                ("client_secret", &secret),
+            ]);
+            engine
+                .revoke(None, &f)
+                .await
+                .expect("revocation answers 200")
+        }
+
+        #[tokio::test]
+        async fn the_owner_revokes_its_family() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            let access = rotated(refresh(&engine, "www", &token, None).await);
+            assert_eq!(
+                revoke(&engine, "www", &access.refresh_token).await,
+                Some(())
+            );
+            invalid_grant(refresh(&engine, "www", &access.refresh_token, None).await);
+        }
+
+        #[tokio::test]
+        async fn another_client_revokes_nothing() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            // RFC 7009 §2.1: the token was not issued to this client; the answer reveals nothing.
+            let _ = revoke(&engine, "app", &token).await;
+            rotated(refresh(&engine, "www", &token, None).await);
+        }
+
+        #[tokio::test]
+        async fn an_unknown_token_is_not_the_proxys_to_revoke() {
+            let engine = engine();
+            assert_eq!(revoke(&engine, "www", "upstream-opaque-token").await, None);
+        }
+
+        #[tokio::test]
+        async fn revoking_an_access_token_revokes_its_family() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            let answer = rotated(refresh(&engine, "www", &token, None).await);
+            assert_eq!(revoke(&engine, "www", &answer.access_token).await, Some(()));
+            invalid_grant(refresh(&engine, "www", &answer.refresh_token, None).await);
+        }
+
+        async fn introspect(engine: &Engine, token: &str) -> Option<Value> {
+            let f = form(&[
+                ("token", token),
+                ("client_id", "rs"),
+                ("client_secret", "rs-secret"),
+            ]);
+            let basic: Option<&HeaderValue> = None;
+            engine
+                .introspect(basic, &f, ISSUER)
+                .await
+                .expect("answered")
+        }
+
+        #[tokio::test]
+        async fn introspection_of_live_revoked_and_expired_tokens() {
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            let answer = rotated(refresh(&engine, "www", &token, None).await);
+            let live = introspect(&engine, &answer.refresh_token)
+                .await
+                .expect("ours");
+            assert_eq!(live["active"], true, "{live}");
+            assert_eq!(live["client_id"], "www");
+            assert_eq!(live["scope"], "read");
+            let at = introspect(&engine, &answer.access_token)
+                .await
+                .expect("ours");
+            assert_eq!(at["active"], true, "{at}");
+            // the rotated-away token is no longer active
+            let old = introspect(&engine, &token).await.expect("ours");
+            assert_eq!(old["active"], false, "{old}");
+            advance_secs(301); // the access token's 300 s are over
+            let at = introspect(&engine, &answer.access_token)
+                .await
+                .expect("ours");
+            assert_eq!(at["active"], false, "{at}");
+            revoke(&engine, "www", &answer.refresh_token).await;
+            let gone = introspect(&engine, &answer.refresh_token)
+                .await
+                .expect("ours");
+            assert_eq!(gone["active"], false, "{gone}");
+        }
+    }
+}

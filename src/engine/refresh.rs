@@ -1,0 +1,310 @@
+//! The refresh grant: client authentication, the rules over one store operation, and the
+//! minting of the successor's access token (opaque or JWT) and ID token.
+
+use super::*;
+
+impl Engine {
+    /// A refresh grant. `Ok(None)`: not the proxy's (a client or token it does not handle);
+    /// forward it.
+    pub async fn refresh(
+        &self,
+        authorization: Option<&HeaderValue>,
+        form: &Form,
+        issuer: &str,
+    ) -> Result<Option<TokenResponse>, GrantError> {
+        let keys = self.keys();
+        let token_param = form.get("refresh_token");
+        let presented = client_auth::presented(authorization, form);
+        let handled = presented
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .and_then(|p| keys.clients.get(&p.client_id));
+        let token = token_param.and_then(|t| keys.refresh.parse(t));
+        // docs/design.md §4.2: a handled client with refresh_token_ttl = 0 gets unauthorized_client
+        // for every refresh grant, whoever minted the token.
+        let no_refresh_tokens = handled.is_some_and(|c| c.policy.refresh_token_ttl == 0);
+        if token.is_none() && !no_refresh_tokens {
+            // Not a token the proxy minted: the upstream's own (sessions from before the proxy
+            // was deployed), or a client the proxy does not handle. A handled client that sent
+            // no token at all gets the error here.
+            if token_param.is_none() && handled.is_some() {
+                return Err(GrantError::InvalidRequest("refresh_token is required"));
+            }
+            return Ok(None);
+        }
+        let presented = presented?.ok_or(ClientAuthError::Missing)?;
+        let basic = presented.method == client_auth::Method::Basic;
+        let client = handled.ok_or(ClientAuthError::Failed { basic })?;
+        Clients::verify(client, &presented)?;
+        let policy = &client.policy;
+        if policy.refresh_token_ttl == 0 {
+            return Err(GrantError::UnauthorizedClient);
+        }
+        let Some(token) = token else {
+            return Err(GrantError::InvalidGrant("not a proxy token"));
+        };
+
+        let now = (self.clock)();
+        let candidate = (policy.access_token_format != AccessTokenFormat::Jwt).then(|| {
+            opaque::mint(&FamilyId::parse(token.family).expect("a parsed token has a family id"))
+        });
+        let at_ttl_ms = secs_to_ms(self.access_token_ttl);
+        // The successor is a function of the presented token: computed now, its verifier goes
+        // into the store's atomic step, which stores it on rotation.
+        let successors = keys.refresh.successors(&token);
+        let mut request = RedeemRequest {
+            family: token.family,
+            redeem: Redeem {
+                generation: token.generation,
+                presented: successors.presented(),
+                successors: successors.verifiers(),
+                ahead_of: None,
+                client_id: &client.id,
+                scope: form.get("scope"),
+                now_ms: now,
+                grace_ms: secs_to_ms(policy.reuse_grace_period),
+                idle_ttl_ms: secs_to_ms(policy.refresh_token_ttl),
+                reuse_refresh_tokens: policy.reuse_refresh_tokens,
+            },
+            opaque: candidate.as_ref().map(|c| OpaqueCandidate {
+                digest: c.digest.clone(),
+                issued_ms: now,
+                expires_ms: now.saturating_add(at_ttl_ms),
+            }),
+        };
+        let mut redemption = self.redeem_once(&request).await?;
+        if let Redemption::Decided {
+            verdict: Verdict::Ahead { current, verifier },
+            ..
+        } = redemption
+        {
+            // The store is behind the token (it lost its last writes): walk the family's chain
+            // from what it holds; only a token of this family's chain goes on (a second round
+            // trip, only in this case).
+            if keys.refresh.descends(&token, current, &verifier) {
+                request.redeem.ahead_of = Some((current, verifier));
+                redemption = self.redeem_once(&request).await?;
+            } else if let Redemption::Decided { verdict, .. } = &mut redemption {
+                *verdict = Verdict::Unverified;
+            }
+        }
+        let (verdict, family, opaque_stored) = match redemption {
+            Redemption::Unknown => return Err(GrantError::InvalidGrant("unknown family")),
+            Redemption::Corrupt => {
+                return Err(self.record_refused(
+                    "family_record_corrupt",
+                    token.family,
+                    &client.id,
+                    "corrupt family record",
+                ));
+            }
+            Redemption::Decided {
+                verdict,
+                family,
+                opaque_stored,
+            } => (verdict, family, opaque_stored),
+        };
+        let (refresh_token, scope) = match verdict {
+            Verdict::Rotated { scope, .. } => {
+                inc(&self.metrics.rotations);
+                (keys.refresh.successor_token(&successors, 0, &token), scope)
+            }
+            Verdict::Grace {
+                generation,
+                scope,
+                key,
+            } => {
+                inc(&self.metrics.grace_hits);
+                tracing::info!(
+                    family = token.family,
+                    client_id = %client.id,
+                    generation,
+                    "refresh token presented again within the grace period; same answer"
+                );
+                (
+                    keys.refresh.successor_token(&successors, key, &token),
+                    scope,
+                )
+            }
+            Verdict::Reused { scope } => {
+                inc(&self.metrics.reuses);
+                (token_param.unwrap_or_default().to_owned(), scope)
+            }
+            Verdict::ReuseDetected { presented, current } => {
+                inc(&self.metrics.reuse_detections);
+                inc(&self.metrics.family_revocations);
+                // RFC 9700 §4.14.2: the family is revoked; tell the operators.
+                tracing::warn!(
+                    security_event = "refresh_token_reuse",
+                    family = token.family,
+                    client_id = %client.id,
+                    subject = %family.subject,
+                    presented_generation = presented,
+                    current_generation = current,
+                    "a rotated-out refresh token was presented again; the family is revoked"
+                );
+                return Err(GrantError::InvalidGrant("reuse detected"));
+            }
+            Verdict::Expired => return Err(GrantError::InvalidGrant("expired")),
+            Verdict::WrongClient => {
+                tracing::warn!(
+                    security_event = "refresh_token_wrong_client",
+                    family = token.family,
+                    client_id = %client.id,
+                    owner_client_id = %family.client_id,
+                    "a refresh token was presented by a client it was not issued to"
+                );
+                return Err(GrantError::InvalidGrant("wrong client"));
+            }
+            Verdict::InvalidScope => return Err(GrantError::InvalidScope),
+            Verdict::Unverified | Verdict::Ahead { .. } => {
+                inc(&self.metrics.integrity_failures);
+                tracing::warn!(
+                    security_event = "refresh_token_unverified",
+                    family = token.family,
+                    client_id = %client.id,
+                    presented_generation = token.generation,
+                    "a refresh token with a valid tag is not the family's (made with the server key alone?); nothing changed"
+                );
+                return Err(GrantError::InvalidGrant("not the family's token"));
+            }
+        };
+        // Nothing read from the store is trusted before its seal checks out: a record changed
+        // in the store is refused, never signed. The current scope is mutable, so it is held
+        // to the sealed granted scope (RFC 6749 §6).
+        let sealed_by = keys
+            .refresh
+            .check_seal(&family.sealed(token.family), &family.seal);
+        if sealed_by.is_none()
+            || scope::narrow(&scope, &family.granted_scope).is_none()
+            || now >= family.expires_at_ms
+        {
+            return Err(self.record_refused(
+                "family_record_tampered",
+                token.family,
+                &client.id,
+                "family record fails its seal",
+            ));
+        }
+        if sealed_by != Some(0) {
+            // Sealed with a key that is still accepted but no longer current: re-seal with the
+            // current one (once per family), so the old key can be removed without ending it.
+            let new = keys.refresh.seal(&family.sealed(token.family));
+            if let Err(e) = self.store.reseal(token.family, &family.seal, &new).await {
+                tracing::warn!(family = token.family, error = %e, "could not re-seal the family with the current key");
+            }
+        }
+        let access_token = match (family.format, opaque_stored, candidate) {
+            (TokenFormat::Opaque, true, Some(c)) => c.token,
+            _ => self.mint_jwt(&keys, token.family, &family, &scope, issuer, now),
+        };
+        let id_token = (policy.id_token_on_refresh && scope::contains(&scope, "openid"))
+            .then(|| self.mint_id_token(&keys, &family, now))
+            .flatten();
+        Ok(Some(TokenResponse {
+            access_token,
+            refresh_token,
+            scope,
+            token_type: "bearer",
+            expires_in: self.access_token_ttl,
+            id_token,
+        }))
+    }
+
+    pub(super) fn mint_jwt(
+        &self,
+        keys: &Keys,
+        family_id: &str,
+        family: &FamilyData,
+        scope: &str,
+        issuer: &str,
+        now_ms: i64,
+    ) -> String {
+        let iat = now_ms / 1000;
+        // The jti carries the family id, so revoking or introspecting the JWT finds its family.
+        let mut jti = [0u8; JTI_MAX];
+        let jti = jti_of(family_id, &mut jti);
+        // Our claims and the carried ones, serialised once into one buffer.
+        let mut payload = Vec::with_capacity(
+            192 + issuer.len()
+                + family.subject.len()
+                + family.client_id.len()
+                + scope.len()
+                + family.at_claims.len(),
+        );
+        serde_json::to_writer(
+            &mut payload,
+            &AccessClaims {
+                iss: issuer,
+                sub: &family.subject,
+                client_id: &family.client_id,
+                scope,
+                iat,
+                exp: iat.saturating_add(self.access_token_ttl as i64),
+                jti,
+                auth_time: family.auth_time,
+            },
+        )
+        .expect("claims serialise");
+        splice_into(&mut payload, &family.at_claims);
+        // RFC 9068 §2.1: "access tokens MUST include 'application/at+jwt' in the typ header".
+        keys.signers[0].sign_json("at+jwt", &payload)
+    }
+
+    /// OIDC Core §12.2: a new ID token keeps `iss`, `sub`, `aud`, `azp` and `auth_time` of the
+    /// original and gets a new `iat` and `exp`.
+    pub(super) fn mint_id_token(
+        &self,
+        keys: &Keys,
+        family: &FamilyData,
+        now_ms: i64,
+    ) -> Option<String> {
+        let signer = keys.id_signers.first()?;
+        if family.id_claims.trim().len() <= 2 {
+            return None;
+        }
+        let iat = now_ms / 1000;
+        let ours = serde_json::to_string(&IdClaims {
+            iat,
+            exp: iat.saturating_add(self.access_token_ttl as i64),
+        })
+        .expect("claims serialise");
+        // The claims are sealed, so they are what capture wrote; still, a record that is not a
+        // JSON object gets no ID token rather than a panic.
+        let raw = RawValue::from_string(splice(&ours, &family.id_claims))
+            .inspect_err(|_| tracing::error!("a family's ID-token claims are not JSON"))
+            .ok()?;
+        Some(signer.sign("JWT", &*raw))
+    }
+
+    /// A family record refused by an integrity check (unreadable, or failing its seal: changed
+    /// in the store, or sealed with a key no longer listed): counted, logged, `invalid_grant`.
+    pub(super) fn record_refused(
+        &self,
+        event: &'static str,
+        family: &str,
+        client_id: &str,
+        why: &'static str,
+    ) -> GrantError {
+        inc(&self.metrics.integrity_failures);
+        tracing::error!(
+            security_event = event,
+            family,
+            client_id,
+            "the family's record was refused ({why}); nothing was minted"
+        );
+        GrantError::InvalidGrant(why)
+    }
+
+    /// One store redemption, timed and counted.
+    pub(super) async fn redeem_once(
+        &self,
+        request: &RedeemRequest<'_>,
+    ) -> Result<Redemption, GrantError> {
+        let started = std::time::Instant::now();
+        let redemption = self.store.redeem(request).await;
+        self.metrics.store_latency(started.elapsed());
+        Ok(redemption.inspect_err(|_| inc(&self.metrics.store_errors))?)
+    }
+}
