@@ -1,5 +1,5 @@
 //! Capture: the upstream's token-endpoint answer to a handled client, read and rewritten on
-//! its way back through the `RefreshGrantLayer` (`layer::upstream::capture` and
+//! its way back through the `RefreshGrantLayer` (`layer::capture` and
 //! `grant::capture`, over a memory store), then the proxy's refresh of the captured token.
 //!
 //! The layer runs over a mock upstream in-process: `POST /token` answers the input's token
@@ -43,7 +43,7 @@ use libfuzzer_sys::fuzz_target;
 use refresh_proxy::RefreshGrantLayer;
 use refresh_proxy::classify::Endpoints;
 use refresh_proxy::config::{Config, SigningAlg};
-use refresh_proxy::grant::engine::Engine;
+use refresh_proxy::engine::Engine;
 use refresh_proxy::layer::{RequestBody, ResponseBody};
 use refresh_proxy::mint::jwt::{Signer, jwks};
 use refresh_proxy::store::{AnyStore, MemoryStore};
