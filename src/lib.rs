@@ -52,7 +52,7 @@
 //!
 //! # Layers
 //!
-//! A module uses only modules of lower layers (and its own submodules); `tests/layering.rs`
+//! A module uses only modules of lower layers (and its own submodules); `tests/it/layering.rs`
 //! checks this list against every `use crate::…` and `crate::…` path under `src/`.
 //!
 //! <!-- layers -->

@@ -195,7 +195,7 @@ fn sealed(keys: &Keys, mut family: NewFamily) -> NewFamily {
 #[cfg(test)]
 mod tests {
     // Engine-level verdicts on the memory store, with a clock the test moves: no IdP, no
-    // sockets. The store-level rules are tests/store_contract.rs's; these check what the
+    // sockets. The store-level rules are tests/it/store_contract.rs's; these check what the
     // engine answers for them.
     mod verdicts {
         use std::cell::Cell;

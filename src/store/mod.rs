@@ -3,7 +3,7 @@
 //! [`TokenStore`] is what the grant logic talks to; [`AnyStore`] picks the implementation from
 //! `store.url` (`memory://`, or Redis standalone, Sentinel or Cluster, plain or TLS). Futures are `Send` and statically dispatched, so the
 //! hot path pays no boxing for the choice. Both implementations pass one contract suite
-//! (`tests/store_contract.rs`).
+//! (`tests/it/store_contract.rs`).
 //!
 //! What a family holds: its client, subject, granted and current scope, the claims to carry
 //! into minted tokens, its generation counter and clocks, the verifier of its live refresh

@@ -5,12 +5,10 @@
 //! The requests are written byte for byte on raw sockets: HTTP client libraries normalise
 //! paths (dot segments) before sending them, and an attacker's client does not.
 
-mod support;
-
+use crate::support::idp::{self, CodeFlow, Idp, IdpOptions, WWW_CLIENT_ID, WWW_CLIENT_SECRET};
+use crate::support::proxy::TestProxy;
+use crate::support::raw::{host, raw_post};
 use serde_json::Value;
-use support::idp::{self, CodeFlow, Idp, IdpOptions, WWW_CLIENT_ID, WWW_CLIENT_SECRET};
-use support::proxy::TestProxy;
-use support::raw::{host, raw_post};
 
 /// Spellings of `/token` (oidc-provider's token path) that some server routes to it.
 const TOKEN_VARIANTS: &[&str] = &[
@@ -82,7 +80,7 @@ async fn idp_behind_proxy() -> (Idp, TestProxy) {
          [clients.www]\nsecret = \"{secret}\"\n\
          [clients.rs]\nsecret = \"{rs}\"\nmay_introspect = true\n\
          [upstream]\nurl = \"{up}\"\n",
-        key = support::TEST_REFRESH_KEY,
+        key = crate::support::TEST_REFRESH_KEY,
         secret = WWW_CLIENT_SECRET,
         rs = idp::RS_CLIENT_SECRET,
         up = idp.base_url,

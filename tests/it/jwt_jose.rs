@@ -3,16 +3,14 @@
 //! [`jwks`] publishes, fetched over HTTP as a relying party would; forged or foreign tokens do
 //! not.
 
-mod support;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::jose::verify_with_node_jose;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use refresh_proxy::config::SigningAlg;
 use refresh_proxy::mint::jwt::{Signer, TYP_AT_JWT, jwks, merge_jwks};
 use serde_json::{Value, json};
-use support::jose::verify_with_node_jose;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;

@@ -9,22 +9,20 @@
 //! touch the store run on `memory://` and on a private redis-server. Then the real binary:
 //! the CLI against a running proxy process, and its failure exits.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use crate::support::echo::EchoServer;
+use crate::support::idp;
+use crate::support::proxy::{ProxyProcess, TestProxy, admin_client, binary, wait_for_status_with};
+use crate::support::redis::RedisServer;
 use serde_json::Value;
-use support::echo::EchoServer;
-use support::idp;
-use support::proxy::{ProxyProcess, TestProxy, admin_client, binary, wait_for_status_with};
-use support::redis::RedisServer;
 
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 const ISSUE_TOKEN: &str = "issue-token-for-tests-0123456789";
 const SECRET: &str = "Secr3t!";
 
-use support::StoreKind as Kind;
+use crate::support::StoreKind as Kind;
 
 /// Which admin tokens a proxy is configured with.
 #[derive(Clone, Copy)]
@@ -71,7 +69,7 @@ fn config_text(store: &str, tokens: Tokens, upstream: &str) -> String {
          [clients.plain]\nsecret = \"{SECRET}\"\n\
          [upstream]\nurl = \"{upstream}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
              revocation = \"absent\"\n",
-        key = support::TEST_REFRESH_KEY,
+        key = crate::support::TEST_REFRESH_KEY,
     )
 }
 
@@ -734,7 +732,7 @@ async fn the_cli_issues_tokens_the_proxy_accepts_and_revokes_them(kind: Kind) {
     let proxy = ProxyProcess::spawn(&config_text(&store, BOTH, &echo.url()));
     proxy.wait_ready().await;
     let admin = admin_addr(&proxy);
-    let out_file = support::temp_dir("issue").join("tokens.txt");
+    let out_file = crate::support::temp_dir("issue").join("tokens.txt");
     let out = cli(
         &proxy.config_path,
         &admin,
@@ -829,10 +827,10 @@ async fn the_cli_fails_with_exit_1_and_says_why() {
     let config = config_text("memory://", BOTH, &echo.url());
 
     // Nothing listens on the admin address.
-    let dir = support::temp_dir("cli");
+    let dir = crate::support::temp_dir("cli");
     let path = dir.join("config.toml");
     std::fs::write(&path, &config).expect("write config");
-    let nowhere = format!("127.0.0.1:{}", support::free_port());
+    let nowhere = format!("127.0.0.1:{}", crate::support::free_port());
     let out_file = dir.join("tokens.txt");
     let out_arg = out_file.to_str().expect("utf-8 path");
     let issue = [
@@ -1107,7 +1105,7 @@ fn tls_config_text(cert: &Path, key: &Path, store: &str, tokens: Tokens, upstrea
 #[tokio::test]
 async fn with_admin_tls_the_admin_port_speaks_https_only() {
     let echo = EchoServer::start().await;
-    let dir = support::temp_dir("admin-tls");
+    let dir = crate::support::temp_dir("admin-tls");
     let (cert, key) = admin_cert(&dir);
     let proxy = TestProxy::start(&tls_config_text(
         &cert,
@@ -1180,7 +1178,7 @@ async fn with_admin_tls_the_admin_port_speaks_https_only() {
 
 #[test]
 fn admin_tls_files_are_checked_at_start() {
-    let dir = support::temp_dir("admin-tls-bad");
+    let dir = crate::support::temp_dir("admin-tls-bad");
     let (cert, key) = admin_cert(&dir);
     let not_pem = dir.join("not-pem.txt");
     std::fs::write(&not_pem, "not a certificate\n").expect("write");
@@ -1207,7 +1205,7 @@ fn admin_tls_files_are_checked_at_start() {
 #[tokio::test]
 async fn the_cli_speaks_https_to_an_admin_port_with_tls() {
     let echo = EchoServer::start().await;
-    let dir = support::temp_dir("admin-tls-cli");
+    let dir = crate::support::temp_dir("admin-tls-cli");
     let (cert, key) = admin_cert(&dir);
     let proxy = ProxyProcess::spawn(&tls_config_text(
         &cert,

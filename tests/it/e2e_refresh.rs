@@ -2,14 +2,14 @@
 //! proxy, whose URL is the IdP's issuer, and each test run on the memory store and on a
 //! private redis-server.
 
-mod support;
-
+use crate::support::idp::{
+    self, ClientAuth, CodeFlow, Idp, IdpOptions, WWW_CLIENT_ID, WWW_CLIENT_SECRET,
+};
+use crate::support::proxy::TestProxy;
+use crate::support::redis::RedisServer;
 use serde_json::Value;
-use support::idp::{self, ClientAuth, CodeFlow, Idp, IdpOptions, WWW_CLIENT_ID, WWW_CLIENT_SECRET};
-use support::proxy::TestProxy;
-use support::redis::RedisServer;
 
-use support::StoreKind as Kind;
+use crate::support::StoreKind as Kind;
 
 /// Extra TOML for the sections the stack writes.
 #[derive(Default)]
@@ -47,7 +47,7 @@ impl Stack {
              [clients.www]\nsecret = \"Secr3t!\"\n{www}\n\
              [upstream]\nurl = \"{up}\"\n{upstream}\n",
             more = extra.more,
-            key = support::TEST_REFRESH_KEY,
+            key = crate::support::TEST_REFRESH_KEY,
             tokens = extra.tokens,
             www = extra.www,
             up = idp.base_url,
@@ -345,7 +345,7 @@ async fn minted_jwts_verify_against_the_jwks_fetched_through_the_proxy(kind: Kin
         let at = idp::str_field(&body, "access_token");
         let jwks_uri = idp::str_field(&idp::discovery(s.url()).await, "jwks_uri").to_owned();
         assert!(jwks_uri.starts_with(s.url()), "{jwks_uri}");
-        let verified = support::jose::verify_with_node_jose(&jwks_uri, at, Some(s.url()))
+        let verified = crate::support::jose::verify_with_node_jose(&jwks_uri, at, Some(s.url()))
             .await
             .unwrap_or_else(|e| panic!("{alg}: {e}"));
         assert_eq!(verified["header"]["typ"], "at+jwt");
@@ -408,7 +408,7 @@ async fn an_id_token_on_refresh_only_when_asked_and_openid(kind: Kind) {
     let body = s.refresh_ok(rt(&tokens), None).await;
     let id_token = idp::str_field(&body, "id_token");
     let jwks_uri = format!("{}/jwks", s.url());
-    let verified = support::jose::verify_with_node_jose(&jwks_uri, id_token, Some(s.url()))
+    let verified = crate::support::jose::verify_with_node_jose(&jwks_uri, id_token, Some(s.url()))
         .await
         .expect("the ID token verifies");
     // tokens.id_token_signing_alg (RS256 by default), which the proxy checks at start is one

@@ -1,21 +1,19 @@
 //! The real `refresh-proxy` binary: `check-config`, the quickstart config, signals, memory.
 
-mod support;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::echo::{EchoServer, Seen, hex};
+use crate::support::proxy::{ProxyProcess, binary, config};
 use aws_lc_rs::digest;
 use futures_util::StreamExt;
-use support::echo::{EchoServer, Seen, hex};
-use support::proxy::{ProxyProcess, binary, config};
 
 fn repo_config() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml")
 }
 
 fn check_config(text: &str, env: &[(&str, &str)]) -> (i32, String, String) {
-    let dir = support::temp_dir("check");
+    let dir = crate::support::temp_dir("check");
     let path = dir.join("config.toml");
     std::fs::write(&path, text).expect("write");
     let out = Command::new(binary())
@@ -243,7 +241,7 @@ async fn fifty_megabytes_stream_each_way_without_being_held_in_memory() {
 #[tokio::test]
 async fn text_logs_to_a_file_have_no_colour_codes() {
     let echo = EchoServer::start().await;
-    let dir = support::temp_dir("text-logs");
+    let dir = crate::support::temp_dir("text-logs");
     let config_path = dir.join("config.toml");
     std::fs::write(
         &config_path,
@@ -255,7 +253,8 @@ async fn text_logs_to_a_file_have_no_colour_codes() {
     .expect("write config");
     let log_path = dir.join("proxy.log");
     let log = std::fs::File::create(&log_path).expect("log file");
-    let mut proxy = ProxyProcess::spawn_full(config_path, &[], support::free_port(), log.into());
+    let mut proxy =
+        ProxyProcess::spawn_full(config_path, &[], crate::support::free_port(), log.into());
     proxy.wait_ready().await;
     let res = reqwest::get(format!("{}/hello", proxy.url))
         .await

@@ -7,14 +7,12 @@
 //! through the admin API, on `memory://` and on a private redis-server (store tampering: Redis
 //! only).
 
-mod support;
-
+use crate::support::StoreKind as Kind;
+use crate::support::echo::EchoServer;
+use crate::support::proxy::TestProxy;
+use crate::support::redis::RedisServer;
 use refresh_proxy::mint::refresh::{FamilyId, RefreshTokenKey};
 use serde_json::Value;
-use support::StoreKind as Kind;
-use support::echo::EchoServer;
-use support::proxy::TestProxy;
-use support::redis::RedisServer;
 
 const ISSUE_TOKEN: &str = "issue-token-for-tests-0123456789";
 const SECRET: &str = "Secr3t!";
@@ -44,7 +42,7 @@ impl Stack {
              [clients.spa]\nallow_admin_issue = true\n\
              [upstream]\nurl = \"{upstream}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
              revocation_path = \"/revoke\"\nintrospection_path = \"/introspect\"\n",
-            key = support::TEST_REFRESH_KEY,
+            key = crate::support::TEST_REFRESH_KEY,
             upstream = echo.url(),
         );
         let proxy = TestProxy::start(&config).await;
@@ -58,7 +56,7 @@ impl Stack {
     }
 
     async fn issue(&self, client_id: &str, subject: &str, scope: &str) -> String {
-        let tokens = support::proxy::issue(
+        let tokens = crate::support::proxy::issue(
             &self.proxy.admin_url,
             ISSUE_TOKEN,
             serde_json::json!({"client_id": client_id, "subject": subject, "scope": scope, "count": 1}),
@@ -104,7 +102,7 @@ impl Stack {
 }
 
 fn key() -> RefreshTokenKey {
-    RefreshTokenKey::from_secret(support::TEST_REFRESH_KEY.as_bytes())
+    RefreshTokenKey::from_secret(crate::support::TEST_REFRESH_KEY.as_bytes())
 }
 
 fn family_of(token: &str) -> String {

@@ -3,18 +3,16 @@
 //! are published); `SIGHUP` reloads them without dropping connections. The real binary, a
 //! programmable upstream IdP, refresh traffic running through both reloads.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::support::StoreKind as Kind;
+use crate::support::fake_idp::{FakeIdp, TestKey, payload};
+use crate::support::proxy::ProxyProcess;
+use crate::support::redis::RedisServer;
 use refresh_proxy::mint::refresh::RefreshTokenKey;
 use serde_json::{Value, json};
-use support::StoreKind as Kind;
-use support::fake_idp::{FakeIdp, TestKey, payload};
-use support::proxy::ProxyProcess;
-use support::redis::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CLIENT: &str = "www";
@@ -188,7 +186,7 @@ async fn on_connection(conn: &mut tokio::net::TcpStream) -> u16 {
 }
 
 async fn each_key_rotates_under_traffic_without_logging_anyone_out(kind: Kind) {
-    let dir = support::temp_dir("key-rotation");
+    let dir = crate::support::temp_dir("key-rotation");
     let (sa, sb) = (pem_file(&dir, "sa.pem"), pem_file(&dir, "sb.pem"));
     let (ia, ib) = (pem_file(&dir, "ia.pem"), pem_file(&dir, "ib.pem"));
     let upstream_key = TestKey::es256("up-1");
@@ -364,7 +362,7 @@ both_stores!(each_key_rotates_under_traffic_without_logging_anyone_out);
 /// A config that does not load on SIGHUP keeps the previous keys (and the process).
 #[tokio::test]
 async fn a_bad_config_on_reload_keeps_the_previous_keys() {
-    let dir = support::temp_dir("key-rotation-bad");
+    let dir = crate::support::temp_dir("key-rotation-bad");
     let sa = pem_file(&dir, "sa.pem");
     let idp = FakeIdp::start().await;
     let keys = Keys {

@@ -2,12 +2,10 @@
 //! sentinels, TLS and ACL servers come up, and failovers are detected. If these fail, store
 //! tests on those topologies cannot be trusted.
 
-mod support;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::topology::{Cluster, Options, Sentinel, Standalone, crc16_xmodem, slot_of};
+use crate::support::topology::{Cluster, Options, Sentinel, Standalone, crc16_xmodem, slot_of};
 
 /// Prints how long a step took (visible with `--no-capture`), for start-up budgets.
 fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {

@@ -1,5 +1,5 @@
 //! End to end in front of a second real IdP of another implementation family:
-//! django-oauth-toolkit (Python, Django; [`support::idp_py`]), so no one IdP's habits hide in
+//! django-oauth-toolkit (Python, Django; [`crate::support::idp_py`]), so no one IdP's habits hide in
 //! the proxy. The proxy is configured with discovery alone: this IdP's OpenID discovery lists
 //! no revocation or introspection endpoint, only its RFC 8414 metadata does, and its
 //! introspection names the user in `username` (hence `upstream.subject_claim = "username"`).
@@ -8,17 +8,15 @@
 //! proxy (log in and consent over HTTP), capture, refresh chains, narrowing, reuse, revocation
 //! and introspection at the proxy.
 
-mod support;
-
-use serde_json::{Value, json};
-use support::StoreKind as Kind;
-use support::idp::{self, CodeFlow, REDIRECT_URI, WWW_CLIENT_ID, WWW_CLIENT_SECRET};
-use support::idp_py::{
+use crate::support::StoreKind as Kind;
+use crate::support::idp::{self, CodeFlow, REDIRECT_URI, WWW_CLIENT_ID, WWW_CLIENT_SECRET};
+use crate::support::idp_py::{
     AUTHORIZE_PATH, INTROSPECTION_PATH, PyIdp, REVOCATION_PATH, RS_CLIENT_ID, RS_CLIENT_SECRET,
     TOKEN_PATH,
 };
-use support::proxy::TestProxy;
-use support::redis::RedisServer;
+use crate::support::proxy::TestProxy;
+use crate::support::redis::RedisServer;
+use serde_json::{Value, json};
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 
@@ -43,7 +41,7 @@ impl Stack {
              [clients.www]\nsecret = \"{WWW_CLIENT_SECRET}\"\nreuse_grace_period = 0\n\
              [clients.rs]\nsecret = \"{RS_CLIENT_SECRET}\"\nmay_introspect = true\n\
              [upstream]\nurl = \"{up}\"\nsubject_claim = \"username\"\n",
-            key = support::TEST_REFRESH_KEY,
+            key = crate::support::TEST_REFRESH_KEY,
             up = idp.issuer,
         );
         let proxy = TestProxy::start(&text).await;
@@ -302,8 +300,8 @@ async fn the_python_idp_decodes_escapes_and_a_leading_double_slash() {
     let auth = idp::basic_auth_header(RS_CLIENT_ID, RS_CLIENT_SECRET);
     let mut routed = Vec::new();
     for path in TOKEN_VARIANTS {
-        let (status, body) = support::raw::raw_post(
-            support::raw::host(&idp.base_url),
+        let (status, body) = crate::support::raw::raw_post(
+            crate::support::raw::host(&idp.base_url),
             path,
             &[("Authorization", &auth)],
             "grant_type=client_credentials",
@@ -324,9 +322,9 @@ async fn the_python_idp_decodes_escapes_and_a_leading_double_slash() {
 async fn no_variant_of_the_python_idps_token_path_gets_past_the_proxy() {
     let s = Stack::start(Kind::Memory).await;
     let auth = idp::basic_auth_header(RS_CLIENT_ID, RS_CLIENT_SECRET);
-    let addr = support::raw::host(&s.proxy.url);
+    let addr = crate::support::raw::host(&s.proxy.url);
     for path in TOKEN_VARIANTS {
-        let (status, body) = support::raw::raw_post(
+        let (status, body) = crate::support::raw::raw_post(
             addr,
             path,
             &[("Authorization", &auth)],

@@ -2,14 +2,12 @@
 //! with the real IdP behind the proxy, on both stores. Tokens the proxy did not issue go to
 //! the IdP.
 
-mod support;
-
+use crate::support::idp::{self, CodeFlow, Idp, IdpOptions, WWW_CLIENT_ID, WWW_CLIENT_SECRET};
+use crate::support::proxy::TestProxy;
+use crate::support::redis::RedisServer;
 use serde_json::Value;
-use support::idp::{self, CodeFlow, Idp, IdpOptions, WWW_CLIENT_ID, WWW_CLIENT_SECRET};
-use support::proxy::TestProxy;
-use support::redis::RedisServer;
 
-use support::StoreKind as Kind;
+use crate::support::StoreKind as Kind;
 
 struct Stack {
     idp: Idp,
@@ -38,7 +36,7 @@ impl Stack {
              [clients.other]\nsecret = \"0ther-secret\"\n\
              [clients.rs]\nsecret = \"rs-secret\"\nmay_introspect = true\n\
              [upstream]\nurl = \"{up}\"\n",
-            key = support::TEST_REFRESH_KEY,
+            key = crate::support::TEST_REFRESH_KEY,
             up = idp.base_url,
         );
         let proxy = TestProxy::start_on(listener, &text).await;

@@ -1,13 +1,11 @@
 //! No token, secret, Authorization or Cookie value reaches the logs, at any level: the real
 //! binary at `trace`, JSON logs captured from stdout, driven through every flow it has.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::idp::{self, CodeFlow, Idp, IdpOptions, WWW_CLIENT_ID, WWW_CLIENT_SECRET};
-use support::proxy::ProxyProcess;
+use crate::support::idp::{self, CodeFlow, Idp, IdpOptions, WWW_CLIENT_ID, WWW_CLIENT_SECRET};
+use crate::support::proxy::ProxyProcess;
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 const ISSUE_TOKEN: &str = "issue-token-0123456789";
@@ -16,14 +14,14 @@ const QUERY_SECRET: &str = "query-secret-that-must-not-be-logged";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs_at_trace_level() {
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let issuer = format!("http://127.0.0.1:{port}");
     let idp = Idp::start_with(IdpOptions {
         issuer: Some(issuer),
         ..IdpOptions::default()
     })
     .await;
-    let dir = support::temp_dir("logs");
+    let dir = crate::support::temp_dir("logs");
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
@@ -34,7 +32,7 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
              [clients.www]\nsecret = \"Secr3t!\"\nreuse_grace_period = 0\nallow_admin_issue = true\n\
              [clients.rs]\nsecret = \"rs-secret\"\nmay_introspect = true\n\
              [upstream]\nurl = \"{up}\"\n",
-            key = support::TEST_REFRESH_KEY,
+            key = crate::support::TEST_REFRESH_KEY,
             up = idp.base_url
         ),
     )
@@ -53,7 +51,7 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
         ADMIN_TOKEN.into(),
         "cookie-value-that-must-not-be-logged".into(),
         QUERY_SECRET.into(),
-        support::TEST_REFRESH_KEY.into(),
+        crate::support::TEST_REFRESH_KEY.into(),
     ];
 
     // Login (cookies, the code, PKCE), refreshes, introspection, revocation, reuse.

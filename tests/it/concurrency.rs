@@ -10,18 +10,16 @@
 //! The grace test prints its wall time and request rate (not asserted): run with
 //! `--no-capture` to see them.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::idp::{self, CodeFlow, Idp, IdpOptions, WWW_CLIENT_ID, WWW_CLIENT_SECRET};
+use crate::support::proxy::TestProxy;
+use crate::support::redis::RedisServer;
 use futures_util::StreamExt as _;
 use serde_json::Value;
-use support::idp::{self, CodeFlow, Idp, IdpOptions, WWW_CLIENT_ID, WWW_CLIENT_SECRET};
-use support::proxy::TestProxy;
-use support::redis::RedisServer;
 use tokio::sync::Barrier;
 
 /// Requests released together in one race.
@@ -36,7 +34,7 @@ const SCOPE: &str = "openid offline_access read";
 /// No single request may take longer than this (a hang is a failure, not a stuck test).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-use support::StoreKind as Kind;
+use crate::support::StoreKind as Kind;
 
 struct Stack {
     kind: Kind,
@@ -71,7 +69,7 @@ impl Stack {
              [tokens]\nrefresh_token_key = \"{key}\"\n\
              [clients.www]\nsecret = \"Secr3t!\"\n{www}\n\
              [upstream]\nurl = \"{up}\"\n",
-            key = support::TEST_REFRESH_KEY,
+            key = crate::support::TEST_REFRESH_KEY,
             up = idp.base_url,
         );
         let proxy = TestProxy::start_on(listener, &text).await;

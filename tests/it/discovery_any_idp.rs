@@ -1,20 +1,18 @@
 //! Issue 19, in front of any IdP: over real sockets, a programmable upstream
-//! ([`support::fake_idp`]) publishes its metadata the ways real IdPs do (revocation and
+//! ([`crate::support::fake_idp`]) publishes its metadata the ways real IdPs do (revocation and
 //! introspection only in RFC 8414 metadata, at RFC 8414 §3.1's location for an issuer with a
 //! path or appended to the issuer; or nowhere), and the proxy must find every endpoint it
 //! answers for, refuse to run when a handled client's revocation could be answered "revoked"
 //! by an upstream that never saw the token, say what it cannot locate, and refuse documents
 //! naming another issuer. Capture reads the subject from a named introspection claim.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::fake_idp::{FakeIdp, payload};
+use crate::support::proxy::{ProxyProcess, TestProxy, issue};
 use refresh_proxy::app::Outcome;
 use serde_json::{Value, json};
-use support::fake_idp::{FakeIdp, payload};
-use support::proxy::{ProxyProcess, TestProxy, issue};
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 const ISSUE_TOKEN: &str = "issue-token-0123456789";
@@ -153,12 +151,13 @@ async fn an_unknown_revocation_endpoint_with_handled_clients_stops_the_proxy() {
         Some(Outcome::Refused)
     );
 
-    let dir = support::temp_dir("refused");
+    let dir = crate::support::temp_dir("refused");
     let config = dir.join("config.toml");
     std::fs::write(&config, config_text(&idp.url(), "")).expect("config");
     let log_path = dir.join("proxy.log");
     let log = std::fs::File::create(&log_path).expect("log");
-    let mut process = ProxyProcess::spawn_full(config, &[], support::free_port(), Stdio::from(log));
+    let mut process =
+        ProxyProcess::spawn_full(config, &[], crate::support::free_port(), Stdio::from(log));
     let status = process
         .wait_exit(Duration::from_secs(15))
         .await
@@ -196,12 +195,13 @@ async fn a_revocation_declared_absent_starts_and_says_so() {
         "{m}"
     );
 
-    let dir = support::temp_dir("absent");
+    let dir = crate::support::temp_dir("absent");
     let config = dir.join("config.toml");
     std::fs::write(&config, &text).expect("config");
     let log_path = dir.join("proxy.log");
     let log = std::fs::File::create(&log_path).expect("log");
-    let process = ProxyProcess::spawn_full(config, &[], support::free_port(), Stdio::from(log));
+    let process =
+        ProxyProcess::spawn_full(config, &[], crate::support::free_port(), Stdio::from(log));
     process.wait_ready().await;
     let log = std::fs::read_to_string(&log_path).expect("log");
     assert!(
@@ -307,7 +307,7 @@ async fn capture_takes_the_subject_from_a_named_introspection_claim() {
 /// revocation path or `revocation = "absent"`.
 #[test]
 fn check_config_refuses_clients_without_a_revocation_path_when_discovery_is_off() {
-    let dir = support::temp_dir("check-revocation");
+    let dir = crate::support::temp_dir("check-revocation");
     let run = |extra: &str| {
         let path = dir.join("config.toml");
         std::fs::write(
@@ -319,7 +319,7 @@ fn check_config_refuses_clients_without_a_revocation_path_when_discovery_is_off(
             ),
         )
         .expect("write");
-        let out = std::process::Command::new(support::proxy::binary())
+        let out = std::process::Command::new(crate::support::proxy::binary())
             .args(["check-config", "--config"])
             .arg(&path)
             .output()

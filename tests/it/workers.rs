@@ -4,15 +4,13 @@
 //! In-process, in front of an echo upstream (`discovery = false`, token path `/token`), on
 //! `memory://` (one store shared by every worker) and on a private redis-server.
 
-mod support;
-
 use std::collections::HashSet;
 
-use support::StoreKind as Kind;
-use support::echo::EchoServer;
-use support::idp;
-use support::proxy::TestProxy;
-use support::redis::RedisServer;
+use crate::support::StoreKind as Kind;
+use crate::support::echo::EchoServer;
+use crate::support::idp;
+use crate::support::proxy::TestProxy;
+use crate::support::redis::RedisServer;
 
 const ISSUE_TOKEN: &str = "issue-token-for-tests-0123456789";
 const SECRET: &str = "Secr3t!";
@@ -39,7 +37,7 @@ impl Stack {
              [clients.www]\nsecret = \"{SECRET}\"\nallow_admin_issue = true\n\
              [upstream]\nurl = \"{up}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
              revocation = \"absent\"\n",
-            key = support::TEST_REFRESH_KEY,
+            key = crate::support::TEST_REFRESH_KEY,
             up = echo.url(),
         );
         let proxy = TestProxy::start(&text).await;
@@ -53,7 +51,7 @@ impl Stack {
 
     /// Families opened through the admin API, which runs on the main thread's store handle.
     async fn issue(&self, count: u64) -> Vec<String> {
-        support::proxy::issue(
+        crate::support::proxy::issue(
             &self.proxy.admin_url,
             ISSUE_TOKEN,
             serde_json::json!({"client_id": "www", "subject": "alice", "count": count}),

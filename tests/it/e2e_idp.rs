@@ -1,10 +1,8 @@
 //! End to end with the real IdP (oidc-provider) behind the proxy: the client talks only to the
 //! proxy, whose URL is the IdP's issuer, as in a real deployment.
 
-mod support;
-
-use support::idp::{self, ClientAuth, CodeFlow, Idp, IdpOptions};
-use support::proxy::{TestProxy, config};
+use crate::support::idp::{self, ClientAuth, CodeFlow, Idp, IdpOptions};
+use crate::support::proxy::{TestProxy, config};
 
 /// Binds the proxy's port first, so the IdP can be started with the proxy's URL as its issuer.
 async fn idp_behind_proxy(extra: &str) -> (Idp, TestProxy) {

@@ -1,12 +1,10 @@
 //! Forwarding over real sockets: client → proxy → echo upstream. What goes in comes out, except
 //! what a reverse proxy must change (hop-by-hop headers, Host, X-Forwarded-*).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::echo::{EchoServer, Seen};
-use support::proxy::{TestProxy, config};
+use crate::support::echo::{EchoServer, Seen};
+use crate::support::proxy::{TestProxy, config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn client() -> reqwest::Client {
@@ -223,7 +221,7 @@ async fn http2_prior_knowledge_is_served() {
 #[tokio::test]
 async fn http2_and_http1_over_tls_are_served() {
     let echo = EchoServer::start().await;
-    let dir = support::temp_dir("tls");
+    let dir = crate::support::temp_dir("tls");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
     std::fs::write(dir.join("cert.pem"), cert.cert.pem()).expect("write cert");
     std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).expect("write key");
@@ -291,7 +289,7 @@ async fn upstream_errors_pass_through_as_they_are() {
 
 #[tokio::test]
 async fn upstream_down_is_a_502_with_json() {
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let proxy = TestProxy::start(&config(
         &format!("http://127.0.0.1:{port}"),
         "discovery = false\ntoken_path = \"/token\"\nconnect_timeout = 1\n",

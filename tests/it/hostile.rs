@@ -15,18 +15,16 @@
 //! - upstream answers that are huge (50 MB), deeply nested (100,000 `[`), not UTF-8 or not JSON:
 //!   passed on untouched, with the proxy's memory bounded (the real binary, VmHWM).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::echo::{EchoServer, Seen, hex};
+use crate::support::fake_idp::FakeIdp;
+use crate::support::h2raw::{self, RawH2};
+use crate::support::idp;
+use crate::support::proxy::{ProxyProcess, TestProxy};
 use aws_lc_rs::digest;
 use base64::Engine as _;
 use serde_json::{Value, json};
-use support::echo::{EchoServer, Seen, hex};
-use support::fake_idp::FakeIdp;
-use support::h2raw::{self, RawH2};
-use support::idp;
-use support::proxy::{ProxyProcess, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -54,7 +52,7 @@ impl Stack {
              [clients.rs]\nsecret = \"{SECRET}\"\nmay_introspect = true\n\
              [upstream]\nurl = \"{up}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
              revocation_path = \"/revoke\"\nintrospection_path = \"/introspect\"\n",
-            key = support::TEST_REFRESH_KEY,
+            key = crate::support::TEST_REFRESH_KEY,
             up = echo.url(),
         );
         let proxy = TestProxy::start(&text).await;
@@ -70,7 +68,7 @@ impl Stack {
     }
 
     async fn issue(&self, count: u64) -> Vec<String> {
-        support::proxy::issue(
+        crate::support::proxy::issue(
             &self.proxy.admin_url,
             ISSUE_TOKEN,
             json!({"client_id": "www", "subject": "alice", "count": count}),
@@ -890,7 +888,7 @@ async fn hostile_upstream_answers_pass_through_untouched_with_memory_bounded() {
          [admin]\ntoken = \"{ADMIN_TOKEN}\"\nissue_token = \"{ISSUE_TOKEN}\"\n\
          [clients.www]\nsecret = \"{SECRET}\"\nallow_admin_issue = true\n\
          [upstream]\nurl = \"{up}\"\n",
-        key = support::TEST_REFRESH_KEY,
+        key = crate::support::TEST_REFRESH_KEY,
         up = idp.url(),
     ));
     proxy.wait_ready().await;
@@ -973,7 +971,7 @@ async fn hostile_upstream_answers_pass_through_untouched_with_memory_bounded() {
         "peak RSS grew from {baseline} KiB to {peak} KiB for two 50 MB answers"
     );
     // Still serving: a refresh of a family the admin API opens.
-    let rt = support::proxy::issue(
+    let rt = crate::support::proxy::issue(
         &proxy.admin_url,
         ISSUE_TOKEN,
         json!({"client_id": "www", "subject": "alice", "count": 1}),

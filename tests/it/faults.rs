@@ -9,16 +9,14 @@
 //! and 200 after, the proxy recovered by itself within 2 s, and every chain goes on from its
 //! last good token: no family lost, forked or rotated twice.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::echo::EchoServer;
+use crate::support::load::{Load, Report, family_and_generation};
+use crate::support::proxy::ProxyProcess;
+use crate::support::redis::RedisServer;
 use refresh_proxy::config::StoreConfig;
 use refresh_proxy::store::{RedisStore, TokenStore};
-use support::echo::EchoServer;
-use support::load::{Load, Report, family_and_generation};
-use support::proxy::ProxyProcess;
-use support::redis::RedisServer;
 
 const ISSUE_TOKEN: &str = "issue-token-for-tests-0123456789";
 const CLIENT: (&str, &str) = ("www", "Secr3t!");
@@ -54,7 +52,7 @@ impl Stack {
              [clients.www]\nsecret = \"{secret}\"\nallow_admin_issue = true\n\
              [upstream]\nurl = \"{upstream}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
              revocation = \"absent\"\n",
-            key = support::TEST_REFRESH_KEY,
+            key = crate::support::TEST_REFRESH_KEY,
             secret = CLIENT.1,
             upstream = echo.url(),
         );
@@ -69,7 +67,7 @@ impl Stack {
 
     /// Opens families through the admin API; their first refresh tokens.
     async fn issue(&self, count: usize) -> Vec<String> {
-        support::proxy::issue(
+        crate::support::proxy::issue(
             &self.proxy.admin_url,
             ISSUE_TOKEN,
             serde_json::json!({
@@ -103,10 +101,10 @@ impl Stack {
 
     /// Every chain refreshes once more and gets the next generation.
     async fn every_chain_goes_on(&self, report: &mut Report) {
-        let http = support::load::http();
+        let http = crate::support::load::http();
         for chain in &mut report.chains {
             let (status, body, _) =
-                support::load::refresh(&http, &self.token_url(), CLIENT, &chain.token).await;
+                crate::support::load::refresh(&http, &self.token_url(), CLIENT, &chain.token).await;
             assert_eq!(status, 200, "family {}: {body}", chain.family);
             let next = body["refresh_token"].as_str().expect("refresh_token");
             let (family, generation) = family_and_generation(next);
@@ -266,16 +264,17 @@ async fn killing_redis_under_load_costs_availability_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_script_answer_is_retried_to_the_same_token() {
     let redis = RedisServer::start();
-    let relay = support::relay::Relay::start(redis.port).await;
+    let relay = crate::support::relay::Relay::start(redis.port).await;
     let stack = Stack::start(&relay.url(), "").await;
     let store = stack.store();
     let key = refresh_proxy::mint::refresh::RefreshTokenKey::from_secret(
-        support::TEST_REFRESH_KEY.as_bytes(),
+        crate::support::TEST_REFRESH_KEY.as_bytes(),
     );
-    let http = support::load::http();
+    let http = crate::support::load::http();
     // Once, so the script is in Redis's cache and the next EVALSHA runs it.
     let warm = stack.issue(1).await.remove(0);
-    let (status, _, _) = support::load::refresh(&http, &stack.token_url(), CLIENT, &warm).await;
+    let (status, _, _) =
+        crate::support::load::refresh(&http, &stack.token_url(), CLIENT, &warm).await;
     assert_eq!(status, 200);
     for round in 0..5 {
         let token = stack.issue(1).await.remove(0);
@@ -285,7 +284,7 @@ async fn a_lost_script_answer_is_retried_to_the_same_token() {
         relay.lose_next_answer(b"EVALSHA");
         let started = Instant::now();
         let (status, body, retry_after) =
-            support::load::refresh(&http, &stack.token_url(), CLIENT, &token).await;
+            crate::support::load::refresh(&http, &stack.token_url(), CLIENT, &token).await;
         assert_eq!(
             (status, body["error"].as_str(), retry_after),
             (503, Some("temporarily_unavailable"), true),
@@ -311,7 +310,7 @@ async fn a_lost_script_answer_is_retried_to_the_same_token() {
         );
 
         let (status, body, _) =
-            support::load::refresh(&http, &stack.token_url(), CLIENT, &token).await;
+            crate::support::load::refresh(&http, &stack.token_url(), CLIENT, &token).await;
         assert_eq!(status, 200, "round {round}: the retry {body}");
         assert_eq!(
             body["refresh_token"].as_str(),
@@ -334,7 +333,7 @@ async fn a_lost_script_answer_is_retried_to_the_same_token() {
                 .is_some()
         );
         let (status, body, _) =
-            support::load::refresh(&http, &stack.token_url(), CLIENT, &expected).await;
+            crate::support::load::refresh(&http, &stack.token_url(), CLIENT, &expected).await;
         assert_eq!(status, 200, "round {round}: {body}");
     }
 }
@@ -342,7 +341,7 @@ async fn a_lost_script_answer_is_retried_to_the_same_token() {
 /// Kill the master a Sentinel set watches under load; the proxy follows the promoted replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_under_load_loses_no_family() {
-    use support::topology::{Options, Sentinel};
+    use crate::support::topology::{Options, Sentinel};
     let mut topology = Sentinel::start(Options::default());
     let stack = Stack::start(&topology.url(), "").await;
     let tokens = stack.issue(CHAINS).await;
@@ -361,7 +360,7 @@ async fn a_sentinel_failover_under_load_loses_no_family() {
 /// slot map.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_master_failover_under_load_loses_no_family() {
-    use support::topology::{Cluster, Options, slot_of};
+    use crate::support::topology::{Cluster, Options, slot_of};
     let mut topology = Cluster::start(Options::default());
     let stack = Stack::start(&topology.url(), "").await;
     let tokens = stack.issue(CHAINS).await;
@@ -402,8 +401,8 @@ async fn a_cluster_master_failover_under_load_loses_no_family() {
 /// included), 503 when the cluster is gone, 200 again when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_whole_cluster() {
-    use support::proxy::wait_for_status;
-    use support::topology::{Cluster, Options};
+    use crate::support::proxy::wait_for_status;
+    use crate::support::topology::{Cluster, Options};
     let mut topology = Cluster::start(Options::default());
     let stack = Stack::start(&topology.url(), "").await;
     let readyz = format!("{}/readyz", stack.proxy.admin_url);
@@ -413,8 +412,13 @@ async fn readyz_follows_the_whole_cluster() {
         topology.kill_node(*port);
     }
     wait_for_status(&readyz, 503, Duration::from_secs(5)).await;
-    let (status, body, _) =
-        support::load::refresh(&support::load::http(), &stack.token_url(), CLIENT, &token).await;
+    let (status, body, _) = crate::support::load::refresh(
+        &crate::support::load::http(),
+        &stack.token_url(),
+        CLIENT,
+        &token,
+    )
+    .await;
     assert_eq!(
         (status, body["error"].as_str()),
         (503, Some("temporarily_unavailable"))
@@ -423,7 +427,12 @@ async fn readyz_follows_the_whole_cluster() {
         topology.restart_node(*port);
     }
     wait_for_status(&readyz, 200, Duration::from_secs(15)).await;
-    let (status, body, _) =
-        support::load::refresh(&support::load::http(), &stack.token_url(), CLIENT, &token).await;
+    let (status, body, _) = crate::support::load::refresh(
+        &crate::support::load::http(),
+        &stack.token_url(),
+        CLIENT,
+        &token,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
 }

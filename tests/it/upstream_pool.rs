@@ -1,13 +1,11 @@
 //! The proxy's own HTTP/1.1 connections to an `http://` upstream (src/proxy/pool.rs), against
 //! a raw TCP upstream that counts its connections and controls exactly when it closes them.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use support::proxy::{TestProxy, config};
+use crate::support::proxy::{TestProxy, config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -1,13 +1,11 @@
 //! Readiness, discovery, the store's health and graceful shutdown, over real sockets.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::echo::{EchoServer, Seen};
+use crate::support::proxy::{TestProxy, config, wait_for_status};
+use crate::support::redis::RedisServer;
 use refresh_proxy::app::Outcome;
-use support::echo::{EchoServer, Seen};
-use support::proxy::{TestProxy, config, wait_for_status};
-use support::redis::RedisServer;
 
 async fn readyz(proxy: &TestProxy) -> (u16, serde_json::Value) {
     let res = reqwest::get(format!("{}/readyz", proxy.admin_url))
@@ -18,7 +16,7 @@ async fn readyz(proxy: &TestProxy) -> (u16, serde_json::Value) {
 
 #[tokio::test]
 async fn healthz_is_always_200_and_unknown_admin_paths_are_404() {
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let proxy = TestProxy::start(&config(&format!("http://127.0.0.1:{port}"), "")).await;
     let res = reqwest::get(format!("{}/healthz", proxy.admin_url))
         .await
@@ -135,7 +133,7 @@ async fn readyz_follows_redis_while_forwarding_keeps_working() {
         "[store]\nurl = \"{}\"\nresponse_timeout = 0.3\nconnect_timeout = 0.3\n\
          [tokens]\nrefresh_token_key = \"{}\"\n{}",
         redis.url(),
-        support::TEST_REFRESH_KEY,
+        crate::support::TEST_REFRESH_KEY,
         config(&echo.url(), "")
     );
     let proxy = TestProxy::start(&text).await;

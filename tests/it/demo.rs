@@ -5,8 +5,6 @@
 //! can see that its temp dir is gone. Needs node, npm (tests/idp's packages, which the script
 //! installs when missing) and curl, like the script.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -81,7 +79,7 @@ impl Run {
 /// Runs `bash scripts/demo` with `DEMO_PROXY_BIN=proxy_bin`; when `interrupt_at` is given,
 /// sends SIGINT (Ctrl-C) to the script once it printed a line containing it.
 fn run_demo(proxy_bin: &Path, interrupt_at: Option<&str>) -> Run {
-    let tmpdir = support::temp_dir("demo-tmpdir");
+    let tmpdir = crate::support::temp_dir("demo-tmpdir");
     let mut child = Command::new("bash")
         .arg("scripts/demo")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -174,7 +172,7 @@ struct FakeProxy {
 
 impl FakeProxy {
     fn new(name: &str, script: &str) -> FakeProxy {
-        let path = support::temp_dir("demo-bin").join(name);
+        let path = crate::support::temp_dir("demo-bin").join(name);
         std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).expect("write the fake proxy");
         let status = Command::new("chmod")
             .arg("+x")
@@ -196,7 +194,7 @@ impl Drop for FakeProxy {
 
 #[test]
 fn the_demo_shows_capture_rotation_grace_narrowing_and_reuse_then_cleans_up() {
-    let run = run_demo(Path::new(support::proxy::binary()), None);
+    let run = run_demo(Path::new(crate::support::proxy::binary()), None);
     assert!(run.status.success(), "the demo failed\n{}", run.output());
     let out = &run.stdout;
     for fact in [
@@ -266,7 +264,7 @@ fn the_demo_fails_when_the_proxy_does_not_do_its_job() {
         "www-not-handled",
         &format!(
             "sed -i 's/^\\[clients.www\\]$/[clients.not-www]/' \"$2\"\nexec '{}' \"$@\"",
-            support::proxy::binary()
+            crate::support::proxy::binary()
         ),
     );
     let run = run_demo(&unhandled.path, None);

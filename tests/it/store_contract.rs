@@ -1,8 +1,6 @@
 //! The store contract: the same cases run against `memory://` and a private `redis-server`.
 //! Times are passed in, so lifetimes and grace are tested without waiting.
 
-mod support;
-
 use std::sync::Arc;
 
 use refresh_proxy::config::StoreConfig;
@@ -755,7 +753,7 @@ macro_rules! contract {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let server = support::redis::RedisServer::start();
+                    let server = crate::support::redis::RedisServer::start();
                     super::$case(redis_store(&server)).await;
                 }
             )*
@@ -763,7 +761,7 @@ macro_rules! contract {
     };
 }
 
-fn redis_store(server: &support::redis::RedisServer) -> RedisStore {
+fn redis_store(server: &crate::support::redis::RedisServer) -> RedisStore {
     let config: StoreConfig =
         toml::from_str(&format!("url = \"{}\"", server.url())).expect("config");
     RedisStore::open(&config).expect("open")
@@ -793,7 +791,7 @@ contract!(
 
 #[tokio::test]
 async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
-    let server = support::redis::RedisServer::start();
+    let server = crate::support::redis::RedisServer::start();
     let store = redis_store(&server);
     let key = refresh_proxy::mint::refresh::RefreshTokenKey::generate();
     let t0 = now();
@@ -888,7 +886,7 @@ async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
 /// The contract on Redis topologies: one topology per test, every case on its own key prefix.
 mod topologies {
     use super::*;
-    use support::topology::{Cluster, Options, Sentinel, Standalone};
+    use crate::support::topology::{Cluster, Options, Sentinel, Standalone};
 
     /// A store on `url` with the topology's TLS files and ACL user, one prefix per case.
     async fn every_case_on(url: &str, opts: &Options) {

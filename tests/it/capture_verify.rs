@@ -1,16 +1,14 @@
 //! Capture is as strict as an authorization server: over real sockets, a programmable upstream
-//! ([`support::fake_idp`]) sends token answers a real IdP would not, and the proxy must pass
+//! ([`crate::support::fake_idp`]) sends token answers a real IdP would not, and the proxy must pass
 //! them on untouched (the upstream's refresh token, not a proxy one) and count the skip, or
 //! capture them with the scope and audience the *upstream* granted. Each case runs on the
 //! memory store and on a private redis-server.
 
-mod support;
-
+use crate::support::StoreKind as Kind;
+use crate::support::fake_idp::{FakeIdp, TestKey, payload, unsigned};
+use crate::support::proxy::TestProxy;
+use crate::support::redis::RedisServer;
 use serde_json::{Value, json};
-use support::StoreKind as Kind;
-use support::fake_idp::{FakeIdp, TestKey, payload, unsigned};
-use support::proxy::TestProxy;
-use support::redis::RedisServer;
 
 const CLIENT: &str = "www";
 const SECRET: &str = "Secr3t!";
@@ -53,7 +51,7 @@ impl Rig {
              [tokens]\nrefresh_token_key = \"{key}\"\n{tokens}\n\
              [clients.{CLIENT}]\nsecret = \"{SECRET}\"\naccess_token_format = \"jwt\"\n\
              [upstream]\nurl = \"{up}\"\n",
-            key = support::TEST_REFRESH_KEY,
+            key = crate::support::TEST_REFRESH_KEY,
             up = idp.url(),
         );
         let proxy = TestProxy::start(&text).await;

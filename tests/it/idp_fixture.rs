@@ -2,15 +2,13 @@
 //! directly. Needs Node.js and `npm ci --prefix tests/idp`.
 #![allow(dead_code)]
 
-mod support;
-
 use std::time::Instant;
 
-use serde_json::Value;
-use support::idp::{
+use crate::support::idp::{
     self, ClientAuth, CodeFlow, Idp, IdpOptions, JWT_API_RESOURCE, RefreshRotation, SPA_CLIENT_ID,
     WWW_CLIENT_ID, WWW_CLIENT_SECRET, str_field,
 };
+use serde_json::Value;
 
 fn scopes(v: &Value) -> Vec<String> {
     let mut s: Vec<String> = str_field(v, "scope")

@@ -6,15 +6,13 @@
 //! The proxy runs in-process in front of an echo upstream (`discovery = false`, token path
 //! `/token`) on `memory://`, with families opened through the admin API.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::echo::EchoServer;
+use crate::support::h2raw::{self, RawH2};
+use crate::support::idp;
+use crate::support::proxy::TestProxy;
 use bytes::Bytes;
-use support::echo::EchoServer;
-use support::h2raw::{self, RawH2};
-use support::idp;
-use support::proxy::TestProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -39,7 +37,7 @@ impl Stack {
              [clients.www]\nsecret = \"{SECRET}\"\nallow_admin_issue = true\n\
              [upstream]\nurl = \"{up}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
              revocation_path = \"/revoke\"\nintrospection_path = \"/introspect\"\n",
-            key = support::TEST_REFRESH_KEY,
+            key = crate::support::TEST_REFRESH_KEY,
             up = echo.url(),
         );
         let proxy = TestProxy::start(&text).await;
@@ -49,7 +47,7 @@ impl Stack {
     }
 
     async fn issue(&self, count: u64) -> Vec<String> {
-        support::proxy::issue(
+        crate::support::proxy::issue(
             &self.proxy.admin_url,
             ISSUE_TOKEN,
             serde_json::json!({"client_id": "www", "subject": "alice", "count": count}),
