@@ -344,6 +344,25 @@ mod tests {
             invalid_grant(refresh(&engine, "www", &token, None).await);
         }
 
+        /// A store that lost its last writes (a Redis crash between AOF syncs, a failover)
+        /// holds generation N while the client has N+2: the engine walks the chain from the
+        /// stored verifier to the presented token and the family goes on from it.
+        #[tokio::test]
+        async fn a_token_ahead_of_the_store_is_walked_to_and_the_family_goes_on() {
+            let engine = engine();
+            let first = issue(&engine, "www", "read").await;
+            let keys = engine.keys();
+            let parsed = keys.refresh.parse(&first).expect("the proxy's token");
+            let second = keys.refresh.successor(0, &parsed);
+            let parsed = keys.refresh.parse(&second).expect("the proxy's token");
+            let third = keys.refresh.successor(0, &parsed);
+            // The store never saw `second` or `third` (as if it had lost those rotations).
+            let fourth = rotated(refresh(&engine, "www", &third, None).await);
+            let parsed = keys.refresh.parse(&fourth.refresh_token).expect("ours");
+            assert_eq!(parsed.generation, 3, "the family continues from the token");
+            rotated(refresh(&engine, "www", &fourth.refresh_token, None).await);
+        }
+
         #[tokio::test]
         async fn another_clients_token_is_invalid_grant() {
             let engine = engine();
