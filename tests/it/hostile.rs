@@ -17,63 +17,42 @@
 
 use std::time::Duration;
 
-use crate::support::echo::{EchoServer, Seen, hex};
+use crate::support::echo::{Seen, hex};
+use crate::support::echo_stack::{ADMIN_TOKEN, EchoStack, ISSUE_TOKEN, SECRET};
 use crate::support::fake_idp::FakeIdp;
 use crate::support::h2raw::{self, RawH2};
 use crate::support::idp;
-use crate::support::proxy::{ProxyProcess, TestProxy};
+use crate::support::proxy::ProxyProcess;
 use aws_lc_rs::digest;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
-const ISSUE_TOKEN: &str = "issue-token-for-tests-0123456789";
-const SECRET: &str = "Secr3t!";
 /// How long any answer may take before the case counts as a hang.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Stack {
-    proxy: TestProxy,
-    echo: EchoServer,
-    addr: String,
+    base: EchoStack,
     admin_addr: String,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = EchoStack;
+    fn deref(&self) -> &EchoStack {
+        &self.base
+    }
 }
 
 impl Stack {
     async fn start(server: &str) -> Stack {
-        let echo = EchoServer::start_recording().await;
-        let text = format!(
-            "[server]\n{server}\n\
-             [tokens]\nrefresh_token_key = \"{key}\"\n\
-             [admin]\ntoken = \"{ADMIN_TOKEN}\"\nissue_token = \"{ISSUE_TOKEN}\"\n\
-             [clients.www]\nsecret = \"{SECRET}\"\nallow_admin_issue = true\n\
-             [clients.rs]\nsecret = \"{SECRET}\"\nmay_introspect = true\n\
-             [upstream]\nurl = \"{up}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
-             revocation_path = \"/revoke\"\nintrospection_path = \"/introspect\"\n",
-            key = crate::support::TEST_REFRESH_KEY,
-            up = echo.url(),
-        );
-        let proxy = TestProxy::start(&text).await;
-        proxy.wait_ready().await;
-        let addr = format!("127.0.0.1:{}", proxy.port);
-        let admin_addr = proxy.admin_url.trim_start_matches("http://").to_owned();
-        Stack {
-            proxy,
-            echo,
-            addr,
-            admin_addr,
-        }
-    }
-
-    async fn issue(&self, count: u64) -> Vec<String> {
-        crate::support::proxy::issue(
-            &self.proxy.admin_url,
-            ISSUE_TOKEN,
-            json!({"client_id": "www", "subject": "alice", "count": count}),
-        )
-        .await
+        let base = EchoStack::start(server).await;
+        let admin_addr = base
+            .proxy
+            .admin_url
+            .trim_start_matches("http://")
+            .to_owned();
+        Stack { base, admin_addr }
     }
 
     /// The proxy still answers a refresh of its own and forwards a GET, on new connections.

@@ -8,51 +8,26 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::echo::EchoServer;
+use crate::support::echo_stack::{EchoStack, SECRET};
 use crate::support::h2raw::{self, RawH2};
 use crate::support::idp;
-use crate::support::proxy::TestProxy;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
-const ISSUE_TOKEN: &str = "issue-token-for-tests-0123456789";
-const SECRET: &str = "Secr3t!";
+struct Stack(EchoStack);
 
-struct Stack {
-    proxy: TestProxy,
-    echo: EchoServer,
-    addr: String,
+impl std::ops::Deref for Stack {
+    type Target = EchoStack;
+    fn deref(&self) -> &EchoStack {
+        &self.0
+    }
 }
 
 impl Stack {
     /// The proxy with `server` keys added to its `[server]` table.
     async fn start(server: &str) -> Stack {
-        let echo = EchoServer::start_recording().await;
-        let text = format!(
-            "[server]\n{server}\n\
-             [tokens]\nrefresh_token_key = \"{key}\"\n\
-             [admin]\ntoken = \"{ADMIN_TOKEN}\"\nissue_token = \"{ISSUE_TOKEN}\"\n\
-             [clients.www]\nsecret = \"{SECRET}\"\nallow_admin_issue = true\n\
-             [upstream]\nurl = \"{up}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
-             revocation_path = \"/revoke\"\nintrospection_path = \"/introspect\"\n",
-            key = crate::support::TEST_REFRESH_KEY,
-            up = echo.url(),
-        );
-        let proxy = TestProxy::start(&text).await;
-        proxy.wait_ready().await;
-        let addr = format!("127.0.0.1:{}", proxy.port);
-        Stack { proxy, echo, addr }
-    }
-
-    async fn issue(&self, count: u64) -> Vec<String> {
-        crate::support::proxy::issue(
-            &self.proxy.admin_url,
-            ISSUE_TOKEN,
-            serde_json::json!({"client_id": "www", "subject": "alice", "count": count}),
-        )
-        .await
+        Stack(EchoStack::start(server).await)
     }
 
     /// One refresh on a new connection; the next token.

@@ -8,6 +8,7 @@
 //! - [`idp_py`]: a second real one of another family (PyPI `django-oauth-toolkit`, pinned in
 //!   tests/idp-py), whose revocation and introspection endpoints are only in RFC 8414 metadata.
 //! - [`echo`]: a plain upstream that reports what reached it, for transparency tests.
+//! - [`echo_stack`]: the proxy in front of a recording echo upstream, admin API on.
 //! - [`fake_idp`]: a programmable upstream IdP (token answer, JWKS, introspection set by the
 //!   test) and signing keys for its tokens, for capture tests.
 //! - [`proxy`]: the proxy itself, in-process or as the real binary.
@@ -20,6 +21,7 @@
 #![allow(dead_code)]
 
 pub mod echo;
+pub mod echo_stack;
 pub mod fake_idp;
 pub mod h2raw;
 pub mod idp;
