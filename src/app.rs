@@ -37,14 +37,17 @@ use crate::access_log::AccessLogLayer;
 use crate::admin::{Admin, AdminApi, IssuerSource, Readiness, WorkerStore};
 use crate::classify::Endpoints;
 use crate::client_auth::Clients;
+use crate::client_auth::UpstreamAuth;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, Keys};
 use crate::layer::RefreshGrantLayer;
 use crate::mint::jwt::Signer;
+use crate::mint::kept::KeptKeys;
 use crate::mint::refresh::{RefreshKeys, RefreshTokenKey};
 use crate::proxy::Forward;
 use crate::server::{self, ConnOptions, Inbox};
 use crate::store::AnyStore;
+use crate::upstream_revocation::{self, UpstreamRevoker};
 use crate::{discovery, tls};
 
 /// OIDC client libraries reject ID tokens signed with an algorithm discovery does not list.
@@ -117,11 +120,21 @@ pub fn build_keys(config: &Config) -> Result<Keys, ConfigError> {
     } else {
         Vec::new()
     };
+    let kept_secrets = || {
+        tokens
+            .upstream_token_keys
+            .iter()
+            .map(|s| s.expose().as_bytes())
+    };
+    let kept = KeptKeys::from_secrets(kept_secrets())
+        .or_else(|| KeptKeys::derived_from(secrets.iter().map(|s| s.expose().as_bytes())))
+        .unwrap_or_else(KeptKeys::generate);
     Ok(Keys {
         clients,
         refresh,
         signers,
         id_signers,
+        kept,
     })
 }
 
@@ -206,6 +219,8 @@ pub struct App {
     /// The admin API, when `admin.token` or `admin.issue_token` is set.
     admin_api: Option<Arc<AdminApi>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Family ends the engine queues, to be revoked at the upstream.
+    endings: tokio::sync::mpsc::Receiver<crate::engine::Ending>,
 }
 
 /// How [`App::run`] ended.
@@ -226,7 +241,8 @@ impl App {
     pub fn build(config: Config) -> Result<App, ConfigError> {
         let endpoints = Arc::new(ArcSwap::from_pointee(Endpoints::default()));
         let store = AnyStore::open(&config.store)?;
-        let engine = Arc::new(build_engine(&config, store.clone())?);
+        let (ends, endings) = upstream_revocation::queue();
+        let engine = Arc::new(build_engine(&config, store.clone())?.with_endings(ends));
         let forward = Forward::new(&config.upstream, crate::error::gateway_answer)?
             .with_metrics(engine.metrics.clone());
         let mut layer = RefreshGrantLayer::builder()
@@ -279,6 +295,7 @@ impl App {
             id_token_alg,
             admin_api: admin_api.map(Arc::new),
             metrics: engine.metrics.clone(),
+            endings,
         })
     }
 
@@ -313,6 +330,7 @@ impl App {
             id_token_alg,
             admin_api,
             metrics,
+            endings,
         } = self;
         let options = ConnOptions::from_config(&config.server);
         // The proxy port's cap, across every worker; the admin port has none of its own, so
@@ -358,6 +376,22 @@ impl App {
                 "some worker threads could not start; serving with the others"
             );
         }
+
+        // Family ends, revoked at the upstream in the background (docs/design.md §4.11).
+        let fallback = match (
+            &config.upstream.introspection_client_id,
+            &config.upstream.introspection_client_secret,
+        ) {
+            (Some(id), Some(secret)) => Some(UpstreamAuth::Basic {
+                id: id.clone(),
+                secret: secret.clone(),
+            }),
+            _ => None,
+        };
+        let revoker = tokio::spawn(
+            UpstreamRevoker::new(forward.clone(), engine.clone(), endpoints.clone(), fallback)
+                .run(endings),
+        );
 
         let discovered = readiness.clone();
         let upstream = config.upstream.clone();
@@ -445,6 +479,7 @@ impl App {
         // At the deadline the workers drop their runtimes, which cuts their connections off.
         let _ = cut_off.send(true);
         discovery.abort();
+        revoker.abort();
         let _ = stop_admin.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin_task).await;
         outcome

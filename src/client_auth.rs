@@ -28,7 +28,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use http::HeaderValue;
 
 use crate::classify::Form;
-use crate::config::{AccessTokenFormat, Config, ConfigError};
+use crate::config::{AccessTokenFormat, Config, ConfigError, Secret, TokenEndpointAuthMethod};
 
 /// How the client authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +206,55 @@ pub struct Client {
     pub may_introspect: bool,
     /// `POST /admin/issue` may open families for it (`allow_admin_issue`, load-test clients).
     pub allow_admin_issue: bool,
+    /// How the proxy authenticates as this client at the upstream (to revoke its kept
+    /// tokens); `None` when it cannot (only `secret_sha256` is configured).
+    pub upstream_auth: Option<UpstreamAuth>,
+}
+
+/// Credentials the proxy presents at the upstream as a client (RFC 6749 §2.3.1, RFC 7009
+/// §2.1): `Debug` hides the secret.
+#[derive(Clone)]
+pub enum UpstreamAuth {
+    /// `client_secret_basic`.
+    Basic { id: String, secret: Secret },
+    /// `client_secret_post`.
+    Post { id: String, secret: Secret },
+    /// A public client: `client_id` in the form.
+    Public { id: String },
+}
+
+impl std::fmt::Debug for UpstreamAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamAuth::Basic { id, secret: _ } => write!(f, "Basic({id})"),
+            UpstreamAuth::Post { id, secret: _ } => write!(f, "Post({id})"),
+            UpstreamAuth::Public { id } => write!(f, "Public({id})"),
+        }
+    }
+}
+
+impl UpstreamAuth {
+    /// The `Authorization` header value (Basic), and the form pairs to add.
+    pub fn apply(&self, form: &mut form_urlencoded::Serializer<'_, String>) -> Option<String> {
+        match self {
+            UpstreamAuth::Basic { id, secret } => {
+                // RFC 6749 §2.3.1: id and secret form-encoded, then Basic.
+                let enc =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let pair = format!("{}:{}", enc(id), enc(secret.expose()));
+                Some(format!("Basic {}", STANDARD.encode(pair)))
+            }
+            UpstreamAuth::Post { id, secret } => {
+                form.append_pair("client_id", id);
+                form.append_pair("client_secret", secret.expose());
+                None
+            }
+            UpstreamAuth::Public { id } => {
+                form.append_pair("client_id", id);
+                None
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -216,6 +265,7 @@ impl std::fmt::Debug for Client {
             policy,
             may_introspect,
             allow_admin_issue,
+            upstream_auth,
         } = self;
         f.debug_struct("Client")
             .field("id", id)
@@ -223,6 +273,7 @@ impl std::fmt::Debug for Client {
             .field("policy", policy)
             .field("may_introspect", may_introspect)
             .field("allow_admin_issue", allow_admin_issue)
+            .field("upstream_auth", upstream_auth)
             .finish()
     }
 }
@@ -259,6 +310,24 @@ impl Clients {
                 access_token_format: p.access_token_format.unwrap_or(AccessTokenFormat::Auto),
                 id_token_on_refresh: p.id_token_on_refresh.unwrap_or(false),
             };
+            let upstream_auth = match (c.token_endpoint_auth_method, &c.secret) {
+                (Some(TokenEndpointAuthMethod::None), _) | (None, None)
+                    if c.secret_sha256.is_none() =>
+                {
+                    Some(UpstreamAuth::Public { id: id.clone() })
+                }
+                (Some(TokenEndpointAuthMethod::ClientSecretPost), Some(secret)) => {
+                    Some(UpstreamAuth::Post {
+                        id: id.clone(),
+                        secret: secret.clone(),
+                    })
+                }
+                (_, Some(secret)) => Some(UpstreamAuth::Basic {
+                    id: id.clone(),
+                    secret: secret.clone(),
+                }),
+                _ => None,
+            };
             map.insert(
                 id.clone(),
                 Client {
@@ -267,6 +336,7 @@ impl Clients {
                     policy,
                     may_introspect: c.may_introspect,
                     allow_admin_issue: c.allow_admin_issue,
+                    upstream_auth,
                 },
             );
         }

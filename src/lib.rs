@@ -38,6 +38,8 @@
 //! - [`store`]: the `TokenStore` trait, `memory://` and `redis://` (Lua), one contract suite.
 //! - [`server`]: listeners (HTTP/1.1, h2c, TLS with ALPN), graceful shutdown, and the
 //!   acceptor that hands each connection to a worker thread.
+//! - [`upstream_revocation`]: family ends told to the upstream: the kept upstream refresh
+//!   token revoked at its revocation endpoint, queued, retried, counted.
 //! - [`metrics`]: counters and the refresh latency histogram, Prometheus text.
 //! - [`admin`]: the admin listener: `/healthz`, `/readyz`, `/jwks`, `/metrics`, and the admin
 //!   API (revoke families; issue families for load tests), each endpoint behind its own bearer
@@ -66,7 +68,7 @@
 //! 8. `proxy`
 //! 9. `error`
 //! 10. `layer`
-//! 11. `discovery`, `server`, `access_log`
+//! 11. `discovery`, `server`, `access_log`, `upstream_revocation`
 //! 12. `admin`
 //! 13. `app`, `admin_client`
 //! <!-- /layers -->
@@ -96,5 +98,6 @@ pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod upstream_revocation;
 
 pub use layer::{RefreshGrant, RefreshGrantLayer};

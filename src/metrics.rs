@@ -185,6 +185,50 @@ impl CaptureSkip {
     }
 }
 
+/// What became of a family end the proxy told (or tried to tell) the upstream
+/// (docs/design.md §4.11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamRevocation {
+    /// The upstream's revocation endpoint answered 200.
+    Revoked,
+    /// It answered another 4xx (not retried: the same request would get the same answer).
+    Rejected,
+    /// A try failed (5xx, 429, no answer); another follows after a backoff.
+    Retried,
+    /// Every try failed; the upstream token stays live there until it expires.
+    Failed,
+    /// The queue was full; not tried.
+    Dropped,
+    /// The kept token did not open with any key of `tokens.upstream_token_keys`.
+    Unreadable,
+    /// The upstream's revocation endpoint is not known (or declared absent).
+    NoEndpoint,
+}
+
+impl UpstreamRevocation {
+    pub const ALL: [UpstreamRevocation; 7] = [
+        UpstreamRevocation::Revoked,
+        UpstreamRevocation::Rejected,
+        UpstreamRevocation::Retried,
+        UpstreamRevocation::Failed,
+        UpstreamRevocation::Dropped,
+        UpstreamRevocation::Unreadable,
+        UpstreamRevocation::NoEndpoint,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamRevocation::Revoked => "revoked",
+            UpstreamRevocation::Rejected => "rejected",
+            UpstreamRevocation::Retried => "retried",
+            UpstreamRevocation::Failed => "failed",
+            UpstreamRevocation::Dropped => "dropped",
+            UpstreamRevocation::Unreadable => "unreadable",
+            UpstreamRevocation::NoEndpoint => "no_endpoint",
+        }
+    }
+}
+
 /// Upstream answers by status class.
 const UPSTREAM_CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "error"];
 
@@ -247,6 +291,9 @@ pub struct Metrics {
     pub family_revocations: AtomicU64,
     pub captures: AtomicU64,
     capture_skips: [AtomicU64; CaptureSkip::ALL.len()],
+    upstream_revocations: [AtomicU64; UpstreamRevocation::ALL.len()],
+    /// Family ends waiting to be told to the upstream (queued or between tries).
+    pub upstream_revocations_pending: AtomicU64,
     pub store_errors: AtomicU64,
     pub integrity_failures: AtomicU64,
     /// Per endpoint of [`KNOWN_ENDPOINTS`]: 1 when the proxy knows its upstream path.
@@ -309,6 +356,24 @@ impl Metrics {
             .position(|x| *x == reason)
             .unwrap_or(0);
         inc(&self.capture_skips[i]);
+    }
+
+    /// What became of one try to tell the upstream of a family end.
+    pub fn upstream_revocation(&self, outcome: UpstreamRevocation) {
+        let i = UpstreamRevocation::ALL
+            .iter()
+            .position(|x| *x == outcome)
+            .unwrap_or(0);
+        inc(&self.upstream_revocations[i]);
+    }
+
+    /// Upstream revocations with `outcome` so far.
+    pub fn upstream_revocations(&self, outcome: UpstreamRevocation) -> u64 {
+        let i = UpstreamRevocation::ALL
+            .iter()
+            .position(|x| *x == outcome)
+            .unwrap_or(0);
+        self.upstream_revocations[i].load(Ordering::Relaxed)
     }
 
     /// Upstream answers passed on uncaptured, whatever the reason.
@@ -478,18 +543,33 @@ impl Metrics {
                 counter.load(Ordering::Relaxed)
             );
         }
-        out.push_str(
-            "# HELP refresh_proxy_capture_skips_total Upstream answers passed on uncaptured, by reason.\n\
-             # TYPE refresh_proxy_capture_skips_total counter\n",
+        labelled(
+            &mut out,
+            "capture_skips_total",
+            "Upstream answers passed on uncaptured, by reason.",
+            "reason",
+            CaptureSkip::ALL
+                .iter()
+                .map(|r| r.label())
+                .zip(&self.capture_skips),
         );
-        for (i, reason) in CaptureSkip::ALL.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "refresh_proxy_capture_skips_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                self.capture_skips[i].load(Ordering::Relaxed)
-            );
-        }
+        labelled(
+            &mut out,
+            "upstream_revocations_total",
+            "Family ends told to the upstream's revocation endpoint, by outcome.",
+            "outcome",
+            UpstreamRevocation::ALL
+                .iter()
+                .map(|r| r.label())
+                .zip(&self.upstream_revocations),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP refresh_proxy_upstream_revocations_pending Family ends waiting to be told to the upstream.\n\
+             # TYPE refresh_proxy_upstream_revocations_pending gauge\n\
+             refresh_proxy_upstream_revocations_pending {}",
+            self.upstream_revocations_pending.load(Ordering::Relaxed)
+        );
         out.push_str(
             "# HELP refresh_proxy_endpoint_known Whether the proxy knows the upstream path of an endpoint it answers for (0 before discovery).\n\
              # TYPE refresh_proxy_endpoint_known gauge\n",
@@ -502,6 +582,27 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// Writes one counter family with a label from a closed set.
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = (&'a str, &'a AtomicU64)>,
+) {
+    let _ = writeln!(
+        out,
+        "# HELP refresh_proxy_{name} {help}\n# TYPE refresh_proxy_{name} counter"
+    );
+    for (value, counter) in values {
+        let _ = writeln!(
+            out,
+            "refresh_proxy_{name}{{{label}=\"{value}\"}} {}",
+            counter.load(Ordering::Relaxed)
+        );
     }
 }
 

@@ -177,19 +177,21 @@ impl AdminApi {
 
     async fn revoke(&self, target: Revocation) -> Result<Response<Full<Bytes>>, AdminError> {
         let started = Instant::now();
-        let store = &self.engine.store;
+        let engine = &self.engine;
+        let reason = EndReason::Admin;
         let revoked = match &target {
-            Revocation::Family(family) => match store.revoke_family(family.as_str(), None).await {
-                Ok(Revoke::Revoked) => 1,
-                Ok(Revoke::NotOwner | Revoke::Unknown) => 0,
-                Err(e) => return Err(GrantError::Store(e).into()),
-            },
-            Revocation::Subject(subject) => store
-                .revoke_subject(subject)
+            Revocation::Family(family) => u64::from(
+                engine
+                    .revoke_family(family.as_str(), reason)
+                    .await
+                    .map_err(GrantError::Store)?,
+            ),
+            Revocation::Subject(subject) => engine
+                .revoke_many(&Selection::all(Index::Subject(subject)), reason)
                 .await
                 .map_err(GrantError::Store)?,
-            Revocation::Client(client_id) => store
-                .revoke_client(client_id)
+            Revocation::Client(client_id) => engine
+                .revoke_many(&Selection::all(Index::Client(client_id)), reason)
                 .await
                 .map_err(GrantError::Store)?,
         };

@@ -76,10 +76,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::Endpoints;
 use crate::config::{AdminConfig, ConfigError, Secret};
-use crate::engine::{Engine, GrantError};
+use crate::engine::{EndReason, Engine, GrantError};
 use crate::mint::refresh::FamilyId;
 use crate::oauth::json_response;
-use crate::store::{AnyStore, Revoke, TokenStore};
+use crate::store::{AnyStore, Index, Selection, TokenStore};
 
 /// What `/readyz` reports besides the store.
 #[derive(Debug, Default)]

@@ -44,7 +44,10 @@ pub const ENV_PREFIX: &str = "REFRESH_PROXY_";
 pub const ENV_CONFIG_PATH: &str = "REFRESH_PROXY_CONFIG";
 
 /// Keys that hold a list of secrets, and the key that lists the files holding them instead.
-const SECRET_LISTS: &[(&str, &str)] = &[("refresh_token_keys", "refresh_token_key_files")];
+const SECRET_LISTS: &[(&str, &str)] = &[
+    ("refresh_token_keys", "refresh_token_key_files"),
+    ("upstream_token_keys", "upstream_token_key_files"),
+];
 
 /// Keys that hold secrets; each may instead be given as `<key>_file`.
 const SECRET_KEYS: &[&str] = &[
@@ -402,6 +405,11 @@ pub struct TokensConfig {
     /// are accepted. Instead of `refresh_token_key`.
     #[serde(default)]
     pub refresh_token_keys: Vec<Secret>,
+    /// Keys the upstream's refresh tokens are kept with in their families (AES-256-GCM; or
+    /// `upstream_token_key_files`): the first encrypts, all decrypt. Unset: one derived from
+    /// each refresh-token key (docs/design.md §4.11).
+    #[serde(default)]
+    pub upstream_token_keys: Vec<Secret>,
     /// `aud` of minted access tokens when the upstream's access token had none (default: the
     /// client id).
     pub audience: Option<String>,
@@ -510,6 +518,19 @@ pub struct ClientConfig {
     /// `POST /admin/issue` may open families for this client (meant for load-test clients).
     #[serde(default)]
     pub allow_admin_issue: bool,
+    /// How the client authenticates at the upstream's token endpoint, as the IdP's
+    /// registration says; the proxy uses the same method when it revokes the client's kept
+    /// upstream tokens there. Default: `client_secret_basic` with a secret, `none` without.
+    pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
+}
+
+/// A client authentication method (RFC 7591 §2 `token_endpoint_auth_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenEndpointAuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -778,6 +799,10 @@ impl Config {
                 "tokens.refresh_token_keys",
                 self.tokens.refresh_token_keys.len(),
             ),
+            (
+                "tokens.upstream_token_keys",
+                self.tokens.upstream_token_keys.len(),
+            ),
         ] {
             if count > MAX_REFRESH_KEYS {
                 return Err(ConfigError::invalid(
@@ -805,6 +830,21 @@ impl Config {
                 return Err(ConfigError::invalid(
                     "tokens.refresh_token_keys",
                     "the same key is listed twice",
+                ));
+            }
+        }
+        let kept = &self.tokens.upstream_token_keys;
+        if kept.iter().any(|k| k.expose().len() < 32) {
+            return Err(ConfigError::invalid(
+                "tokens.upstream_token_keys",
+                "must be at least 32 bytes each (e.g. `openssl rand -base64 48`)",
+            ));
+        }
+        for (i, k) in kept.iter().enumerate() {
+            if kept[..i].contains(k) || refresh_secrets.contains(&k) {
+                return Err(ConfigError::invalid(
+                    "tokens.upstream_token_keys",
+                    "each key once, and none that is also a refresh-token key",
                 ));
             }
         }
@@ -1076,6 +1116,24 @@ fn validate_client(id: &str, client: &ClientConfig) -> Result<(), ConfigError> {
             key("secret"),
             "must not be empty (omit it for a public client)",
         ));
+    }
+    let confidential = client.secret.is_some() || client.secret_sha256.is_some();
+    match client.token_endpoint_auth_method {
+        Some(TokenEndpointAuthMethod::None) if confidential => {
+            return Err(ConfigError::invalid(
+                key("token_endpoint_auth_method"),
+                "\"none\" is for public clients; this client has a secret",
+            ));
+        }
+        Some(
+            TokenEndpointAuthMethod::ClientSecretBasic | TokenEndpointAuthMethod::ClientSecretPost,
+        ) if !confidential => {
+            return Err(ConfigError::invalid(
+                key("token_endpoint_auth_method"),
+                "a client_secret method needs secret (or secret_file, or secret_sha256)",
+            ));
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -61,6 +61,8 @@ impl Engine {
                         expires_at_ms,
                         verifier,
                         seal: Seal::default(),
+                        upstream_token: None,
+                        session: None,
                     },
                 );
                 (family, token)
@@ -90,6 +92,11 @@ impl Engine {
         let keys = self.keys();
         let id = FamilyId::random();
         let (token, verifier) = keys.refresh.first(&id);
+        // docs/design.md §4.11: the upstream's refresh token is kept, sealed for this family.
+        let upstream_token = answer
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .map(|t| keys.kept.seal(id.as_str(), &KeptToken::new(t)));
         let family = sealed(
             &keys,
             NewFamily {
@@ -111,6 +118,8 @@ impl Engine {
                 expires_at_ms,
                 verifier,
                 seal: Seal::default(),
+                upstream_token,
+                session: identity.session,
             },
         );
         self.store

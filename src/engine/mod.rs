@@ -32,15 +32,17 @@ use crate::config::AccessTokenFormat;
 use crate::grant::capture::Identity;
 use crate::grant::rules::{Redeem, Verdict};
 use crate::grant::scope;
+use crate::metrics::UpstreamRevocation;
 use crate::metrics::{Metrics, inc};
 use crate::mint::claims::{AccessClaims, IdClaims, JTI_MAX, jti_of, splice, splice_into};
 use crate::mint::jwt::{Signer, TYP_AT_JWT, TYP_JWT};
+use crate::mint::kept::{KeptKeys, KeptToken};
 use crate::mint::opaque;
 use crate::mint::refresh::{FamilyId, RefreshKeys, RefreshToken, Seal};
 use crate::oauth::{Introspection, TokenResponse};
 use crate::store::{
-    AnyStore, FamilyData, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, Revoke,
-    StoreError, TokenFormat, TokenStore,
+    AnyStore, Ended, FamilyData, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, Revoke,
+    Selection, StoreError, TokenFormat, TokenStore,
 };
 
 /// Why a grant the proxy owns was refused.
@@ -73,6 +75,8 @@ pub struct Keys {
     pub signers: Vec<Signer>,
     /// ID-token signers (empty when no client gets ID tokens on refresh).
     pub id_signers: Vec<Signer>,
+    /// The keys the upstream's refresh tokens are kept with (docs/design.md §4.11).
+    pub kept: KeptKeys,
 }
 
 impl Keys {
@@ -93,6 +97,46 @@ impl Keys {
     }
 }
 
+/// Why a family ended, as the logs of its upstream revocation say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client revoked it (RFC 7009).
+    ClientRevocation,
+    /// A rotated-out refresh token was presented again (RFC 9700 §4.14.2).
+    ReuseDetected,
+    /// The admin API revoked it (by family, subject or client).
+    Admin,
+    /// The upstream logged the session out (back-channel logout).
+    Logout,
+    /// A client with `refresh_token_ttl = 0` got a refresh token from the upstream.
+    NoRefreshTokens,
+}
+
+impl EndReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            EndReason::ClientRevocation => "client_revocation",
+            EndReason::ReuseDetected => "reuse_detected",
+            EndReason::Admin => "admin",
+            EndReason::Logout => "logout",
+            EndReason::NoRefreshTokens => "no_refresh_tokens",
+        }
+    }
+}
+
+/// A family end to tell the upstream: revoke `token`, the upstream refresh token the family
+/// kept, as client `client_id` (docs/design.md §4.11).
+#[derive(Debug, Clone)]
+pub struct Ending {
+    pub client_id: String,
+    pub token: KeptToken,
+    pub reason: EndReason,
+}
+
+/// Where the engine puts family ends for the upstream: a bounded queue that
+/// `crate::upstream_revocation` drains. Full: the end is dropped and counted, never waited for.
+pub type Endings = tokio::sync::mpsc::Sender<Ending>;
+
 /// Everything refresh grants and capture need, built once from config.
 pub struct Engine {
     pub store: AnyStore,
@@ -103,6 +147,8 @@ pub struct Engine {
     audience: Option<String>,
     /// The wall clock in milliseconds: [`now_ms`] in production, a fixed or stepped one in tests.
     clock: Clock,
+    /// Family ends go here to be told to the upstream; `None`: they are not.
+    endings: Option<Endings>,
 }
 
 /// A clock: milliseconds since the Unix epoch. A plain function pointer, so the hot path pays
@@ -145,7 +191,14 @@ impl Engine {
             access_token_ttl,
             audience,
             clock: now_ms,
+            endings: None,
         }
+    }
+
+    /// The same engine sending family ends to `endings` (to be told to the upstream).
+    pub fn with_endings(mut self, endings: Endings) -> Engine {
+        self.endings = Some(endings);
+        self
     }
 
     /// The same engine reading the time from `clock` instead of the system clock.
@@ -175,6 +228,96 @@ impl Engine {
             access_token_ttl: self.access_token_ttl,
             audience: self.audience.clone(),
             clock: self.clock,
+            endings: self.endings.clone(),
+        }
+    }
+
+    /// A family ended: queue its kept upstream token (if any) to be revoked at the upstream.
+    /// Never waits: a full queue drops the end (counted).
+    pub(crate) fn ended(&self, ended: Ended, reason: EndReason) {
+        let Some(sealed) = ended.upstream_token else {
+            return;
+        };
+        if self.endings.is_none() {
+            return;
+        }
+        let Some(token) = self.keys().kept.open(&ended.family, &sealed) else {
+            self.metrics
+                .upstream_revocation(UpstreamRevocation::Unreadable);
+            tracing::warn!(
+                family = %ended.family,
+                client_id = %ended.client_id,
+                reason = reason.label(),
+                "the family's kept upstream refresh token opens with no key of \
+                 tokens.upstream_token_keys; it cannot be revoked at the upstream"
+            );
+            return;
+        };
+        self.end_upstream_token(&ended.client_id, token, reason);
+    }
+
+    /// Queues an upstream refresh token of `client_id` to be revoked at the upstream.
+    pub(crate) fn end_upstream_token(&self, client_id: &str, token: KeptToken, reason: EndReason) {
+        let Some(endings) = &self.endings else {
+            return;
+        };
+        let ending = Ending {
+            client_id: client_id.to_owned(),
+            token,
+            reason,
+        };
+        match endings.try_send(ending) {
+            Ok(()) => {
+                self.metrics
+                    .upstream_revocations_pending
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.metrics
+                    .upstream_revocation(UpstreamRevocation::Dropped);
+                tracing::warn!(
+                    client_id,
+                    reason = reason.label(),
+                    "the upstream revocation queue is full; this upstream refresh token is not revoked"
+                );
+            }
+        }
+    }
+
+    /// Revokes the families `selection` selects, on behalf of `reason` (admin, logout); each
+    /// end is told to the upstream. How many were live.
+    pub async fn revoke_many(
+        &self,
+        selection: &Selection<'_>,
+        reason: EndReason,
+    ) -> Result<u64, StoreError> {
+        let ended = self
+            .store
+            .revoke_many(selection)
+            .await
+            .inspect_err(|_| inc(&self.metrics.store_errors))?;
+        let count = ended.len() as u64;
+        for e in ended {
+            inc(&self.metrics.family_revocations);
+            self.ended(e, reason);
+        }
+        Ok(count)
+    }
+
+    /// Revokes one family whatever its client (the admin API); whether it was live.
+    pub async fn revoke_family(&self, family: &str, reason: EndReason) -> Result<bool, StoreError> {
+        match self
+            .store
+            .revoke_family(family, None)
+            .await
+            .inspect_err(|_| inc(&self.metrics.store_errors))?
+        {
+            Revoke::Revoked(e) => {
+                inc(&self.metrics.family_revocations);
+                self.ended(e, reason);
+                Ok(true)
+            }
+            Revoke::NotOwner | Revoke::Unknown => Ok(false),
         }
     }
 

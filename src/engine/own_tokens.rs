@@ -96,9 +96,10 @@ impl Engine {
             .await
             .inspect_err(|_| inc(&self.metrics.store_errors))?;
         match revoked {
-            Revoke::Revoked => {
+            Revoke::Revoked(ended) => {
                 inc(&self.metrics.family_revocations);
                 tracing::info!(family, client_id = %client.id, "family revoked");
+                self.ended(ended, EndReason::ClientRevocation);
             }
             Revoke::NotOwner => tracing::warn!(
                 security_event = "revocation_by_other_client",

@@ -103,7 +103,20 @@ impl Engine {
                 verdict,
                 family,
                 opaque_stored,
-            } => (verdict, family, opaque_stored),
+                upstream_token,
+            } => {
+                if let Some(sealed) = upstream_token {
+                    self.ended(
+                        Ended {
+                            family: token.family.to_owned(),
+                            client_id: family.client_id.clone(),
+                            upstream_token: Some(sealed),
+                        },
+                        EndReason::ReuseDetected,
+                    );
+                }
+                (verdict, family, opaque_stored)
+            }
         };
         let (refresh_token, scope) = match verdict {
             Verdict::Rotated { scope, .. } => {

@@ -53,7 +53,14 @@ pub struct Identity {
     pub auth_time: Option<i64>,
     /// Whether the upstream's access token was a JWT (decides `access_token_format = "auto"`).
     pub upstream_jwt: bool,
+    /// The upstream session (`sid`, OpenID Connect Front/Back-Channel Logout) the tokens
+    /// belong to, from the ID token, else the access token, else introspection.
+    pub session: Option<String>,
 }
+
+/// The longest `sid` the proxy indexes families by; a longer one is not kept (such a family
+/// ends on a logout by subject, not by session).
+pub const MAX_SESSION_ID: usize = 256;
 
 /// Why an answer is not captured: the metric's reason and a log message (never a token).
 pub type Skip = (CaptureSkip, &'static str);
@@ -196,6 +203,12 @@ pub fn identify_with(
         .into_iter()
         .flatten()
         .find_map(|c| c.get("auth_time").and_then(Value::as_i64));
+    let session = [id.as_ref(), access.as_ref(), introspection]
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.get("sid").and_then(Value::as_str))
+        .filter(|s| !s.is_empty() && s.len() <= MAX_SESSION_ID)
+        .map(str::to_owned);
     let upstream_jwt = access.is_some();
     let mut at_claims = access.map(|c| without(c, AT_OWN)).unwrap_or_default();
     if !at_claims.contains_key("aud") {
@@ -211,6 +224,7 @@ pub fn identify_with(
         id_claims: id.map(|c| without(c, ID_DROP)),
         auth_time,
         upstream_jwt,
+        session,
     })
 }
 

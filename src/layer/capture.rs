@@ -24,10 +24,11 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::classify::Form;
 use crate::client_auth::{self, Client};
 use crate::conn::BoxError;
-use crate::engine::Engine;
+use crate::engine::{EndReason, Engine};
 use crate::grant::capture::{self, Skip};
 use crate::grant::verify::{self, Expect, KeySet, Rejected};
 use crate::metrics::CaptureSkip;
+use crate::mint::kept::{KeptToken, MAX_KEPT_TOKEN};
 
 /// Upstream token answers, JWKS and introspection answers larger than this are not read whole:
 /// a token answer is passed on uncaptured, as it is (`too_large`); a JWKS is not merged (502);
@@ -207,27 +208,22 @@ where
     };
     let client = &ctx.client;
     if client.policy.refresh_token_ttl == 0 {
-        // docs/design.md §4.2: this client gets no refresh tokens; the upstream's is revoked.
+        // docs/design.md §4.2: this client gets no refresh tokens; the upstream's is revoked
+        // there (queued, retried: docs/design.md §4.11).
         answer.remove("refresh_token");
-        let revocation = ctx.shared.endpoints.load().revocation_path.clone();
-        if let Some(path) = revocation {
-            let form = upstream_form(
-                &ctx,
-                &[
-                    ("token", &upstream_refresh_token),
-                    ("token_type_hint", "refresh_token"),
-                ],
-            );
-            let auth = ctx.authorization.clone();
-            tokio::spawn(async move {
-                match call_upstream(spare, &path, auth, form).await {
-                    Some(_) => tracing::debug!("revoked the upstream refresh token"),
-                    None => tracing::warn!("could not revoke the upstream refresh token"),
-                }
-            });
-        }
+        ctx.engine.end_upstream_token(
+            &client.id,
+            KeptToken::new(upstream_refresh_token),
+            EndReason::NoRefreshTokens,
+        );
         tracing::info!(client_id = %client.id, "refresh token removed (refresh_token_ttl = 0)");
         return Ok(rebuilt(parts, json_bytes(&answer)));
+    }
+    if upstream_refresh_token.len() > MAX_KEPT_TOKEN {
+        let why = "the upstream's refresh token is longer than the proxy keeps (8 KiB)";
+        tracing::warn!(client_id = %client.id, reason = "too_large", "capture skipped: {why}");
+        ctx.engine.metrics.capture_skip(CaptureSkip::TooLarge);
+        return Ok(rebuilt(parts, bytes));
     }
     let (identity, granted) = match examine(spare, &ctx, &answer).await {
         Ok(found) => found,

@@ -3,5 +3,6 @@
 
 pub(crate) mod claims;
 pub mod jwt;
+pub mod kept;
 pub mod opaque;
 pub mod refresh;

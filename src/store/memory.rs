@@ -10,8 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    AccessTokenRecord, FamilyData, NewFamily, RedeemRequest, Redemption, RefreshTokenInfo, Revoke,
-    StoreError, TokenFormat, TokenStore,
+    AccessTokenRecord, Ended, FamilyData, Index, NewFamily, RedeemRequest, Redemption,
+    RefreshTokenInfo, Revoke, Selection, StoreError, TokenFormat, TokenStore,
 };
 use crate::grant::rules::{self, Effect, FamilyState, Verdict};
 use crate::mint::refresh::Seal;
@@ -35,6 +35,7 @@ struct Families {
     /// Family ids by subject and by client; stale ids are dropped when a revocation reads them.
     by_subject: HashMap<String, HashSet<String>>,
     by_client: HashMap<String, HashSet<String>>,
+    by_session: HashMap<String, HashSet<String>>,
     writes: u64,
 }
 
@@ -49,14 +50,47 @@ impl Families {
             .entry(f.client_id.clone())
             .or_default()
             .insert(id.clone());
+        if let Some(session) = &f.session {
+            self.by_session
+                .entry(session.clone())
+                .or_default()
+                .insert(id.clone());
+        }
         self.map.insert(id, new_family(f));
     }
 
-    /// Removes the families in `ids` that are still live; how many were.
-    fn revoke_all(&mut self, ids: HashSet<String>) -> u64 {
-        ids.iter()
-            .filter(|id| self.map.remove(id.as_str()).is_some())
-            .count() as u64
+    /// Removes the families in `index` that `selection` selects; returns them. The index
+    /// keeps the ids it spared.
+    fn revoke_many(&mut self, selection: &Selection<'_>) -> Vec<Ended> {
+        let (index, key) = match selection.index {
+            Index::Subject(s) => (&mut self.by_subject, s),
+            Index::Client(c) => (&mut self.by_client, c),
+            Index::Session(s) => (&mut self.by_session, s),
+        };
+        let Some(ids) = index.get_mut(key) else {
+            return Vec::new();
+        };
+        let map = &mut self.map;
+        let mut ended = Vec::new();
+        ids.retain(|id| {
+            let Some(f) = map.get(id.as_str()) else {
+                return false;
+            };
+            if !selection.selects(&f.state.client_id, &f.state.granted_scope) {
+                return true;
+            }
+            let f = map.remove(id.as_str()).expect("looked up above");
+            ended.push(Ended {
+                family: id.clone(),
+                client_id: f.state.client_id,
+                upstream_token: f.upstream_token,
+            });
+            false
+        });
+        if ids.is_empty() {
+            index.remove(key);
+        }
+        ended
     }
 }
 
@@ -83,6 +117,7 @@ fn new_family(f: &NewFamily) -> Family {
             expires_at_ms: f.expires_at_ms,
             seal: f.seal,
         },
+        upstream_token: f.upstream_token.clone(),
     }
 }
 
@@ -90,6 +125,7 @@ fn new_family(f: &NewFamily) -> Family {
 struct Family {
     state: FamilyState,
     data: FamilyData,
+    upstream_token: Option<Vec<u8>>,
 }
 
 impl MemoryStore {
@@ -132,9 +168,10 @@ impl MemoryStore {
             map,
             by_subject,
             by_client,
+            by_session,
             ..
         } = families;
-        for index in [by_subject, by_client] {
+        for index in [by_subject, by_client, by_session] {
             index.retain(|_, ids| {
                 ids.retain(|id| map.contains_key(id));
                 !ids.is_empty()
@@ -215,8 +252,12 @@ impl TokenStore for MemoryStore {
             None => Ok(Revoke::Unknown),
             Some(f) if client_id.is_some_and(|c| c != f.state.client_id) => Ok(Revoke::NotOwner),
             Some(_) => {
-                families.map.remove(family);
-                Ok(Revoke::Revoked)
+                let f = families.map.remove(family).expect("looked up above");
+                Ok(Revoke::Revoked(Ended {
+                    family: family.to_owned(),
+                    client_id: f.state.client_id,
+                    upstream_token: f.upstream_token,
+                }))
             }
         }
     }
@@ -232,16 +273,9 @@ impl TokenStore for MemoryStore {
         })
     }
 
-    async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError> {
+    async fn revoke_many(&self, selection: &Selection<'_>) -> Result<Vec<Ended>, StoreError> {
         let mut families = self.inner.families.lock().expect("store lock");
-        let ids = families.by_subject.remove(subject).unwrap_or_default();
-        Ok(families.revoke_all(ids))
-    }
-
-    async fn revoke_client(&self, client_id: &str) -> Result<u64, StoreError> {
-        let mut families = self.inner.families.lock().expect("store lock");
-        let ids = families.by_client.remove(client_id).unwrap_or_default();
-        Ok(families.revoke_all(ids))
+        Ok(families.revoke_many(selection))
     }
 
     async fn redeem(&self, req: &RedeemRequest<'_>) -> Result<Redemption, StoreError> {
@@ -257,6 +291,7 @@ impl TokenStore for MemoryStore {
             | Verdict::Grace { scope, .. } => Some(scope.clone()),
             _ => None,
         };
+        let mut upstream_token = None;
         match effect {
             Effect::None => {}
             Effect::Update(next) => {
@@ -265,7 +300,10 @@ impl TokenStore for MemoryStore {
                 }
             }
             Effect::Delete => {
-                families.map.remove(req.family);
+                let removed = families.map.remove(req.family);
+                if matches!(verdict, Verdict::ReuseDetected { .. }) {
+                    upstream_token = removed.and_then(|f| f.upstream_token);
+                }
             }
         }
         let mut opaque_stored = false;
@@ -289,6 +327,7 @@ impl TokenStore for MemoryStore {
             verdict,
             family: data,
             opaque_stored,
+            upstream_token,
         })
     }
 

@@ -82,6 +82,13 @@ pub struct NewFamily {
     pub verifier: Verifier,
     /// The MAC over the fixed fields above ([`NewFamily::sealed`]).
     pub seal: Seal,
+    /// The upstream's refresh token, sealed for this family ([`crate::mint::kept`]); `None`
+    /// for families the admin API opened. Not under the seal: it changes when the upstream
+    /// rotates it, and AES-GCM binds it to the family itself.
+    pub upstream_token: Option<Vec<u8>>,
+    /// The upstream session (`sid` of its ID token) the family belongs to, for back-channel
+    /// logout (docs/design.md §4.12).
+    pub session: Option<String>,
 }
 
 impl NewFamily {
@@ -166,6 +173,9 @@ pub enum Redemption {
         family: FamilyData,
         /// Whether the opaque candidate was stored.
         opaque_stored: bool,
+        /// The family's kept upstream refresh token (sealed) when this redemption ended the
+        /// family (reuse), so the end can be told to the upstream; `None` otherwise.
+        upstream_token: Option<Vec<u8>>,
     },
 }
 
@@ -200,10 +210,74 @@ pub struct RefreshTokenInfo {
     pub expires_ms: i64,
 }
 
-/// The outcome of revoking one family on a client's behalf.
+/// A family the store ended (revoked, or revoked on reuse): what telling the upstream needs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub family: String,
+    pub client_id: String,
+    /// The family's kept upstream refresh token, still sealed.
+    pub upstream_token: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Ended {
+            family,
+            client_id,
+            upstream_token,
+        } = self;
+        f.debug_struct("Ended")
+            .field("family", family)
+            .field("client_id", client_id)
+            .field(
+                "upstream_token",
+                &upstream_token.as_ref().map(|_| "<sealed>"),
+            )
+            .finish()
+    }
+}
+
+/// Which index a bulk revocation reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Index<'a> {
+    Subject(&'a str),
+    Client(&'a str),
+    /// An upstream session (`sid`).
+    Session(&'a str),
+}
+
+/// The families a bulk revocation ends: those in `index`, limited to one client's when
+/// `client_id` is set, and sparing families granted `offline_access` when `keep_offline` is
+/// set (OpenID Connect Back-Channel Logout 1.0 §2.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selection<'a> {
+    pub index: Index<'a>,
+    pub client_id: Option<&'a str>,
+    pub keep_offline: bool,
+}
+
+impl<'a> Selection<'a> {
+    /// Every family in `index`.
+    pub fn all(index: Index<'a>) -> Selection<'a> {
+        Selection {
+            index,
+            client_id: None,
+            keep_offline: false,
+        }
+    }
+
+    /// Whether a family of `client` granted `granted_scope` is selected.
+    pub fn selects(&self, client: &str, granted_scope: &str) -> bool {
+        self.client_id.is_none_or(|c| c == client)
+            && !(self.keep_offline
+                && crate::grant::scope::contains(granted_scope, "offline_access"))
+    }
+}
+
+/// The outcome of revoking one family on a client's behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revoke {
-    Revoked,
+    Revoked(Ended),
     /// The family belongs to another client; nothing changed.
     NotOwner,
     /// No such family (never existed, expired, or already revoked).
@@ -253,15 +327,12 @@ pub trait TokenStore: Send + Sync + 'static {
         client_id: Option<&str>,
     ) -> impl Future<Output = Result<Revoke, StoreError>> + Send;
 
-    /// Revokes every family of a subject (all clients); returns how many were live.
-    fn revoke_subject(&self, subject: &str)
-    -> impl Future<Output = Result<u64, StoreError>> + Send;
-
-    /// Revokes every family of a client; returns how many were live.
-    fn revoke_client(
+    /// Revokes every live family `selection` selects (each atomically with respect to its
+    /// redemptions) and returns them.
+    fn revoke_many(
         &self,
-        client_id: &str,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+        selection: &Selection<'_>,
+    ) -> impl Future<Output = Result<Vec<Ended>, StoreError>> + Send;
 
     /// Replaces a family's seal `old` with `new` (one made with a newer key), if the family is
     /// there and still holds `old`; whether it did.
@@ -352,17 +423,10 @@ impl TokenStore for AnyStore {
         }
     }
 
-    async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError> {
+    async fn revoke_many(&self, selection: &Selection<'_>) -> Result<Vec<Ended>, StoreError> {
         match self {
-            AnyStore::Memory(s) => s.revoke_subject(subject).await,
-            AnyStore::Redis(s) => s.revoke_subject(subject).await,
-        }
-    }
-
-    async fn revoke_client(&self, client_id: &str) -> Result<u64, StoreError> {
-        match self {
-            AnyStore::Memory(s) => s.revoke_client(client_id).await,
-            AnyStore::Redis(s) => s.revoke_client(client_id).await,
+            AnyStore::Memory(s) => s.revoke_many(selection).await,
+            AnyStore::Redis(s) => s.revoke_many(selection).await,
         }
     }
 

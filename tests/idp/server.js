@@ -17,6 +17,9 @@
 //                          rotate only for public clients (token_endpoint_auth_method none) or
 //                          once a refresh token is past 70% of its lifetime (14 days).
 //   EXIT_ON_STDIN_EOF=1    exit when stdin closes (the test process died without killing us).
+//   BACKCHANNEL_LOGOUT_URI the `www` client's OpenID Connect Back-Channel Logout 1.0 endpoint
+//                          (e.g. the proxy's upstream.backchannel_logout_path); turns the
+//                          backchannelLogout feature on, with backchannel_logout_session_required.
 //
 // Protocol with the test harness: once listening, exactly one line goes to stdout,
 // `{"listening":<port>}`; everything else (oidc-provider's notices included) goes to stderr.
@@ -25,6 +28,11 @@
 //   GET  /__test/grants        {"<grant_type>": <count>, ...} of every POST /token request seen,
 //                              successful or not, keyed by its grant_type ("unknown" if absent)
 //   POST /__test/grants/reset  zeroes those counters
+//   GET  /__test/refresh_tokens  [{"token","client_id","sub","sid"}, ...] of every refresh token the
+//                              IdP issued (opaque tokens: the value is the jti), oldest first
+//   POST /__test/fail          {"path","count","status"}: the next `count` requests to `path`
+//                              answer `status` (default 503) without reaching oidc-provider, as
+//                              an overloaded or failing IdP would
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
@@ -55,6 +63,7 @@ if (!['', 'always', 'never'].includes(rotation)) {
 const API_RESOURCE = 'urn:refresh-proxy:test-api';
 const API_SCOPES = 'read write';
 const REDIRECT_URI = 'http://127.0.0.1/callback';
+const backchannelLogoutUri = env.BACKCHANNEL_LOGOUT_URI || '';
 
 const server = http.createServer();
 await new Promise((resolve, reject) => {
@@ -83,6 +92,10 @@ const configuration = {
       grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
       response_types: ['code'],
       redirect_uris: [REDIRECT_URI],
+      post_logout_redirect_uris: [REDIRECT_URI],
+      ...(backchannelLogoutUri
+        ? { backchannel_logout_uri: backchannelLogoutUri, backchannel_logout_session_required: true }
+        : {}),
     },
     {
       // Public client: no secret, PKCE (required for every client anyway, S256 only).
@@ -132,6 +145,7 @@ const configuration = {
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
+    backchannelLogout: { enabled: backchannelLogoutUri !== '' },
     resourceIndicators: jwtAccessTokens
       ? {
         enabled: true,
@@ -182,6 +196,36 @@ provider.use(async (ctx, next) => {
 // Token endpoint counters, by grant_type, for successes and errors alike. Read after the
 // request has been handled, from the parameters oidc-provider already parsed.
 let grantCounts = Object.create(null);
+const refreshTokens = [];
+provider.on('refresh_token.saved', (token) => {
+  refreshTokens.push({
+    token: token.jti, client_id: token.clientId, sub: token.accountId, sid: token.sid ?? null,
+  });
+});
+const failing = new Map();
+provider.use(async (ctx, next) => {
+  const fail = failing.get(ctx.path);
+  if (fail && fail.count > 0) {
+    fail.count -= 1;
+    ctx.status = fail.status;
+    ctx.body = { error: 'temporarily_unavailable' };
+    return;
+  }
+  if (ctx.path === '/__test/refresh_tokens' && ctx.method === 'GET') {
+    ctx.set('cache-control', 'no-store');
+    ctx.body = refreshTokens;
+    return;
+  }
+  if (ctx.path === '/__test/fail' && ctx.method === 'POST') {
+    const chunks = [];
+    for await (const chunk of ctx.req) chunks.push(chunk);
+    const { path, count, status } = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    failing.set(path, { count: Number(count), status: Number(status || 503) });
+    ctx.status = 204;
+    return;
+  }
+  await next();
+});
 provider.use(async (ctx, next) => {
   if (ctx.path === '/__test/grants' && ctx.method === 'GET') {
     ctx.set('cache-control', 'no-store');

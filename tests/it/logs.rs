@@ -101,6 +101,19 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
         secrets.push(t.as_str().expect("token").to_owned());
     }
 
+    // The upstream's refresh tokens the proxy kept (sealed) and, after the revocation and the
+    // reuse above, revoked at the IdP (docs/design.md §4.11): never in clear in a log line.
+    let upstream = idp.refresh_tokens().await;
+    assert!(!upstream.is_empty(), "the IdP issued refresh tokens");
+    for t in &upstream {
+        let token = idp::str_field(t, "token").to_owned();
+        assert!(
+            idp.wait_inactive(&token, Duration::from_secs(10)).await,
+            "the kept upstream token was revoked at the IdP"
+        );
+        secrets.push(token);
+    }
+
     proxy.signal("TERM");
     assert!(proxy.wait_exit(Duration::from_secs(15)).await.is_some());
     let logs = std::fs::read_to_string(&log_path).expect("logs");

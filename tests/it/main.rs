@@ -19,6 +19,7 @@ mod e2e_idp_py;
 mod e2e_refresh;
 mod faults;
 mod hostile;
+mod idp_binding;
 mod idp_fixture;
 mod integrity;
 mod jwt_jose;

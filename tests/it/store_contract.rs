@@ -7,8 +7,8 @@ use refresh_proxy::config::StoreConfig;
 use refresh_proxy::grant::rules::{Redeem, Verdict};
 use refresh_proxy::mint::refresh::{FamilyId, Seal, Verifier};
 use refresh_proxy::store::{
-    MemoryStore, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, RedisStore, Revoke,
-    TokenFormat, TokenStore,
+    Ended, Index, MemoryStore, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, RedisStore,
+    Revoke, Selection, TokenFormat, TokenStore,
 };
 
 const MIN: i64 = 60_000;
@@ -37,7 +37,38 @@ fn family(t0: i64, format: TokenFormat) -> NewFamily {
         verifier: v(0),
         // Stores keep the seal; the engine checks it (tests/engine.rs).
         seal: Seal([7; 12]),
+        // Stores keep the sealed upstream token as bytes; the engine seals and opens it.
+        upstream_token: Some(KEPT.to_vec()),
+        session: Some("sid-1".into()),
     }
+}
+
+/// A kept upstream token as the store sees it: opaque bytes (not UTF-8).
+const KEPT: &[u8] = b"\x01kept\xffupstream\x00token";
+
+/// What a store returns for a family it ended.
+fn ended(f: &NewFamily) -> Ended {
+    Ended {
+        family: f.id.as_str().to_owned(),
+        client_id: f.client_id.clone(),
+        upstream_token: f.upstream_token.clone(),
+    }
+}
+
+/// The ids of ended families, sorted.
+fn ids(mut ended: Vec<Ended>) -> Vec<String> {
+    let mut ids: Vec<String> = ended.drain(..).map(|e| e.family).collect();
+    ids.sort();
+    ids
+}
+
+fn sorted<'a>(families: impl IntoIterator<Item = &'a NewFamily>) -> Vec<String> {
+    let mut ids: Vec<String> = families
+        .into_iter()
+        .map(|f| f.id.as_str().to_owned())
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// Generation `g`'s verifier, in these cases (the engine derives real ones from the token).
@@ -92,7 +123,12 @@ async fn rotation_returns_the_family_and_advances_the_generation<S: TokenStore>(
             verdict,
             family,
             opaque_stored,
+            upstream_token,
         } => {
+            assert_eq!(
+                upstream_token, None,
+                "the kept token only comes back on reuse"
+            );
             assert_eq!(
                 verdict,
                 Verdict::Rotated {
@@ -145,13 +181,25 @@ async fn reuse_outside_grace_revokes_the_family<S: TokenStore>(store: S) {
     store.create_family(&f).await.expect("create");
     verdict(go(&store, &f, redeem(0, t0)).await);
     verdict(go(&store, &f, redeem(1, t0 + 1)).await);
-    let v = verdict(go(&store, &f, redeem(0, t0 + 2)).await);
+    let Redemption::Decided {
+        verdict: v,
+        upstream_token,
+        ..
+    } = go(&store, &f, redeem(0, t0 + 2)).await
+    else {
+        panic!("decided")
+    };
     assert_eq!(
         v,
         Verdict::ReuseDetected {
             presented: 0,
             current: 2
         }
+    );
+    assert_eq!(
+        upstream_token.as_deref(),
+        Some(KEPT),
+        "the kept upstream token comes back, to be revoked there"
     );
     assert_eq!(go(&store, &f, redeem(2, t0 + 3)).await, Redemption::Unknown);
 }
@@ -572,7 +620,7 @@ async fn revocation_is_by_owner_and_ends_the_family<S: TokenStore>(store: S) {
     );
     assert_eq!(
         store.revoke_family(id, Some("www")).await.expect("revoke"),
-        Revoke::Revoked
+        Revoke::Revoked(ended(&f))
     );
     assert_eq!(
         store.revoke_family(id, None).await.expect("revoke"),
@@ -644,6 +692,7 @@ async fn introspection_sees_only_the_live_generation<S: TokenStore>(store: S) {
 async fn revocation_by_subject_and_by_client<S: TokenStore>(store: S) {
     let t0 = now();
     let mk = |client: &str, subject: &str| NewFamily {
+        id: FamilyId::random(),
         client_id: client.into(),
         subject: subject.into(),
         ..family(t0, TokenFormat::Jwt)
@@ -654,10 +703,16 @@ async fn revocation_by_subject_and_by_client<S: TokenStore>(store: S) {
     for f in alice_www.iter().chain([&alice_app, &bob_www]) {
         store.create_family(f).await.expect("create");
     }
-    assert_eq!(store.revoke_subject("alice").await.expect("revoke"), 3);
+    let subject = Selection::all(Index::Subject("alice"));
+    let gone = store.revoke_many(&subject).await.expect("revoke");
+    assert!(
+        gone.iter()
+            .all(|e| e.upstream_token.as_deref() == Some(KEPT))
+    );
+    assert_eq!(ids(gone), sorted(alice_www.iter().chain([&alice_app])));
     assert_eq!(
-        store.revoke_subject("alice").await.expect("revoke"),
-        0,
+        store.revoke_many(&subject).await.expect("revoke"),
+        Vec::new(),
         "idempotent"
     );
     for f in alice_www.iter().chain([&alice_app]) {
@@ -669,12 +724,72 @@ async fn revocation_by_subject_and_by_client<S: TokenStore>(store: S) {
         verdict(go(&store, &bob_www, r).await),
         Verdict::Rotated { .. }
     ));
-    assert_eq!(store.revoke_client("www").await.expect("revoke"), 1);
+    let client = Selection::all(Index::Client("www"));
+    assert_eq!(
+        store.revoke_many(&client).await.expect("revoke"),
+        vec![ended(&bob_www)]
+    );
     assert_eq!(
         go(&store, &bob_www, redeem(1, t0)).await,
         Redemption::Unknown
     );
-    assert_eq!(store.revoke_client("nobody").await.expect("revoke"), 0);
+    let nobody = Selection::all(Index::Client("nobody"));
+    assert_eq!(store.revoke_many(&nobody).await.expect("revoke"), vec![]);
+}
+
+/// Back-channel logout: a session's families, one client's only, sparing `offline_access`
+/// ones when asked; what is spared stays in the index for a later revocation.
+async fn revocation_by_session_spares_what_it_is_told_to<S: TokenStore>(store: S) {
+    let t0 = now();
+    let mk = |client: &str, session: Option<&str>, scope: &str| NewFamily {
+        id: FamilyId::random(),
+        client_id: client.into(),
+        session: session.map(str::to_owned),
+        granted_scope: scope.into(),
+        ..family(t0, TokenFormat::Jwt)
+    };
+    let online = mk("www", Some("s1"), "openid read");
+    let offline = mk("www", Some("s1"), "openid offline_access");
+    let other_client = mk("app", Some("s1"), "openid");
+    let other_session = mk("www", Some("s2"), "openid");
+    let no_session = mk("www", None, "openid");
+    let all = [
+        &online,
+        &offline,
+        &other_client,
+        &other_session,
+        &no_session,
+    ];
+    for f in all {
+        store.create_family(f).await.expect("create");
+    }
+    let logout = Selection {
+        index: Index::Session("s1"),
+        client_id: Some("www"),
+        keep_offline: true,
+    };
+    assert_eq!(
+        store.revoke_many(&logout).await.expect("revoke"),
+        vec![ended(&online)]
+    );
+    for f in [&offline, &other_client, &other_session, &no_session] {
+        let mut r = redeem(0, t0 + 1);
+        r.client_id = &f.client_id;
+        assert!(
+            matches!(verdict(go(&store, f, r).await), Verdict::Rotated { .. }),
+            "spared"
+        );
+    }
+    // What was spared is still found by the session.
+    let everything = Selection::all(Index::Session("s1"));
+    assert_eq!(
+        ids(store.revoke_many(&everything).await.expect("revoke")),
+        sorted([&offline, &other_client])
+    );
+    assert_eq!(
+        store.revoke_many(&everything).await.expect("revoke"),
+        vec![]
+    );
 }
 
 async fn many_families_at_once<S: TokenStore>(store: S) {
@@ -692,7 +807,11 @@ async fn many_families_at_once<S: TokenStore>(store: S) {
                 .is_some()
         );
     }
-    assert_eq!(store.revoke_subject("alice").await.expect("revoke"), 2500);
+    let gone = store
+        .revoke_many(&Selection::all(Index::Subject("alice")))
+        .await
+        .expect("revoke");
+    assert_eq!(gone.len(), 2500);
 }
 
 async fn a_revocation_racing_refreshes_always_wins<S: TokenStore + Clone>(store: S) {
@@ -785,6 +904,7 @@ contract!(
     revocation_is_by_owner_and_ends_the_family,
     introspection_sees_only_the_live_generation,
     revocation_by_subject_and_by_client,
+    revocation_by_session_spares_what_it_is_told_to,
     many_families_at_once,
     a_revocation_racing_refreshes_always_wins,
 );

@@ -6,8 +6,9 @@
 //!   clocks, format, carried claims. It expires with the family (idle or absolute deadline).
 //! - `<prefix>{<family>}:at:<digest>` — an opaque access token's record (JSON), expiring with
 //!   the token.
-//! - `<prefix>idx:sub:<subject>`, `<prefix>idx:client:<client>` — sets of family ids, each in
-//!   its own slot, for revocation by subject or client (idempotent, lazily cleaned).
+//! - `<prefix>idx:sub:<subject>`, `<prefix>idx:client:<client>`, `<prefix>idx:sid:<session>` —
+//!   sets of family ids, each in its own slot, for revocation by subject, client or upstream
+//!   session (idempotent, lazily cleaned).
 //!
 //! Each family operation is one Lua script on one shard: one round trip per refresh
 //! (`redeem.lua`, the twin of [`crate::grant::rules::redeem`]), sent as EVALSHA, and as EVAL
@@ -28,14 +29,15 @@ use std::time::Duration;
 use self::conn::{Batch, Conn};
 
 use super::{
-    AccessTokenRecord, FamilyData, NewFamily, RedeemRequest, Redemption, RefreshTokenInfo, Revoke,
-    StoreError, TokenFormat, TokenStore,
+    AccessTokenRecord, Ended, FamilyData, Index, NewFamily, RedeemRequest, Redemption,
+    RefreshTokenInfo, Revoke, Selection, StoreError, TokenFormat, TokenStore,
 };
 use crate::config::{ConfigError, StoreConfig};
 use crate::grant::rules::Verdict;
 use crate::mint::refresh::{DIGEST_BYTES, MAX_KEYS, Seal, Verifier};
 
-/// Opens a family. Fields at their default are left out (`n` 0, `f` jwt, empty `a`, `d`,
+/// Opens a family (`u`: the kept upstream refresh token, sealed, when there is one). Fields at
+/// their default are left out (`n` 0, `f` jwt, empty `a`, `d`,
 /// `t`; `sc` is written only once it differs from `g`): a family hash is small enough that a
 /// few bytes move it to a smaller allocation (200 bytes instead of 232 for a typical family).
 /// For the same reason the live token's verifier and the family's seal share one field, `v`
@@ -48,6 +50,7 @@ if ARGV[4] ~= 'jwt' then redis.call('HSET', KEYS[1], 'f', ARGV[4]) end
 for i, field in ipairs({'a', 'd', 't'}) do
   if ARGV[4 + i] ~= '' then redis.call('HSET', KEYS[1], field, ARGV[4 + i]) end
 end
+if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'u', ARGV[13]) end
 redis.call('PEXPIREAT', KEYS[1], math.min(tonumber(ARGV[9]), tonumber(ARGV[10])))
 return 1
 ";
@@ -67,12 +70,20 @@ redis.call('HSET', KEYS[1], 'v', string.sub(v, 1, 12) .. ARGV[2])
 return 1
 ";
 
+/// Revokes one family. ARGV: 1 the only client whose family it may be ('' = any), 2 what a
+/// family of another client answers (`not_owner`, or `kept` for a bulk revocation), 3 spare a
+/// family granted `offline_access` ('0'|'1'). Returns `{outcome, client, kept upstream token}`.
 const REVOKE: &str = r"
-local c = redis.call('HGET', KEYS[1], 'c')
-if not c then return 'unknown' end
-if ARGV[1] ~= '' and ARGV[1] ~= c then return 'not_owner' end
+local f = redis.call('HMGET', KEYS[1], 'c', 'g', 'u')
+if not f[1] then return {'unknown'} end
+if ARGV[1] ~= '' and ARGV[1] ~= f[1] then return {ARGV[2]} end
+if ARGV[3] == '1' then
+  for t in string.gmatch(f[2] or '', '[^ ]+') do
+    if t == 'offline_access' then return {'kept'} end
+  end
+end
 redis.call('DEL', KEYS[1])
-return 'revoked'
+return {'revoked', f[1], f[3] or ''}
 ";
 
 /// Families written per pipeline by `create_families`.
@@ -198,11 +209,34 @@ impl RedisStore {
         format!("{}idx:client:{client_id}", self.prefix)
     }
 
+    fn session_key(&self, session: &str) -> String {
+        format!("{}idx:sid:{session}", self.prefix)
+    }
+
+    fn index_key(&self, index: Index<'_>) -> String {
+        match index {
+            Index::Subject(s) => self.subject_key(s),
+            Index::Client(c) => self.client_key(c),
+            Index::Session(s) => self.session_key(s),
+        }
+    }
+
     /// Adds families to the subject and client indexes, one group (one slot) per set. Each
     /// set lives as long as the longest family added to it (NX then GT: set a first expiry,
     /// then only ever extend it).
-    fn index(&self, batch: &mut Batch, subject: &str, client: &str, ids: &[&str], ttl_ms: i64) {
-        for key in [self.subject_key(subject), self.client_key(client)] {
+    fn index(
+        &self,
+        batch: &mut Batch,
+        owner: (&str, &str, Option<&str>),
+        ids: &[&str],
+        ttl_ms: i64,
+    ) {
+        let (subject, client, session) = owner;
+        let session = session.map(|s| self.session_key(s));
+        for key in [self.subject_key(subject), self.client_key(client)]
+            .into_iter()
+            .chain(session)
+        {
             let pipe = batch.group();
             pipe.cmd("SADD").arg(&key).arg(ids).ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).arg("NX").ignore();
@@ -210,12 +244,17 @@ impl RedisStore {
         }
     }
 
-    /// Revokes every family listed in an index set, then drops the set. One multi-key DEL per
-    /// scan step (a cluster connection splits it by slot).
-    async fn revoke_index(&self, key: String) -> Result<u64, StoreError> {
+    /// Revokes the families of an index set that `selection` selects, one script each (sent
+    /// together for one scan step: the connection pipelines them); drops the set when it is
+    /// left with none it spared.
+    async fn revoke_index(&self, selection: &Selection<'_>) -> Result<Vec<Ended>, StoreError> {
+        let key = self.index_key(selection.index);
         let mut conn = self.conn.clone();
         let mut cursor: u64 = 0;
-        let mut revoked = 0u64;
+        let mut ended = Vec::new();
+        let mut spared = false;
+        let client = selection.client_id.unwrap_or("");
+        let offline = if selection.keep_offline { "1" } else { "0" };
         loop {
             let (next, ids): (u64, Vec<String>) = self
                 .bounded(
@@ -227,20 +266,76 @@ impl RedisStore {
                         .query_async(&mut conn),
                 )
                 .await?;
-            let keys: Vec<String> = ids.iter().map(|id| self.family_key(id)).collect();
-            if !keys.is_empty() {
-                let mut del = redis::cmd("DEL");
-                del.arg(&keys);
-                revoked += self.bounded(del.query_async::<u64>(&mut conn)).await?;
+            let revocations = ids.iter().map(|id| {
+                let family_key = self.family_key(id);
+                let mut conn = conn.clone();
+                async move {
+                    let reply: Vec<Vec<u8>> = self
+                        .scripts
+                        .revoke
+                        .eval(&mut conn, &[&family_key], |cmd| {
+                            cmd.arg(client).arg("kept").arg(offline);
+                        })
+                        .await?;
+                    Ok::<_, redis::RedisError>(reply)
+                }
+            });
+            let replies = self
+                .bounded(futures_util::future::try_join_all(revocations))
+                .await?;
+            let mut gone = Vec::new();
+            for (id, reply) in ids.into_iter().zip(replies) {
+                match revoked(&id, reply)? {
+                    Revoke::Revoked(e) => {
+                        gone.push(id);
+                        ended.push(e);
+                    }
+                    Revoke::NotOwner => spared = true,
+                    Revoke::Unknown => gone.push(id),
+                }
+            }
+            if spared && !gone.is_empty() {
+                self.bounded(
+                    redis::cmd("SREM")
+                        .arg(&key)
+                        .arg(&gone)
+                        .query_async::<()>(&mut conn),
+                )
+                .await?;
             }
             if next == 0 {
                 break;
             }
             cursor = next;
         }
-        self.bounded(redis::cmd("DEL").arg(&key).query_async::<()>(&mut conn))
-            .await?;
-        Ok(revoked)
+        if !spared {
+            self.bounded(redis::cmd("DEL").arg(&key).query_async::<()>(&mut conn))
+                .await?;
+        }
+        Ok(ended)
+    }
+}
+
+/// The reply of the revoke script for family `family`: a spared family (`kept`) reads as
+/// [`Revoke::NotOwner`].
+fn revoked(family: &str, reply: Vec<Vec<u8>>) -> Result<Revoke, StoreError> {
+    let mut fields = reply.into_iter();
+    match fields.next().as_deref() {
+        Some(b"revoked") => {
+            let client_id = text(fields.next().unwrap_or_default())?;
+            let kept = fields.next().unwrap_or_default();
+            Ok(Revoke::Revoked(Ended {
+                family: family.to_owned(),
+                client_id,
+                upstream_token: (!kept.is_empty()).then_some(kept),
+            }))
+        }
+        Some(b"not_owner" | b"kept") => Ok(Revoke::NotOwner),
+        Some(b"unknown") => Ok(Revoke::Unknown),
+        other => Err(StoreError::Protocol(format!(
+            "revoke answered {:?}",
+            other.map(String::from_utf8_lossy)
+        ))),
     }
 }
 
@@ -283,7 +378,8 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
         seal,
         verifier,
         key,
-    ] = <[Vec<u8>; 16]>::try_from(reply).map_err(|_| bad())?;
+        kept,
+    ] = <[Vec<u8>; 17]>::try_from(reply).map_err(|_| bad())?;
     let (verdict, generation, scope) = (text(verdict)?, text(generation)?, text(scope)?);
     let format = text(format)?;
     let verifier_of = |b: &[u8]| Verifier::from_slice(b).unwrap_or_default();
@@ -328,6 +424,7 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
             seal: Seal::from_slice(&seal).unwrap_or_default(),
         },
         opaque_stored: stored == b"1",
+        upstream_token: (!kept.is_empty()).then_some(kept),
     })
 }
 
@@ -353,14 +450,14 @@ impl TokenStore for RedisStore {
                 .arg(f.idle_deadline_ms)
                 .arg(f.expires_at_ms)
                 .arg(f.verifier.as_bytes())
-                .arg(f.seal.as_bytes());
+                .arg(f.seal.as_bytes())
+                .arg(f.upstream_token.as_deref().unwrap_or_default());
         });
         self.bounded(created).await?;
         let mut batch = conn.batch();
         self.index(
             &mut batch,
-            &f.subject,
-            &f.client_id,
+            (&f.subject, &f.client_id, f.session.as_deref()),
             &[f.id.as_str()],
             f.expires_at_ms - f.created_ms,
         );
@@ -403,24 +500,32 @@ impl TokenStore for RedisStore {
                 if let Some(t) = f.auth_time {
                     hset.arg("t").arg(t);
                 }
+                if let Some(u) = &f.upstream_token {
+                    hset.arg("u").arg(u.as_slice());
+                }
                 hset.ignore();
                 pipe.cmd("PEXPIREAT")
                     .arg(&key)
                     .arg(f.idle_deadline_ms.min(f.expires_at_ms))
                     .ignore();
             }
-            // Index by (subject, client) group.
-            let mut by_owner: std::collections::HashMap<(&str, &str), (Vec<&str>, i64)> =
+            // Index by (subject, client, session) group.
+            type Owner<'a> = (&'a str, &'a str, Option<&'a str>);
+            let mut by_owner: std::collections::HashMap<Owner<'_>, (Vec<&str>, i64)> =
                 std::collections::HashMap::new();
             for f in chunk {
                 let g = by_owner
-                    .entry((f.subject.as_str(), f.client_id.as_str()))
+                    .entry((
+                        f.subject.as_str(),
+                        f.client_id.as_str(),
+                        f.session.as_deref(),
+                    ))
                     .or_default();
                 g.0.push(f.id.as_str());
                 g.1 = g.1.max(f.expires_at_ms - f.created_ms);
             }
-            for ((subject, client), (ids, ttl)) in &by_owner {
-                self.index(&mut batch, subject, client, ids, *ttl);
+            for (owner, (ids, ttl)) in &by_owner {
+                self.index(&mut batch, *owner, ids, *ttl);
             }
             self.bounded(conn.run(batch)).await?;
         }
@@ -512,17 +617,12 @@ impl TokenStore for RedisStore {
     ) -> Result<Revoke, StoreError> {
         let mut conn = self.conn.clone();
         let key = self.family_key(family);
-        let outcome: String = self
+        let reply: Vec<Vec<u8>> = self
             .bounded(self.scripts.revoke.eval(&mut conn, &[&key], |cmd| {
-                cmd.arg(client_id.unwrap_or(""));
+                cmd.arg(client_id.unwrap_or("")).arg("not_owner").arg("0");
             }))
             .await?;
-        match outcome.as_str() {
-            "revoked" => Ok(Revoke::Revoked),
-            "not_owner" => Ok(Revoke::NotOwner),
-            "unknown" => Ok(Revoke::Unknown),
-            other => Err(StoreError::Protocol(format!("revoke answered {other:?}"))),
-        }
+        revoked(family, reply)
     }
 
     async fn reseal(&self, family: &str, old: &Seal, new: &Seal) -> Result<bool, StoreError> {
@@ -536,12 +636,8 @@ impl TokenStore for RedisStore {
         Ok(done == 1)
     }
 
-    async fn revoke_subject(&self, subject: &str) -> Result<u64, StoreError> {
-        self.revoke_index(self.subject_key(subject)).await
-    }
-
-    async fn revoke_client(&self, client_id: &str) -> Result<u64, StoreError> {
-        self.revoke_index(self.client_key(client_id)).await
+    async fn revoke_many(&self, selection: &Selection<'_>) -> Result<Vec<Ended>, StoreError> {
+        self.revoke_index(selection).await
     }
 
     async fn redeem(&self, req: &RedeemRequest<'_>) -> Result<Redemption, StoreError> {

@@ -14,7 +14,7 @@
 --          {verdict, generation, scope, client, subject, format, at claims, id claims,
 --           auth time, opaque stored ('0'|'1'), current generation, granted scope,
 --           absolute deadline, seal, verifier ('ahead' only), successor key index
---           ('grace' only)}
+--           ('grace' only), the kept upstream refresh token ('reuse' only)}
 local function int(x) return string.format('%.0f', x) end
 
 local f = redis.call('HMGET', KEYS[1], 'c', 's', 'g', 'sc', 'n', 'r', 'i', 'e', 'f', 'a', 'd', 't', 'v')
@@ -31,13 +31,13 @@ local v, seal = string.sub(f[13] or '', 1, 12), string.sub(f[13] or '', 13)
 if not (subject and granted and n and rotated and idle and expires) then return {'corrupt'} end
 local g, now = tonumber(ARGV[1]), tonumber(ARGV[5])
 
-local key = 0
+local key, kept = 0, ''
 local function reply(verdict, gen, sc, stored)
   return {verdict, int(gen), sc, client, subject, fmt, atc, idc, auth, stored, int(n),
     granted, int(expires), seal,
     -- Only the verdicts that use them carry the verifier and the key index (fewer reply
     -- allocations on the common path).
-    verdict == 'ahead' and v or '', verdict == 'grace' and int(key) or ''}
+    verdict == 'ahead' and v or '', verdict == 'grace' and int(key) or '', kept}
 end
 
 if now >= expires or now >= idle then
@@ -48,7 +48,9 @@ end
 local grace = g < n and g + 1 == n and tonumber(ARGV[6]) > 0 and now - rotated <= tonumber(ARGV[6])
 if g < n and not grace then
   -- RFC 9700 §4.14.2: a rotated-out token was presented again; revoke the family. Before
-  -- every other check: a bad scope or client must not let it probe the family.
+  -- every other check: a bad scope or client must not let it probe the family. The kept
+  -- upstream token goes back, so the end can be told to the upstream.
+  kept = redis.call('HGET', KEYS[1], 'u') or ''
   redis.call('DEL', KEYS[1])
   return reply('reuse', g, '', '0')
 end

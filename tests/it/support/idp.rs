@@ -97,6 +97,9 @@ pub struct IdpOptions {
     pub jwt_access_tokens: bool,
     /// Refresh-token rotation policy.
     pub refresh_rotation: RefreshRotation,
+    /// The `www` client's back-channel logout URI (OpenID Connect Back-Channel Logout 1.0);
+    /// `None` leaves the feature off.
+    pub backchannel_logout_uri: Option<String>,
 }
 
 impl Idp {
@@ -140,6 +143,7 @@ impl Idp {
             .env_remove("ISSUER")
             .env_remove("JWT_ACCESS_TOKENS")
             .env_remove("ROTATE_REFRESH_TOKENS")
+            .env_remove("BACKCHANNEL_LOGOUT_URI")
             .env_remove("DEBUG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -150,6 +154,9 @@ impl Idp {
         }
         if opts.jwt_access_tokens {
             cmd.env("JWT_ACCESS_TOKENS", "1");
+        }
+        if let Some(uri) = &opts.backchannel_logout_uri {
+            cmd.env("BACKCHANNEL_LOGOUT_URI", uri);
         }
         match opts.refresh_rotation {
             RefreshRotation::ProviderDefault => {}
@@ -260,6 +267,56 @@ impl Idp {
             .get(grant_type)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Every refresh token the IdP issued, oldest first: `{"token","client_id","sub","sid"}`.
+    pub async fn refresh_tokens(&self) -> Vec<Value> {
+        let url = self.url("/__test/refresh_tokens");
+        let resp = http_client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let body = resp.text().await.expect("read /__test/refresh_tokens body");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: {e}: {body}"))
+    }
+
+    /// The last refresh token the IdP issued.
+    pub async fn last_refresh_token(&self) -> String {
+        let tokens = self.refresh_tokens().await;
+        let last = tokens.last().expect("the IdP issued a refresh token");
+        str_field(last, "token").to_owned()
+    }
+
+    /// The next `count` requests to `path` answer `status` without reaching oidc-provider.
+    pub async fn fail_next(&self, path: &str, count: u32, status: u16) {
+        let url = self.url("/__test/fail");
+        let resp = http_client()
+            .post(&url)
+            .json(&serde_json::json!({"path": path, "count": count, "status": status}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        assert_eq!(resp.status(), 204, "POST {url}");
+    }
+
+    /// Whether the IdP's own introspection says `token` is active (asked as `rs`).
+    pub async fn is_active(&self, token: &str) -> bool {
+        introspect(&self.base_url, token).await["active"] == Value::Bool(true)
+    }
+
+    /// Waits up to `timeout` for the IdP to say `token` is no longer active.
+    pub async fn wait_inactive(&self, token: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.is_active(token).await {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Zeroes the token-endpoint counters.

@@ -106,6 +106,30 @@ impl TestProxy {
         }
     }
 
+    /// The admin port's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.admin_url);
+        let res = self
+            .admin_http
+            .get(&url)
+            .send()
+            .await
+            .expect("GET /metrics");
+        res.text().await.expect("the metrics text")
+    }
+
+    /// The value of the sample `series` (name and labels, as written), e.g.
+    /// `refresh_proxy_captures_total` or `…_total{outcome="revoked"}`; panics when absent.
+    pub async fn metric(&self, series: &str) -> u64 {
+        let text = self.metrics().await;
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{series}: not a count ({e})"))
+    }
+
     /// Triggers shutdown (as SIGTERM would) without waiting.
     pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -24,6 +24,25 @@ impl RedisServer {
         server
     }
 
+    /// Everything the server wrote to disk: its append-only files (every write it ever took,
+    /// as sent) and an RDB snapshot taken now (`SAVE`), concatenated.
+    pub fn dump_files(&self) -> Vec<u8> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "SAVE"])
+            .output()
+            .expect("redis-cli must be installed (the README's test command installs it)");
+        assert!(out.status.success(), "redis-cli SAVE: {out:?}");
+        let mut files = vec![self.dir.join("dump.rdb")];
+        if let Ok(aof) = std::fs::read_dir(self.dir.join("appendonlydir")) {
+            files.extend(aof.flatten().map(|e| e.path()));
+        }
+        let mut bytes = Vec::new();
+        for f in files {
+            bytes.extend(std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display())));
+        }
+        bytes
+    }
+
     /// `redis://127.0.0.1:<port>`
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
