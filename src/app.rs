@@ -41,6 +41,7 @@ use crate::client_auth::UpstreamAuth;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, Keys};
 use crate::layer::RefreshGrantLayer;
+use crate::logout_relay::{self, LogoutRelay};
 use crate::mint::jwt::Signer;
 use crate::mint::kept::KeptKeys;
 use crate::mint::refresh::{RefreshKeys, RefreshTokenKey};
@@ -221,6 +222,9 @@ pub struct App {
     metrics: Arc<crate::metrics::Metrics>,
     /// Family ends the engine queues, to be revoked at the upstream.
     endings: tokio::sync::mpsc::Receiver<crate::engine::Ending>,
+    /// Logout tokens the layer queues, to be passed on to clients' own endpoints.
+    logouts: tokio::sync::mpsc::Receiver<crate::layer::PassOn>,
+    relay: LogoutRelay,
 }
 
 /// How [`App::run`] ended.
@@ -242,6 +246,7 @@ impl App {
         let endpoints = Arc::new(ArcSwap::from_pointee(Endpoints::default()));
         let store = AnyStore::open(&config.store)?;
         let (ends, endings) = upstream_revocation::queue();
+        let (pass_ons, logouts) = logout_relay::queue();
         let engine = Arc::new(build_engine(&config, store.clone())?.with_endings(ends));
         let forward = Forward::new(&config.upstream, crate::error::gateway_answer)?
             .with_metrics(engine.metrics.clone());
@@ -250,6 +255,7 @@ impl App {
             .max_body_bytes(config.server.max_body_bytes)?
             .body_read_timeout(config.server.body_read_timeout)
             .engine(engine.clone())
+            .logout_relay(pass_ons)
             .fallback_issuer(config.upstream.url.clone());
         if let (Some(id), Some(secret)) = (
             &config.upstream.introspection_client_id,
@@ -271,6 +277,12 @@ impl App {
                 fallback: config.upstream.url.clone(),
             },
         )?;
+        let https_logout = config.clients.values().any(|c| {
+            c.backchannel_logout_uri
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https:"))
+        });
+        let relay = LogoutRelay::new(engine.metrics.clone(), https_logout)?;
         let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
             (Some(cert), Some(key)) => Some(tls::server_acceptor(tls::Listener::Proxy, cert, key)?),
             _ => None,
@@ -296,6 +308,8 @@ impl App {
             admin_api: admin_api.map(Arc::new),
             metrics: engine.metrics.clone(),
             endings,
+            logouts,
+            relay,
         })
     }
 
@@ -331,6 +345,8 @@ impl App {
             admin_api,
             metrics,
             endings,
+            logouts,
+            relay,
         } = self;
         let options = ConnOptions::from_config(&config.server);
         // The proxy port's cap, across every worker; the admin port has none of its own, so
@@ -392,6 +408,7 @@ impl App {
             UpstreamRevoker::new(forward.clone(), engine.clone(), endpoints.clone(), fallback)
                 .run(endings),
         );
+        let relaying = tokio::spawn(relay.run(logouts));
 
         let discovered = readiness.clone();
         let upstream = config.upstream.clone();
@@ -480,6 +497,7 @@ impl App {
         let _ = cut_off.send(true);
         discovery.abort();
         revoker.abort();
+        relaying.abort();
         let _ = stop_admin.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin_task).await;
         outcome

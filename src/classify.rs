@@ -37,6 +37,8 @@ pub struct Endpoints {
     pub jwks_path: Option<String>,
     /// `id_token_signing_alg_values_supported` from discovery.
     pub id_token_signing_algs: Vec<String>,
+    /// The proxy's own back-channel logout receiver (`upstream.backchannel_logout_path`).
+    pub backchannel_logout_path: Option<String>,
 }
 
 /// What a request is, as far as the proxy cares.
@@ -46,6 +48,8 @@ pub enum Endpoint {
     Revocation,
     Introspection,
     Jwks,
+    /// The proxy's back-channel logout receiver (any method; only POST is answered 200).
+    BackchannelLogout,
     /// Not the exact path of the token, revocation or introspection endpoint (whatever the
     /// method), but one a lenient server routes there: refused with 400.
     Variant(Owned),
@@ -63,6 +67,9 @@ pub enum Owned {
 impl Endpoints {
     pub fn classify(&self, method: &Method, path: &str) -> Endpoint {
         let is = |p: &Option<String>| p.as_deref() == Some(path);
+        if is(&self.backchannel_logout_path) {
+            return Endpoint::BackchannelLogout;
+        }
         if method == Method::POST {
             if is(&self.token_path) {
                 return Endpoint::Token;
@@ -106,7 +113,10 @@ impl Endpoint {
             Endpoint::Token => Some(Owned::Token),
             Endpoint::Revocation => Some(Owned::Revocation),
             Endpoint::Introspection => Some(Owned::Introspection),
-            Endpoint::Jwks | Endpoint::Variant(_) | Endpoint::Other => None,
+            Endpoint::Jwks
+            | Endpoint::BackchannelLogout
+            | Endpoint::Variant(_)
+            | Endpoint::Other => None,
         }
     }
 }

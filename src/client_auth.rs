@@ -209,6 +209,8 @@ pub struct Client {
     /// How the proxy authenticates as this client at the upstream (to revoke its kept
     /// tokens); `None` when it cannot (only `secret_sha256` is configured).
     pub upstream_auth: Option<UpstreamAuth>,
+    /// The client's own back-channel logout endpoint, to pass logout tokens on to.
+    pub backchannel_logout_uri: Option<String>,
 }
 
 /// Credentials the proxy presents at the upstream as a client (RFC 6749 §2.3.1, RFC 7009
@@ -266,6 +268,7 @@ impl std::fmt::Debug for Client {
             may_introspect,
             allow_admin_issue,
             upstream_auth,
+            backchannel_logout_uri,
         } = self;
         f.debug_struct("Client")
             .field("id", id)
@@ -274,6 +277,7 @@ impl std::fmt::Debug for Client {
             .field("may_introspect", may_introspect)
             .field("allow_admin_issue", allow_admin_issue)
             .field("upstream_auth", upstream_auth)
+            .field("backchannel_logout_uri", backchannel_logout_uri)
             .finish()
     }
 }
@@ -337,6 +341,7 @@ impl Clients {
                     may_introspect: c.may_introspect,
                     allow_admin_issue: c.allow_admin_issue,
                     upstream_auth,
+                    backchannel_logout_uri: c.backchannel_logout_uri.clone(),
                 },
             );
         }

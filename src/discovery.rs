@@ -138,6 +138,7 @@ pub fn from_config(config: &UpstreamConfig) -> Endpoints {
         introspection_path: config.introspection_path.clone(),
         jwks_path: config.jwks_path.clone(),
         id_token_signing_algs: Vec::new(),
+        backchannel_logout_path: config.backchannel_logout_path.clone(),
     }
 }
 
@@ -283,6 +284,7 @@ pub fn merge_documents(
             introspection_path,
             jwks_path,
             id_token_signing_algs,
+            backchannel_logout_path: config.backchannel_logout_path.clone(),
         },
         sources: Sources {
             issuer: issuer_source,

@@ -36,6 +36,16 @@ pub enum Error {
     Forward(#[from] ForwardError),
     #[error(transparent)]
     Grant(#[from] GrantError),
+    /// A back-channel logout request that is not a valid logout token (OpenID Connect
+    /// Back-Channel Logout 1.0 §2.8: 400).
+    #[error("logout token refused: {0}")]
+    LogoutToken(&'static str),
+    /// The upstream's keys could not be had to check a logout token.
+    #[error("the upstream's JWKS is unavailable")]
+    UpstreamKeys,
+    /// A method other than POST at the back-channel logout path.
+    #[error("method not allowed")]
+    MethodNotAllowed,
 }
 
 /// One description for every refused refresh token: reused, unknown, expired, revoked or
@@ -145,6 +155,17 @@ fn describe(err: &Error) -> (StatusCode, ErrorCode, &'static str) {
             ErrorCode::InvalidRequest,
             "request body could not be read",
         ),
+        Error::LogoutToken(why) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, why),
+        Error::UpstreamKeys => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TemporarilyUnavailable,
+            "the upstream's keys are unavailable; retry shortly",
+        ),
+        Error::MethodNotAllowed => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::InvalidRequest,
+            "use POST",
+        ),
     }
 }
 
@@ -177,6 +198,11 @@ pub fn error_response(err: Error) -> Response<Full<Bytes>> {
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
     }
     // RFC 6749 §5.2: with the Authorization header, invalid_client is a 401 that "MUST include
     // the WWW-Authenticate response header field matching the authentication scheme used".

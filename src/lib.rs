@@ -40,6 +40,8 @@
 //!   acceptor that hands each connection to a worker thread.
 //! - [`upstream_revocation`]: family ends told to the upstream: the kept upstream refresh
 //!   token revoked at its revocation endpoint, queued, retried, counted.
+//! - [`logout_relay`]: accepted back-channel logout tokens passed on to the clients' own
+//!   endpoints.
 //! - [`metrics`]: counters and the refresh latency histogram, Prometheus text.
 //! - [`admin`]: the admin listener: `/healthz`, `/readyz`, `/jwks`, `/metrics`, and the admin
 //!   API (revoke families; issue families for load tests), each endpoint behind its own bearer
@@ -68,7 +70,7 @@
 //! 8. `proxy`
 //! 9. `error`
 //! 10. `layer`
-//! 11. `discovery`, `server`, `access_log`, `upstream_revocation`
+//! 11. `discovery`, `server`, `access_log`, `upstream_revocation`, `logout_relay`
 //! 12. `admin`
 //! 13. `app`, `admin_client`
 //! <!-- /layers -->
@@ -90,6 +92,7 @@ pub mod engine;
 pub mod error;
 pub mod grant;
 pub mod layer;
+pub mod logout_relay;
 pub mod metrics;
 pub mod mint;
 pub mod net;

@@ -15,15 +15,17 @@ pub enum Route {
     Revocation,
     Introspection,
     Jwks,
+    BackchannelLogout,
     Other,
 }
 
 impl Route {
-    const ALL: [Route; 5] = [
+    const ALL: [Route; 6] = [
         Route::Token,
         Route::Revocation,
         Route::Introspection,
         Route::Jwks,
+        Route::BackchannelLogout,
         Route::Other,
     ];
 
@@ -33,6 +35,7 @@ impl Route {
             Route::Revocation => "revocation",
             Route::Introspection => "introspection",
             Route::Jwks => "jwks",
+            Route::BackchannelLogout => "backchannel_logout",
             Route::Other => "other",
         }
     }
@@ -229,6 +232,37 @@ impl UpstreamRevocation {
     }
 }
 
+/// What became of a logout token the upstream sent (docs/design.md §4.12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutReceived {
+    /// Valid: the families it names were ended (possibly none).
+    Done,
+    /// Refused with 400: not a valid logout token (signature, claims).
+    Invalid,
+    /// Refused with 400: its `jti` was seen before.
+    Replayed,
+    /// Answered 503: the store or the upstream's keys were unavailable.
+    Unavailable,
+}
+
+impl LogoutReceived {
+    pub const ALL: [LogoutReceived; 4] = [
+        LogoutReceived::Done,
+        LogoutReceived::Invalid,
+        LogoutReceived::Replayed,
+        LogoutReceived::Unavailable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            LogoutReceived::Done => "done",
+            LogoutReceived::Invalid => "invalid",
+            LogoutReceived::Replayed => "replayed",
+            LogoutReceived::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Upstream answers by status class.
 const UPSTREAM_CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "error"];
 
@@ -294,6 +328,11 @@ pub struct Metrics {
     upstream_revocations: [AtomicU64; UpstreamRevocation::ALL.len()],
     /// Family ends waiting to be told to the upstream (queued or between tries).
     pub upstream_revocations_pending: AtomicU64,
+    logouts: [AtomicU64; LogoutReceived::ALL.len()],
+    /// Logout tokens passed on to a client's own `backchannel_logout_uri`, by whether it
+    /// answered 200/204.
+    pub logouts_passed_on: AtomicU64,
+    pub logouts_pass_on_failed: AtomicU64,
     pub store_errors: AtomicU64,
     pub integrity_failures: AtomicU64,
     /// Per endpoint of [`KNOWN_ENDPOINTS`]: 1 when the proxy knows its upstream path.
@@ -365,6 +404,15 @@ impl Metrics {
             .position(|x| *x == outcome)
             .unwrap_or(0);
         inc(&self.upstream_revocations[i]);
+    }
+
+    /// A logout token received, and what became of it.
+    pub fn logout(&self, outcome: LogoutReceived) {
+        let i = LogoutReceived::ALL
+            .iter()
+            .position(|x| *x == outcome)
+            .unwrap_or(0);
+        inc(&self.logouts[i]);
     }
 
     /// Upstream revocations with `outcome` so far.
@@ -562,6 +610,27 @@ impl Metrics {
                 .iter()
                 .map(|r| r.label())
                 .zip(&self.upstream_revocations),
+        );
+        labelled(
+            &mut out,
+            "logouts_received_total",
+            "Back-channel logout tokens received from the upstream, by outcome.",
+            "outcome",
+            LogoutReceived::ALL
+                .iter()
+                .map(|r| r.label())
+                .zip(&self.logouts),
+        );
+        labelled(
+            &mut out,
+            "logouts_passed_on_total",
+            "Logout tokens passed on to a client's own back-channel logout endpoint, by outcome.",
+            "outcome",
+            [
+                ("ok", &self.logouts_passed_on),
+                ("failed", &self.logouts_pass_on_failed),
+            ]
+            .into_iter(),
         );
         let _ = writeln!(
             out,

@@ -289,6 +289,10 @@ pub struct UpstreamConfig {
     /// client's own).
     pub introspection_client_id: Option<String>,
     pub introspection_client_secret: Option<Secret>,
+    /// The proxy's own path where the upstream sends OpenID Connect Back-Channel Logout 1.0
+    /// logout tokens (register `<proxy URL><path>` as the handled clients'
+    /// `backchannel_logout_uri` at the IdP). Unset: off.
+    pub backchannel_logout_path: Option<String>,
 }
 
 /// Whether the upstream has a revocation endpoint (`upstream.revocation`).
@@ -522,6 +526,9 @@ pub struct ClientConfig {
     /// registration says; the proxy uses the same method when it revokes the client's kept
     /// upstream tokens there. Default: `client_secret_basic` with a secret, `none` without.
     pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
+    /// The client's own back-channel logout endpoint: a logout token the proxy accepted for
+    /// this client is passed on to it (the IdP sends it to the proxy instead).
+    pub backchannel_logout_uri: Option<String>,
 }
 
 /// A client authentication method (RFC 7591 §2 `token_endpoint_auth_method`).
@@ -644,6 +651,10 @@ impl Config {
                 &self.upstream.introspection_path,
             ),
             ("upstream.jwks_path", &self.upstream.jwks_path),
+            (
+                "upstream.backchannel_logout_path",
+                &self.upstream.backchannel_logout_path,
+            ),
         ] {
             if let Some(p) = path
                 && (!p.starts_with('/') || p.contains('?') || p.contains('#'))
@@ -1116,6 +1127,17 @@ fn validate_client(id: &str, client: &ClientConfig) -> Result<(), ConfigError> {
             key("secret"),
             "must not be empty (omit it for a public client)",
         ));
+    }
+    if let Some(uri) = &client.backchannel_logout_uri {
+        let ok = uri.parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+        });
+        if !ok {
+            return Err(ConfigError::invalid(
+                key("backchannel_logout_uri"),
+                "must be an absolute http:// or https:// URL",
+            ));
+        }
     }
     let confidential = client.secret.is_some() || client.secret_sha256.is_some();
     match client.token_endpoint_auth_method {

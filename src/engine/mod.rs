@@ -1,7 +1,7 @@
 //! The grant engine: refresh grants and capture, over the [`TokenStore`] trait. One file per
 //! thing it answers: `refresh` (the refresh grant and minting), `own_tokens` (revocation and
-//! introspection of the proxy's tokens), `issue` (admin issue, capture's new families); the
-//! time comes from a [`Clock`] it is given.
+//! introspection of the proxy's tokens), `issue` (admin issue, capture's new families),
+//! `logout` (back-channel logout); the time comes from a [`Clock`] it is given.
 //!
 //! It knows nothing of HTTP: the layer hands it the `Authorization` header value and the parsed
 //! form, and gets back either "not mine, forward it", a [`TokenResponse`], or a [`GrantError`]
@@ -23,8 +23,11 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 mod issue;
+mod logout;
 mod own_tokens;
 mod refresh;
+
+pub use logout::LoggedOut;
 
 use crate::classify::Form;
 use crate::client_auth::{self, Client, ClientAuthError, Clients};

@@ -36,7 +36,7 @@ use crate::mint::kept::{KeptToken, MAX_KEPT_TOKEN};
 pub(crate) const MAX_UPSTREAM_JSON: usize = 1024 * 1024;
 /// Verifies an upstream JWT against `set`, fetching the JWKS again (rate-limited) when the
 /// token names a key the set does not hold: the upstream may have rotated its keys.
-async fn verify_jwt<S, B, ResB>(
+pub(super) async fn verify_jwt<S, B, ResB>(
     service: S,
     keys: &UpstreamKeys,
     path: &str,

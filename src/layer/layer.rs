@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub(crate) upstream_keys: Arc<UpstreamKeys>,
     /// The introspection claim naming the subject when there is no `sub`, when configured.
     pub(crate) subject_claim: Option<String>,
+    /// Where accepted logout tokens go to be passed on to clients' own endpoints.
+    pub(crate) logout_relay: Option<super::PassOns>,
 }
 
 impl Shared {
@@ -86,6 +88,7 @@ impl RefreshGrantLayer {
             fallback_issuer: String::new(),
             introspection_auth: None,
             subject_claim: None,
+            logout_relay: None,
         }
     }
 }
@@ -105,6 +108,7 @@ impl RefreshGrantLayer {
                 introspection_auth: s.introspection_auth.clone(),
                 upstream_keys: s.upstream_keys.clone(),
                 subject_claim: s.subject_claim.clone(),
+                logout_relay: s.logout_relay.clone(),
             }),
         }
     }
@@ -129,9 +133,17 @@ pub struct RefreshGrantLayerBuilder {
     fallback_issuer: String,
     introspection_auth: Option<HeaderValue>,
     subject_claim: Option<String>,
+    logout_relay: Option<super::PassOns>,
 }
 
 impl RefreshGrantLayerBuilder {
+    /// Where accepted back-channel logout tokens are queued to be passed on to the clients'
+    /// own `backchannel_logout_uri` (`crate::logout_relay` sends them).
+    pub fn logout_relay(mut self, relay: super::PassOns) -> Self {
+        self.logout_relay = Some(relay);
+        self
+    }
+
     /// At capture, the introspection claim that names the subject when the answer has no `sub`
     /// (`upstream.subject_claim`); it must carry the value the ID token's `sub` carries.
     pub fn subject_claim(mut self, claim: impl Into<String>) -> Self {
@@ -215,6 +227,7 @@ impl RefreshGrantLayerBuilder {
                 introspection_auth: self.introspection_auth,
                 upstream_keys: Arc::default(),
                 subject_claim: self.subject_claim,
+                logout_relay: self.logout_relay,
             }),
         }
     }

@@ -39,9 +39,11 @@ mod capture;
 mod jwks;
 #[allow(clippy::module_inception)]
 mod layer;
+mod logout;
 mod service;
 
 pub use crate::body::{RequestBody, ResponseBody};
 pub use budget::BodyBudget;
 pub use layer::{RefreshGrantLayer, RefreshGrantLayerBuilder};
+pub use logout::{PassOn, PassOns};
 pub use service::RefreshGrant;

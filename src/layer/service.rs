@@ -15,7 +15,7 @@ use tower::Service;
 
 use super::budget::{BodyBudget, Held};
 use super::layer::Shared;
-use super::{capture, jwks};
+use super::{capture, jwks, logout};
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::{self, Endpoint, Form, FormError};
 use crate::conn::BoxError;
@@ -92,6 +92,10 @@ where
                 let _in_flight = in_flight;
                 jwks(inner, shared, req).await
             }),
+            Endpoint::BackchannelLogout if shared.engine.is_some() => Box::pin(async move {
+                let _in_flight = in_flight;
+                logout::backchannel_logout(inner, shared, req).await
+            }),
             Endpoint::Revocation | Endpoint::Introspection if shared.engine.is_some() => {
                 Box::pin(async move {
                     let _in_flight = in_flight;
@@ -101,6 +105,7 @@ where
             Endpoint::Revocation
             | Endpoint::Introspection
             | Endpoint::Jwks
+            | Endpoint::BackchannelLogout
             | Endpoint::Variant(_)
             | Endpoint::Other => {
                 let mut inner = inner;
@@ -122,6 +127,7 @@ fn route_of(endpoint: Endpoint) -> Route {
         Endpoint::Revocation => Route::Revocation,
         Endpoint::Introspection => Route::Introspection,
         Endpoint::Jwks => Route::Jwks,
+        Endpoint::BackchannelLogout => Route::BackchannelLogout,
         Endpoint::Variant(owned) => route_of(owned.into()),
         Endpoint::Other => Route::Other,
     }
@@ -295,7 +301,7 @@ where
 
 /// Reads a token-endpoint request: form content type, body within `limit` (and within the
 /// connection's [`BodyBudget`], when the server gave one), a valid form.
-async fn read_form<B>(
+pub(super) async fn read_form<B>(
     req: Request<B>,
     shared: &Shared,
 ) -> Result<(Request<RequestBody<B>>, Form, Held), Error>

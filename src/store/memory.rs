@@ -27,6 +27,8 @@ pub struct MemoryStore {
 struct Inner {
     families: Mutex<Families>,
     access_tokens: Mutex<HashMap<String, AccessTokenRecord>>,
+    /// One-time identifiers seen (`first_use`), until when; swept when they outnumber 4,096.
+    used: Mutex<HashMap<String, i64>>,
 }
 
 #[derive(Debug, Default)]
@@ -329,6 +331,26 @@ impl TokenStore for MemoryStore {
             opaque_stored,
             upstream_token,
         })
+    }
+
+    async fn first_use(&self, id: &str, now_ms: i64, until_ms: i64) -> Result<bool, StoreError> {
+        let now = now_ms;
+        let mut used = self.inner.used.lock().expect("store lock");
+        if used.len() >= SWEEP_EVERY as usize {
+            used.retain(|_, until| *until > now);
+        }
+        match used.get(id) {
+            Some(until) if *until > now => Ok(false),
+            _ => {
+                used.insert(id.to_owned(), until_ms);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn forget_use(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.used.lock().expect("store lock").remove(id);
+        Ok(())
     }
 
     async fn access_token(

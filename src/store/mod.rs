@@ -343,6 +343,19 @@ pub trait TokenStore: Send + Sync + 'static {
         new: &Seal,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Remembers `id` until `until_ms` (it is `now_ms`): whether this is its first use (a replayed one-time
+    /// identifier, such as a logout token's `jti`, answers `false`). `id` is a digest the
+    /// caller made (fixed length, no client-chosen bytes in a key).
+    fn first_use(
+        &self,
+        id: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Forgets `id` (a use that did not go through).
+    fn forget_use(&self, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Opens many families at once (load-testing rigs); faster than one call each.
     fn create_families(
         &self,
@@ -434,6 +447,20 @@ impl TokenStore for AnyStore {
         match self {
             AnyStore::Memory(s) => s.reseal(family, old, new).await,
             AnyStore::Redis(s) => s.reseal(family, old, new).await,
+        }
+    }
+
+    async fn first_use(&self, id: &str, now_ms: i64, until_ms: i64) -> Result<bool, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.first_use(id, now_ms, until_ms).await,
+            AnyStore::Redis(s) => s.first_use(id, now_ms, until_ms).await,
+        }
+    }
+
+    async fn forget_use(&self, id: &str) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.forget_use(id).await,
+            AnyStore::Redis(s) => s.forget_use(id).await,
         }
     }
 

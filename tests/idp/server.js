@@ -20,6 +20,8 @@
 //   BACKCHANNEL_LOGOUT_URI the `www` client's OpenID Connect Back-Channel Logout 1.0 endpoint
 //                          (e.g. the proxy's upstream.backchannel_logout_path); turns the
 //                          backchannelLogout feature on, with backchannel_logout_session_required.
+//   SESSION_REFRESH_TOKENS=1  issue refresh tokens without offline_access too, bound to the
+//                          login session (as Keycloak does): a logout at the IdP revokes them.
 //
 // Protocol with the test harness: once listening, exactly one line goes to stdout,
 // `{"listening":<port>}`; everything else (oidc-provider's notices included) goes to stderr.
@@ -174,6 +176,10 @@ const configuration = {
   // interactions, codes, tokens and grants all count), so a long test can see old entries
   // evicted. Fine for tests, one process per test.
 };
+
+if (env.SESSION_REFRESH_TOKENS === '1') {
+  configuration.issueRefreshToken = async (ctx, client) => client.grantTypeAllowed('refresh_token');
+}
 
 if (rotation === 'always') {
   configuration.rotateRefreshToken = true;

@@ -40,6 +40,11 @@ impl Rig {
     }
 
     async fn start_with(kind: Kind, key: TestKey, tokens: &str) -> Rig {
+        Rig::start_full(kind, key, tokens, "").await
+    }
+
+    /// With `upstream` added to the `[upstream]` table.
+    async fn start_full(kind: Kind, key: TestKey, tokens: &str, upstream: &str) -> Rig {
         let idp = FakeIdp::start().await;
         idp.set_jwks(json!({"keys": [key.jwk()]}));
         let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
@@ -50,7 +55,7 @@ impl Rig {
             "[store]\nurl = \"{store}\"\n\
              [tokens]\nrefresh_token_key = \"{key}\"\n{tokens}\n\
              [clients.{CLIENT}]\nsecret = \"{SECRET}\"\naccess_token_format = \"jwt\"\n\
-             [upstream]\nurl = \"{up}\"\n",
+             [upstream]\nurl = \"{up}\"\n{upstream}\n",
             key = crate::support::TEST_REFRESH_KEY,
             up = idp.url(),
         );
@@ -108,6 +113,19 @@ impl Rig {
             .expect("send");
         assert_eq!(res.status(), 200);
         res.json().await.expect("json")
+    }
+
+    /// A refresh grant at the proxy: its status.
+    async fn refresh_status(&self, rt: &str) -> u16 {
+        reqwest::Client::new()
+            .post(format!("{}/token", self.proxy.url))
+            .basic_auth(CLIENT, Some(SECRET))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", rt)])
+            .send()
+            .await
+            .expect("send")
+            .status()
+            .as_u16()
     }
 
     /// A refresh grant at the proxy; the answer (200 asserted).
@@ -551,7 +569,104 @@ async fn an_answer_over_a_mebibyte_passes_through_uncaptured() {
     }
 }
 
+/// Back-channel logout from an IdP that sends what oidc-provider does not: Keycloak's
+/// `revoke_offline_access` event, a logout by subject alone, and tokens that must be refused
+/// (`alg: none`, another `typ`, an unhandled audience). OpenID Connect Back-Channel Logout 1.0
+/// §2.6, §2.7.
+async fn logout_tokens_from_another_idp(kind: Kind) {
+    let r = Rig::start_full(
+        kind,
+        TestKey::rs256("k1"),
+        "",
+        "backchannel_logout_path = \"/bc\"",
+    )
+    .await;
+    // Three families: two of session s1 (one of them offline), one of session s2.
+    let family = |sid: &str, scope: &str| {
+        let at = r.key.sign(&r.at_claims(json!({"scope": scope})));
+        let id = r.key.sign(&r.id_claims(json!({"sid": sid})));
+        answer(&at, json!({"id_token": id, "scope": scope}))
+    };
+    let online = r
+        .assert_captured("online", family("s1", "openid read"), None)
+        .await;
+    let offline = r
+        .assert_captured("offline", family("s1", "openid offline_access"), None)
+        .await;
+    let elsewhere = r
+        .assert_captured("elsewhere", family("s2", "openid read"), None)
+        .await;
+    let logout = |extra: Value| {
+        let mut c = json!({
+            "iss": r.issuer(), "aud": CLIENT, "iat": now(), "exp": now() + 120,
+            "jti": format!("j-{}", extra), "sub": "alice", "sid": "s1",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        });
+        merge(&mut c, extra);
+        c
+    };
+    let post = |token: String| {
+        let url = format!("{}/bc", r.proxy.url);
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .form(&[("logout_token", token)])
+                .send()
+                .await
+                .expect("send")
+                .status()
+                .as_u16()
+        }
+    };
+    // Refused, and nothing ended: unsigned, typed as an access token, for another client.
+    assert_eq!(post(unsigned(&logout(json!({"jti": "a"})))).await, 400);
+    let header = json!({"alg": "RS256", "kid": "k1", "typ": "at+jwt"});
+    assert_eq!(
+        post(
+            r.key
+                .sign_with_header(&header, &logout(json!({"jti": "b"})))
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        post(r.key.sign(&logout(json!({"jti": "c", "aud": "other"})))).await,
+        400
+    );
+    for rt in [&online, &offline, &elsewhere] {
+        assert_eq!(r.refresh_status(rt).await, 200);
+    }
+    // Session s1: the online family ends, the offline one is spared (§2.7).
+    assert_eq!(post(r.key.sign(&logout(json!({"jti": "d"})))).await, 200);
+    assert_eq!(r.refresh_status(&online).await, 400);
+    let offline = r.refresh(&offline).await["refresh_token"]
+        .as_str()
+        .expect("rt")
+        .to_owned();
+    // Keycloak's revoke_offline_access event ends it too.
+    let events = json!({
+        "http://schemas.openid.net/event/backchannel-logout": {},
+        "revoke_offline_access": true
+    });
+    assert_eq!(
+        post(r.key.sign(&logout(json!({"jti": "e", "events": events})))).await,
+        200
+    );
+    assert_eq!(r.refresh_status(&offline).await, 400);
+    // sub without sid: every family of the subject (for this client).
+    let elsewhere = r.refresh(&elsewhere).await["refresh_token"]
+        .as_str()
+        .expect("rt")
+        .to_owned();
+    assert_eq!(
+        post(r.key.sign(&logout(json!({"jti": "f", "sid": null})))).await,
+        200
+    );
+    assert_eq!(r.refresh_status(&elsewhere).await, 400);
+}
+
 both_stores!(
+    logout_tokens_from_another_idp,
     the_granted_scope_is_the_upstreams_not_the_clients,
     upstream_tokens_that_do_not_verify_are_not_captured,
     es256_and_eddsa_upstream_keys_verify,

@@ -222,9 +222,23 @@ async fn revocation_and_introspection_at_the_proxy(kind: Kind) {
     assert_eq!(s.introspect(&rt).await, json!({"active": false}));
     assert_eq!(s.introspect(&at).await["active"], false);
 
-    // The code exchange's access token is the IdP's: introspection and revocation are
-    // forwarded to it, and it turns the token inactive.
-    let upstream_at = str_of(&login, "access_token").to_owned();
+    // The revocation ended the session at the IdP too (docs/design.md §4.11): the proxy
+    // revoked the refresh token the family kept, and django-oauth-toolkit revokes a refresh
+    // token's access token with it, so the code exchange's access token is inactive there.
+    let first_at = str_of(&login, "access_token").to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.introspect(&first_at).await["active"] != false {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the IdP still has the session the proxy's family ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Another login's access token is the IdP's: introspection and revocation are forwarded
+    // to it, and it turns the token inactive.
+    let other = s.login("read openid").await;
+    let upstream_at = str_of(&other, "access_token").to_owned();
     let info = s.introspect(&upstream_at).await;
     assert_eq!(info["active"], true, "{info}");
     assert_eq!(info["username"], "alice", "{info}");

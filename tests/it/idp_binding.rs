@@ -24,9 +24,34 @@ struct Stack {
     redis: Option<RedisServer>,
 }
 
+/// The proxy's back-channel logout path in these tests.
+const LOGOUT_PATH: &str = "/backchannel-logout";
+
 impl Stack {
     async fn start(kind: Kind, www: &str) -> Stack {
-        let (listener, idp) = Idp::start_behind_proxy(IdpOptions::default()).await;
+        Stack::with(kind, www, false).await
+    }
+
+    /// With `logout`: the IdP sends back-channel logout tokens to the proxy's
+    /// [`LOGOUT_PATH`], and issues session-bound refresh tokens (without `offline_access`) as
+    /// Keycloak does.
+    async fn with(kind: Kind, www: &str, logout: bool) -> Stack {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+        let idp = Idp::start_with(IdpOptions {
+            issuer: Some(issuer.clone()),
+            backchannel_logout_uri: logout.then(|| format!("{issuer}{LOGOUT_PATH}")),
+            session_refresh_tokens: logout,
+            ..IdpOptions::default()
+        })
+        .await;
+        let upstream = if logout {
+            format!("backchannel_logout_path = \"{LOGOUT_PATH}\"\n")
+        } else {
+            String::new()
+        };
         let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
         let store = redis
             .as_ref()
@@ -36,7 +61,7 @@ impl Stack {
              [store]\nurl = \"{store}\"\n\
              [tokens]\nrefresh_token_key = \"{key}\"\n\
              [clients.www]\nsecret = \"{WWW_CLIENT_SECRET}\"\n{www}\n\
-             [upstream]\nurl = \"{up}\"\n",
+             [upstream]\nurl = \"{up}\"\n{upstream}",
             key = crate::support::TEST_REFRESH_KEY,
             up = idp.base_url,
         );
@@ -175,7 +200,152 @@ async fn a_failing_revocation_endpoint_is_tried_again(kind: Kind) {
     assert_eq!(s.revocations("revoked").await, 1);
 }
 
+/// Signs in `alice` through the proxy in a browser of its own: the browser (its cookies hold
+/// the IdP session) and the proxy's answer.
+async fn sign_in(s: &Stack, scope: &str) -> (reqwest::Client, Value) {
+    let browser = idp::new_browser();
+    let tokens = idp::code_flow_in(&browser, &s.proxy.url, &CodeFlow::www(scope)).await;
+    (browser, tokens)
+}
+
+async fn logouts(s: &Stack, outcome: &str) -> u64 {
+    let series = format!("refresh_proxy_logouts_received_total{{outcome=\"{outcome}\"}}");
+    s.proxy.metric(&series).await
+}
+
+async fn a_logout_at_the_idp_ends_the_sessions_family_at_once(kind: Kind) {
+    let s = Stack::with(kind, "", true).await;
+    let (browser, tokens) = sign_in(&s, "openid read").await;
+    let (other_browser, other) = sign_in(&s, "openid read").await;
+    let (status, next) = s.refresh(rt(&tokens)).await;
+    assert_eq!(status, 200, "{next}");
+    // RP-initiated logout at the IdP (through the proxy, which forwards it): the IdP sends
+    // its logout token to the proxy before it answers the browser.
+    idp::logout_in(&browser, &s.proxy.url, idp::str_field(&tokens, "id_token")).await;
+    let (status, err) = s.refresh(rt(&next)).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "refused at once, not at the next check"
+    );
+    assert_eq!(logouts(&s, "done").await, 1);
+    // Another session of the same user is not this session.
+    let (status, body) = s.refresh(rt(&other)).await;
+    assert_eq!(status, 200, "{body}");
+    drop(other_browser);
+}
+
+/// OpenID Connect Back-Channel Logout 1.0 §2.7: a family granted `offline_access` outlives
+/// the logout of the session it was captured in (the IdP keeps the offline grant too).
+async fn a_logout_spares_offline_access_families(kind: Kind) {
+    let s = Stack::with(kind, "", true).await;
+    let (browser, tokens) = sign_in(&s, "openid offline_access read").await;
+    let upstream = s.idp.last_refresh_token().await;
+    idp::logout_in(&browser, &s.proxy.url, idp::str_field(&tokens, "id_token")).await;
+    assert_eq!(logouts(&s, "done").await, 1);
+    let (status, body) = s.refresh(rt(&tokens)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        s.idp.is_active(&upstream).await,
+        "the IdP kept the offline grant too"
+    );
+}
+
+/// The logout token, passed on to the client's own endpoint, is refused when it comes again;
+/// one signed with another key, an ID token and a malformed request are refused too, and none
+/// of them ends a family.
+async fn replayed_and_forged_logout_tokens_are_refused(kind: Kind) {
+    let client_endpoint = crate::support::echo::EchoServer::start_recording().await;
+    let www = format!(
+        "backchannel_logout_uri = \"{}/client-logout\"",
+        client_endpoint.url()
+    );
+    let s = Stack::with(kind, &www, true).await;
+    let (_, survivor) = sign_in(&s, "openid read").await;
+    let (browser, tokens) = sign_in(&s, "openid read").await;
+    idp::logout_in(&browser, &s.proxy.url, idp::str_field(&tokens, "id_token")).await;
+    // Passed on in the background.
+    let deadline = std::time::Instant::now() + PROMPTLY;
+    let logout_token = loop {
+        let raw = String::from_utf8_lossy(&client_endpoint.recorded().raw).into_owned();
+        if let Some(at) = raw.find("logout_token=") {
+            let value = raw[at + "logout_token=".len()..]
+                .split(['&', '\r', '\n'])
+                .next()
+                .expect("a value")
+                .to_owned();
+            break value;
+        }
+        assert!(std::time::Instant::now() < deadline, "not passed on: {raw}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        String::from_utf8_lossy(&client_endpoint.recorded().raw).contains("POST /client-logout"),
+        "sent to the client's own path"
+    );
+    assert_eq!(
+        s.proxy
+            .metric("refresh_proxy_logouts_passed_on_total{outcome=\"ok\"}")
+            .await,
+        1
+    );
+    let post = |body: String| {
+        let url = format!("{}{LOGOUT_PATH}", s.proxy.url);
+        async move {
+            let res = reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .expect("send");
+            let status = res.status().as_u16();
+            let cache = res
+                .headers()
+                .get("cache-control")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            (
+                status,
+                cache,
+                res.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, _, err) = post(format!("logout_token={logout_token}")).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    assert_eq!(logouts(&s, "replayed").await, 1);
+    // An ID token is not a logout token (no events, a nonce), though the IdP signed it.
+    let id_token = idp::str_field(&survivor, "id_token").to_owned();
+    let (status, _, _) = post(format!("logout_token={id_token}")).await;
+    assert_eq!(status, 400);
+    // The same claims with the signature of another key.
+    let key = crate::support::fake_idp::TestKey::rs256("not-the-idps");
+    let claims = idp::jwt_claims(&id_token);
+    let forged = key.sign(&json!({
+        "iss": claims["iss"], "aud": "www", "iat": claims["iat"], "exp": claims["exp"],
+        "jti": "forged-1", "sid": claims["sid"], "sub": "alice",
+        "events": {"http://schemas.openid.net/event/backchannel-logout": {}}
+    }));
+    let (status, _, _) = post(format!("logout_token={forged}")).await;
+    assert_eq!(status, 400);
+    let (status, _, _) = post("token=x".into()).await;
+    assert_eq!(status, 400, "no logout_token");
+    let res = reqwest::get(format!("{}{LOGOUT_PATH}", s.proxy.url))
+        .await
+        .expect("GET");
+    assert_eq!(res.status(), 405);
+    assert_eq!(logouts(&s, "invalid").await, 4);
+    let (status, body) = s.refresh(rt(&survivor)).await;
+    assert_eq!(status, 200, "no refused token ended a family: {body}");
+}
+
 crate::both_stores!(multi_thread:
+    a_logout_at_the_idp_ends_the_sessions_family_at_once,
+    a_logout_spares_offline_access_families,
+    replayed_and_forged_logout_tokens_are_refused,
     a_revocation_at_the_proxy_revokes_the_kept_token_at_the_idp,
     reuse_detection_revokes_the_kept_token_at_the_idp,
     admin_revocation_by_subject_revokes_every_kept_token,

@@ -6,6 +6,8 @@
 //!   clocks, format, carried claims. It expires with the family (idle or absolute deadline).
 //! - `<prefix>{<family>}:at:<digest>` — an opaque access token's record (JSON), expiring with
 //!   the token.
+//! - `<prefix>used:<digest>` — a one-time identifier seen (a logout token's `jti`), expiring
+//!   when it may no longer be presented.
 //! - `<prefix>idx:sub:<subject>`, `<prefix>idx:client:<client>`, `<prefix>idx:sid:<session>` —
 //!   sets of family ids, each in its own slot, for revocation by subject, client or upstream
 //!   session (idempotent, lazily cleaned).
@@ -638,6 +640,32 @@ impl TokenStore for RedisStore {
 
     async fn revoke_many(&self, selection: &Selection<'_>) -> Result<Vec<Ended>, StoreError> {
         self.revoke_index(selection).await
+    }
+
+    async fn first_use(&self, id: &str, _now_ms: i64, until_ms: i64) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = self
+            .bounded(
+                redis::cmd("SET")
+                    .arg(format!("{}used:{id}", self.prefix))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PXAT")
+                    .arg(until_ms)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn forget_use(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(
+            redis::cmd("DEL")
+                .arg(format!("{}used:{id}", self.prefix))
+                .query_async::<()>(&mut conn),
+        )
+        .await
     }
 
     async fn redeem(&self, req: &RedeemRequest<'_>) -> Result<Redemption, StoreError> {

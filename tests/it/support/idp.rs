@@ -100,6 +100,9 @@ pub struct IdpOptions {
     /// The `www` client's back-channel logout URI (OpenID Connect Back-Channel Logout 1.0);
     /// `None` leaves the feature off.
     pub backchannel_logout_uri: Option<String>,
+    /// Issue refresh tokens without `offline_access` too, bound to the login session (as
+    /// Keycloak does); a logout at the IdP revokes them.
+    pub session_refresh_tokens: bool,
 }
 
 impl Idp {
@@ -144,6 +147,7 @@ impl Idp {
             .env_remove("JWT_ACCESS_TOKENS")
             .env_remove("ROTATE_REFRESH_TOKENS")
             .env_remove("BACKCHANNEL_LOGOUT_URI")
+            .env_remove("SESSION_REFRESH_TOKENS")
             .env_remove("DEBUG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -157,6 +161,9 @@ impl Idp {
         }
         if let Some(uri) = &opts.backchannel_logout_uri {
             cmd.env("BACKCHANNEL_LOGOUT_URI", uri);
+        }
+        if opts.session_refresh_tokens {
+            cmd.env("SESSION_REFRESH_TOKENS", "1");
         }
         match opts.refresh_rotation {
             RefreshRotation::ProviderDefault => {}
@@ -461,8 +468,37 @@ fn trim_base(base: &str) -> &str {
 /// until the redirect to the redirect_uri carries `code`; then POSTs {base}/token (authorization_code, code_verifier) with the chosen client auth.
 /// Returns the token endpoint's JSON answer (panics with a clear message, including the HTTP status and body, on any unexpected step).
 pub async fn code_flow(base: &str, flow: &CodeFlow<'_>) -> Value {
+    code_flow_in(&browser(), base, flow).await
+}
+
+/// The browser part of [`code_flow`]: returns (code_verifier, authorization code) without
+/// redeeming the code.
+pub async fn authorize(base: &str, flow: &CodeFlow<'_>) -> (String, String) {
+    authorize_at(base, "/auth", true, flow).await
+}
+
+/// [`authorize`] at another IdP's authorization endpoint (`{base}{path}`), with or without
+/// `prompt=consent` (not every IdP supports it). Login forms may name the login field `login`
+/// or `username`; the password typed is `any-password`.
+pub async fn authorize_at(
+    base: &str,
+    path: &str,
+    prompt_consent: bool,
+    flow: &CodeFlow<'_>,
+) -> (String, String) {
+    authorize_in(&browser(), base, path, prompt_consent, flow).await
+}
+
+/// A cookie-keeping client, to sign in with [`code_flow_in`] and sign out with [`logout_in`]
+/// as one browser.
+pub fn new_browser() -> reqwest::Client {
+    browser()
+}
+
+/// [`code_flow`] in `browser`, whose cookies then hold the IdP session.
+pub async fn code_flow_in(browser: &reqwest::Client, base: &str, flow: &CodeFlow<'_>) -> Value {
     let base = trim_base(base);
-    let (verifier, code) = authorize(base, flow).await;
+    let (verifier, code) = authorize_in(browser, base, "/auth", true, flow).await;
     let (status, body) = token_request(
         base,
         flow.client_id,
@@ -484,23 +520,54 @@ pub async fn code_flow(base: &str, flow: &CodeFlow<'_>) -> Value {
     body
 }
 
-/// The browser part of [`code_flow`]: returns (code_verifier, authorization code) without
-/// redeeming the code.
-pub async fn authorize(base: &str, flow: &CodeFlow<'_>) -> (String, String) {
-    authorize_at(base, "/auth", true, flow).await
+/// RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0) in `browser` at oidc-provider:
+/// GET `{base}/session/end` with the ID token as hint, then the confirmation form with
+/// `logout=yes`. oidc-provider sends its back-channel logout tokens before it answers.
+pub async fn logout_in(browser: &reqwest::Client, base: &str, id_token: &str) {
+    let base = trim_base(base);
+    let mut url = url::Url::parse(&format!("{base}/session/end")).expect("URL");
+    url.query_pairs_mut()
+        .append_pair("id_token_hint", id_token)
+        .append_pair("post_logout_redirect_uri", REDIRECT_URI);
+    let resp = browser
+        .get(url.clone())
+        .send()
+        .await
+        .expect("GET /session/end");
+    let status = resp.status();
+    let body = resp.text().await.expect("logout page");
+    assert_eq!(status, 200, "GET {url}: {body}");
+    let form = parse_form(&body).unwrap_or_else(|| panic!("no logout form at {url}: {body}"));
+    let action = url.join(&form.action).expect("form action");
+    let mut fields: Vec<(String, String)> = form
+        .inputs
+        .iter()
+        .map(|i| (i.name.clone(), i.value.clone().unwrap_or_default()))
+        .collect();
+    fields.push(("logout".into(), "yes".into()));
+    let resp = browser
+        .post(action.clone())
+        .form(&fields)
+        .send()
+        .await
+        .expect("POST the logout confirmation");
+    assert!(
+        resp.status().is_redirection(),
+        "POST {action}: HTTP {}: {}",
+        resp.status(),
+        resp.text().await.unwrap_or_default()
+    );
 }
 
-/// [`authorize`] at another IdP's authorization endpoint (`{base}{path}`), with or without
-/// `prompt=consent` (not every IdP supports it). Login forms may name the login field `login`
-/// or `username`; the password typed is `any-password`.
-pub async fn authorize_at(
+/// [`authorize_at`] in a given browser.
+pub async fn authorize_in(
+    browser: &reqwest::Client,
     base: &str,
     path: &str,
     prompt_consent: bool,
     flow: &CodeFlow<'_>,
 ) -> (String, String) {
     let base = trim_base(base);
-    let browser = browser();
     let (verifier, challenge) = pkce_pair();
     let state = random_b64url(16);
 
