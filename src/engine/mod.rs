@@ -4,8 +4,8 @@
 //! time comes from a [`Clock`] it is given.
 //!
 //! It knows nothing of HTTP: the layer hands it the `Authorization` header value and the parsed
-//! form, and gets back either "not mine, forward it", a [`TokenResponse`], or a [`GrantError`]
-//! that [`crate::error::error_response`] turns into the answer.
+//! form, and gets back either "not mine, forward it", a `TokenResponse`, or a [`GrantError`]
+//! that `crate::error::error_response` turns into the answer.
 //!
 //! A refresh grant is the proxy's when its `refresh_token` is one the proxy minted (checked
 //! with the server key, no store access). Then, in order: client authentication, the client's

@@ -4,11 +4,9 @@
 use std::sync::Arc;
 
 use refresh_proxy::config::StoreConfig;
-use refresh_proxy::grant::rules::{Redeem, Verdict};
-use refresh_proxy::mint::refresh::{FamilyId, Seal, Verifier};
 use refresh_proxy::store::{
-    MemoryStore, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, RedisStore, Revoke,
-    TokenFormat, TokenStore,
+    FamilyId, MemoryStore, NewFamily, OpaqueCandidate, Redeem, RedeemRequest, Redemption,
+    RedisStore, Revoke, Seal, TokenFormat, TokenStore, Verdict, Verifier,
 };
 
 const MIN: i64 = 60_000;
@@ -793,7 +791,7 @@ contract!(
 async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
     let server = crate::support::redis::RedisServer::start();
     let store = redis_store(&server);
-    let key = refresh_proxy::mint::refresh::RefreshTokenKey::generate();
+    let key = refresh_proxy::internal::mint::refresh::RefreshTokenKey::generate();
     let t0 = now();
     let mut f = family(t0, TokenFormat::Opaque);
     let (token, verifier) = key.first(&f.id);
@@ -801,7 +799,7 @@ async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
     let parsed = key.parse(&token).expect("ours");
     let (next, successor) = key.successor(&parsed);
     store.create_family(&f).await.expect("create");
-    let at = refresh_proxy::mint::opaque::mint(&f.id);
+    let at = refresh_proxy::internal::mint::opaque::mint(&f.id);
     let res = store
         .redeem(&RedeemRequest {
             family: f.id.as_str(),
