@@ -4,7 +4,7 @@
 //! time comes from a [`Clock`] it is given.
 //!
 //! It knows nothing of HTTP: the layer hands it the `Authorization` header value and the parsed
-//! form, and gets back either "not mine, forward it", a `TokenResponse`, or a [`GrantError`]
+//! form, and gets back either "not mine, forward it", a `TokenResponse`, or a `GrantError`
 //! that `crate::error::error_response` turns into the answer.
 //!
 //! A refresh grant is the proxy's when its `refresh_token` is one the proxy minted (checked
@@ -45,7 +45,7 @@ use crate::store::{
 
 /// Why a grant the proxy owns was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum GrantError {
+pub(crate) enum GrantError {
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
     #[error(transparent)]
@@ -77,7 +77,7 @@ pub struct Keys {
 
 impl Keys {
     /// The public JWKs of every signer, for the JWKS (each `kid` once).
-    pub fn public_jwks(&self) -> Vec<Value> {
+    pub(crate) fn public_jwks(&self) -> Vec<Value> {
         let mut seen = std::collections::HashSet::new();
         self.signers
             .iter()
@@ -88,7 +88,7 @@ impl Keys {
     }
 
     /// The JOSE `alg` of ID tokens on refresh, when any client gets them.
-    pub fn id_token_alg(&self) -> Option<&'static str> {
+    pub(crate) fn id_token_alg(&self) -> Option<&'static str> {
         self.id_signers.first().map(Signer::alg_name)
     }
 }
@@ -96,7 +96,7 @@ impl Keys {
 /// Everything refresh grants and capture need, built once from config.
 pub struct Engine {
     pub store: AnyStore,
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     // Shared by every worker's engine (`with_store`), and replaced as a whole on reload.
     keys: Arc<ArcSwap<Keys>>,
     access_token_ttl: u64,
@@ -181,7 +181,7 @@ impl Engine {
     /// The `aud` of minted access tokens when the upstream names none: `tokens.audience`, else
     /// the upstream issuer. Never the client id: that is an ID token's audience (OIDC Core
     /// §2), and an access token must not be one a client could pass off as an ID token.
-    pub fn default_audience<'a>(&'a self, issuer: &'a str) -> &'a str {
+    pub(crate) fn default_audience<'a>(&'a self, issuer: &'a str) -> &'a str {
         self.audience.as_deref().unwrap_or(issuer)
     }
 }
