@@ -363,6 +363,62 @@ mod tests {
             rotated(refresh(&engine, "www", &fourth.refresh_token, None).await);
         }
 
+        /// A family record the store cannot read (on Redis, a hash changed by hand; here the
+        /// memory store's test hook) is `invalid_grant` with the body every refused token gets,
+        /// counted as an integrity failure, and changes nothing: the family is neither rotated
+        /// nor revoked, so once the record reads again the same token rotates it.
+        #[tokio::test]
+        async fn a_corrupt_family_record_is_invalid_grant_and_changes_nothing() {
+            use http_body_util::BodyExt as _;
+            use std::sync::atomic::Ordering;
+
+            async fn wire(err: GrantError) -> (http::StatusCode, Value) {
+                let response = crate::error::error_response(err.into());
+                let status = response.status();
+                let body = response.into_body().collect().await.expect("body");
+                let body = serde_json::from_slice(&body.to_bytes()).expect("JSON");
+                (status, body)
+            }
+
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            let keys = engine.keys();
+            let family = keys
+                .refresh
+                .parse(&token)
+                .expect("the proxy's token")
+                .family;
+            let AnyStore::Memory(store) = &engine.store else {
+                panic!("the memory store")
+            };
+            store.set_unreadable(family, true);
+            let unknown = wire(GrantError::InvalidGrant("unknown family")).await;
+            assert_eq!(unknown.0, http::StatusCode::BAD_REQUEST);
+            assert_eq!(unknown.1["error"], "invalid_grant");
+            // Twice: a retry gets the same answer (no rotation happened that it could reuse).
+            for failures in 1..=2 {
+                let answer = refresh(&engine, "www", &token, None).await;
+                let Err(err) = answer else {
+                    panic!("{answer:?}")
+                };
+                assert!(
+                    matches!(err, GrantError::InvalidGrant("corrupt family record")),
+                    "{err:?}"
+                );
+                assert_eq!(wire(err).await, unknown, "no oracle (docs/design.md §4.5)");
+                assert_eq!(
+                    engine.metrics.integrity_failures.load(Ordering::Relaxed),
+                    failures
+                );
+            }
+            assert_eq!(engine.metrics.rotations.load(Ordering::Relaxed), 0);
+            store.set_unreadable(family, false);
+            let next = rotated(refresh(&engine, "www", &token, None).await);
+            let parsed = keys.refresh.parse(&next.refresh_token).expect("ours");
+            assert_eq!((parsed.family, parsed.generation), (family, 1));
+            assert_eq!(next.scope, "read");
+        }
+
         #[tokio::test]
         async fn another_clients_token_is_invalid_grant() {
             let engine = engine();
