@@ -39,7 +39,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
-use crate::admin::Endpoint;
+pub use crate::admin::Endpoint;
 use crate::config::{Config, Secret};
 
 /// The most tokens one `POST /admin/issue` of the CLI asks for.

@@ -320,10 +320,6 @@ impl App {
         }
     }
 
-    pub fn readiness(&self) -> Arc<Readiness> {
-        self.readiness.clone()
-    }
-
     /// Serves until `shutdown` completes, then drains (see the module docs).
     pub async fn run(
         self,

@@ -16,7 +16,7 @@
 //! response parameters MUST NOT be included more than once").
 //!
 //! ```
-//! use refresh_proxy::classify::Form;
+//! use refresh_proxy::internal::classify::Form;
 //! let form = Form::parse(b"grant_type=refresh_token&refresh_token=a%2Bb&scope=").expect("valid");
 //! assert_eq!(form.get("refresh_token"), Some("a+b"));
 //! assert_eq!(form.get("scope"), None); // RFC 6749 §3.1: empty means omitted

@@ -10,8 +10,8 @@
 //! first, then the raw one.
 //!
 //! ```
-//! use refresh_proxy::client_auth::{Method, presented};
-//! use refresh_proxy::classify::Form;
+//! use refresh_proxy::internal::classify::Form;
+//! use refresh_proxy::internal::client_auth::{Method, presented};
 //! let basic = http::HeaderValue::from_static("Basic d3d3OlNlY3IzdCUyMQ=="); // www:Secr3t%21
 //! let p = presented(Some(&basic), &Form::parse(b"grant_type=refresh_token").expect("form"))
 //!     .expect("well-formed")

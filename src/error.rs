@@ -179,10 +179,7 @@ pub fn outcome_of(err: &Error) -> crate::metrics::Outcome {
         (_, ErrorCode::InvalidGrant, _) => Outcome::InvalidGrant,
         (_, ErrorCode::InvalidScope, _) => Outcome::InvalidScope,
         (_, ErrorCode::UnauthorizedClient, _) => Outcome::UnauthorizedClient,
-        (_, ErrorCode::TemporarilyUnavailable | ErrorCode::ServerError, _) => {
-            Outcome::TemporarilyUnavailable
-        }
-        (_, ErrorCode::UnsupportedGrantType, _) => Outcome::InvalidRequest,
+        (_, ErrorCode::TemporarilyUnavailable, _) => Outcome::TemporarilyUnavailable,
     }
 }
 

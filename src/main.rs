@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use refresh_proxy::admin::Endpoint;
-use refresh_proxy::admin_client::{self, AdminClient, IssueJob, RevokeTarget};
+use refresh_proxy::admin_client::{self, AdminClient, Endpoint, IssueJob, RevokeTarget};
 use refresh_proxy::app::{App, Outcome};
 use refresh_proxy::config::{Config, LogFormat};
 use tokio::net::TcpListener;

@@ -425,6 +425,7 @@ impl Metrics {
     }
 
     /// Upstream answers passed on uncaptured, whatever the reason.
+    #[cfg(test)]
     pub fn capture_skips(&self) -> u64 {
         self.capture_skips
             .iter()

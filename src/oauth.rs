@@ -17,10 +17,8 @@ pub enum ErrorCode {
     InvalidClient,
     InvalidGrant,
     UnauthorizedClient,
-    UnsupportedGrantType,
     InvalidScope,
     TemporarilyUnavailable,
-    ServerError,
 }
 
 /// An RFC 6749 §5.2 error body.

@@ -22,9 +22,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use http::HeaderValue;
 use libfuzzer_sys::fuzz_target;
-use refresh_proxy::classify::Form;
-use refresh_proxy::client_auth::{ClientAuthError, Clients, Method, presented};
 use refresh_proxy::config::Config;
+use refresh_proxy::internal::classify::Form;
+use refresh_proxy::internal::client_auth::{ClientAuthError, Clients, Method, presented};
 
 fn form_encode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()

@@ -41,11 +41,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use libfuzzer_sys::fuzz_target;
 use refresh_proxy::RefreshGrantLayer;
-use refresh_proxy::classify::Endpoints;
 use refresh_proxy::config::{Config, SigningAlg};
 use refresh_proxy::engine::Engine;
-use refresh_proxy::layer::{RequestBody, ResponseBody};
-use refresh_proxy::mint::jwt::{Signer, jwks};
+use refresh_proxy::internal::mint::jwt::{Signer, jwks};
+use refresh_proxy::layer::{Endpoints, RequestBody, ResponseBody};
 use refresh_proxy::store::{AnyStore, MemoryStore};
 use serde_json::{Map, Value};
 use tower::ServiceExt;
@@ -118,7 +117,7 @@ fn build(scenario: &Arc<Mutex<Scenario>>, jwks_body: &Bytes) -> (Svc, Arc<Engine
     let layer = RefreshGrantLayer::builder()
         .endpoints(Endpoints {
             issuer: Some(ISSUER.into()),
-            ..refresh_proxy::discovery::from_config(&config.upstream)
+            ..refresh_proxy::internal::discovery::from_config(&config.upstream)
         })
         .engine(engine.clone())
         .fallback_issuer(ISSUER)

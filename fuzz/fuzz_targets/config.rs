@@ -22,11 +22,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use refresh_proxy::client_auth::Clients;
 use refresh_proxy::config::{
     Config, ENV_PREFIX, MAX_ACCESS_TOKEN_TTL, MAX_GRACE, MAX_LIFETIME, MAX_WORKERS,
 };
-use refresh_proxy::mint::refresh::{RefreshKeys, RefreshTokenKey};
+use refresh_proxy::internal::client_auth::Clients;
+use refresh_proxy::internal::mint::refresh::{RefreshKeys, RefreshTokenKey};
 use refresh_proxy::store::StoreUrl;
 
 /// A scratch directory with a few secret files (`secret`, `key1`, `key2`, `empty`).
@@ -177,5 +177,5 @@ fuzz_target!(|data: &[u8]| {
         .expect("validated refresh-token keys make a ring");
     }
     StoreUrl::parse(&config.store.url).expect("store.url was checked");
-    let _ = refresh_proxy::discovery::from_config(&config.upstream);
+    let _ = refresh_proxy::internal::discovery::from_config(&config.upstream);
 });

@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 use http::StatusCode;
 use libfuzzer_sys::fuzz_target;
 use refresh_proxy::config::{Config, UpstreamConfig};
-use refresh_proxy::discovery::{
+use refresh_proxy::internal::discovery::{
     DiscoveryError, Document, Source, check, merge, merge_documents, missing, refusal,
 };
 

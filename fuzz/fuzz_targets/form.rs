@@ -16,7 +16,7 @@
 use bytes::Bytes;
 use http::HeaderValue;
 use libfuzzer_sys::fuzz_target;
-use refresh_proxy::classify::{Form, FormError, MAX_PARAMS, is_form_content_type};
+use refresh_proxy::internal::classify::{Form, FormError, MAX_PARAMS, is_form_content_type};
 
 fn reference_decode(raw: &[u8]) -> Option<String> {
     let plus: Vec<u8> = raw

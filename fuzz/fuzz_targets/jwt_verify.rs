@@ -29,8 +29,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use libfuzzer_sys::fuzz_target;
 use refresh_proxy::config::SigningAlg;
-use refresh_proxy::grant::verify::{CLOCK_LEEWAY_SECS, Expect, KeySet, Rejected, verify};
-use refresh_proxy::mint::jwt::{Signer, merge_jwks};
+use refresh_proxy::internal::grant::verify::{
+    CLOCK_LEEWAY_SECS, Expect, KeySet, Rejected, verify,
+};
+use refresh_proxy::internal::mint::jwt::{Signer, merge_jwks};
 use serde_json::{Map, Value, json};
 
 const ISSUER: &str = "https://idp.example.com";

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use libfuzzer_sys::fuzz_target;
-use refresh_proxy::mint::refresh::{FamilyId, MAX_GENERATION, RefreshKeys, RefreshTokenKey};
+use refresh_proxy::internal::mint::refresh::{FamilyId, MAX_GENERATION, RefreshKeys, RefreshTokenKey};
 
 const NEW: &[u8] = b"fuzz: the current refresh-token key, 32+ bytes";
 const OLD: &[u8] = b"fuzz: the previous refresh-token key, 32+ bytes";

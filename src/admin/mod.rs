@@ -244,5 +244,4 @@ impl Admin {
 
 mod api;
 
-pub use crate::config::MIN_TOKEN_CHARS;
-pub use api::{AdminApi, AdminError, Endpoint, IssuerSource, MAX_BODY_BYTES, MAX_ISSUE_COUNT};
+pub use api::{AdminApi, AdminError, Endpoint, IssuerSource};

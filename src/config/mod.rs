@@ -33,6 +33,9 @@ use serde::Deserialize;
 
 pub mod store_url;
 
+/// The type of `server.trusted_proxies`' entries.
+pub use crate::net::IpNet;
+
 /// The shortest `admin.token` and `admin.issue_token` accepted: anything shorter is guessable.
 pub const MIN_TOKEN_CHARS: usize = 16;
 /// The most refresh-token keys a ring may hold (the current one and those still accepted).
@@ -180,7 +183,7 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-*` and `Forwarded` headers are believed (addresses or CIDR
     /// networks); from any other peer they are replaced by what the proxy saw. Default: none.
     #[serde(default)]
-    pub trusted_proxies: Vec<crate::net::IpNet>,
+    pub trusted_proxies: Vec<IpNet>,
     /// After SIGTERM/SIGINT: readiness turns 503 and the proxy keeps serving this long.
     #[serde(default = "secs::<5>", deserialize_with = "seconds")]
     pub drain_delay: Duration,

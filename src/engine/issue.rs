@@ -10,7 +10,7 @@ impl Engine {
     /// Only for a client marked `allow_admin_issue` (checked against the clients as of now, so
     /// a reload that takes the mark away takes effect at once); others get
     /// [`GrantError::AdminIssueNotAllowed`], whatever else the request says.
-    pub async fn issue(
+    pub(crate) async fn issue(
         &self,
         client_id: &str,
         subject: &str,
@@ -73,7 +73,7 @@ impl Engine {
     }
 
     /// Opens a family for a captured upstream answer and puts the proxy's refresh token in it.
-    pub async fn open_family(
+    pub(crate) async fn open_family(
         &self,
         client: &Client,
         identity: Identity,

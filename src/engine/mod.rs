@@ -4,8 +4,8 @@
 //! `logout` (back-channel logout); the time comes from a [`Clock`] it is given.
 //!
 //! It knows nothing of HTTP: the layer hands it the `Authorization` header value and the parsed
-//! form, and gets back either "not mine, forward it", a [`TokenResponse`], or a [`GrantError`]
-//! that [`crate::error::error_response`] turns into the answer.
+//! form, and gets back either "not mine, forward it", a `TokenResponse`, or a `GrantError`
+//! that `crate::error::error_response` turns into the answer.
 //!
 //! A refresh grant is the proxy's when its `refresh_token` is one the proxy minted (checked
 //! with the server key, no store access). Then, in order: client authentication, the client's
@@ -50,7 +50,7 @@ use crate::store::{
 
 /// Why a grant the proxy owns was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum GrantError {
+pub(crate) enum GrantError {
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
     #[error(transparent)]
@@ -84,7 +84,7 @@ pub struct Keys {
 
 impl Keys {
     /// The public JWKs of every signer, for the JWKS (each `kid` once).
-    pub fn public_jwks(&self) -> Vec<Value> {
+    pub(crate) fn public_jwks(&self) -> Vec<Value> {
         let mut seen = std::collections::HashSet::new();
         self.signers
             .iter()
@@ -95,7 +95,7 @@ impl Keys {
     }
 
     /// The JOSE `alg` of ID tokens on refresh, when any client gets them.
-    pub fn id_token_alg(&self) -> Option<&'static str> {
+    pub(crate) fn id_token_alg(&self) -> Option<&'static str> {
         self.id_signers.first().map(Signer::alg_name)
     }
 }
@@ -143,7 +143,7 @@ pub type Endings = tokio::sync::mpsc::Sender<Ending>;
 /// Everything refresh grants and capture need, built once from config.
 pub struct Engine {
     pub store: AnyStore,
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     // Shared by every worker's engine (`with_store`), and replaced as a whole on reload.
     keys: Arc<ArcSwap<Keys>>,
     access_token_ttl: u64,
@@ -327,7 +327,7 @@ impl Engine {
     /// The `aud` of minted access tokens when the upstream names none: `tokens.audience`, else
     /// the upstream issuer. Never the client id: that is an ID token's audience (OIDC Core
     /// §2), and an access token must not be one a client could pass off as an ID token.
-    pub fn default_audience<'a>(&'a self, issuer: &'a str) -> &'a str {
+    pub(crate) fn default_audience<'a>(&'a self, issuer: &'a str) -> &'a str {
         self.audience.as_deref().unwrap_or(issuer)
     }
 }
@@ -507,6 +507,62 @@ mod tests {
             let parsed = keys.refresh.parse(&fourth.refresh_token).expect("ours");
             assert_eq!(parsed.generation, 3, "the family continues from the token");
             rotated(refresh(&engine, "www", &fourth.refresh_token, None).await);
+        }
+
+        /// A family record the store cannot read (on Redis, a hash changed by hand; here the
+        /// memory store's test hook) is `invalid_grant` with the body every refused token gets,
+        /// counted as an integrity failure, and changes nothing: the family is neither rotated
+        /// nor revoked, so once the record reads again the same token rotates it.
+        #[tokio::test]
+        async fn a_corrupt_family_record_is_invalid_grant_and_changes_nothing() {
+            use http_body_util::BodyExt as _;
+            use std::sync::atomic::Ordering;
+
+            async fn wire(err: GrantError) -> (http::StatusCode, Value) {
+                let response = crate::error::error_response(err.into());
+                let status = response.status();
+                let body = response.into_body().collect().await.expect("body");
+                let body = serde_json::from_slice(&body.to_bytes()).expect("JSON");
+                (status, body)
+            }
+
+            let engine = engine();
+            let token = issue(&engine, "www", "read").await;
+            let keys = engine.keys();
+            let family = keys
+                .refresh
+                .parse(&token)
+                .expect("the proxy's token")
+                .family;
+            let AnyStore::Memory(store) = &engine.store else {
+                panic!("the memory store")
+            };
+            store.set_unreadable(family, true);
+            let unknown = wire(GrantError::InvalidGrant("unknown family")).await;
+            assert_eq!(unknown.0, http::StatusCode::BAD_REQUEST);
+            assert_eq!(unknown.1["error"], "invalid_grant");
+            // Twice: a retry gets the same answer (no rotation happened that it could reuse).
+            for failures in 1..=2 {
+                let answer = refresh(&engine, "www", &token, None).await;
+                let Err(err) = answer else {
+                    panic!("{answer:?}")
+                };
+                assert!(
+                    matches!(err, GrantError::InvalidGrant("corrupt family record")),
+                    "{err:?}"
+                );
+                assert_eq!(wire(err).await, unknown, "no oracle (docs/design.md §4.5)");
+                assert_eq!(
+                    engine.metrics.integrity_failures.load(Ordering::Relaxed),
+                    failures
+                );
+            }
+            assert_eq!(engine.metrics.rotations.load(Ordering::Relaxed), 0);
+            store.set_unreadable(family, false);
+            let next = rotated(refresh(&engine, "www", &token, None).await);
+            let parsed = keys.refresh.parse(&next.refresh_token).expect("ours");
+            assert_eq!((parsed.family, parsed.generation), (family, 1));
+            assert_eq!(next.scope, "read");
         }
 
         #[tokio::test]

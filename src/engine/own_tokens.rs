@@ -57,7 +57,7 @@ impl Engine {
 
     /// RFC 7009 revocation. `Ok(None)`: not a token the proxy issued; forward it.
     /// `Ok(Some(()))`: answer 200 (RFC 7009 §2.2: also for invalid tokens).
-    pub async fn revoke(
+    pub(crate) async fn revoke(
         &self,
         authorization: Option<&HeaderValue>,
         form: &Form,
@@ -114,7 +114,7 @@ impl Engine {
 
     /// RFC 7662 introspection of the proxy's own tokens, for a client with `may_introspect`.
     /// `Ok(None)`: not a token the proxy issued; forward it.
-    pub async fn introspect(
+    pub(crate) async fn introspect(
         &self,
         authorization: Option<&HeaderValue>,
         form: &Form,

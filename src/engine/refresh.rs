@@ -6,7 +6,7 @@ use super::*;
 impl Engine {
     /// A refresh grant. `Ok(None)`: not the proxy's (a client or token it does not handle);
     /// forward it.
-    pub async fn refresh(
+    pub(crate) async fn refresh(
         &self,
         authorization: Option<&HeaderValue>,
         form: &Form,

@@ -1,8 +1,8 @@
 //! The `RefreshGrantLayer` middleware: the part of the proxy that owns the token endpoint.
 //!
 //! It sits in front of any service that talks to the upstream IdP (the binary puts
-//! [`crate::proxy::Forward`] there; in an axum or tower stack it can be anything). For each
-//! request it looks at the method and path ([`crate::classify`]):
+//! `crate::proxy::Forward` there; in an axum or tower stack it can be anything). For each
+//! request it looks at the method and path (`crate::classify`):
 //!
 //! - token-endpoint requests (`POST <token_path>`) are read into memory, bounded by
 //!   `max_body_bytes` (413 beyond), and their form is checked: the right content type, UTF-8
@@ -14,8 +14,7 @@
 //! [`ResponseBody::Inner`]. Its failures are always responses, never service errors.
 //!
 //! ```
-//! use refresh_proxy::classify::Endpoints;
-//! use refresh_proxy::layer::RefreshGrantLayer;
+//! use refresh_proxy::layer::{Endpoints, RefreshGrantLayer};
 //!
 //! let layer = RefreshGrantLayer::builder()
 //!     .endpoints(Endpoints { token_path: Some("/oauth/token".into()), ..Endpoints::default() })
@@ -43,6 +42,7 @@ mod logout;
 mod service;
 
 pub use crate::body::{RequestBody, ResponseBody};
+pub use crate::classify::Endpoints;
 pub use budget::BodyBudget;
 pub use layer::{RefreshGrantLayer, RefreshGrantLayerBuilder};
 pub use logout::{PassOn, PassOns};

@@ -37,7 +37,7 @@
 //! Every character is in `[A-Za-z0-9_.-]`, so clients can send tokens unencoded (docs/design.md §4.8).
 //!
 //! ```
-//! use refresh_proxy::mint::refresh::{FamilyId, RefreshTokenKey};
+//! use refresh_proxy::internal::mint::refresh::{FamilyId, RefreshTokenKey};
 //! let key = RefreshTokenKey::from_secret(b"a server secret of at least 32 bytes!!");
 //! let family = FamilyId::random();
 //! let (first, verifier) = key.first(&family);

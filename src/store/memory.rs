@@ -39,6 +39,9 @@ struct Families {
     by_client: HashMap<String, HashSet<String>>,
     by_session: HashMap<String, HashSet<String>>,
     writes: u64,
+    /// Families whose record the store cannot read (a test hook: [`MemoryStore::set_unreadable`]).
+    #[cfg(test)]
+    unreadable: HashSet<String>,
 }
 
 impl Families {
@@ -142,6 +145,20 @@ impl MemoryStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Makes family `id`'s record one the store cannot read, or readable again: its
+    /// redemptions answer [`Redemption::Corrupt`] and change nothing, as a Redis hash whose
+    /// fields were changed by hand does. The memory store's typed records cannot be unreadable
+    /// otherwise; this lets the engine's tests reach that answer.
+    #[cfg(test)]
+    pub(crate) fn set_unreadable(&self, id: &str, unreadable: bool) {
+        let mut families = self.inner.families.lock().expect("store lock");
+        if unreadable {
+            families.unreadable.insert(id.to_owned());
+        } else {
+            families.unreadable.remove(id);
+        }
     }
 
     fn sweep(
@@ -285,6 +302,10 @@ impl TokenStore for MemoryStore {
         let Some(family) = families.map.get(req.family) else {
             return Ok(Redemption::Unknown);
         };
+        #[cfg(test)]
+        if families.unreadable.contains(req.family) {
+            return Ok(Redemption::Corrupt);
+        }
         let (verdict, effect) = rules::redeem(&family.state, &req.redeem);
         let data = family.data.clone();
         let granted_scope = match &verdict {

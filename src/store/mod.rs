@@ -26,8 +26,9 @@ pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 pub use crate::config::store_url::{RedisUrl, StoreUrl, Topology};
 use crate::config::{ConfigError, StoreConfig};
-use crate::grant::rules::{Redeem, Verdict};
-use crate::mint::refresh::{FamilyId, Seal, Sealed, Verifier};
+// The types the trait's signatures name, so that a caller or an implementation can name them.
+pub use crate::grant::rules::{Redeem, Verdict};
+pub use crate::mint::refresh::{FamilyId, Seal, Sealed, Verifier};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]

@@ -267,7 +267,7 @@ async fn a_lost_script_answer_is_retried_to_the_same_token() {
     let relay = crate::support::relay::Relay::start(redis.port).await;
     let stack = Stack::start(&relay.url(), "").await;
     let store = stack.store();
-    let key = refresh_proxy::mint::refresh::RefreshTokenKey::from_secret(
+    let key = refresh_proxy::internal::mint::refresh::RefreshTokenKey::from_secret(
         crate::support::TEST_REFRESH_KEY.as_bytes(),
     );
     let http = crate::support::load::http();

@@ -11,7 +11,8 @@ use crate::support::StoreKind as Kind;
 use crate::support::echo::EchoServer;
 use crate::support::proxy::TestProxy;
 use crate::support::redis::RedisServer;
-use refresh_proxy::mint::refresh::{FamilyId, RefreshTokenKey};
+use refresh_proxy::internal::mint::refresh::RefreshTokenKey;
+use refresh_proxy::store::FamilyId;
 use serde_json::Value;
 
 const ISSUE_TOKEN: &str = "issue-token-for-tests-0123456789";

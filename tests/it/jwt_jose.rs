@@ -9,7 +9,7 @@ use crate::support::jose::verify_with_node_jose;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use refresh_proxy::config::SigningAlg;
-use refresh_proxy::mint::jwt::{Signer, TYP_AT_JWT, jwks, merge_jwks};
+use refresh_proxy::internal::mint::jwt::{Signer, TYP_AT_JWT, jwks, merge_jwks};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -11,7 +11,7 @@ use crate::support::StoreKind as Kind;
 use crate::support::fake_idp::{FakeIdp, TestKey, payload};
 use crate::support::proxy::ProxyProcess;
 use crate::support::redis::RedisServer;
-use refresh_proxy::mint::refresh::RefreshTokenKey;
+use refresh_proxy::internal::mint::refresh::RefreshTokenKey;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -8,8 +8,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use refresh_proxy::RefreshGrantLayer;
-use refresh_proxy::classify::Endpoints;
-use refresh_proxy::layer::{RequestBody, ResponseBody};
+use refresh_proxy::layer::{Endpoints, RequestBody, ResponseBody};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 type Seen = Arc<Mutex<Vec<(String, Bytes)>>>;

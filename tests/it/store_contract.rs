@@ -4,11 +4,9 @@
 use std::sync::Arc;
 
 use refresh_proxy::config::StoreConfig;
-use refresh_proxy::grant::rules::{Redeem, Verdict};
-use refresh_proxy::mint::refresh::{FamilyId, Seal, Verifier};
 use refresh_proxy::store::{
-    Ended, Index, MemoryStore, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, RedisStore,
-    Revoke, Selection, TokenFormat, TokenStore,
+    Ended, FamilyId, Index, MemoryStore, NewFamily, OpaqueCandidate, Redeem, RedeemRequest,
+    Redemption, RedisStore, Revoke, Seal, Selection, TokenFormat, TokenStore, Verdict, Verifier,
 };
 
 const MIN: i64 = 60_000;
@@ -35,7 +33,7 @@ fn family(t0: i64, format: TokenFormat) -> NewFamily {
         idle_deadline_ms: t0 + DAY,
         expires_at_ms: t0 + 7 * DAY,
         verifier: v(0),
-        // Stores keep the seal; the engine checks it (tests/engine.rs).
+        // Stores keep the seal; the engine checks it (src/engine/mod.rs, tests/it/integrity.rs).
         seal: Seal([7; 12]),
         // Stores keep the sealed upstream token as bytes; the engine seals and opens it.
         upstream_token: Some(KEPT.to_vec()),
@@ -913,7 +911,7 @@ contract!(
 async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
     let server = crate::support::redis::RedisServer::start();
     let store = redis_store(&server);
-    let key = refresh_proxy::mint::refresh::RefreshTokenKey::generate();
+    let key = refresh_proxy::internal::mint::refresh::RefreshTokenKey::generate();
     let t0 = now();
     let mut f = family(t0, TokenFormat::Opaque);
     let (token, verifier) = key.first(&f.id);
@@ -921,7 +919,7 @@ async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
     let parsed = key.parse(&token).expect("ours");
     let (next, successor) = key.successor(&parsed);
     store.create_family(&f).await.expect("create");
-    let at = refresh_proxy::mint::opaque::mint(&f.id);
+    let at = refresh_proxy::internal::mint::opaque::mint(&f.id);
     let res = store
         .redeem(&RedeemRequest {
             family: f.id.as_str(),

@@ -4,7 +4,7 @@
 //! parties need its public half. A [`Signer`] holds one private key, parsed once at start-up,
 //! and turns any `Serialize` claims into a compact JWS; its `kid` is the RFC 7638 thumbprint of
 //! the public key, so the same key file gives the same `kid` on every replica and after every
-//! restart. [`jwks`] builds the proxy's own JWK Set; [`merge_jwks`] adds our keys to the IdP's
+//! restart. [`jwks()`] builds the proxy's own JWK Set; [`merge_jwks`] adds our keys to the IdP's
 //! JWKS response, so a client that fetches `jwks_uri` through the proxy trusts tokens from both.
 //! Files: this one signs; `jwks` holds the key set and its merge; `keys` the PEM/DER sniffer
 //! that tells which kind of key a file holds.
@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use refresh_proxy::config::SigningAlg;
-//! use refresh_proxy::mint::jwt::{Signer, TYP_AT_JWT, jwks};
+//! use refresh_proxy::internal::mint::jwt::{Signer, TYP_AT_JWT, jwks};
 //!
 //! let signer = Signer::generate(SigningAlg::ES256);
 //! let token = signer.sign(TYP_AT_JWT, &serde_json::json!({ "sub": "alice", "exp": 1 }));
@@ -35,7 +35,7 @@
 //! - [`Signer::generate`] keys are ephemeral: each replica gets its own key, and tokens cannot be
 //!   verified after a restart once clients have refetched the JWKS. Configure a key file for
 //!   anything beyond a single test instance.
-//! - Rotating keys: publish the old and the new public key together ([`jwks`] takes several
+//! - Rotating keys: publish the old and the new public key together ([`jwks()`] takes several
 //!   signers) until tokens signed with the old key have expired.
 //! - The PEM text and the DER bytes read from a key file are ordinary heap memory and are not
 //!   zeroised after parsing; aws-lc keeps its own copy of the key.
