@@ -141,12 +141,17 @@ pub fn build_keys(config: &Config) -> Result<Keys, ConfigError> {
 
 /// The grant engine over `store`, with the keys of `config`.
 fn build_engine(config: &Config, store: AnyStore) -> Result<Engine, ConfigError> {
+    // docs/design.md §4.13: an upstream check's lease outlasts the upstream call it covers.
+    let lease = config.upstream.connect_timeout
+        + config.upstream.request_timeout
+        + std::time::Duration::from_secs(3);
     Ok(Engine::new(
         store,
         build_keys(config)?,
         config.tokens.access_token_ttl,
         config.tokens.audience.clone(),
-    ))
+    )
+    .with_check_lease(lease))
 }
 
 /// Replaces the clients, their secrets and every key of a running app: requests in flight

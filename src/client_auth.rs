@@ -28,7 +28,9 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use http::HeaderValue;
 
 use crate::classify::Form;
-use crate::config::{AccessTokenFormat, Config, ConfigError, Secret, TokenEndpointAuthMethod};
+use crate::config::{
+    AccessTokenFormat, Config, ConfigError, Secret, TokenEndpointAuthMethod, Unreachable,
+};
 
 /// How the client authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +194,10 @@ pub struct Policy {
     pub reuse_grace_period: u64,
     pub access_token_format: AccessTokenFormat,
     pub id_token_on_refresh: bool,
+    /// Seconds after which a refresh has the upstream confirm the session first (0 = never).
+    pub upstream_check_interval: u64,
+    pub upstream_unreachable: Unreachable,
+    pub upstream_unreachable_max: u64,
 }
 
 /// A client the proxy handles.
@@ -236,6 +242,33 @@ impl std::fmt::Debug for UpstreamAuth {
 }
 
 impl UpstreamAuth {
+    /// A form POST of `pairs` to the upstream's `path`, authenticated as this client.
+    pub fn post_form(
+        &self,
+        path: &str,
+        pairs: &[(&str, &str)],
+    ) -> Option<http::Request<bytes::Bytes>> {
+        let (form, authorization) = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in pairs {
+                form.append_pair(k, v);
+            }
+            let authorization = self.apply(&mut form);
+            (form.finish(), authorization)
+        };
+        let mut req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(path)
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
+        if let Some(value) = authorization {
+            req = req.header(http::header::AUTHORIZATION, value);
+        }
+        req.body(bytes::Bytes::from(form)).ok()
+    }
+
     /// The `Authorization` header value (Basic), and the form pairs to add.
     pub fn apply(&self, form: &mut form_urlencoded::Serializer<'_, String>) -> Option<String> {
         match self {
@@ -291,6 +324,13 @@ pub struct Clients {
 pub const DEFAULT_REFRESH_TOKEN_TTL: u64 = 2_592_000;
 pub const DEFAULT_REFRESH_TOKEN_MAX_LIFETIME: u64 = 31_536_000;
 pub const DEFAULT_REUSE_GRACE_PERIOD: u64 = 30;
+/// 15 minutes: a user disabled at the IdP keeps refreshing for at most this long (plus an
+/// access token's lifetime), and a session refreshed this often stays alive at an IdP whose
+/// idle timeout is longer (Keycloak's default SSO Session Idle is 30 minutes). With 5-minute
+/// access tokens, one refresh in three reaches the IdP.
+pub const DEFAULT_UPSTREAM_CHECK_INTERVAL: u64 = 900;
+/// 5 minutes: an IdP outage shorter than this is not felt by users whose check falls in it.
+pub const DEFAULT_UPSTREAM_UNREACHABLE_MAX: u64 = 300;
 
 impl Clients {
     pub fn from_config(config: &Config) -> Result<Clients, ConfigError> {
@@ -313,6 +353,13 @@ impl Clients {
                 reuse_grace_period: p.reuse_grace_period.unwrap_or(DEFAULT_REUSE_GRACE_PERIOD),
                 access_token_format: p.access_token_format.unwrap_or(AccessTokenFormat::Auto),
                 id_token_on_refresh: p.id_token_on_refresh.unwrap_or(false),
+                upstream_check_interval: p
+                    .upstream_check_interval
+                    .unwrap_or(DEFAULT_UPSTREAM_CHECK_INTERVAL),
+                upstream_unreachable: p.upstream_unreachable.unwrap_or(Unreachable::Serve),
+                upstream_unreachable_max: p
+                    .upstream_unreachable_max
+                    .unwrap_or(DEFAULT_UPSTREAM_UNREACHABLE_MAX),
             };
             let upstream_auth = match (c.token_endpoint_auth_method, &c.secret) {
                 (Some(TokenEndpointAuthMethod::None), _) | (None, None)

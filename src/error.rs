@@ -91,6 +91,11 @@ fn describe(err: &Error) -> (StatusCode, ErrorCode, &'static str) {
             ErrorCode::InvalidScope,
             "the requested scope exceeds the granted scope",
         ),
+        Error::Grant(GrantError::UpstreamUnavailable) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TemporarilyUnavailable,
+            "the upstream could not confirm the session; retry shortly",
+        ),
         Error::Grant(GrantError::Store(_)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TemporarilyUnavailable,

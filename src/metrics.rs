@@ -232,6 +232,42 @@ impl UpstreamRevocation {
     }
 }
 
+/// What an upstream session check found (docs/design.md §4.13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamCheck {
+    /// The upstream redeemed the kept token: the family goes on.
+    Confirmed,
+    /// The same, and the upstream rotated its token (the new one is kept).
+    Rotated,
+    /// The upstream said `invalid_grant`: the family is revoked.
+    Revoked,
+    /// The upstream could not be asked (the family is served or refused as configured).
+    Failed,
+    /// A refresh answered 503: the check failed and the serve window is over (or the wait
+    /// for another's check ran out).
+    Refused,
+}
+
+impl UpstreamCheck {
+    pub const ALL: [UpstreamCheck; 5] = [
+        UpstreamCheck::Confirmed,
+        UpstreamCheck::Rotated,
+        UpstreamCheck::Revoked,
+        UpstreamCheck::Failed,
+        UpstreamCheck::Refused,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamCheck::Confirmed => "confirmed",
+            UpstreamCheck::Rotated => "rotated",
+            UpstreamCheck::Revoked => "revoked",
+            UpstreamCheck::Failed => "failed",
+            UpstreamCheck::Refused => "refused",
+        }
+    }
+}
+
 /// What became of a logout token the upstream sent (docs/design.md §4.12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogoutReceived {
@@ -329,6 +365,9 @@ pub struct Metrics {
     /// Family ends waiting to be told to the upstream (queued or between tries).
     pub upstream_revocations_pending: AtomicU64,
     logouts: [AtomicU64; LogoutReceived::ALL.len()],
+    upstream_checks: [AtomicU64; UpstreamCheck::ALL.len()],
+    /// Refreshes that waited for another's upstream check of their family (coalesced).
+    pub upstream_check_waiters: AtomicU64,
     /// Logout tokens passed on to a client's own `backchannel_logout_uri`, by whether it
     /// answered 200/204.
     pub logouts_passed_on: AtomicU64,
@@ -404,6 +443,15 @@ impl Metrics {
             .position(|x| *x == outcome)
             .unwrap_or(0);
         inc(&self.upstream_revocations[i]);
+    }
+
+    /// An upstream session check's outcome.
+    pub fn upstream_check(&self, outcome: UpstreamCheck) {
+        let i = UpstreamCheck::ALL
+            .iter()
+            .position(|x| *x == outcome)
+            .unwrap_or(0);
+        inc(&self.upstream_checks[i]);
     }
 
     /// A logout token received, and what became of it.
@@ -611,6 +659,23 @@ impl Metrics {
                 .iter()
                 .map(|r| r.label())
                 .zip(&self.upstream_revocations),
+        );
+        labelled(
+            &mut out,
+            "upstream_checks_total",
+            "Upstream session checks (a family's kept refresh token redeemed at the upstream), by outcome.",
+            "outcome",
+            UpstreamCheck::ALL
+                .iter()
+                .map(|r| r.label())
+                .zip(&self.upstream_checks),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP refresh_proxy_upstream_check_waiters_total Refreshes that waited for another refresh's upstream check of their family.\n\
+             # TYPE refresh_proxy_upstream_check_waiters_total counter\n\
+             refresh_proxy_upstream_check_waiters_total {}",
+            self.upstream_check_waiters.load(Ordering::Relaxed)
         );
         labelled(
             &mut out,

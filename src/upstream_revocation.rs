@@ -24,8 +24,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::{Semaphore, mpsc};
@@ -173,23 +172,14 @@ where
             .unwrap_or_else(|| UpstreamAuth::Public {
                 id: ending.client_id.clone(),
             });
-        let (form, authorization) = {
-            let mut form = form_urlencoded::Serializer::new(String::new());
-            form.append_pair("token", ending.token.expose());
-            form.append_pair("token_type_hint", "refresh_token");
-            let authorization = auth.apply(&mut form);
-            (form.finish(), authorization)
-        };
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded");
-        if let Some(value) = authorization {
-            req = req.header(AUTHORIZATION, value);
-        }
-        let Ok(req) = req.body(Full::new(Bytes::from(form))) else {
+        let pairs = [
+            ("token", ending.token.expose()),
+            ("token_type_hint", "refresh_token"),
+        ];
+        let Some(req) = auth.post_form(path, &pairs) else {
             return Try::Done(UpstreamRevocation::Rejected);
         };
+        let req = req.map(Full::new);
         let res = match self.service.clone().oneshot(req).await {
             Ok(res) => res,
             Err(e) => return Try::Again(e.into().to_string()),
@@ -216,6 +206,7 @@ mod tests {
 
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as STANDARD_B64;
+    use http::header::AUTHORIZATION;
 
     use super::*;
     use crate::engine::EndReason;

@@ -391,6 +391,22 @@ pub struct ClientPolicy {
     pub reuse_grace_period: Option<u64>,
     pub access_token_format: Option<AccessTokenFormat>,
     pub id_token_on_refresh: Option<bool>,
+    /// Seconds after which a refresh first has the upstream confirm the session (0 = never).
+    pub upstream_check_interval: Option<u64>,
+    /// What a refresh does when that check cannot reach the upstream.
+    pub upstream_unreachable: Option<Unreachable>,
+    /// With `serve`: how long past the interval the store still answers (seconds).
+    pub upstream_unreachable_max: Option<u64>,
+}
+
+/// `upstream_unreachable`: what a refresh whose upstream check failed gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unreachable {
+    /// Answered from the store, for at most `upstream_unreachable_max` past the interval.
+    Serve,
+    /// 503 `temporarily_unavailable`.
+    Fail,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -433,6 +449,9 @@ pub struct TokensConfig {
     pub reuse_grace_period: Option<u64>,
     pub access_token_format: Option<AccessTokenFormat>,
     pub id_token_on_refresh: Option<bool>,
+    pub upstream_check_interval: Option<u64>,
+    pub upstream_unreachable: Option<Unreachable>,
+    pub upstream_unreachable_max: Option<u64>,
 }
 
 impl Default for TokensConfig {
@@ -519,6 +538,9 @@ pub struct ClientConfig {
     pub reuse_grace_period: Option<u64>,
     pub access_token_format: Option<AccessTokenFormat>,
     pub id_token_on_refresh: Option<bool>,
+    pub upstream_check_interval: Option<u64>,
+    pub upstream_unreachable: Option<Unreachable>,
+    pub upstream_unreachable_max: Option<u64>,
     /// A resource server allowed to introspect the proxy's tokens (RFC 7662).
     #[serde(default)]
     pub may_introspect: bool,
@@ -581,6 +603,13 @@ impl ClientConfig {
             reuse_grace_period: self.reuse_grace_period.or(defaults.reuse_grace_period),
             access_token_format: self.access_token_format.or(defaults.access_token_format),
             id_token_on_refresh: self.id_token_on_refresh.or(defaults.id_token_on_refresh),
+            upstream_check_interval: self
+                .upstream_check_interval
+                .or(defaults.upstream_check_interval),
+            upstream_unreachable: self.upstream_unreachable.or(defaults.upstream_unreachable),
+            upstream_unreachable_max: self
+                .upstream_unreachable_max
+                .or(defaults.upstream_unreachable_max),
         }
     }
 }
@@ -889,17 +918,25 @@ impl Config {
         let t = &self.tokens;
         validate_lifetimes(
             "tokens",
-            t.refresh_token_ttl,
-            t.refresh_token_max_lifetime,
-            t.reuse_grace_period,
+            [
+                t.refresh_token_ttl,
+                t.refresh_token_max_lifetime,
+                t.reuse_grace_period,
+                t.upstream_check_interval,
+                t.upstream_unreachable_max,
+            ],
         )?;
         for (id, client) in &self.clients {
             validate_client(id, client)?;
             validate_lifetimes(
                 &format!("clients.{id}"),
-                client.refresh_token_ttl,
-                client.refresh_token_max_lifetime,
-                client.reuse_grace_period,
+                [
+                    client.refresh_token_ttl,
+                    client.refresh_token_max_lifetime,
+                    client.reuse_grace_period,
+                    client.upstream_check_interval,
+                    client.upstream_unreachable_max,
+                ],
             )?;
         }
         // A span field filter (`target[span{field=value}]=level`) compiles its value into a
@@ -1078,16 +1115,14 @@ pub const MAX_LIFETIME: u64 = 10 * 365 * 86_400;
 pub const MAX_GRACE: u64 = 3_600;
 
 /// Every lifetime is bounded at config time, so no deadline arithmetic can overflow.
-fn validate_lifetimes(
-    section: &str,
-    idle: Option<u64>,
-    max: Option<u64>,
-    grace: Option<u64>,
-) -> Result<(), ConfigError> {
+fn validate_lifetimes(section: &str, values: [Option<u64>; 5]) -> Result<(), ConfigError> {
+    let [idle, max, grace, check, unreachable] = values;
     for (k, value, low, high) in [
         ("refresh_token_ttl", idle, 0, MAX_LIFETIME),
         ("refresh_token_max_lifetime", max, 1, MAX_LIFETIME),
         ("reuse_grace_period", grace, 0, MAX_GRACE),
+        ("upstream_check_interval", check, 0, MAX_LIFETIME),
+        ("upstream_unreachable_max", unreachable, 0, MAX_LIFETIME),
     ] {
         if let Some(v) = value
             && !(low..=high).contains(&v)

@@ -32,11 +32,12 @@ pub use logout::LoggedOut;
 use crate::classify::Form;
 use crate::client_auth::{self, Client, ClientAuthError, Clients};
 use crate::config::AccessTokenFormat;
+use crate::config::Unreachable;
 use crate::grant::capture::Identity;
-use crate::grant::rules::{Redeem, Verdict};
+use crate::grant::rules::{CheckPolicy, Checked, Redeem, Verdict};
 use crate::grant::scope;
-use crate::metrics::UpstreamRevocation;
 use crate::metrics::{Metrics, inc};
+use crate::metrics::{UpstreamCheck, UpstreamRevocation};
 use crate::mint::claims::{AccessClaims, IdClaims, JTI_MAX, jti_of, splice, splice_into};
 use crate::mint::jwt::{Signer, TYP_AT_JWT, TYP_JWT};
 use crate::mint::kept::{KeptKeys, KeptToken};
@@ -66,6 +67,9 @@ pub(crate) enum GrantError {
     InvalidScope,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The upstream session check could not be made and the family may not be served.
+    #[error("the upstream could not confirm the session")]
+    UpstreamUnavailable,
 }
 
 /// What a reload (`SIGHUP`) replaces: the clients and their secrets, and every key. Each list
@@ -97,6 +101,49 @@ impl Keys {
     /// The JOSE `alg` of ID tokens on refresh, when any client gets them.
     pub(crate) fn id_token_alg(&self) -> Option<&'static str> {
         self.id_signers.first().map(Signer::alg_name)
+    }
+}
+
+/// How long a redemption waits, past the lease, for another's upstream check.
+const CHECK_WAIT_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest pause between two looks at a check in flight.
+const CHECK_WAIT_MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+/// Upstream calls one refresh may make (a lease lost to a slower holder may bring a second).
+const MAX_CHECKS_PER_REFRESH: u32 = 2;
+/// The default lease of an upstream check: longer than the upstream call can take with the
+/// default timeouts (2 s to connect, 30 s for the answer).
+pub const DEFAULT_CHECK_LEASE: std::time::Duration = std::time::Duration::from_secs(35);
+
+/// What the upstream said to a redemption of a family's kept refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAnswer {
+    /// Redeemed: the session is live. `refresh_token`: the one the upstream answered with
+    /// (the same as the kept one, or a rotated one), if any.
+    Valid { refresh_token: Option<KeptToken> },
+    /// `invalid_grant`: the session is over (logged out, revoked, the user disabled).
+    InvalidGrant,
+    /// No usable answer (unreachable, a timeout, 5xx, another error): why, for the log.
+    Unavailable(&'static str),
+}
+
+/// How the engine redeems a kept upstream refresh token at the upstream: the layer's over its
+/// inner service; never for the engine to do itself (it does no HTTP).
+pub trait UpstreamRefresh: Send {
+    fn refresh(
+        &mut self,
+        client: &Client,
+        token: &KeptToken,
+    ) -> impl std::future::Future<Output = UpstreamAnswer> + Send;
+}
+
+/// No upstream to ask: every check fails (and the family is served or refused as its client's
+/// `upstream_unreachable` says).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoUpstream;
+
+impl UpstreamRefresh for NoUpstream {
+    async fn refresh(&mut self, _: &Client, _: &KeptToken) -> UpstreamAnswer {
+        UpstreamAnswer::Unavailable("no upstream to check with")
     }
 }
 
@@ -152,6 +199,8 @@ pub struct Engine {
     clock: Clock,
     /// Family ends go here to be told to the upstream; `None`: they are not.
     endings: Option<Endings>,
+    /// How long one redemption holds a family's upstream check (ms).
+    check_lease_ms: i64,
 }
 
 /// A clock: milliseconds since the Unix epoch. A plain function pointer, so the hot path pays
@@ -195,7 +244,15 @@ impl Engine {
             audience,
             clock: now_ms,
             endings: None,
+            check_lease_ms: DEFAULT_CHECK_LEASE.as_millis() as i64,
         }
+    }
+
+    /// The same engine holding an upstream check for `lease`: set it longer than the upstream
+    /// call can take (connect and request timeouts), or a slow call loses its lease.
+    pub fn with_check_lease(mut self, lease: std::time::Duration) -> Engine {
+        self.check_lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        self
     }
 
     /// The same engine sending family ends to `endings` (to be told to the upstream).
@@ -232,6 +289,7 @@ impl Engine {
             audience: self.audience.clone(),
             clock: self.clock,
             endings: self.endings.clone(),
+            check_lease_ms: self.check_lease_ms,
         }
     }
 
@@ -419,7 +477,9 @@ mod tests {
             if let Some(scope) = scope {
                 pairs.push(("scope", scope));
             }
-            engine.refresh(None, &form(&pairs), ISSUER).await
+            engine
+                .refresh(None, &form(&pairs), ISSUER, &mut NoUpstream)
+                .await
         }
 
         fn rotated(answer: Result<Option<TokenResponse>, GrantError>) -> TokenResponse {
@@ -597,7 +657,7 @@ mod tests {
                 ("client_id", "www"),
                 ("client_secret", "wrong"),
             ]);
-            let answer = engine.refresh(None, &f, ISSUER).await;
+            let answer = engine.refresh(None, &f, ISSUER, &mut NoUpstream).await;
             assert!(
                 matches!(answer, Err(GrantError::ClientAuth(_))),
                 "{answer:?}"

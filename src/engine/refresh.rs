@@ -6,11 +6,14 @@ use super::*;
 impl Engine {
     /// A refresh grant. `Ok(None)`: not the proxy's (a client or token it does not handle);
     /// forward it.
+    /// `upstream` redeems a family's kept token at the upstream when its session check is due
+    /// (docs/design.md §4.13).
     pub(crate) async fn refresh(
         &self,
         authorization: Option<&HeaderValue>,
         form: &Form,
         issuer: &str,
+        upstream: &mut impl UpstreamRefresh,
     ) -> Result<Option<TokenResponse>, GrantError> {
         let keys = self.keys();
         let token_param = form.get("refresh_token");
@@ -66,12 +69,15 @@ impl Engine {
                 grace_ms: secs_to_ms(policy.reuse_grace_period),
                 idle_ttl_ms: secs_to_ms(policy.refresh_token_ttl),
                 reuse_refresh_tokens: policy.reuse_refresh_tokens,
+                check: self.check_policy(client),
+                confirm: None,
             },
             opaque: candidate.as_ref().map(|c| OpaqueCandidate {
                 digest: c.digest.clone(),
                 issued_ms: now,
                 expires_ms: now.saturating_add(at_ttl_ms),
             }),
+            new_upstream_token: None,
         };
         let mut redemption = self.redeem_once(&request).await?;
         if let Redemption::Decided {
@@ -89,6 +95,10 @@ impl Engine {
                 *verdict = Verdict::Unverified;
             }
         }
+        let redemption = self
+            .upstream_check(&keys, client, &mut request, redemption, upstream)
+            .await?;
+        let now = request.redeem.now_ms;
         let (verdict, family, opaque_stored) = match redemption {
             Redemption::Unknown => return Err(GrantError::InvalidGrant("unknown family")),
             Redemption::Corrupt => {
@@ -171,6 +181,21 @@ impl Engine {
                 return Err(GrantError::InvalidGrant("wrong client"));
             }
             Verdict::InvalidScope => return Err(GrantError::InvalidScope),
+            Verdict::CheckRevoked => {
+                inc(&self.metrics.family_revocations);
+                tracing::info!(
+                    family = token.family,
+                    client_id = %client.id,
+                    subject = %family.subject,
+                    "the upstream refused the family's kept refresh token (its session is over); \
+                     the family is revoked"
+                );
+                return Err(GrantError::InvalidGrant("the upstream ended the session"));
+            }
+            Verdict::CheckFailed | Verdict::CheckDue { .. } | Verdict::CheckInFlight { .. } => {
+                self.metrics.upstream_check(UpstreamCheck::Refused);
+                return Err(GrantError::UpstreamUnavailable);
+            }
             Verdict::Unverified | Verdict::Ahead { .. } => {
                 inc(&self.metrics.integrity_failures);
                 tracing::warn!(
@@ -223,6 +248,107 @@ impl Engine {
             expires_in: self.access_token_ttl,
             id_token,
         }))
+    }
+
+    /// The client's upstream session check policy (`None`: never checked; also when the proxy
+    /// cannot authenticate as the client at the upstream).
+    fn check_policy(&self, client: &Client) -> Option<CheckPolicy> {
+        let p = &client.policy;
+        (p.upstream_check_interval > 0 && client.upstream_auth.is_some()).then(|| CheckPolicy {
+            interval_ms: secs_to_ms(p.upstream_check_interval),
+            lease_ms: self.check_lease_ms,
+            serve_ms: match p.upstream_unreachable {
+                Unreachable::Serve => secs_to_ms(p.upstream_unreachable_max),
+                Unreachable::Fail => 0,
+            },
+        })
+    }
+
+    /// docs/design.md §4.13: while the store says a check is due, this redemption redeems the
+    /// family's kept token at the upstream and brings the outcome back under its fencing
+    /// token; while another redemption's check is in flight, it waits for that outcome. The
+    /// common case (no check due) returns `redemption` as it is, with no extra round trip.
+    async fn upstream_check(
+        &self,
+        keys: &Keys,
+        client: &Client,
+        request: &mut RedeemRequest<'_>,
+        mut redemption: Redemption,
+        upstream: &mut impl UpstreamRefresh,
+    ) -> Result<Redemption, GrantError> {
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(self.check_lease_ms.max(0) as u64)
+            + CHECK_WAIT_MARGIN;
+        let mut pause = std::time::Duration::from_millis(10);
+        let mut waited = false;
+        let mut checks = 0;
+        loop {
+            let Redemption::Decided {
+                verdict,
+                upstream_token,
+                ..
+            } = &redemption
+            else {
+                return Ok(redemption);
+            };
+            match *verdict {
+                Verdict::CheckDue { fence } if checks < MAX_CHECKS_PER_REFRESH => {
+                    checks += 1;
+                    let kept = upstream_token
+                        .as_deref()
+                        .and_then(|sealed| keys.kept.open(request.family, sealed));
+                    let answer = match &kept {
+                        Some(kept) => upstream.refresh(client, kept).await,
+                        None => UpstreamAnswer::Unavailable(
+                            "the kept upstream refresh token opens with no key",
+                        ),
+                    };
+                    let (checked, outcome) = match answer {
+                        UpstreamAnswer::Valid { refresh_token } => {
+                            let rotated = refresh_token.filter(|t| Some(t) != kept.as_ref());
+                            request.new_upstream_token =
+                                rotated.map(|t| keys.kept.seal(request.family, &t));
+                            let outcome = if request.new_upstream_token.is_some() {
+                                UpstreamCheck::Rotated
+                            } else {
+                                UpstreamCheck::Confirmed
+                            };
+                            (Checked::Confirmed, outcome)
+                        }
+                        UpstreamAnswer::InvalidGrant => (Checked::Revoked, UpstreamCheck::Revoked),
+                        UpstreamAnswer::Unavailable(why) => {
+                            tracing::warn!(
+                                family = request.family,
+                                client_id = %client.id,
+                                "the upstream session check failed: {why}"
+                            );
+                            (Checked::Failed, UpstreamCheck::Failed)
+                        }
+                    };
+                    self.metrics.upstream_check(outcome);
+                    request.redeem.confirm = Some((fence, checked));
+                }
+                Verdict::CheckInFlight { .. } if std::time::Instant::now() < deadline => {
+                    if !waited {
+                        waited = true;
+                        inc(&self.metrics.upstream_check_waiters);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(CHECK_WAIT_MAX_PAUSE);
+                }
+                _ => return Ok(redemption),
+            }
+            // Again, with the outcome (or after the wait), at the time of now.
+            let now = (self.clock)();
+            request.redeem.now_ms = now;
+            if let Some(c) = &mut request.opaque {
+                c.expires_ms = now.saturating_add(c.expires_ms - c.issued_ms);
+                c.issued_ms = now;
+            }
+            redemption = self.redeem_once(request).await?;
+            request.redeem.confirm = None;
+            request.new_upstream_token = None;
+        }
     }
 
     pub(super) fn mint_jwt(

@@ -19,6 +19,14 @@
 //! rotated-out token outside the grace rule is reuse, whatever else is wrong with the request;
 //! then a token presented by another client is refused without touching the family (RFC 6749
 //! §6), and a `scope` beyond the granted scope is `invalid_scope` (docs/design.md §4.3).
+//!
+//! Then the upstream session check (docs/design.md §4.13): a family that keeps the upstream's
+//! refresh token and was last confirmed by the upstream `interval` ago or more is not rotated
+//! until the upstream confirms it again. One redemption takes a lease with a new fencing token
+//! (**check due**: the caller redeems the kept token at the upstream and comes back with the
+//! outcome and that fencing token); while the lease holds, the others are told to wait
+//! (**check in flight**); a failed check is not retried before the lease time has passed, and
+//! meanwhile the family is served for `serve` past the interval (**check failed** after that).
 
 use super::scope;
 use crate::mint::refresh::Verifier;
@@ -41,6 +49,47 @@ pub struct FamilyState {
     pub expires_at_ms: i64,
     /// The verifier of generation `generation`'s token ([`crate::mint::refresh`]).
     pub verifier: Verifier,
+    /// The upstream session check's state.
+    pub check: CheckState,
+}
+
+/// What the rules know of the upstream session check of a family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckState {
+    /// Whether the family keeps the upstream's refresh token (families the admin API opened
+    /// do not, and are never checked).
+    pub kept: bool,
+    /// When the upstream last confirmed the family (ms; its capture at first).
+    pub confirmed_ms: i64,
+    /// The last fencing token handed out (0: none yet).
+    pub fence: u64,
+    /// When the lease of fencing token `fence` ends (ms), while one is held.
+    pub lease_until_ms: Option<i64>,
+    /// When the last check failed (ms), until one succeeds.
+    pub failed_ms: Option<i64>,
+}
+
+/// A client's upstream session check settings (`upstream_check_interval` and friends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckPolicy {
+    /// A family last confirmed this long ago (ms) or more is checked first.
+    pub interval_ms: i64,
+    /// How long one redemption holds the check (ms): longer than the upstream call can take.
+    pub lease_ms: i64,
+    /// How long past `interval_ms` a family whose check failed is still served from the store
+    /// (ms; 0 = not at all: `upstream_unreachable = "fail"`).
+    pub serve_ms: i64,
+}
+
+/// The outcome of an upstream check, brought back with its fencing token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// The upstream redeemed the kept token: the session is live.
+    Confirmed,
+    /// The upstream could not be asked (unreachable, 5xx, a timeout).
+    Failed,
+    /// The upstream refused the kept token (`invalid_grant`): the session is over.
+    Revoked,
 }
 
 /// A redemption attempt.
@@ -64,6 +113,10 @@ pub struct Redeem<'a> {
     pub grace_ms: i64,
     pub idle_ttl_ms: i64,
     pub reuse_refresh_tokens: bool,
+    /// The client's upstream session check (`None`: never).
+    pub check: Option<CheckPolicy>,
+    /// The outcome of the upstream check this caller made, with the fencing token it was given.
+    pub confirm: Option<(u64, Checked)>,
 }
 
 /// What the rules decided.
@@ -95,6 +148,15 @@ pub enum Verdict {
     Ahead { current: u64, verifier: Verifier },
     /// `scope` asks for more than was granted; nothing changes.
     InvalidScope,
+    /// The upstream must confirm the family first: the caller holds the check with `fence`,
+    /// redeems the kept token at the upstream and redeems again with [`Redeem::confirm`].
+    CheckDue { fence: u64 },
+    /// Another redemption is checking with the upstream until `until_ms`: ask again shortly.
+    CheckInFlight { until_ms: i64 },
+    /// The last check failed and the family may not be served any longer.
+    CheckFailed,
+    /// The upstream refused the kept token: the family is revoked.
+    CheckRevoked,
 }
 
 /// The state change a verdict brings.
@@ -110,6 +172,34 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
     if r.now_ms >= state.expires_at_ms || r.now_ms >= state.idle_deadline_ms {
         return (Verdict::Expired, Effect::Delete);
     }
+    // The outcome of this caller's upstream check, if its lease is still the family's (a
+    // later lease's holder decides otherwise: the fencing token is stale).
+    let mut current = state.clone();
+    let mut changed = false;
+    if let Some((fence, checked)) = r.confirm
+        && state.check.lease_until_ms.is_some()
+        && state.check.fence == fence
+    {
+        current.check.lease_until_ms = None;
+        changed = true;
+        match checked {
+            Checked::Confirmed => {
+                current.check.confirmed_ms = r.now_ms;
+                current.check.failed_ms = None;
+            }
+            Checked::Failed => current.check.failed_ms = Some(r.now_ms),
+            Checked::Revoked => return (Verdict::CheckRevoked, Effect::Delete),
+        }
+    }
+    let state = &current;
+    let keep = |verdict: Verdict| {
+        let effect = if changed {
+            Effect::Update(state.clone())
+        } else {
+            Effect::None
+        };
+        (verdict, effect)
+    };
     let n = state.generation;
     let g = r.generation;
     // The previous token again, within the grace period of its first use (`g < n`, so `g + 1`
@@ -145,24 +235,23 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
     };
     if !verified {
         if g > n && r.ahead_of.is_none() {
-            let ahead = Verdict::Ahead {
+            return keep(Verdict::Ahead {
                 current: n,
                 verifier: state.verifier,
-            };
-            return (ahead, Effect::None);
+            });
         }
-        return (Verdict::Unverified, Effect::None);
+        return keep(Verdict::Unverified);
     }
     // RFC 6749 §6: the authorization server MUST "validate the refresh token ... and ensure
     // that the refresh token was issued to the authenticated client".
     if r.client_id != state.client_id {
-        return (Verdict::WrongClient, Effect::None);
+        return keep(Verdict::WrongClient);
     }
     let effective = match r.scope {
         None => state.scope.clone(),
         Some(requested) => match scope::narrow(requested, &state.granted_scope) {
             Some(s) => s,
-            None => return (Verdict::InvalidScope, Effect::None),
+            None => return keep(Verdict::InvalidScope),
         },
     };
     let idle_deadline_ms = r
@@ -170,14 +259,40 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
         .saturating_add(r.idle_ttl_ms)
         .min(state.expires_at_ms);
     if grace {
-        return (
-            Verdict::Grace {
-                generation: n,
-                scope: effective,
-                key: successor_key.unwrap_or(0),
-            },
-            Effect::None,
-        );
+        return keep(Verdict::Grace {
+            generation: n,
+            scope: effective,
+            key: successor_key.unwrap_or(0),
+        });
+    }
+    // docs/design.md §4.13: the upstream confirms the session first, once per interval.
+    if let Some(policy) = r.check
+        && state.check.kept
+        && r.now_ms.saturating_sub(state.check.confirmed_ms) >= policy.interval_ms
+    {
+        let since = r.now_ms.saturating_sub(state.check.confirmed_ms);
+        let recently_failed = state
+            .check
+            .failed_ms
+            .is_some_and(|f| r.now_ms.saturating_sub(f) < policy.lease_ms);
+        match state.check.lease_until_ms {
+            _ if recently_failed => {
+                if since >= policy.interval_ms.saturating_add(policy.serve_ms) {
+                    return keep(Verdict::CheckFailed);
+                }
+                // Served from the store, within upstream_unreachable_max.
+            }
+            Some(until) if until > r.now_ms => {
+                return keep(Verdict::CheckInFlight { until_ms: until });
+            }
+            _ => {
+                let mut next = state.clone();
+                next.check.fence = state.check.fence.saturating_add(1);
+                next.check.lease_until_ms = Some(r.now_ms.saturating_add(policy.lease_ms));
+                let fence = next.check.fence;
+                return (Verdict::CheckDue { fence }, Effect::Update(next));
+            }
+        }
     }
     if g == n && r.reuse_refresh_tokens {
         let next = FamilyState {
@@ -231,6 +346,7 @@ mod tests {
             idle_deadline_ms: DAY,
             expires_at_ms: 10 * DAY,
             verifier: v(0),
+            check: CheckState::default(),
         }
     }
 
@@ -246,6 +362,8 @@ mod tests {
             grace_ms: 30_000,
             idle_ttl_ms: DAY,
             reuse_refresh_tokens: false,
+            check: None,
+            confirm: None,
         }
     }
 

@@ -35,6 +35,7 @@
 
 mod budget;
 mod capture;
+mod check;
 mod jwks;
 #[allow(clippy::module_inception)]
 mod layer;

@@ -15,7 +15,7 @@ use tower::Service;
 
 use super::budget::{BodyBudget, Held};
 use super::layer::Shared;
-use super::{capture, jwks, logout};
+use super::{capture, check, jwks, logout};
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::{self, Endpoint, Form, FormError};
 use crate::conn::BoxError;
@@ -188,7 +188,14 @@ where
     if grant == Grant::RefreshToken {
         let issuer = shared.issuer();
         let started = Instant::now();
-        let answered = engine.refresh(authorization.as_ref(), &form, &issuer).await;
+        let mut upstream = check::InnerUpstream {
+            service: &mut inner,
+            shared: &shared,
+            body: std::marker::PhantomData,
+        };
+        let answered = engine
+            .refresh(authorization.as_ref(), &form, &issuer, &mut upstream)
+            .await;
         if !matches!(answered, Ok(None)) {
             engine.metrics.refresh_latency(started.elapsed());
         }

@@ -13,7 +13,7 @@ use super::{
     AccessTokenRecord, Ended, FamilyData, Index, NewFamily, RedeemRequest, Redemption,
     RefreshTokenInfo, Revoke, Selection, StoreError, TokenFormat, TokenStore,
 };
-use crate::grant::rules::{self, Effect, FamilyState, Verdict};
+use crate::grant::rules::{self, CheckState, Checked, Effect, FamilyState, Verdict};
 use crate::mint::refresh::Seal;
 
 const SWEEP_EVERY: u64 = 4096;
@@ -110,6 +110,11 @@ fn new_family(f: &NewFamily) -> Family {
             idle_deadline_ms: f.idle_deadline_ms,
             expires_at_ms: f.expires_at_ms,
             verifier: f.verifier,
+            check: CheckState {
+                kept: f.upstream_token.is_some(),
+                confirmed_ms: f.created_ms,
+                ..CheckState::default()
+            },
         },
         data: FamilyData {
             client_id: f.client_id.clone(),
@@ -307,6 +312,17 @@ impl TokenStore for MemoryStore {
             return Ok(Redemption::Corrupt);
         }
         let (verdict, effect) = rules::redeem(&family.state, &req.redeem);
+        // The upstream's rotated refresh token, when this caller's check confirmed the family
+        // (its fencing token still the family's): the same test as the rules'.
+        let check = family.state.check;
+        let rotated_upstream = match (req.redeem.confirm, &req.new_upstream_token) {
+            (Some((fence, Checked::Confirmed)), Some(token))
+                if check.lease_until_ms.is_some() && check.fence == fence =>
+            {
+                Some(token.clone())
+            }
+            _ => None,
+        };
         let data = family.data.clone();
         let granted_scope = match &verdict {
             Verdict::Rotated { scope, .. }
@@ -320,6 +336,12 @@ impl TokenStore for MemoryStore {
             Effect::Update(next) => {
                 if let Some(f) = families.map.get_mut(req.family) {
                     f.state = next;
+                    if rotated_upstream.is_some() {
+                        f.upstream_token = rotated_upstream;
+                    }
+                    if matches!(verdict, Verdict::CheckDue { .. }) {
+                        upstream_token = f.upstream_token.clone();
+                    }
                 }
             }
             Effect::Delete => {

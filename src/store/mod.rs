@@ -27,7 +27,7 @@ pub use self::redis::RedisStore;
 pub use crate::config::store_url::{RedisUrl, StoreUrl, Topology};
 use crate::config::{ConfigError, StoreConfig};
 // The types the trait's signatures name, so that a caller or an implementation can name them.
-pub use crate::grant::rules::{Redeem, Verdict};
+pub use crate::grant::rules::{CheckPolicy, Checked, Redeem, Verdict};
 pub use crate::mint::refresh::{FamilyId, Seal, Sealed, Verifier};
 
 /// Why the store could not do what was asked.
@@ -156,6 +156,9 @@ pub struct RedeemRequest<'a> {
     pub family: &'a str,
     pub redeem: Redeem<'a>,
     pub opaque: Option<OpaqueCandidate>,
+    /// With a confirmation ([`Redeem::confirm`]): the upstream's new refresh token (sealed),
+    /// kept in place of the old one if the confirmation is the family's.
+    pub new_upstream_token: Option<Vec<u8>>,
 }
 
 /// The outcome of a redemption.
@@ -174,8 +177,9 @@ pub enum Redemption {
         family: FamilyData,
         /// Whether the opaque candidate was stored.
         opaque_stored: bool,
-        /// The family's kept upstream refresh token (sealed) when this redemption ended the
-        /// family (reuse), so the end can be told to the upstream; `None` otherwise.
+        /// The family's kept upstream refresh token (sealed) when the verdict needs it: reuse
+        /// ended the family (to tell the upstream), or a check is due (to redeem it there);
+        /// `None` otherwise.
         upstream_token: Option<Vec<u8>>,
     },
 }

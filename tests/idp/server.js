@@ -32,9 +32,10 @@
 //   POST /__test/grants/reset  zeroes those counters
 //   GET  /__test/refresh_tokens  [{"token","client_id","sub","sid"}, ...] of every refresh token the
 //                              IdP issued (opaque tokens: the value is the jti), oldest first
-//   POST /__test/fail          {"path","count","status"}: the next `count` requests to `path`
-//                              answer `status` (default 503) without reaching oidc-provider, as
-//                              an overloaded or failing IdP would
+//   POST /__test/fail          {"path","count","status","delay"}: the next `count` requests to
+//                              `path` wait `delay` ms (default 0), then answer `status` (default
+//                              503) without reaching oidc-provider, as an overloaded or failing
+//                              IdP would; status 0 passes them on after the delay (a slow IdP)
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
@@ -213,9 +214,14 @@ provider.use(async (ctx, next) => {
   const fail = failing.get(ctx.path);
   if (fail && fail.count > 0) {
     fail.count -= 1;
-    ctx.status = fail.status;
-    ctx.body = { error: 'temporarily_unavailable' };
-    return;
+    if (fail.delay > 0) {
+      await new Promise((resolve) => { setTimeout(resolve, fail.delay); });
+    }
+    if (fail.status > 0) {
+      ctx.status = fail.status;
+      ctx.body = { error: 'temporarily_unavailable' };
+      return;
+    }
   }
   if (ctx.path === '/__test/refresh_tokens' && ctx.method === 'GET') {
     ctx.set('cache-control', 'no-store');
@@ -225,8 +231,10 @@ provider.use(async (ctx, next) => {
   if (ctx.path === '/__test/fail' && ctx.method === 'POST') {
     const chunks = [];
     for await (const chunk of ctx.req) chunks.push(chunk);
-    const { path, count, status } = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-    failing.set(path, { count: Number(count), status: Number(status || 503) });
+    const { path, count, status, delay } = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    failing.set(path, {
+      count: Number(count), status: Number(status ?? 503), delay: Number(delay || 0),
+    });
     ctx.status = 204;
     return;
   }

@@ -22,6 +22,8 @@ struct Stack {
     idp: Idp,
     proxy: TestProxy,
     redis: Option<RedisServer>,
+    /// The proxy's config, to start another replica on the same store.
+    config: String,
 }
 
 /// The proxy's back-channel logout path in these tests.
@@ -36,6 +38,11 @@ impl Stack {
     /// [`LOGOUT_PATH`], and issues session-bound refresh tokens (without `offline_access`) as
     /// Keycloak does.
     async fn with(kind: Kind, www: &str, logout: bool) -> Stack {
+        Stack::full(kind, www, "", logout).await
+    }
+
+    /// With `upstream` added to the `[upstream]` table.
+    async fn full(kind: Kind, www: &str, upstream: &str, logout: bool) -> Stack {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -48,9 +55,9 @@ impl Stack {
         })
         .await;
         let upstream = if logout {
-            format!("backchannel_logout_path = \"{LOGOUT_PATH}\"\n")
+            format!("backchannel_logout_path = \"{LOGOUT_PATH}\"\n{upstream}\n")
         } else {
-            String::new()
+            format!("{upstream}\n")
         };
         let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
         let store = redis
@@ -67,7 +74,12 @@ impl Stack {
         );
         let proxy = TestProxy::start_on(listener, &text).await;
         proxy.wait_ready().await;
-        Stack { idp, proxy, redis }
+        Stack {
+            idp,
+            proxy,
+            redis,
+            config: text,
+        }
     }
 
     /// Logs `alice` in through the proxy: the proxy's answer, and the upstream refresh token
@@ -342,7 +354,210 @@ async fn replayed_and_forged_logout_tokens_are_refused(kind: Kind) {
     assert_eq!(status, 200, "no refused token ended a family: {body}");
 }
 
+async fn checks(s: &Stack, outcome: &str) -> u64 {
+    let series = format!("refresh_proxy_upstream_checks_total{{outcome=\"{outcome}\"}}");
+    s.proxy.metric(&series).await
+}
+
+/// docs/design.md §4.13: a grant revoked at the IdP directly (no logout token) is refused at
+/// the proxy at the next check, not before; until then no refresh reaches the IdP.
+async fn a_grant_revoked_at_the_idp_is_refused_at_the_next_check(kind: Kind) {
+    let s = Stack::start(kind, "upstream_check_interval = 2").await;
+    let (tokens, upstream) = s.login().await;
+    s.idp.reset_grant_counts().await;
+    assert_eq!(
+        idp::revoke(&s.idp.base_url, WWW_CLIENT_ID, WWW_CLIENT_SECRET, &upstream).await,
+        200
+    );
+    assert!(!s.idp.is_active(&upstream).await);
+    let (status, next) = s.refresh(rt(&tokens)).await;
+    assert_eq!(status, 200, "not before the check: {next}");
+    assert_eq!(
+        s.idp.grant_count("refresh_token").await,
+        0,
+        "answered by the proxy"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, err) = s.refresh(rt(&next)).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{err}"
+    );
+    assert_eq!(
+        s.idp.grant_count("refresh_token").await,
+        1,
+        "one check reached the IdP"
+    );
+    assert_eq!(checks(&s, "revoked").await, 1);
+    let (status, _) = s.refresh(rt(&next)).await;
+    assert_eq!(status, 400, "the family is gone");
+}
+
+/// A live session is confirmed by the IdP once per interval and the family goes on; the
+/// IdP's token stays the kept one (oidc-provider does not rotate a confidential client's).
+async fn a_live_session_is_confirmed_and_the_family_goes_on(kind: Kind) {
+    let s = Stack::start(kind, "upstream_check_interval = 1").await;
+    let (tokens, upstream) = s.login().await;
+    s.idp.reset_grant_counts().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut token = rt(&tokens).to_owned();
+    for _ in 0..5 {
+        let (status, next) = s.refresh(&token).await;
+        assert_eq!(status, 200, "{next}");
+        token = rt(&next).to_owned();
+    }
+    assert_eq!(
+        s.idp.grant_count("refresh_token").await,
+        1,
+        "one check per interval"
+    );
+    assert_eq!(checks(&s, "confirmed").await, 1);
+    assert!(s.idp.is_active(&upstream).await);
+}
+
+/// 200 racing refreshes with one token at a check boundary: exactly one upstream redemption
+/// (counted by the IdP), every answer 200 with the same successor.
+async fn racing_refreshes_at_a_check_make_one_upstream_call(kind: Kind) {
+    let s = Stack::start(kind, "upstream_check_interval = 1").await;
+    let (tokens, _) = s.login().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.idp.reset_grant_counts().await;
+    // The IdP takes half a second over the check: the other refreshes arrive meanwhile.
+    s.idp.fail_next_after("/token", 1, 0, 500).await;
+    let client = reqwest::Client::new();
+    let token = rt(&tokens).to_owned();
+    let mut racing = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (client, url, token) = (client.clone(), s.proxy.url.clone(), token.clone());
+        racing.spawn(async move {
+            let res = client
+                .post(format!("{url}/token"))
+                .basic_auth(WWW_CLIENT_ID, Some(WWW_CLIENT_SECRET))
+                .form(&[("grant_type", "refresh_token"), ("refresh_token", &token)])
+                .send()
+                .await
+                .expect("send");
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.expect("json");
+            (status, body)
+        });
+    }
+    let mut successors = std::collections::HashSet::new();
+    while let Some(done) = racing.join_next().await {
+        let (status, body) = done.expect("join");
+        assert_eq!(status, 200, "{body}");
+        successors.insert(rt(&body).to_owned());
+    }
+    assert_eq!(successors.len(), 1, "one successor");
+    assert_eq!(
+        s.idp.grant_count("refresh_token").await,
+        1,
+        "one upstream call"
+    );
+    assert_eq!(checks(&s, "confirmed").await, 1);
+    assert!(
+        s.proxy
+            .metric("refresh_proxy_upstream_check_waiters_total")
+            .await
+            > 0,
+        "the others waited for it"
+    );
+    let successor = successors.into_iter().next().expect("one");
+    let (status, _) = s.refresh(&successor).await;
+    assert_eq!(status, 200, "the family goes on");
+}
+
+/// The IdP down at a check: `serve` answers from the store within upstream_unreachable_max;
+/// `fail` answers 503.
+async fn an_idp_down_at_a_check_is_served_or_refused_as_configured(kind: Kind) {
+    let mut s = Stack::start(
+        kind,
+        "upstream_check_interval = 1\nupstream_unreachable = \"serve\"\nupstream_unreachable_max = 60",
+    )
+    .await;
+    let (tokens, _) = s.login().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.idp.kill().await;
+    let (status, next) = s.refresh(rt(&tokens)).await;
+    assert_eq!(status, 200, "served: {next}");
+    assert_eq!(checks(&s, "failed").await, 1);
+    let (status, _) = s.refresh(rt(&next)).await;
+    assert_eq!(status, 200, "still served, without asking again at once");
+    assert_eq!(checks(&s, "failed").await, 1);
+
+    let s = Stack::start(
+        kind,
+        "upstream_check_interval = 1\nupstream_unreachable = \"fail\"",
+    )
+    .await;
+    let (tokens, _) = s.login().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.idp.fail_next("/token", 1, 503).await;
+    let (status, err) = s.refresh(rt(&tokens)).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "{err}"
+    );
+    assert_eq!(checks(&s, "refused").await, 1);
+}
+
+/// A redemption that dies while its check is at the IdP (the client gave up; on Redis, the
+/// whole proxy process is killed with SIGKILL): the client's retry, at the same proxy or at
+/// another replica, waits out the lease, checks again and goes on; the family is intact.
+async fn a_redemption_dying_mid_check_leaves_the_family_intact(kind: Kind) {
+    // The lease is connect_timeout + request_timeout + 3 s = 2 + 3 + 3 = 8 s.
+    let s = Stack::full(
+        kind,
+        "upstream_check_interval = 1",
+        "request_timeout = 3",
+        false,
+    )
+    .await;
+    let (tokens, upstream) = s.login().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The IdP takes 2.5 s over the first check (then answers it: within request_timeout).
+    s.idp.fail_next_after("/token", 1, 0, 2500).await;
+    let token = rt(&tokens).to_owned();
+    let killed = match kind {
+        Kind::Memory => None,
+        Kind::Redis => {
+            let replica = crate::support::proxy::ProxyProcess::spawn(&s.config);
+            replica.wait_ready().await;
+            Some(replica)
+        }
+    };
+    let first_url = killed
+        .as_ref()
+        .map_or(s.proxy.url.clone(), |p| p.url.clone());
+    let gave_up = reqwest::Client::builder()
+        .timeout(Duration::from_millis(800))
+        .build()
+        .expect("client")
+        .post(format!("{first_url}/token"))
+        .basic_auth(WWW_CLIENT_ID, Some(WWW_CLIENT_SECRET))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", &token)])
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the first attempt is cut off mid-check");
+    if let Some(mut replica) = killed {
+        replica.signal("KILL");
+        assert!(replica.wait_exit(Duration::from_secs(5)).await.is_some());
+    }
+    let (status, next) = s.refresh(&token).await;
+    assert_eq!(status, 200, "the retry goes on: {next}");
+    let (status, body) = s.refresh(rt(&next)).await;
+    assert_eq!(status, 200, "the family is intact: {body}");
+    assert!(s.idp.is_active(&upstream).await);
+}
+
 crate::both_stores!(multi_thread:
+    a_redemption_dying_mid_check_leaves_the_family_intact,
+    a_grant_revoked_at_the_idp_is_refused_at_the_next_check,
+    a_live_session_is_confirmed_and_the_family_goes_on,
+    racing_refreshes_at_a_check_make_one_upstream_call,
+    an_idp_down_at_a_check_is_served_or_refused_as_configured,
     a_logout_at_the_idp_ends_the_sessions_family_at_once,
     a_logout_spares_offline_access_families,
     replayed_and_forged_logout_tokens_are_refused,

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use refresh_proxy::config::StoreConfig;
 use refresh_proxy::store::{
-    Ended, FamilyId, Index, MemoryStore, NewFamily, OpaqueCandidate, Redeem, RedeemRequest,
-    Redemption, RedisStore, Revoke, Seal, Selection, TokenFormat, TokenStore, Verdict, Verifier,
+    CheckPolicy, Checked, Ended, FamilyId, Index, MemoryStore, NewFamily, OpaqueCandidate, Redeem,
+    RedeemRequest, Redemption, RedisStore, Revoke, Seal, Selection, TokenFormat, TokenStore,
+    Verdict, Verifier,
 };
 
 const MIN: i64 = 60_000;
@@ -91,6 +92,8 @@ fn redeem(generation: u64, now_ms: i64) -> Redeem<'static> {
         grace_ms: 30_000,
         idle_ttl_ms: DAY,
         reuse_refresh_tokens: false,
+        check: None,
+        confirm: None,
     }
 }
 
@@ -100,6 +103,7 @@ async fn go<S: TokenStore>(store: &S, f: &NewFamily, r: Redeem<'_>) -> Redemptio
             family: f.id.as_str(),
             redeem: r,
             opaque: None,
+            new_upstream_token: None,
         })
         .await
         .expect("store answers")
@@ -461,6 +465,7 @@ async fn opaque_access_tokens_are_stored_with_the_family<S: TokenStore>(store: S
             family: f.id.as_str(),
             redeem: r,
             opaque: Some(candidate("d1", t0)),
+            new_upstream_token: None,
         })
         .await
         .expect("redeem");
@@ -511,6 +516,7 @@ async fn opaque_access_tokens_are_stored_with_the_family<S: TokenStore>(store: S
             family: f.id.as_str(),
             redeem: r,
             opaque: Some(candidate("d2", t0)),
+            new_upstream_token: None,
         })
         .await
         .expect("redeem");
@@ -549,6 +555,7 @@ async fn opaque_access_tokens_are_stored_with_the_family<S: TokenStore>(store: S
             family: j.id.as_str(),
             redeem: redeem(0, t0),
             opaque: Some(candidate("d3", t0)),
+            new_upstream_token: None,
         })
         .await
         .expect("redeem");
@@ -598,6 +605,7 @@ async fn revocation_is_by_owner_and_ends_the_family<S: TokenStore>(store: S) {
             family: f.id.as_str(),
             redeem: redeem(0, t0),
             opaque: Some(at),
+            new_upstream_token: None,
         })
         .await
         .expect("redeem");
@@ -844,6 +852,190 @@ async fn a_revocation_racing_refreshes_always_wins<S: TokenStore + Clone>(store:
     }
 }
 
+/// The upstream session check of these cases: due 1 s after the last confirmation, a lease of
+/// 5 s, served for 2 s past the interval after a failure.
+const CHECK: CheckPolicy = CheckPolicy {
+    interval_ms: 1000,
+    lease_ms: 5000,
+    serve_ms: 2000,
+};
+
+/// A redemption with the check on, and optionally a check's outcome under `fence`.
+async fn checked<S: TokenStore>(
+    store: &S,
+    f: &NewFamily,
+    generation: u64,
+    now_ms: i64,
+    confirm: Option<(u64, Checked)>,
+    new_token: Option<&[u8]>,
+) -> Redemption {
+    store
+        .redeem(&RedeemRequest {
+            family: f.id.as_str(),
+            redeem: Redeem {
+                check: Some(CHECK),
+                confirm,
+                ..redeem(generation, now_ms)
+            },
+            opaque: None,
+            new_upstream_token: new_token.map(<[u8]>::to_vec),
+        })
+        .await
+        .expect("store answers")
+}
+
+fn kept_of(r: &Redemption) -> Option<&[u8]> {
+    match r {
+        Redemption::Decided { upstream_token, .. } => upstream_token.as_deref(),
+        _ => None,
+    }
+}
+
+/// docs/design.md §4.13: once the interval has passed, one redemption gets the check (with the
+/// kept token and a fencing token) and the others wait; its outcome under that fencing token
+/// confirms the family (keeping the upstream's rotated token) in the same step as the rotation.
+async fn a_due_check_goes_to_one_redemption_and_its_outcome_rotates<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Jwt);
+    store.create_family(&f).await.expect("create");
+    let v = verdict(checked(&store, &f, 0, t0 + 500, None, None).await);
+    assert!(
+        matches!(v, Verdict::Rotated { generation: 1, .. }),
+        "not due yet: {v:?}"
+    );
+    let due = checked(&store, &f, 1, t0 + 1500, None, None).await;
+    assert_eq!(
+        kept_of(&due),
+        Some(KEPT),
+        "the kept token, to redeem at the upstream"
+    );
+    assert_eq!(verdict(due), Verdict::CheckDue { fence: 1 });
+    for at in [t0 + 1600, t0 + 6499] {
+        assert_eq!(
+            verdict(checked(&store, &f, 1, at, None, None).await),
+            Verdict::CheckInFlight {
+                until_ms: t0 + 6500
+            },
+            "the others wait for the lease holder"
+        );
+    }
+    // A wrong fencing token is not the family's outcome.
+    assert_eq!(
+        verdict(
+            checked(
+                &store,
+                &f,
+                1,
+                t0 + 1700,
+                Some((7, Checked::Confirmed)),
+                None
+            )
+            .await
+        ),
+        Verdict::CheckInFlight {
+            until_ms: t0 + 6500
+        }
+    );
+    let confirmed = checked(
+        &store,
+        &f,
+        1,
+        t0 + 1800,
+        Some((1, Checked::Confirmed)),
+        Some(b"rotated-upstream"),
+    )
+    .await;
+    assert!(
+        matches!(verdict(confirmed), Verdict::Rotated { generation: 2, .. }),
+        "confirmed and rotated in one step"
+    );
+    // Confirmed at +1800: not due again before +2800; then with the upstream's new token.
+    let v = verdict(checked(&store, &f, 2, t0 + 2700, None, None).await);
+    assert!(matches!(v, Verdict::Rotated { generation: 3, .. }), "{v:?}");
+    let due = checked(&store, &f, 3, t0 + 2800, None, None).await;
+    assert_eq!(kept_of(&due), Some(&b"rotated-upstream"[..]));
+    assert_eq!(verdict(due), Verdict::CheckDue { fence: 2 });
+    // A lease that ran out (its holder died) goes to the next redemption, with a new fence;
+    // the old holder's outcome is then stale and ignored.
+    assert_eq!(
+        verdict(checked(&store, &f, 3, t0 + 7800, None, None).await),
+        Verdict::CheckDue { fence: 3 }
+    );
+    assert_eq!(
+        verdict(checked(&store, &f, 3, t0 + 7801, Some((2, Checked::Revoked)), None).await),
+        Verdict::CheckInFlight {
+            until_ms: t0 + 12_800
+        },
+        "a stale holder cannot revoke"
+    );
+    // A retry of the previous token within grace is answered as before, check or not.
+    assert!(matches!(
+        verdict(checked(&store, &f, 2, t0 + 7802, None, None).await),
+        Verdict::Grace { generation: 3, .. }
+    ));
+}
+
+async fn a_failed_check_is_served_for_a_while_then_refused<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Jwt);
+    store.create_family(&f).await.expect("create");
+    assert_eq!(
+        verdict(checked(&store, &f, 0, t0 + 1000, None, None).await),
+        Verdict::CheckDue { fence: 1 }
+    );
+    // Failed at +1100: served (within interval + 2 s of the last confirmation at t0), and
+    // not asked again before the lease time (5 s) has passed.
+    let v = verdict(checked(&store, &f, 0, t0 + 1100, Some((1, Checked::Failed)), None).await);
+    assert!(
+        matches!(v, Verdict::Rotated { generation: 1, .. }),
+        "served: {v:?}"
+    );
+    let v = verdict(checked(&store, &f, 1, t0 + 2900, None, None).await);
+    assert!(
+        matches!(v, Verdict::Rotated { generation: 2, .. }),
+        "served: {v:?}"
+    );
+    assert_eq!(
+        verdict(checked(&store, &f, 2, t0 + 3000, None, None).await),
+        Verdict::CheckFailed,
+        "past interval + serve"
+    );
+    // After the lease time, a new check.
+    assert_eq!(
+        verdict(checked(&store, &f, 2, t0 + 6100, None, None).await),
+        Verdict::CheckDue { fence: 2 }
+    );
+}
+
+async fn an_upstream_invalid_grant_revokes_the_family<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Jwt);
+    store.create_family(&f).await.expect("create");
+    assert_eq!(
+        verdict(checked(&store, &f, 0, t0 + 1000, None, None).await),
+        Verdict::CheckDue { fence: 1 }
+    );
+    assert_eq!(
+        verdict(checked(&store, &f, 0, t0 + 1100, Some((1, Checked::Revoked)), None).await),
+        Verdict::CheckRevoked
+    );
+    assert_eq!(
+        go(&store, &f, redeem(0, t0 + 1200)).await,
+        Redemption::Unknown
+    );
+}
+
+async fn a_family_without_a_kept_token_is_never_checked<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = NewFamily {
+        upstream_token: None,
+        ..family(t0, TokenFormat::Jwt)
+    };
+    store.create_family(&f).await.expect("create");
+    let v = verdict(checked(&store, &f, 0, t0 + 10 * MIN, None, None).await);
+    assert!(matches!(v, Verdict::Rotated { generation: 1, .. }), "{v:?}");
+}
+
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
         /// Every case in turn, each on a store from `open(case name)` (e.g. its own key
@@ -903,6 +1095,10 @@ contract!(
     introspection_sees_only_the_live_generation,
     revocation_by_subject_and_by_client,
     revocation_by_session_spares_what_it_is_told_to,
+    a_due_check_goes_to_one_redemption_and_its_outcome_rotates,
+    a_failed_check_is_served_for_a_while_then_refused,
+    an_upstream_invalid_grant_revokes_the_family,
+    a_family_without_a_kept_token_is_never_checked,
     many_families_at_once,
     a_revocation_racing_refreshes_always_wins,
 );
@@ -933,6 +1129,7 @@ async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
                 issued_ms: t0,
                 expires_ms: t0 + MIN,
             }),
+            new_upstream_token: None,
         })
         .await
         .expect("redeem");

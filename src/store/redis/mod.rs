@@ -35,10 +35,11 @@ use super::{
     RefreshTokenInfo, Revoke, Selection, StoreError, TokenFormat, TokenStore,
 };
 use crate::config::{ConfigError, StoreConfig};
-use crate::grant::rules::Verdict;
+use crate::grant::rules::{Checked, Verdict};
 use crate::mint::refresh::{DIGEST_BYTES, MAX_KEYS, Seal, Verifier};
 
-/// Opens a family (`u`: the kept upstream refresh token, sealed, when there is one). Fields at
+/// Opens a family (`u`: the kept upstream refresh token, sealed, when there is one, and `k`:
+/// when the upstream last confirmed it, at first its capture). Fields at
 /// their default are left out (`n` 0, `f` jwt, empty `a`, `d`,
 /// `t`; `sc` is written only once it differs from `g`): a family hash is small enough that a
 /// few bytes move it to a smaller allocation (200 bytes instead of 232 for a typical family).
@@ -52,7 +53,7 @@ if ARGV[4] ~= 'jwt' then redis.call('HSET', KEYS[1], 'f', ARGV[4]) end
 for i, field in ipairs({'a', 'd', 't'}) do
   if ARGV[4 + i] ~= '' then redis.call('HSET', KEYS[1], field, ARGV[4 + i]) end
 end
-if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'u', ARGV[13]) end
+if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'u', ARGV[13], 'k', ARGV[8]) end
 redis.call('PEXPIREAT', KEYS[1], math.min(tonumber(ARGV[9]), tonumber(ARGV[10])))
 return 1
 ";
@@ -396,6 +397,14 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
             scope,
             key: if key.is_empty() { 0 } else { num(&text(key)?)? },
         },
+        "check_due" => Verdict::CheckDue {
+            fence: num(&generation)?,
+        },
+        "check_in_flight" => Verdict::CheckInFlight {
+            until_ms: num(&generation)?,
+        },
+        "check_failed" => Verdict::CheckFailed,
+        "check_revoked" => Verdict::CheckRevoked,
         "reuse" => Verdict::ReuseDetected {
             presented: num(&generation)?,
             current: num(&text(current)?)?,
@@ -503,7 +512,7 @@ impl TokenStore for RedisStore {
                     hset.arg("t").arg(t);
                 }
                 if let Some(u) = &f.upstream_token {
-                    hset.arg("u").arg(u.as_slice());
+                    hset.arg("u").arg(u.as_slice()).arg("k").arg(f.created_ms);
                 }
                 hset.ignore();
                 pipe.cmd("PEXPIREAT")
@@ -708,6 +717,20 @@ impl TokenStore for RedisStore {
                             .arg(successors)
                             .arg(&ahead_generation)
                             .arg(&ahead_verifier);
+                        // The upstream session check (docs/design.md §4.13).
+                        match &r.check {
+                            Some(c) => cmd.arg(c.interval_ms).arg(c.lease_ms).arg(c.serve_ms),
+                            None => cmd.arg("0").arg("0").arg("0"),
+                        };
+                        match &r.confirm {
+                            Some((fence, checked)) => cmd.arg(*fence).arg(match checked {
+                                Checked::Confirmed => "ok",
+                                Checked::Failed => "fail",
+                                Checked::Revoked => "revoke",
+                            }),
+                            None => cmd.arg("").arg(""),
+                        };
+                        cmd.arg(req.new_upstream_token.as_deref().unwrap_or_default());
                     }),
             )
             .await?;

@@ -9,15 +9,22 @@
 --          9 access token issued (ms), 10 access token expires (ms; '0' = no candidate),
 --          11 presented token's verifier, 12 its successor's verifiers, one per
 --          refresh-token key (12 bytes each, the current key's first),
---          13 'ahead of' generation ('' = none), 14 'ahead of' verifier
+--          13 'ahead of' generation ('' = none), 14 'ahead of' verifier,
+--          15 upstream check interval (ms; '0' = never), 16 its lease (ms), 17 how long past
+--          the interval a failed check is served (ms), 18 the fencing token of this caller's
+--          check ('' = none), 19 its outcome ('ok' | 'fail' | 'revoke'), 20 the upstream's new
+--          refresh token, sealed ('' = unchanged)
 -- Returns  {'unknown'}, {'corrupt'} or
 --          {verdict, generation, scope, client, subject, format, at claims, id claims,
 --           auth time, opaque stored ('0'|'1'), current generation, granted scope,
 --           absolute deadline, seal, verifier ('ahead' only), successor key index
---           ('grace' only), the kept upstream refresh token ('reuse' only)}
+--           ('grace' only), the kept upstream refresh token ('reuse' and 'check_due' only)}
+--          'check_due' carries its fencing token and 'check_in_flight' the lease's end in the
+--          generation field.
 local function int(x) return string.format('%.0f', x) end
 
-local f = redis.call('HMGET', KEYS[1], 'c', 's', 'g', 'sc', 'n', 'r', 'i', 'e', 'f', 'a', 'd', 't', 'v')
+local f = redis.call('HMGET', KEYS[1], 'c', 's', 'g', 'sc', 'n', 'r', 'i', 'e', 'f', 'a', 'd', 't', 'v',
+  'u', 'k', 'lf', 'lu', 'cf')
 if not f[1] then return {'unknown'} end
 -- Fields at their default are left out ('sc' until it differs from 'g'): see CREATE in mod.rs.
 local client, subject, granted, scope = f[1], f[2], f[3], f[4] or f[3]
@@ -30,19 +37,44 @@ local v, seal = string.sub(f[13] or '', 1, 12), string.sub(f[13] or '', 13)
 -- reported, not guessed at.
 if not (subject and granted and n and rotated and idle and expires) then return {'corrupt'} end
 local g, now = tonumber(ARGV[1]), tonumber(ARGV[5])
+-- The upstream session check (docs/design.md §4.13): the kept token, when the upstream last
+-- confirmed the family, the last fencing token, the lease's end, the last failure.
+local kept, confirmed = f[14], tonumber(f[15] or f[6])
+local fence, lease = tonumber(f[16] or '0'), tonumber(f[17] or '')
+local failed = tonumber(f[18] or '')
 
-local key, kept = 0, ''
+local key, out_token = 0, ''
 local function reply(verdict, gen, sc, stored)
   return {verdict, int(gen), sc, client, subject, fmt, atc, idc, auth, stored, int(n),
     granted, int(expires), seal,
     -- Only the verdicts that use them carry the verifier and the key index (fewer reply
     -- allocations on the common path).
-    verdict == 'ahead' and v or '', verdict == 'grace' and int(key) or '', kept}
+    verdict == 'ahead' and v or '', verdict == 'grace' and int(key) or '', out_token}
 end
 
 if now >= expires or now >= idle then
   redis.call('DEL', KEYS[1])
   return reply('expired', 0, '', '0')
+end
+-- The outcome of this caller's upstream check, if its lease is still the family's.
+if ARGV[18] ~= '' and lease and fence == tonumber(ARGV[18]) then
+  lease = nil
+  redis.call('HDEL', KEYS[1], 'lu')
+  if ARGV[19] == 'ok' then
+    confirmed, failed = now, nil
+    redis.call('HSET', KEYS[1], 'k', int(now))
+    redis.call('HDEL', KEYS[1], 'cf')
+    if ARGV[20] ~= '' then
+      kept = ARGV[20]
+      redis.call('HSET', KEYS[1], 'u', kept)
+    end
+  elseif ARGV[19] == 'fail' then
+    failed = now
+    redis.call('HSET', KEYS[1], 'cf', int(now))
+  else
+    redis.call('DEL', KEYS[1])
+    return reply('check_revoked', 0, '', '0')
+  end
 end
 -- The previous token again, within the grace period of its first use.
 local grace = g < n and g + 1 == n and tonumber(ARGV[6]) > 0 and now - rotated <= tonumber(ARGV[6])
@@ -50,7 +82,7 @@ if g < n and not grace then
   -- RFC 9700 §4.14.2: a rotated-out token was presented again; revoke the family. Before
   -- every other check: a bad scope or client must not let it probe the family. The kept
   -- upstream token goes back, so the end can be told to the upstream.
-  kept = redis.call('HGET', KEYS[1], 'u') or ''
+  out_token = kept or ''
   redis.call('DEL', KEYS[1])
   return reply('reuse', g, '', '0')
 end
@@ -82,6 +114,25 @@ if ARGV[3] == '1' then
     if not seen[t] then seen[t] = true; out[#out + 1] = t end
   end
   effective = table.concat(out, ' ')
+end
+
+-- docs/design.md §4.13: the upstream confirms the session first, once per interval.
+local interval = tonumber(ARGV[15])
+if not grace and interval > 0 and kept and now - confirmed >= interval then
+  local lease_ms = tonumber(ARGV[16])
+  if failed and now - failed < lease_ms then
+    if now - confirmed >= interval + tonumber(ARGV[17]) then
+      return reply('check_failed', 0, '', '0')
+    end
+    -- Served from the store, within upstream_unreachable_max.
+  elseif lease and lease > now then
+    return reply('check_in_flight', lease, '', '0')
+  else
+    fence = fence + 1
+    redis.call('HSET', KEYS[1], 'lf', int(fence), 'lu', int(now + lease_ms))
+    out_token = kept
+    return reply('check_due', fence, '', '0')
+  end
 end
 
 local new_idle = math.min(now + tonumber(ARGV[7]), expires)

@@ -297,10 +297,18 @@ impl Idp {
 
     /// The next `count` requests to `path` answer `status` without reaching oidc-provider.
     pub async fn fail_next(&self, path: &str, count: u32, status: u16) {
+        self.fail_next_after(path, count, status, 0).await;
+    }
+
+    /// The next `count` requests to `path` wait `delay_ms`, then answer `status` (0: they go on
+    /// to oidc-provider, late).
+    pub async fn fail_next_after(&self, path: &str, count: u32, status: u16, delay_ms: u64) {
         let url = self.url("/__test/fail");
         let resp = http_client()
             .post(&url)
-            .json(&serde_json::json!({"path": path, "count": count, "status": status}))
+            .json(&serde_json::json!({
+                "path": path, "count": count, "status": status, "delay": delay_ms
+            }))
             .send()
             .await
             .unwrap_or_else(|e| panic!("POST {url}: {e}"));
