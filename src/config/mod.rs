@@ -370,6 +370,9 @@ pub enum AccessTokenFormat {
     Auto,
     Jwt,
     Opaque,
+    /// The upstream's own access tokens: every refresh is redeemed at the upstream
+    /// (docs/design.md §4.14), with the proxy's rotation, reuse detection and grace window.
+    Upstream,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -1176,6 +1179,16 @@ fn validate_client(id: &str, client: &ClientConfig) -> Result<(), ConfigError> {
                 "must be an absolute http:// or https:// URL",
             ));
         }
+    }
+    if client.access_token_format == Some(AccessTokenFormat::Upstream)
+        && client.secret.is_none()
+        && client.secret_sha256.is_some()
+    {
+        return Err(ConfigError::invalid(
+            key("access_token_format"),
+            "\"upstream\" redeems every refresh at the upstream as the client: it needs the \
+             client's secret (secret or secret_file), not only its digest",
+        ));
     }
     let confidential = client.secret.is_some() || client.secret_sha256.is_some();
     match client.token_endpoint_auth_method {

@@ -32,8 +32,11 @@ impl Engine {
         }
         let format = match policy.access_token_format {
             AccessTokenFormat::Opaque => TokenFormat::Opaque,
-            // With no upstream token to go by, `auto` means JWT.
-            AccessTokenFormat::Jwt | AccessTokenFormat::Auto => TokenFormat::Jwt,
+            // With no upstream token to go by, `auto` means JWT; and with none kept, the
+            // upstream cannot answer for the family (`upstream`).
+            AccessTokenFormat::Jwt | AccessTokenFormat::Auto | AccessTokenFormat::Upstream => {
+                TokenFormat::Jwt
+            }
         };
         let now = (self.clock)();
         let expires_at_ms = now.saturating_add(secs_to_ms(policy.refresh_token_max_lifetime));
@@ -86,6 +89,7 @@ impl Engine {
             AccessTokenFormat::Opaque => TokenFormat::Opaque,
             AccessTokenFormat::Auto if identity.upstream_jwt => TokenFormat::Jwt,
             AccessTokenFormat::Auto => TokenFormat::Opaque,
+            AccessTokenFormat::Upstream => TokenFormat::Upstream,
         };
         let now = (self.clock)();
         let expires_at_ms = now.saturating_add(secs_to_ms(policy.refresh_token_max_lifetime));

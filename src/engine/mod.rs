@@ -114,12 +114,50 @@ const MAX_CHECKS_PER_REFRESH: u32 = 2;
 /// default timeouts (2 s to connect, 30 s for the answer).
 pub const DEFAULT_CHECK_LEASE: std::time::Duration = std::time::Duration::from_secs(35);
 
+/// The tokens of an upstream answer that `access_token_format = "upstream"` gives the client.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpstreamTokens {
+    pub access_token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for UpstreamTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let UpstreamTokens {
+            access_token: _,
+            expires_in,
+            id_token,
+            scope,
+        } = self;
+        f.debug_struct("UpstreamTokens")
+            .field("expires_in", expires_in)
+            .field("id_token", &id_token.as_ref().map(|_| "<redacted>"))
+            .field("scope", scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The associated data an `upstream`-format family's kept answer is sealed with: not the
+/// family id alone, so a sealed answer never opens as the kept refresh token, or back.
+fn answer_aad(family: &str) -> String {
+    format!("{family}#answer")
+}
+
 /// What the upstream said to a redemption of a family's kept refresh token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamAnswer {
     /// Redeemed: the session is live. `refresh_token`: the one the upstream answered with
-    /// (the same as the kept one, or a rotated one), if any.
-    Valid { refresh_token: Option<KeptToken> },
+    /// (the same as the kept one, or a rotated one), if any; `tokens`: its access token and
+    /// the rest, for `access_token_format = "upstream"`.
+    Valid {
+        refresh_token: Option<KeptToken>,
+        tokens: Option<UpstreamTokens>,
+    },
     /// `invalid_grant`: the session is over (logged out, revoked, the user disabled).
     InvalidGrant,
     /// No usable answer (unreachable, a timeout, 5xx, another error): why, for the log.
@@ -129,10 +167,12 @@ pub enum UpstreamAnswer {
 /// How the engine redeems a kept upstream refresh token at the upstream: the layer's over its
 /// inner service; never for the engine to do itself (it does no HTTP).
 pub trait UpstreamRefresh: Send {
+    /// Redeems `token` as `client`, asking for `scope` when the client's request named one.
     fn refresh(
         &mut self,
         client: &Client,
         token: &KeptToken,
+        scope: Option<&str>,
     ) -> impl std::future::Future<Output = UpstreamAnswer> + Send;
 }
 
@@ -142,7 +182,7 @@ pub trait UpstreamRefresh: Send {
 pub struct NoUpstream;
 
 impl UpstreamRefresh for NoUpstream {
-    async fn refresh(&mut self, _: &Client, _: &KeptToken) -> UpstreamAnswer {
+    async fn refresh(&mut self, _: &Client, _: &KeptToken, _: Option<&str>) -> UpstreamAnswer {
         UpstreamAnswer::Unavailable("no upstream to check with")
     }
 }

@@ -49,7 +49,11 @@ impl Engine {
         };
 
         let now = (self.clock)();
-        let candidate = (policy.access_token_format != AccessTokenFormat::Jwt).then(|| {
+        let candidate = matches!(
+            policy.access_token_format,
+            AccessTokenFormat::Opaque | AccessTokenFormat::Auto
+        )
+        .then(|| {
             opaque::mint(&FamilyId::parse(token.family).expect("a parsed token has a family id"))
         });
         let at_ttl_ms = secs_to_ms(self.access_token_ttl);
@@ -78,6 +82,7 @@ impl Engine {
                 expires_ms: now.saturating_add(at_ttl_ms),
             }),
             new_upstream_token: None,
+            upstream_answer: None,
         };
         let mut redemption = self.redeem_once(&request).await?;
         if let Redemption::Decided {
@@ -95,11 +100,11 @@ impl Engine {
                 *verdict = Verdict::Unverified;
             }
         }
-        let redemption = self
+        let (redemption, fresh) = self
             .upstream_check(&keys, client, &mut request, redemption, upstream)
             .await?;
         let now = request.redeem.now_ms;
-        let (verdict, family, opaque_stored) = match redemption {
+        let (verdict, family, opaque_stored, kept_answer) = match redemption {
             Redemption::Unknown => return Err(GrantError::InvalidGrant("unknown family")),
             Redemption::Corrupt => {
                 return Err(self.record_refused(
@@ -115,17 +120,20 @@ impl Engine {
                 opaque_stored,
                 upstream_token,
             } => {
-                if let Some(sealed) = upstream_token {
-                    self.ended(
+                let mut kept_answer = None;
+                match (&verdict, upstream_token) {
+                    (Verdict::ReuseDetected { .. }, Some(sealed)) => self.ended(
                         Ended {
                             family: token.family.to_owned(),
                             client_id: family.client_id.clone(),
                             upstream_token: Some(sealed),
                         },
                         EndReason::ReuseDetected,
-                    );
+                    ),
+                    (Verdict::Grace { .. }, Some(sealed)) => kept_answer = Some(sealed),
+                    _ => {}
                 }
-                (verdict, family, opaque_stored)
+                (verdict, family, opaque_stored, kept_answer)
             }
         };
         let (refresh_token, scope) = match verdict {
@@ -233,6 +241,29 @@ impl Engine {
                 tracing::warn!(family = token.family, error = %e, "could not re-seal the family with the current key");
             }
         }
+        if family.format == TokenFormat::Upstream {
+            // docs/design.md §4.14: the upstream's own tokens, as it answered this refresh (or,
+            // for a retry within the grace window, as it answered the first).
+            let tokens = match kept_answer {
+                Some(sealed) => keys
+                    .kept
+                    .open(&answer_aad(token.family), &sealed)
+                    .and_then(|t| serde_json::from_str::<UpstreamTokens>(t.expose()).ok()),
+                None => fresh,
+            };
+            if let Some(tokens) = tokens {
+                return Ok(Some(TokenResponse {
+                    access_token: tokens.access_token,
+                    refresh_token,
+                    scope: tokens.scope.unwrap_or(scope),
+                    token_type: "bearer",
+                    expires_in: tokens.expires_in.unwrap_or(self.access_token_ttl),
+                    id_token: tokens.id_token,
+                }));
+            }
+            // No upstream answer to give (the client's access_token_format changed since the
+            // family was captured): minted by the proxy, as `jwt`.
+        }
         let access_token = match (family.format, opaque_stored, candidate) {
             (TokenFormat::Opaque, true, Some(c)) => c.token,
             _ => self.mint_jwt(&keys, token.family, &family, &scope, issuer, now),
@@ -254,7 +285,17 @@ impl Engine {
     /// cannot authenticate as the client at the upstream).
     fn check_policy(&self, client: &Client) -> Option<CheckPolicy> {
         let p = &client.policy;
-        (p.upstream_check_interval > 0 && client.upstream_auth.is_some()).then(|| CheckPolicy {
+        // Without credentials at the upstream there is no asking it.
+        client.upstream_auth.as_ref()?;
+        if p.access_token_format == AccessTokenFormat::Upstream {
+            // docs/design.md §4.14: every refresh is the upstream's; nothing to serve without it.
+            return Some(CheckPolicy {
+                interval_ms: 0,
+                lease_ms: self.check_lease_ms,
+                serve_ms: 0,
+            });
+        }
+        (p.upstream_check_interval > 0).then(|| CheckPolicy {
             interval_ms: secs_to_ms(p.upstream_check_interval),
             lease_ms: self.check_lease_ms,
             serve_ms: match p.upstream_unreachable {
@@ -275,7 +316,8 @@ impl Engine {
         request: &mut RedeemRequest<'_>,
         mut redemption: Redemption,
         upstream: &mut impl UpstreamRefresh,
-    ) -> Result<Redemption, GrantError> {
+    ) -> Result<(Redemption, Option<UpstreamTokens>), GrantError> {
+        let mut fresh = None;
         let deadline = std::time::Instant::now()
             + std::time::Duration::from_millis(self.check_lease_ms.max(0) as u64)
             + CHECK_WAIT_MARGIN;
@@ -286,10 +328,11 @@ impl Engine {
             let Redemption::Decided {
                 verdict,
                 upstream_token,
+                family,
                 ..
             } = &redemption
             else {
-                return Ok(redemption);
+                return Ok((redemption, fresh));
             };
             match *verdict {
                 Verdict::CheckDue { fence } if checks < MAX_CHECKS_PER_REFRESH => {
@@ -298,16 +341,37 @@ impl Engine {
                         .as_deref()
                         .and_then(|sealed| keys.kept.open(request.family, sealed));
                     let answer = match &kept {
-                        Some(kept) => upstream.refresh(client, kept).await,
+                        Some(kept) => upstream.refresh(client, kept, request.redeem.scope).await,
                         None => UpstreamAnswer::Unavailable(
                             "the kept upstream refresh token opens with no key",
                         ),
                     };
+                    // An `upstream`-format family needs the upstream's access token to answer.
+                    let answer = match answer {
+                        UpstreamAnswer::Valid { tokens: None, .. }
+                            if family.format == TokenFormat::Upstream =>
+                        {
+                            UpstreamAnswer::Unavailable(
+                                "the upstream's answer has no bearer access token",
+                            )
+                        }
+                        answer => answer,
+                    };
                     let (checked, outcome) = match answer {
-                        UpstreamAnswer::Valid { refresh_token } => {
+                        UpstreamAnswer::Valid {
+                            refresh_token,
+                            tokens,
+                        } => {
                             let rotated = refresh_token.filter(|t| Some(t) != kept.as_ref());
                             request.new_upstream_token =
                                 rotated.map(|t| keys.kept.seal(request.family, &t));
+                            // Kept (sealed) for retries within the grace window.
+                            request.upstream_answer = tokens.as_ref().map(|t| {
+                                let json = serde_json::to_string(t).expect("tokens serialise");
+                                keys.kept
+                                    .seal(&answer_aad(request.family), &KeptToken::new(json))
+                            });
+                            fresh = tokens;
                             let outcome = if request.new_upstream_token.is_some() {
                                 UpstreamCheck::Rotated
                             } else {
@@ -336,7 +400,7 @@ impl Engine {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(CHECK_WAIT_MAX_PAUSE);
                 }
-                _ => return Ok(redemption),
+                _ => return Ok((redemption, fresh)),
             }
             // Again, with the outcome (or after the wait), at the time of now.
             let now = (self.clock)();
@@ -348,6 +412,7 @@ impl Engine {
             redemption = self.redeem_once(request).await?;
             request.redeem.confirm = None;
             request.new_upstream_token = None;
+            request.upstream_answer = None;
         }
     }
 

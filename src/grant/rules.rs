@@ -176,6 +176,7 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
     // later lease's holder decides otherwise: the fencing token is stale).
     let mut current = state.clone();
     let mut changed = false;
+    let mut confirmed_now = false;
     if let Some((fence, checked)) = r.confirm
         && state.check.lease_until_ms.is_some()
         && state.check.fence == fence
@@ -186,6 +187,7 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
             Checked::Confirmed => {
                 current.check.confirmed_ms = r.now_ms;
                 current.check.failed_ms = None;
+                confirmed_now = true;
             }
             Checked::Failed => current.check.failed_ms = Some(r.now_ms),
             Checked::Revoked => return (Verdict::CheckRevoked, Effect::Delete),
@@ -266,7 +268,10 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
         });
     }
     // docs/design.md §4.13: the upstream confirms the session first, once per interval.
+    // (Not again in the step that brought a confirmation: an interval of 0 checks every
+    // refresh, `access_token_format = "upstream"`.)
     if let Some(policy) = r.check
+        && !confirmed_now
         && state.check.kept
         && r.now_ms.saturating_sub(state.check.confirmed_ms) >= policy.interval_ms
     {

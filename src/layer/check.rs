@@ -15,7 +15,7 @@ use super::layer::Shared;
 use crate::body::RequestBody;
 use crate::client_auth::Client;
 use crate::conn::BoxError;
-use crate::engine::{UpstreamAnswer, UpstreamRefresh};
+use crate::engine::{UpstreamAnswer, UpstreamRefresh, UpstreamTokens};
 use crate::mint::kept::{KeptToken, MAX_KEPT_TOKEN};
 
 /// The layer's way to the upstream for the engine: the inner service it was given.
@@ -33,17 +33,25 @@ where
     ResB: Body<Data = Bytes> + Send,
     ResB::Error: Into<BoxError>,
 {
-    async fn refresh(&mut self, client: &Client, token: &KeptToken) -> UpstreamAnswer {
+    async fn refresh(
+        &mut self,
+        client: &Client,
+        token: &KeptToken,
+        scope: Option<&str>,
+    ) -> UpstreamAnswer {
         let Some(path) = self.shared.endpoints.load().token_path.clone() else {
             return UpstreamAnswer::Unavailable("the upstream's token endpoint is not known");
         };
         let Some(auth) = &client.upstream_auth else {
             return UpstreamAnswer::Unavailable("no credentials for the client at the upstream");
         };
-        let pairs = [
+        let mut pairs = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", token.expose()),
         ];
+        if let Some(scope) = scope {
+            pairs.push(("scope", scope));
+        }
         let Some(req) = auth.post_form(&path, &pairs) else {
             return UpstreamAnswer::Unavailable("the check request could not be built");
         };
@@ -63,11 +71,28 @@ where
                 .map(str::to_owned)
         };
         match status {
-            StatusCode::OK => UpstreamAnswer::Valid {
-                refresh_token: field("refresh_token")
-                    .filter(|t| !t.is_empty() && t.len() <= MAX_KEPT_TOKEN)
-                    .map(KeptToken::new),
-            },
+            StatusCode::OK => {
+                // RFC 6749 §5.1 for `access_token_format = "upstream"`: the proxy passes these
+                // on, so only a bearer answer with an access token is one it can give.
+                let bearer = field("token_type").is_none_or(|t| t.eq_ignore_ascii_case("bearer"));
+                let tokens = field("access_token")
+                    .filter(|_| bearer)
+                    .map(|access_token| UpstreamTokens {
+                        access_token,
+                        expires_in: json
+                            .as_ref()
+                            .and_then(|j| j.get("expires_in"))
+                            .and_then(Value::as_u64),
+                        id_token: field("id_token"),
+                        scope: field("scope"),
+                    });
+                UpstreamAnswer::Valid {
+                    refresh_token: field("refresh_token")
+                        .filter(|t| !t.is_empty() && t.len() <= MAX_KEPT_TOKEN)
+                        .map(KeptToken::new),
+                    tokens,
+                }
+            }
             // RFC 6749 §5.2: the refresh token is invalid, expired or revoked: the session is
             // over. Any other error (a client misconfigured, a server error) says nothing of
             // the session.

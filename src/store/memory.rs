@@ -128,6 +128,7 @@ fn new_family(f: &NewFamily) -> Family {
             seal: f.seal,
         },
         upstream_token: f.upstream_token.clone(),
+        upstream_answer: None,
     }
 }
 
@@ -136,6 +137,8 @@ struct Family {
     state: FamilyState,
     data: FamilyData,
     upstream_token: Option<Vec<u8>>,
+    /// An `upstream`-format family's last upstream answer (sealed), for grace retries.
+    upstream_answer: Option<Vec<u8>>,
 }
 
 impl MemoryStore {
@@ -315,14 +318,10 @@ impl TokenStore for MemoryStore {
         // The upstream's rotated refresh token, when this caller's check confirmed the family
         // (its fencing token still the family's): the same test as the rules'.
         let check = family.state.check;
-        let rotated_upstream = match (req.redeem.confirm, &req.new_upstream_token) {
-            (Some((fence, Checked::Confirmed)), Some(token))
-                if check.lease_until_ms.is_some() && check.fence == fence =>
-            {
-                Some(token.clone())
-            }
-            _ => None,
-        };
+        let confirmed = matches!(req.redeem.confirm, Some((fence, Checked::Confirmed))
+            if check.lease_until_ms.is_some() && check.fence == fence);
+        let rotated_upstream = req.new_upstream_token.clone().filter(|_| confirmed);
+        let answer = req.upstream_answer.clone().filter(|_| confirmed);
         let data = family.data.clone();
         let granted_scope = match &verdict {
             Verdict::Rotated { scope, .. }
@@ -331,6 +330,9 @@ impl TokenStore for MemoryStore {
             _ => None,
         };
         let mut upstream_token = None;
+        if matches!(verdict, Verdict::Grace { .. }) && data.format == TokenFormat::Upstream {
+            upstream_token = family.upstream_answer.clone();
+        }
         match effect {
             Effect::None => {}
             Effect::Update(next) => {
@@ -338,6 +340,9 @@ impl TokenStore for MemoryStore {
                     f.state = next;
                     if rotated_upstream.is_some() {
                         f.upstream_token = rotated_upstream;
+                    }
+                    if answer.is_some() {
+                        f.upstream_answer = answer;
                     }
                     if matches!(verdict, Verdict::CheckDue { .. }) {
                         upstream_token = f.upstream_token.clone();

@@ -44,6 +44,8 @@ pub enum StoreError {
 pub enum TokenFormat {
     Jwt,
     Opaque,
+    /// The upstream's access tokens (`access_token_format = "upstream"`).
+    Upstream,
 }
 
 impl TokenFormat {
@@ -51,6 +53,7 @@ impl TokenFormat {
         match self {
             TokenFormat::Jwt => "jwt",
             TokenFormat::Opaque => "opaque",
+            TokenFormat::Upstream => "upstream",
         }
     }
 
@@ -58,6 +61,7 @@ impl TokenFormat {
         match s {
             "jwt" => Some(TokenFormat::Jwt),
             "opaque" => Some(TokenFormat::Opaque),
+            "upstream" => Some(TokenFormat::Upstream),
             _ => None,
         }
     }
@@ -159,6 +163,9 @@ pub struct RedeemRequest<'a> {
     /// With a confirmation ([`Redeem::confirm`]): the upstream's new refresh token (sealed),
     /// kept in place of the old one if the confirmation is the family's.
     pub new_upstream_token: Option<Vec<u8>>,
+    /// With a confirmation of an `upstream`-format family: the upstream's answer (sealed),
+    /// kept so a retry within the grace window gets the same one.
+    pub upstream_answer: Option<Vec<u8>>,
 }
 
 /// The outcome of a redemption.
@@ -179,6 +186,7 @@ pub enum Redemption {
         opaque_stored: bool,
         /// The family's kept upstream refresh token (sealed) when the verdict needs it: reuse
         /// ended the family (to tell the upstream), or a check is due (to redeem it there);
+        /// for a grace retry of an `upstream`-format family, the kept upstream answer instead;
         /// `None` otherwise.
         upstream_token: Option<Vec<u8>>,
     },

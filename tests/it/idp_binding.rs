@@ -43,6 +43,11 @@ impl Stack {
 
     /// With `upstream` added to the `[upstream]` table.
     async fn full(kind: Kind, www: &str, upstream: &str, logout: bool) -> Stack {
+        Stack::on(kind, www, upstream, logout, IdpOptions::default()).await
+    }
+
+    /// With the IdP started with `idp` (its issuer and logout settings are the stack's).
+    async fn on(kind: Kind, www: &str, upstream: &str, logout: bool, idp: IdpOptions) -> Stack {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -51,7 +56,7 @@ impl Stack {
             issuer: Some(issuer.clone()),
             backchannel_logout_uri: logout.then(|| format!("{issuer}{LOGOUT_PATH}")),
             session_refresh_tokens: logout,
-            ..IdpOptions::default()
+            ..idp
         })
         .await;
         let upstream = if logout {
@@ -552,7 +557,93 @@ async fn a_redemption_dying_mid_check_leaves_the_family_intact(kind: Kind) {
     assert!(s.idp.is_active(&upstream).await);
 }
 
+/// docs/design.md §4.14: `access_token_format = "upstream"` in front of an IdP that rotates
+/// every refresh token: each refresh is redeemed at the IdP (its access token, the proxy's
+/// refresh token), a retry within the grace window gets the same answer without a second IdP
+/// call, racing refreshes make one, and a reused token ends the family and the IdP's grant.
+async fn the_upstream_format_gives_the_idps_access_tokens_with_the_proxys_rotation(kind: Kind) {
+    let idp = IdpOptions {
+        refresh_rotation: idp::RefreshRotation::Always,
+        ..IdpOptions::default()
+    };
+    let s = Stack::on(kind, "access_token_format = \"upstream\"", "", false, idp).await;
+    let (tokens, first_upstream) = s.login().await;
+    s.idp.reset_grant_counts().await;
+    let first = rt(&tokens).to_owned();
+    let (status, second) = s.refresh(&first).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(
+        s.idp.grant_count("refresh_token").await,
+        1,
+        "redeemed at the IdP"
+    );
+    let access_token = idp::str_field(&second, "access_token").to_owned();
+    let info = idp::introspect(&s.idp.base_url, &access_token).await;
+    assert_eq!(info["active"], true, "the IdP's own access token: {info}");
+    assert_eq!(info["client_id"], WWW_CLIENT_ID);
+    assert!(
+        second["id_token"].is_string(),
+        "the IdP's ID token too: {second}"
+    );
+    assert_ne!(rt(&second), first, "the proxy rotated its token");
+    assert!(
+        !s.idp
+            .refresh_tokens()
+            .await
+            .iter()
+            .any(|t| t["token"] == rt(&second)),
+        "the client never sees the IdP's refresh tokens"
+    );
+    // The IdP rotated its token: the family keeps the new one, the old is spent.
+    let kept = s.idp.last_refresh_token().await;
+    assert_ne!(kept, first_upstream);
+    assert!(!s.idp.is_active(&first_upstream).await && s.idp.is_active(&kept).await);
+
+    // A retry within the grace window: the same answer, no IdP call.
+    let (status, again) = s.refresh(&first).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["access_token"], second["access_token"]);
+    assert_eq!(rt(&again), rt(&second));
+    assert_eq!(s.idp.grant_count("refresh_token").await, 1);
+
+    // 50 racing refreshes of the live token: one IdP call, one answer.
+    let live = rt(&second).to_owned();
+    let mut racing = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (url, token) = (s.proxy.url.clone(), live.clone());
+        racing.spawn(async move {
+            idp::refresh(&url, WWW_CLIENT_ID, WWW_CLIENT_SECRET, &token, None).await
+        });
+    }
+    let mut answers = std::collections::HashSet::new();
+    while let Some(done) = racing.join_next().await {
+        let (status, body) = done.expect("join");
+        assert_eq!(status, 200, "{body}");
+        answers.insert((
+            idp::str_field(&body, "access_token").to_owned(),
+            rt(&body).to_owned(),
+        ));
+    }
+    assert_eq!(answers.len(), 1, "one answer for all");
+    assert_eq!(
+        s.idp.grant_count("refresh_token").await,
+        2,
+        "one more IdP call"
+    );
+
+    // The first token again, past its successor's use: reuse ends the family, and the kept
+    // token is revoked at the IdP.
+    let kept = s.idp.last_refresh_token().await;
+    let (status, err) = s.refresh(&first).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert!(s.idp.wait_inactive(&kept, PROMPTLY).await);
+}
+
 crate::both_stores!(multi_thread:
+    the_upstream_format_gives_the_idps_access_tokens_with_the_proxys_rotation,
     a_redemption_dying_mid_check_leaves_the_family_intact,
     a_grant_revoked_at_the_idp_is_refused_at_the_next_check,
     a_live_session_is_confirmed_and_the_family_goes_on,

@@ -104,6 +104,7 @@ async fn go<S: TokenStore>(store: &S, f: &NewFamily, r: Redeem<'_>) -> Redemptio
             redeem: r,
             opaque: None,
             new_upstream_token: None,
+            upstream_answer: None,
         })
         .await
         .expect("store answers")
@@ -466,6 +467,7 @@ async fn opaque_access_tokens_are_stored_with_the_family<S: TokenStore>(store: S
             redeem: r,
             opaque: Some(candidate("d1", t0)),
             new_upstream_token: None,
+            upstream_answer: None,
         })
         .await
         .expect("redeem");
@@ -517,6 +519,7 @@ async fn opaque_access_tokens_are_stored_with_the_family<S: TokenStore>(store: S
             redeem: r,
             opaque: Some(candidate("d2", t0)),
             new_upstream_token: None,
+            upstream_answer: None,
         })
         .await
         .expect("redeem");
@@ -556,6 +559,7 @@ async fn opaque_access_tokens_are_stored_with_the_family<S: TokenStore>(store: S
             redeem: redeem(0, t0),
             opaque: Some(candidate("d3", t0)),
             new_upstream_token: None,
+            upstream_answer: None,
         })
         .await
         .expect("redeem");
@@ -606,6 +610,7 @@ async fn revocation_is_by_owner_and_ends_the_family<S: TokenStore>(store: S) {
             redeem: redeem(0, t0),
             opaque: Some(at),
             new_upstream_token: None,
+            upstream_answer: None,
         })
         .await
         .expect("redeem");
@@ -879,6 +884,7 @@ async fn checked<S: TokenStore>(
             },
             opaque: None,
             new_upstream_token: new_token.map(<[u8]>::to_vec),
+            upstream_answer: None,
         })
         .await
         .expect("store answers")
@@ -1036,6 +1042,71 @@ async fn a_family_without_a_kept_token_is_never_checked<S: TokenStore>(store: S)
     assert!(matches!(v, Verdict::Rotated { generation: 1, .. }), "{v:?}");
 }
 
+/// `access_token_format = "upstream"`: every refresh is checked (interval 0), even right
+/// after a confirmation; the confirmed answer is kept for a retry within the grace window.
+async fn an_upstream_format_family_keeps_its_answer_for_the_grace_window<S: TokenStore>(store: S) {
+    let t0 = now();
+    let f = family(t0, TokenFormat::Upstream);
+    store.create_family(&f).await.expect("create");
+    let every = Redeem {
+        check: Some(CheckPolicy {
+            interval_ms: 0,
+            ..CHECK
+        }),
+        ..redeem(0, t0 + 10)
+    };
+    let request = |redeem, confirm, answer: Option<&[u8]>| RedeemRequest {
+        family: f.id.as_str(),
+        redeem: Redeem { confirm, ..redeem },
+        opaque: None,
+        new_upstream_token: None,
+        upstream_answer: answer.map(<[u8]>::to_vec),
+    };
+    let r = store
+        .redeem(&request(every, None, None))
+        .await
+        .expect("redeem");
+    assert_eq!(verdict(r), Verdict::CheckDue { fence: 1 });
+    let confirmed = Some((1, Checked::Confirmed));
+    let r = store
+        .redeem(&request(every, confirmed, Some(b"sealed-answer")))
+        .await
+        .expect("redeem");
+    assert!(matches!(verdict(r), Verdict::Rotated { generation: 1, .. }));
+    let retry = store
+        .redeem(&request(
+            Redeem {
+                now_ms: t0 + 20,
+                ..every
+            },
+            None,
+            None,
+        ))
+        .await
+        .expect("redeem");
+    assert_eq!(
+        kept_of(&retry),
+        Some(&b"sealed-answer"[..]),
+        "the same answer again"
+    );
+    assert!(matches!(
+        verdict(retry),
+        Verdict::Grace { generation: 1, .. }
+    ));
+    let next = Redeem {
+        generation: 1,
+        presented: v(1),
+        successors: next(1),
+        now_ms: t0 + 30,
+        ..every
+    };
+    let r = store
+        .redeem(&request(next, None, None))
+        .await
+        .expect("redeem");
+    assert_eq!(verdict(r), Verdict::CheckDue { fence: 2 }, "checked again");
+}
+
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
         /// Every case in turn, each on a store from `open(case name)` (e.g. its own key
@@ -1099,6 +1170,7 @@ contract!(
     a_failed_check_is_served_for_a_while_then_refused,
     an_upstream_invalid_grant_revokes_the_family,
     a_family_without_a_kept_token_is_never_checked,
+    an_upstream_format_family_keeps_its_answer_for_the_grace_window,
     many_families_at_once,
     a_revocation_racing_refreshes_always_wins,
 );
@@ -1130,6 +1202,7 @@ async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
                 expires_ms: t0 + MIN,
             }),
             new_upstream_token: None,
+            upstream_answer: None,
         })
         .await
         .expect("redeem");

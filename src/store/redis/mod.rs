@@ -720,7 +720,7 @@ impl TokenStore for RedisStore {
                         // The upstream session check (docs/design.md §4.13).
                         match &r.check {
                             Some(c) => cmd.arg(c.interval_ms).arg(c.lease_ms).arg(c.serve_ms),
-                            None => cmd.arg("0").arg("0").arg("0"),
+                            None => cmd.arg("").arg("0").arg("0"),
                         };
                         match &r.confirm {
                             Some((fence, checked)) => cmd.arg(*fence).arg(match checked {
@@ -730,7 +730,8 @@ impl TokenStore for RedisStore {
                             }),
                             None => cmd.arg("").arg(""),
                         };
-                        cmd.arg(req.new_upstream_token.as_deref().unwrap_or_default());
+                        cmd.arg(req.new_upstream_token.as_deref().unwrap_or_default())
+                            .arg(req.upstream_answer.as_deref().unwrap_or_default());
                     }),
             )
             .await?;

@@ -10,15 +10,18 @@
 --          11 presented token's verifier, 12 its successor's verifiers, one per
 --          refresh-token key (12 bytes each, the current key's first),
 --          13 'ahead of' generation ('' = none), 14 'ahead of' verifier,
---          15 upstream check interval (ms; '0' = never), 16 its lease (ms), 17 how long past
+--          15 upstream check interval (ms; '' = no check, '0' = every refresh), 16 its lease
+--          (ms), 17 how long past
 --          the interval a failed check is served (ms), 18 the fencing token of this caller's
 --          check ('' = none), 19 its outcome ('ok' | 'fail' | 'revoke'), 20 the upstream's new
---          refresh token, sealed ('' = unchanged)
+--          refresh token, sealed ('' = unchanged), 21 the upstream's answer, sealed, for an
+--          'upstream'-format family ('' = none)
 -- Returns  {'unknown'}, {'corrupt'} or
 --          {verdict, generation, scope, client, subject, format, at claims, id claims,
 --           auth time, opaque stored ('0'|'1'), current generation, granted scope,
 --           absolute deadline, seal, verifier ('ahead' only), successor key index
---           ('grace' only), the kept upstream refresh token ('reuse' and 'check_due' only)}
+--           ('grace' only), the kept upstream refresh token ('reuse' and 'check_due' only;
+--           for 'grace' of an 'upstream'-format family, the kept upstream answer)}
 --          'check_due' carries its fencing token and 'check_in_flight' the lease's end in the
 --          generation field.
 local function int(x) return string.format('%.0f', x) end
@@ -57,17 +60,19 @@ if now >= expires or now >= idle then
   return reply('expired', 0, '', '0')
 end
 -- The outcome of this caller's upstream check, if its lease is still the family's.
+local confirmed_now = false
 if ARGV[18] ~= '' and lease and fence == tonumber(ARGV[18]) then
   lease = nil
   redis.call('HDEL', KEYS[1], 'lu')
   if ARGV[19] == 'ok' then
-    confirmed, failed = now, nil
+    confirmed, failed, confirmed_now = now, nil, true
     redis.call('HSET', KEYS[1], 'k', int(now))
     redis.call('HDEL', KEYS[1], 'cf')
     if ARGV[20] ~= '' then
       kept = ARGV[20]
       redis.call('HSET', KEYS[1], 'u', kept)
     end
+    if ARGV[21] ~= '' then redis.call('HSET', KEYS[1], 'ua', ARGV[21]) end
   elseif ARGV[19] == 'fail' then
     failed = now
     redis.call('HSET', KEYS[1], 'cf', int(now))
@@ -117,8 +122,11 @@ if ARGV[3] == '1' then
 end
 
 -- docs/design.md §4.13: the upstream confirms the session first, once per interval.
-local interval = tonumber(ARGV[15])
-if not grace and interval > 0 and kept and now - confirmed >= interval then
+local interval = tonumber(ARGV[15] == '' and '0' or ARGV[15])
+
+-- (Not again in the step that brought a confirmation: 'upstream'-format families check every
+-- refresh.)
+if not grace and not confirmed_now and ARGV[15] ~= '' and kept and now - confirmed >= interval then
   local lease_ms = tonumber(ARGV[16])
   if failed and now - failed < lease_ms then
     if now - confirmed >= interval + tonumber(ARGV[17]) then
@@ -139,6 +147,7 @@ local new_idle = math.min(now + tonumber(ARGV[7]), expires)
 local verdict, gen
 if grace then
   verdict, gen = 'grace', n
+  if fmt == 'upstream' then out_token = redis.call('HGET', KEYS[1], 'ua') or '' end
 else
   if effective ~= scope then redis.call('HSET', KEYS[1], 'sc', effective) end
   if g == n and ARGV[8] == '1' then
