@@ -342,9 +342,18 @@ impl Engine {
                         .and_then(|sealed| keys.kept.open(request.family, sealed));
                     let answer = match &kept {
                         Some(kept) => upstream.refresh(client, kept, request.redeem.scope).await,
-                        None => UpstreamAnswer::Unavailable(
-                            "the kept upstream refresh token opens with no key",
-                        ),
+                        None => {
+                            // Sealed with a key no longer listed: the family can never be
+                            // confirmed again, so it ends now (the user signs in again) rather
+                            // than failing its every check.
+                            tracing::warn!(
+                                family = request.family,
+                                client_id = %client.id,
+                                "the family's kept upstream refresh token opens with no key of \
+                                 tokens.upstream_token_keys; the family is revoked"
+                            );
+                            UpstreamAnswer::InvalidGrant
+                        }
                     };
                     // An `upstream`-format family needs the upstream's access token to answer.
                     let answer = match answer {
@@ -362,9 +371,20 @@ impl Engine {
                             refresh_token,
                             tokens,
                         } => {
-                            let rotated = refresh_token.filter(|t| Some(t) != kept.as_ref());
-                            request.new_upstream_token =
-                                rotated.map(|t| keys.kept.seal(request.family, &t));
+                            // The IdP's rotated token is kept; an unrotated one sealed with
+                            // a key that is no longer the first is sealed again with the first.
+                            let stale = upstream_token
+                                .as_deref()
+                                .is_some_and(|sealed| keys.kept.is_stale(sealed));
+                            let idp_rotated = refresh_token.filter(|t| Some(t) != kept.as_ref());
+                            let outcome = if idp_rotated.is_some() {
+                                UpstreamCheck::Rotated
+                            } else {
+                                UpstreamCheck::Confirmed
+                            };
+                            request.new_upstream_token = idp_rotated
+                                .or_else(|| kept.clone().filter(|_| stale))
+                                .map(|t| keys.kept.seal(request.family, &t));
                             // Kept (sealed) for retries within the grace window.
                             request.upstream_answer = tokens.as_ref().map(|t| {
                                 let json = serde_json::to_string(t).expect("tokens serialise");
@@ -372,11 +392,6 @@ impl Engine {
                                     .seal(&answer_aad(request.family), &KeptToken::new(json))
                             });
                             fresh = tokens;
-                            let outcome = if request.new_upstream_token.is_some() {
-                                UpstreamCheck::Rotated
-                            } else {
-                                UpstreamCheck::Confirmed
-                            };
                             (Checked::Confirmed, outcome)
                         }
                         UpstreamAnswer::InvalidGrant => (Checked::Revoked, UpstreamCheck::Revoked),

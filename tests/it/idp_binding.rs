@@ -677,3 +677,62 @@ async fn redis_holds_the_kept_token_only_sealed() {
         );
     }
 }
+
+/// The kept token survives a rotation of `tokens.upstream_token_keys` by SIGHUP: a check after
+/// the new key is first re-seals it with that key, so the old key can then be removed (without
+/// the re-seal, the family would end at the next check: its token would open with no key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_tokens_are_sealed_again_with_a_new_upstream_token_key() {
+    const KEY_A: &str = "upstream-token-key-A-0123456789abcdef0123";
+    const KEY_B: &str = "upstream-token-key-B-0123456789abcdef0123";
+    let port = crate::support::free_port();
+    let idp = Idp::start_with(IdpOptions {
+        issuer: Some(format!("http://127.0.0.1:{port}")),
+        ..IdpOptions::default()
+    })
+    .await;
+    let dir = crate::support::temp_dir("kept-keys");
+    let config = dir.join("config.toml");
+    let write = |keys: &[&str]| {
+        let keys: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "[tokens]\nrefresh_token_key = \"{key}\"\nupstream_token_keys = [{keys}]\n\
+                 [clients.www]\nsecret = \"{WWW_CLIENT_SECRET}\"\nupstream_check_interval = 1\n\
+                 [upstream]\nurl = \"{up}\"\n",
+                key = crate::support::TEST_REFRESH_KEY,
+                keys = keys.join(", "),
+                up = idp.base_url,
+            ),
+        )
+        .expect("config");
+    };
+    write(&[KEY_A]);
+    let mut proxy = crate::support::proxy::ProxyProcess::spawn_full(
+        config.clone(),
+        &[],
+        port,
+        std::process::Stdio::null(),
+    );
+    proxy.wait_ready().await;
+    let tokens = idp::code_flow(&proxy.url, &CodeFlow::www("openid offline_access read")).await;
+    let refresh = |token: String| {
+        let url = proxy.url.clone();
+        async move { idp::refresh(&url, WWW_CLIENT_ID, WWW_CLIENT_SECRET, &token, None).await }
+    };
+    let reload = |keys: &[&str]| {
+        write(keys);
+        proxy.signal("HUP");
+    };
+    reload(&[KEY_B, KEY_A]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, next) = refresh(rt(&tokens).to_owned()).await;
+    assert_eq!(status, 200, "checked, and sealed again with key B: {next}");
+    reload(&[KEY_B]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, last) = refresh(rt(&next).to_owned()).await;
+    assert_eq!(status, 200, "the kept token opens with key B alone: {last}");
+    proxy.signal("TERM");
+    assert!(proxy.wait_exit(Duration::from_secs(15)).await.is_some());
+}
