@@ -8,6 +8,10 @@
 //!   `max_body_bytes` (413 beyond), and their form is checked: the right content type, UTF-8
 //!   values, no repeated parameter (400 `invalid_request` otherwise, RFC 6749 §3.2). The request
 //!   then goes on with its buffered body ([`RequestBody::Buffered`]);
+//! - with an engine: refresh grants it owns are answered (a family whose upstream session
+//!   check is due is first redeemed at the upstream through the inner service, `check`),
+//!   revocation and introspection of its own tokens, the JWKS with its keys merged, and
+//!   back-channel logout tokens at `upstream.backchannel_logout_path` (`logout`);
 //! - everything else goes on untouched, its body streaming ([`RequestBody::Streaming`]).
 //!
 //! Answers it writes itself are [`ResponseBody::Local`]; the inner service's are

@@ -8,8 +8,12 @@
 //! What a family holds: its client, subject, granted and current scope, the claims to carry
 //! into minted tokens, its generation counter and clocks, the verifier of its live refresh
 //! token (a digest of the token's secret part), and a seal (MAC) over its fixed fields (see
-//! [`crate::mint::refresh`]). No refresh token is stored; opaque access tokens are stored
-//! under their SHA-256 digest. Every operation on a family is one atomic step — one Lua script on Redis,
+//! `mint::refresh`); the upstream's refresh token sealed with AES-256-GCM
+//! (`mint::kept`), its upstream session (`sid`) in an index, and the state of its
+//! upstream session check (when last confirmed, the lease and fencing token, the last
+//! failure; docs/design.md §4.13). None of the proxy's refresh tokens is stored; opaque
+//! access tokens are stored under their SHA-256 digest; one-time identifiers (a logout
+//! token's `jti`) under a digest. Every operation on a family is one atomic step — one Lua script on Redis,
 //! one critical section in memory — that runs [`crate::grant::rules::redeem`].
 //!
 //! Times are passed in by the caller (milliseconds since the epoch), so the rules are testable
@@ -87,7 +91,7 @@ pub struct NewFamily {
     pub verifier: Verifier,
     /// The MAC over the fixed fields above ([`NewFamily::sealed`]).
     pub seal: Seal,
-    /// The upstream's refresh token, sealed for this family ([`crate::mint::kept`]); `None`
+    /// The upstream's refresh token, sealed for this family (`mint::kept`); `None`
     /// for families the admin API opened. Not under the seal: it changes when the upstream
     /// rotates it, and AES-GCM binds it to the family itself.
     pub upstream_token: Option<Vec<u8>>,
