@@ -458,6 +458,9 @@ pub struct IssueJob {
     pub count: u64,
     /// `-` is stdout.
     pub out: PathBuf,
+    /// Show progress on stderr (`main` sets it when stderr is a terminal): one line, redrawn
+    /// as answers arrive.
+    pub progress: bool,
 }
 
 /// A failed `issue`: what went wrong, and how many tokens were written before it.
@@ -471,6 +474,16 @@ impl From<CliError> for IssueFailure {
     fn from(error: CliError) -> Self {
         IssueFailure { error, written: 0 }
     }
+}
+
+/// Redraws the progress line: tokens issued of the total, the rate, the time left.
+fn show_progress(written: u64, total: u64, elapsed: Duration) {
+    let rate = written as f64 / elapsed.as_secs_f64().max(1e-3);
+    let left = total.saturating_sub(written) as f64 / rate.max(1.0);
+    eprint!(
+        "\r\x1b[2Kissued {written} of {total} refresh tokens ({:.0}%, {rate:.0}/s, about {left:.0}s left)",
+        100.0 * written as f64 / total.max(1) as f64
+    );
 }
 
 /// Runs `refresh-proxy issue`: the tokens go to `job.out`, one a line. Returns the time it
@@ -547,6 +560,13 @@ pub async fn issue(client: &AdminClient, job: &IssueJob) -> Result<Duration, Iss
             });
         }
         written += tokens.len() as u64;
+        if job.progress {
+            show_progress(written, job.count, started.elapsed());
+        }
+    }
+    if job.progress {
+        // The progress line goes, so the summary line stands alone.
+        eprint!("\r\x1b[2K");
     }
     if let Some(error) = failed {
         let _ = out.flush();

@@ -152,6 +152,7 @@ fn issue(config: &Config, config_path: &Path, args: IssueArgs) -> ExitCode {
         scope: args.scope,
         count: args.count,
         out: args.out,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     match runtime.block_on(admin_client::issue(&client, &job)) {
         Ok(elapsed) => {

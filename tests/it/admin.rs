@@ -773,6 +773,45 @@ async fn the_cli_issues_tokens_the_proxy_accepts_and_revokes_them(kind: Kind) {
         assert_eq!(body["scope"], "read write");
     }
 
+    // On a terminal (a pseudo-terminal made by `script`), a progress line is redrawn as the
+    // chunks arrive, and cleared before the summary; above, with stderr a pipe, none.
+    let pty_out = crate::support::temp_dir("issue-pty").join("tokens.txt");
+    let command = format!(
+        "{bin} issue --client www --subject pty --count 25000 --out {out} --config {config}",
+        bin = binary(),
+        out = pty_out.display(),
+        config = proxy.config_path.display(),
+    );
+    let transcript = tokio::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("REFRESH_PROXY_SERVER__ADMIN_LISTEN", &admin)
+        .output()
+        .await
+        .expect("run script (util-linux)");
+    let shown = text(&transcript.stdout);
+    assert!(transcript.status.success(), "{shown}");
+    // Three chunks (10,000 at most each), in the order their answers arrive.
+    assert_eq!(
+        shown.matches(" of 25000 refresh tokens (").count(),
+        3,
+        "progress on a terminal: {shown:?}"
+    );
+    assert!(
+        shown.contains("issued 25000 of 25000 refresh tokens (100%"),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("\x1b[2Kissued 25000 refresh tokens for client www in "),
+        "the progress line is cleared before the summary: {shown:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pty_out)
+            .expect("tokens")
+            .lines()
+            .count(),
+        25000
+    );
+
     // `--out -` is stdout.
     let out = cli(
         &proxy.config_path,
