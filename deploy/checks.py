@@ -758,15 +758,10 @@ def cmd_dockerfile(dockerfile: str, repo: str) -> str:
     return f"`{BUILD_COMMAND}` in a RUN instruction ({where}); distroless, USER 65532, exec form"
 
 
-def main(argv: list[str]) -> int:
-    commands = {
-        "yaml": cmd_yaml, "render": cmd_render, "lint": cmd_lint,
-        "servicemonitor": cmd_servicemonitor, "policy": cmd_policy, "compose": cmd_compose,
-        "check-config": cmd_check_config, "dockerfile": cmd_dockerfile, "admin": cmd_admin,
-        "deterministic": cmd_deterministic, "refusals": cmd_refusals,
-    }
+def run(argv: list[str], commands: dict, usage: str) -> int:
+    """Runs the subcommand argv[1] of `commands`: its summary on stdout, or its failure on stderr."""
     if len(argv) < 2 or argv[1] not in commands:
-        print(__doc__, file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     try:
         print(commands[argv[1]](*argv[2:]))
@@ -774,6 +769,16 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str]) -> int:
+    commands = {
+        "yaml": cmd_yaml, "render": cmd_render, "lint": cmd_lint,
+        "servicemonitor": cmd_servicemonitor, "policy": cmd_policy, "compose": cmd_compose,
+        "check-config": cmd_check_config, "dockerfile": cmd_dockerfile, "admin": cmd_admin,
+        "deterministic": cmd_deterministic, "refusals": cmd_refusals,
+    }
+    return run(argv, commands, __doc__)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ mod layering;
 mod lifecycle;
 mod limits;
 mod logs;
+mod observability;
 mod paths;
 mod store_contract;
 mod topology_rig;
