@@ -515,15 +515,15 @@ impl Metrics {
         );
         for (r, route) in Route::ALL.iter().enumerate() {
             for (o, outcome) in Outcome::ALL.iter().enumerate() {
+                // Every pair from the start, zeros too: a rate() over a series that appears
+                // with its first event never sees that event (an alert on the first 503).
                 let n = self.requests[r][o].load(Ordering::Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "refresh_proxy_requests_total{{endpoint=\"{}\",outcome=\"{}\"}} {n}",
-                        route.label(),
-                        outcome.label()
-                    );
-                }
+                let _ = writeln!(
+                    out,
+                    "refresh_proxy_requests_total{{endpoint=\"{}\",outcome=\"{}\"}} {n}",
+                    route.label(),
+                    outcome.label()
+                );
             }
         }
         out.push_str(
@@ -533,14 +533,12 @@ impl Metrics {
         for (g, grant) in Grant::ALL.iter().enumerate() {
             for (o, outcome) in Outcome::ALL.iter().enumerate() {
                 let n = self.token_requests[g][o].load(Ordering::Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "refresh_proxy_token_requests_total{{grant_type=\"{}\",outcome=\"{}\"}} {n}",
-                        grant.label(),
-                        outcome.label()
-                    );
-                }
+                let _ = writeln!(
+                    out,
+                    "refresh_proxy_token_requests_total{{grant_type=\"{}\",outcome=\"{}\"}} {n}",
+                    grant.label(),
+                    outcome.label()
+                );
             }
         }
         let _ = writeln!(
@@ -764,6 +762,20 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_request_counter_is_there_from_the_start() {
+        // A series that appears with its first event hides that event from rate(): an alert
+        // on the first 503 would not fire (deploy/prometheus/).
+        let text = Metrics::default().render();
+        for line in [
+            "refresh_proxy_requests_total{endpoint=\"token\",outcome=\"temporarily_unavailable\"} 0",
+            "refresh_proxy_requests_total{endpoint=\"backchannel_logout\",outcome=\"ok\"} 0",
+            "refresh_proxy_token_requests_total{grant_type=\"refresh_token\",outcome=\"ok\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}");
+        }
+    }
 
     #[test]
     fn renders_counters_and_a_cumulative_histogram() {
