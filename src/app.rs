@@ -151,7 +151,8 @@ fn build_engine(config: &Config, store: AnyStore) -> Result<Engine, ConfigError>
         config.tokens.access_token_ttl,
         config.tokens.audience.clone(),
     )
-    .with_check_lease(lease))
+    .with_check_lease(lease)
+    .with_session_index(config.upstream.backchannel_logout_path.is_some()))
 }
 
 /// Replaces the clients, their secrets and every key of a running app: requests in flight

@@ -123,7 +123,7 @@ impl Engine {
                 verifier,
                 seal: Seal::default(),
                 upstream_token,
-                session: identity.session,
+                session: identity.session.filter(|_| self.index_sessions),
             },
         );
         self.store

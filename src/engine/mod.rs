@@ -241,6 +241,8 @@ pub struct Engine {
     endings: Option<Endings>,
     /// How long one redemption holds a family's upstream check (ms).
     check_lease_ms: i64,
+    /// Whether families are indexed by upstream session (only back-channel logout reads it).
+    index_sessions: bool,
 }
 
 /// A clock: milliseconds since the Unix epoch. A plain function pointer, so the hot path pays
@@ -285,7 +287,16 @@ impl Engine {
             clock: now_ms,
             endings: None,
             check_lease_ms: DEFAULT_CHECK_LEASE.as_millis() as i64,
+            index_sessions: true,
         }
+    }
+
+    /// The same engine indexing families by upstream session (`sid`) or not: only the
+    /// back-channel logout receiver needs the index, and it costs about 340 bytes a family in
+    /// Redis (bench/README.md), so without the receiver it is not kept.
+    pub fn with_session_index(mut self, on: bool) -> Engine {
+        self.index_sessions = on;
+        self
     }
 
     /// The same engine holding an upstream check for `lease`: set it longer than the upstream
@@ -330,6 +341,7 @@ impl Engine {
             clock: self.clock,
             endings: self.endings.clone(),
             check_lease_ms: self.check_lease_ms,
+            index_sessions: self.index_sessions,
         }
     }
 

@@ -54,8 +54,10 @@ impl Stack {
         let issuer = format!("http://{}", listener.local_addr().expect("addr"));
         let idp = Idp::start_with(IdpOptions {
             issuer: Some(issuer.clone()),
-            backchannel_logout_uri: logout.then(|| format!("{issuer}{LOGOUT_PATH}")),
-            session_refresh_tokens: logout,
+            backchannel_logout_uri: logout
+                .then(|| format!("{issuer}{LOGOUT_PATH}"))
+                .or(idp.backchannel_logout_uri.clone()),
+            session_refresh_tokens: logout || idp.session_refresh_tokens,
             ..idp
         })
         .await;
@@ -735,4 +737,41 @@ async fn kept_tokens_are_sealed_again_with_a_new_upstream_token_key() {
     assert_eq!(status, 200, "the kept token opens with key B alone: {last}");
     proxy.signal("TERM");
     assert!(proxy.wait_exit(Duration::from_secs(15)).await.is_some());
+}
+
+/// The session index is kept only with the back-channel logout receiver on: it is what reads
+/// it, and it costs about 340 bytes a family in Redis (bench/README.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn families_are_indexed_by_session_only_for_back_channel_logout() {
+    let session_keys = |s: &Stack| {
+        let redis = s.redis.as_ref().expect("redis");
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port.to_string(),
+                "--scan",
+                "--pattern",
+                "*idx:sid:*",
+            ])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    // The IdP has back-channel logout on (so its ID tokens carry sid), the proxy not.
+    let idp = IdpOptions {
+        backchannel_logout_uri: Some("http://127.0.0.1:9/elsewhere".into()),
+        session_refresh_tokens: true,
+        ..IdpOptions::default()
+    };
+    let off = Stack::on(Kind::Redis, "", "", false, idp).await;
+    let (_, tokens) = sign_in(&off, "openid read").await;
+    let claims = idp::jwt_claims(idp::str_field(&tokens, "id_token"));
+    assert!(
+        claims["sid"].is_string(),
+        "the ID token names a session: {claims}"
+    );
+    assert_eq!(session_keys(&off), 0, "no receiver, no index");
+    let on = Stack::with(Kind::Redis, "", true).await;
+    sign_in(&on, "openid read").await;
+    assert_eq!(session_keys(&on), 1, "the family's session is indexed");
 }
