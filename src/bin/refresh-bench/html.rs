@@ -74,14 +74,11 @@ fn nice_ceil(x: f64) -> f64 {
     10.0 * p
 }
 
+/// A count for an axis: exact (the grid is at quarters of a round maximum), thousands as `k`.
 fn fmt_count(v: f64) -> String {
-    if v >= 10_000.0 {
-        let k = v / 1000.0;
-        if k.fract() == 0.0 {
-            format!("{k:.0}k")
-        } else {
-            format!("{k:.1}k")
-        }
+    if v >= 1000.0 {
+        let k = format!("{:.3}", v / 1000.0);
+        format!("{}k", k.trim_end_matches('0').trim_end_matches('.'))
     } else if v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
@@ -454,6 +451,10 @@ mod tests {
         assert_eq!(nice_ceil(56_000.0), 60_000.0);
         assert_eq!(fmt_count(12_500.0), "12.5k");
         assert_eq!(fmt_count(50_000.0), "50k");
+        assert_eq!(fmt_count(18_750.0), "18.75k");
+        assert_eq!(fmt_count(6250.0), "6.25k");
+        assert_eq!(fmt_count(1500.0), "1.5k");
+        assert_eq!(fmt_count(250.0), "250");
         assert_eq!(fmt_us(0.0), "0");
         assert_eq!(fmt_us(850.0), "850 µs");
         assert_eq!(fmt_us(1234.0), "1.23 ms");
