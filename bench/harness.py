@@ -44,6 +44,9 @@ RELEASE = ROOT / "target" / "release"
 PROXY_BIN = RELEASE / "refresh-proxy"
 BENCH_BIN = RELEASE / "refresh-bench"
 RESULTS = ROOT / "bench" / "results"
+# Where the next refresh-bench run writes its `--report` page (set around each measurement by
+# `measure_everything`; None: no report).
+REPORT_TO: Path | None = None
 
 CLIENT_ID = "bench"
 CLIENT_SECRET = "bench-client-secret"
@@ -529,6 +532,8 @@ def refresh_bench(args: argparse.Namespace, url: str, *, tokens: Path | None = N
         argv += ["--client-id", client[0], "--client-secret", client[1]]
     if rate:
         argv += ["--rate", f"{rate:.0f}"]
+    if REPORT_TO is not None:
+        argv += ["--report", str(REPORT_TO)]
     res = subprocess.run(argv, capture_output=True, text=True,
                          timeout=args.duration + args.warmup + 120)
     if res.returncode not in (0, 1) or not res.stdout.strip():
@@ -707,6 +712,7 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     results["run"]["wall_s"] = round(time.time() - started, 1)
     results["run"]["finished_utc"] = stamp
+    reports = results.pop("reports")
 
     table = render(results)
     print(table)
@@ -715,7 +721,10 @@ def main() -> int:
     (RESULTS / f"{stamp}.json").write_text(doc + "\n")
     (RESULTS / "latest.json").write_text(doc + "\n")
     (RESULTS / "latest.txt").write_text(table + "\n")
-    log(f"wrote {RESULTS / (stamp + '.json')} and latest.json / latest.txt ({results['run']['wall_s']} s)")
+    page = combined_html(f"refresh-proxy benchmark {stamp}", table, reports, results["measurements"])
+    (RESULTS / f"{stamp}.html").write_text(page)
+    (RESULTS / "latest.html").write_text(page)
+    log(f"wrote {RESULTS / (stamp + '.json')}, .html and latest.json / .txt / .html ({results['run']['wall_s']} s)")
     return 0
 
 
@@ -786,10 +795,25 @@ def measure_everything(args: argparse.Namespace, tmp: Path, procs: Processes) ->
         "fwd_nginx_wrk": ("forwarding via nginx proxy_pass (wrk)", "req/s",
                           lambda: wrk(args, f"http://127.0.0.1:{front_port}/resource")),
     }
+    # The last round's refresh-bench report of each line: (label, the page).
+    reports: dict[str, tuple[str, str]] = {}
+
+    def with_report(key: str, label: str, fn):
+        global REPORT_TO
+        REPORT_TO = tmp / f"report-{key}.html"
+        REPORT_TO.unlink(missing_ok=True)
+        try:
+            result = fn()
+        finally:
+            if REPORT_TO.exists():
+                reports[key] = (label, REPORT_TO.read_text())
+            REPORT_TO = None
+        return result
+
     raw: dict[str, list[dict]] = {k: [] for k in closed}
     for r in range(1, args.rounds + 1):
         for key, (label, _, fn) in closed.items():
-            out, out["cpu_s"] = meter.around(fn)
+            out, out["cpu_s"] = meter.around(lambda: with_report(key, label, fn))
             raw[key].append(out)
             log(f"round {r}/{args.rounds} {label}: {out['ok_per_s']:,.0f}/s")
 
@@ -825,7 +849,8 @@ def measure_everything(args: argparse.Namespace, tmp: Path, procs: Processes) ->
     raw_open: dict[str, list[dict]] = {k: [] for k in open_runs}
     for r in range(1, args.rounds + 1):
         for key, (label, rate, fn) in open_runs.items():
-            out, out["cpu_s"] = meter.around(fn)
+            out, out["cpu_s"] = meter.around(
+                lambda: with_report(key, f"{label} at {rate:,.0f} req/s", fn))
             raw_open[key].append(out)
             lat = out["latency_us"]
             log(f"round {r}/{args.rounds} {label} at {rate:,.0f}/s: p50 {lat['p50']} µs, p99 {lat['p99']} µs, "
@@ -866,7 +891,42 @@ def measure_everything(args: argparse.Namespace, tmp: Path, procs: Processes) ->
         "targets": targets,
         "raw": {k: [{kk: vv for kk, vv in o.items() if kk != "raw"} for o in v]
                 for k, v in {**raw, **raw_open}.items()},
+        # Not written to the JSON: main() turns them into the HTML report.
+        "reports": reports,
     }
+
+
+def combined_html(title: str, table: str, reports: dict[str, tuple[str, str]],
+                  measurements: dict) -> str:
+    """One self-contained page: the printed table (with the ratios), then the charts of every
+    line that refresh-bench measured (its last round's `--report` page, without its title)."""
+    esc = html.escape
+    style = ""
+    for _, page in reports.values():
+        m = re.search(r"<style>(.*?)</style>", page, re.S)
+        if m:
+            style = m.group(1)
+            break
+    parts = [f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+             f"<style>{style} pre{{font-size:12px}} h2.line{{border-top:2px solid #ccc;padding-top:12px}}"
+             f"</style></head><body>\n<h1>{esc(title)}</h1>\n"
+             "<p>The table the harness printed (medians over the rounds, same-run ratios, targets); "
+             "below it, each refresh-bench line's charts from its last round. Lines measured by "
+             "wrk or redis-benchmark have numbers only.</p>\n",
+             f"<pre>{esc(table)}</pre>\n"]
+    for key, (label, page) in reports.items():
+        body = re.search(r"<body>(.*)</body>", page, re.S)
+        if not body:
+            continue
+        inner = re.sub(r"<h1>.*?</h1>", "", body.group(1), count=1, flags=re.S)
+        inner = inner.replace("<h2>", "<h3>").replace("</h2>", "</h3>")
+        parts.append(f'<h2 class="line" id="{esc(key)}">{esc(label)}</h2>\n{inner}\n')
+    others = [v["label"] for k, v in measurements.items() if k not in reports]
+    if others:
+        parts.append("<h2 class=\"line\">Lines without charts</h2>\n<ul>"
+                     + "".join(f"<li>{esc(o)}</li>" for o in others) + "</ul>\n")
+    parts.append("</body></html>\n")
+    return "".join(parts)
 
 
 def redis_per_family(args: argparse.Namespace, procs: Processes, tmp: Path, upstream: str) -> dict:

@@ -8,7 +8,8 @@
 # Installs what is missing (nginx, wrk, redis-server/redis-benchmark from Debian's packages; the
 # test IdP's npm packages), builds the release binaries (refresh-proxy and the load generator
 # refresh-bench), then runs bench/harness.py, which starts everything on free loopback ports in
-# a temporary directory, prints the table and writes bench/results/<time>.json (git-ignored).
+# a temporary directory, prints the table and writes bench/results/<time>.json and <time>.html
+# (the table and a chart per refresh-bench line; git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

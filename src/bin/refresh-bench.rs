@@ -21,6 +21,9 @@
 //!   the tokens written back with `--save-tokens`.
 //! - `load`: the connections, closed- and open-loop schedules, per-connection statistics.
 //! - `report`: merged statistics, the human summary and the JSON document.
+//! - `timeline`: per-second answers, errors and latency buckets, kept for `--report`.
+//! - `html`: the `--report` page, with its SVG charts.
+//! - `progress`: the progress line redrawn on stderr when it is a terminal.
 //!
 //! # What is measured
 //!
@@ -43,12 +46,18 @@
 // A crate root finds its modules beside it; these live in `src/bin/refresh-bench/`.
 #[path = "refresh-bench/chains.rs"]
 mod chains;
+#[path = "refresh-bench/html.rs"]
+mod html;
 #[path = "refresh-bench/load.rs"]
 mod load;
+#[path = "refresh-bench/progress.rs"]
+mod progress;
 #[path = "refresh-bench/report.rs"]
 mod report;
 #[path = "refresh-bench/target.rs"]
 mod target;
+#[path = "refresh-bench/timeline.rs"]
+mod timeline;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -114,6 +123,10 @@ struct Args {
     /// Print the JSON document instead of the human summary
     #[arg(long)]
     json: bool,
+    /// Also write a self-contained HTML report here: throughput and latency percentiles per
+    /// second, the latency histogram, the errors by code, the run's parameters
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -180,15 +193,33 @@ fn run(args: Args) -> Result<ExitCode, String> {
         duration,
         rate: args.rate,
         timeout,
+        timeline: args.report.is_some(),
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr())
+            .then(|| Arc::new(progress::Counters::default())),
     };
     let pool = Arc::new(pool);
-    let outcome = load::run(&plan, threads, Arc::clone(&pool))?;
+    let printer = plan.progress.as_ref().map(|counters| {
+        progress::Printer::start(
+            Arc::clone(counters),
+            warmup + duration,
+            Duration::from_millis(250),
+        )
+    });
+    let outcome = load::run(&plan, threads, Arc::clone(&pool));
+    if let Some(printer) = printer {
+        printer.stop();
+    }
+    let outcome = outcome?;
 
     if let Some(path) = &args.save_tokens {
         pool.save(path, &outcome.final_tokens)?;
     }
 
     let summary = report::Summary::new(&plan, &outcome, pool.total(), pool.spares_left());
+    if let Some(path) = &args.report {
+        std::fs::write(path, summary.html(threads))
+            .map_err(|e| format!("cannot write the report {}: {e}", path.display()))?;
+    }
     if args.json {
         println!("{}", summary.to_json());
     } else {

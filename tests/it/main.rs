@@ -7,6 +7,7 @@
 mod support;
 
 mod admin;
+mod bench_cli;
 mod binary;
 mod capture_verify;
 mod concurrency;

@@ -24,7 +24,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::chains::ChainPool;
+use crate::progress::Counters;
 use crate::target::Target;
+use crate::timeline::Timeline;
 
 /// What to run.
 #[derive(Clone)]
@@ -36,6 +38,10 @@ pub struct Plan {
     /// Open loop at this many requests per second in total; `None`: closed loop.
     pub rate: Option<f64>,
     pub timeout: Duration,
+    /// Keep per-second data ([`Timeline`]) for `--report`: under 1 KiB per connection and second.
+    pub timeline: bool,
+    /// Counters for the progress line (only when stderr is a terminal).
+    pub progress: Option<Arc<Counters>>,
 }
 
 /// Latencies are recorded in microseconds, from 1 µs to a minute, to 3 significant digits.
@@ -75,6 +81,8 @@ pub struct Stats {
     pub reconnects: u64,
     /// Connections that stopped early because their chain died and no spare was left.
     pub exhausted: u64,
+    /// Per-second data of the measured window (empty unless [`Plan::timeline`]).
+    pub timeline: Timeline,
 }
 
 impl Stats {
@@ -91,6 +99,7 @@ impl Stats {
             chains_lost: 0,
             reconnects: 0,
             exhausted: 0,
+            timeline: Timeline::default(),
         }
     }
 
@@ -114,6 +123,7 @@ impl Stats {
         self.chains_lost += other.chains_lost;
         self.reconnects += other.reconnects;
         self.exhausted += other.exhausted;
+        self.timeline.merge(&other.timeline);
     }
 }
 
@@ -344,6 +354,7 @@ async fn connection(
     let mut conn = Some(conn);
     let warm_end = t0 + plan.warmup;
     let end = warm_end + plan.duration;
+    let timeline = plan.timeline;
     // Open loop: connection i sends at t0 + (i + k·N) / R, k = 0, 1, …
     let schedule = plan
         .rate
@@ -396,6 +407,12 @@ async fn connection(
                 Err(kind) => {
                     if counted {
                         *stats.transport.entry(kind).or_default() += 1;
+                        if timeline {
+                            stats.timeline.failure(slot - warm_end);
+                        }
+                        if let Some(p) = &plan.progress {
+                            p.failure();
+                        }
                     }
                     conn = None;
                     tokio::time::sleep(RECONNECT_PAUSE).await;
@@ -414,6 +431,12 @@ async fn connection(
             Ok(Err(kind)) => {
                 if counted {
                     *stats.transport.entry(kind).or_default() += 1;
+                    if timeline {
+                        stats.timeline.failure(slot - warm_end);
+                    }
+                    if let Some(p) = &plan.progress {
+                        p.failure();
+                    }
                 }
                 conn = None;
                 continue;
@@ -421,6 +444,12 @@ async fn connection(
             Err(_elapsed) => {
                 if counted {
                     *stats.transport.entry("timeout").or_default() += 1;
+                    if timeline {
+                        stats.timeline.failure(slot - warm_end);
+                    }
+                    if let Some(p) = &plan.progress {
+                        p.failure();
+                    }
                 }
                 conn = None;
                 continue;
@@ -429,7 +458,16 @@ async fn connection(
 
         if counted {
             stats.answered += 1;
-            stats.latency.saturating_record(micros(finished - start));
+            let latency = micros(finished - start);
+            stats.latency.saturating_record(latency);
+            if timeline {
+                stats
+                    .timeline
+                    .answer(slot - warm_end, status == 200, latency);
+            }
+            if let Some(p) = &plan.progress {
+                p.answer(status == 200);
+            }
             if schedule.is_some() {
                 stats.service.saturating_record(micros(finished - sent));
             }

@@ -189,6 +189,81 @@ impl<'a> Summary<'a> {
     }
 }
 
+impl Summary<'_> {
+    /// The `--report` page of this run.
+    pub fn html(&self, threads: usize) -> String {
+        let s = self.stats;
+        let window = self.window_s();
+        let mut params: Vec<(String, String)> = Vec::new();
+        let mut add = |k: &str, v: String| params.push((k.to_owned(), v));
+        add("target", self.plan.target.url.clone());
+        add(
+            "requests",
+            if self.plan.target.is_refresh() {
+                "refresh grants, each connection rotating its own chain".to_owned()
+            } else {
+                "GET".to_owned()
+            },
+        );
+        add(
+            "schedule",
+            match self.plan.rate {
+                Some(rate) => format!("open loop at {rate:.0} req/s"),
+                None => "closed loop".to_owned(),
+            },
+        );
+        add(
+            "connections / threads",
+            format!("{} / {threads}", self.plan.connections),
+        );
+        add(
+            "window",
+            format!(
+                "{window:.1} s measured after {:.1} s warm-up ({:.1} s in all)",
+                self.plan.warmup.as_secs_f64(),
+                self.elapsed_s
+            ),
+        );
+        add(
+            "answers",
+            format!(
+                "{} answered, {} ok: {:.0} ok/s",
+                s.answered,
+                s.ok,
+                s.ok as f64 / window
+            ),
+        );
+        add("latency", latency_line(&s.latency));
+        if self.plan.rate.is_some() {
+            add("service time", latency_line(&s.service));
+            add("sent behind schedule", s.behind.to_string());
+        }
+        if self.plan.target.is_refresh() {
+            add(
+                "chains",
+                format!(
+                    "{} running, {} lost, {} spares left, {} connections out of tokens",
+                    self.plan.connections, s.chains_lost, self.spares_left, s.exhausted
+                ),
+            );
+        }
+        add("reconnects", s.reconnects.to_string());
+        let mut errors: Vec<(String, u64)> =
+            s.non_200.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        errors.extend(
+            s.transport
+                .iter()
+                .map(|(k, v)| (format!("no answer: {k}"), *v)),
+        );
+        crate::html::page(&crate::html::Page {
+            title: format!("refresh-bench report: {}", self.plan.target.url),
+            params,
+            timeline: &s.timeline,
+            errors,
+        })
+    }
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
