@@ -159,6 +159,9 @@ check "policy (manifests and chart)" "${CHECKS[@]}" policy "${EXTERNAL[@]/#/--ex
 check "admin API (chart default)" "${CHECKS[@]}" admin "$TMP/helm-default/manifests.yaml" off
 check "admin API (chart ci)" "${CHECKS[@]}" admin "$TMP/helm-ci/manifests.yaml" revoke
 check "admin API (chart secret)" "${CHECKS[@]}" admin "$TMP/helm-secret/manifests.yaml" revoke+issue
+for variant in "${VARIANTS[@]}"; do
+  check "admin API (chart $variant)" "${CHECKS[@]}" admin "$TMP/helm-$variant/manifests.yaml" off
+done
 check "admin API (proxy-with-redis.yaml)" "${CHECKS[@]}" admin "$DEPLOY/kubernetes/proxy-with-redis.yaml" revoke
 check "admin API (sidecar.yaml)" "${CHECKS[@]}" admin "$DEPLOY/kubernetes/sidecar.yaml" off
 check "compose" "${CHECKS[@]}" compose "$DEPLOY"
