@@ -123,10 +123,28 @@ check "kubernetes-validate chart (ci)" kube_validate "$TMP/helm-ci/manifests.yam
 check "servicemonitor (ci)" "${CHECKS[@]}" servicemonitor "$TMP/helm-ci/crds.yaml"
 check "helm render (secret values)" "${CHECKS[@]}" render "$CHART" "$SECRET_VALUES" "$TMP/helm-secret"
 check "kubernetes-validate chart (secret)" kube_validate "$TMP/helm-secret/manifests.yaml"
-check "helm lint" "${CHECKS[@]}" lint "$CHART" "$CI_VALUES" "$SECRET_VALUES"
+# The ci/ variants of the store and monitoring: each rendered and validated like the others.
+VARIANTS=(redis-sentinel redis-cluster redis-tls monitoring-on)
+VARIANT_RENDERS=()
+for variant in "${VARIANTS[@]}"; do
+  check "helm render ($variant)" "${CHECKS[@]}" render "$CHART" "$CHART/ci/$variant-values.yaml" "$TMP/helm-$variant"
+  check "kubernetes-validate chart ($variant)" kube_validate "$TMP/helm-$variant/manifests.yaml"
+  VARIANT_RENDERS+=("$TMP/helm-$variant/manifests.yaml")
+done
+# The PrometheusRule (a CRD, set aside with the ServiceMonitor): the rules of RULES, from the
+# chart's copy of that file, which must stay identical to it.
+RULES="$DEPLOY/prometheus/refresh-proxy.rules.yaml"
+check "prometheusrule (default)" "${CHECKS[@]}" prometheusrule "$TMP/helm-default/crds.yaml" "$RULES" \
+  "$CHART/files/refresh-proxy.rules.yaml" --absent
+check "servicemonitor (monitoring-on)" "${CHECKS[@]}" servicemonitor "$TMP/helm-monitoring-on/crds.yaml"
+check "prometheusrule (monitoring-on)" "${CHECKS[@]}" prometheusrule "$TMP/helm-monitoring-on/crds.yaml" "$RULES" \
+  "$CHART/files/refresh-proxy.rules.yaml"
+check "helm lint" "${CHECKS[@]}" lint "$CHART" "$CHART"/ci/*-values.yaml
+check "values.schema.json refuses bad values" "${CHECKS[@]}" schema "$CHART" "$DEPLOY/helm/tests"
 # Two renders of each values set are identical (Secrets included, or no Secret at all): nothing
 # is generated per render, so `helm template` and GitOps tools never mint new keys.
-check "helm render twice: identical" "${CHECKS[@]}" deterministic "$CHART" - "$CI_VALUES" "$SECRET_VALUES"
+check "helm render twice: identical" "${CHECKS[@]}" deterministic "$CHART" - "$CI_VALUES" "$SECRET_VALUES" \
+  "$CHART/ci/redis-tls-values.yaml" "$CHART/ci/monitoring-on-values.yaml"
 check "helm refuses incomplete secrets" "${CHECKS[@]}" refusals "$CHART"
 
 # --- What schemas cannot tell -------------------------------------------------------------------
@@ -135,17 +153,20 @@ check "helm refuses incomplete secrets" "${CHECKS[@]}" refusals "$CHART"
 EXTERNAL=(Secret/refresh-proxy Secret/refresh-proxy-secrets ConfigMap/upstream-ca)
 check "policy (manifests and chart)" "${CHECKS[@]}" policy "${EXTERNAL[@]/#/--external=}" \
   "$DEPLOY/kubernetes/proxy-with-redis.yaml" "$DEPLOY/kubernetes/sidecar.yaml" \
-  "$TMP/helm-default/manifests.yaml" "$TMP/helm-ci/manifests.yaml" "$TMP/helm-secret/manifests.yaml"
+  "$TMP/helm-default/manifests.yaml" "$TMP/helm-ci/manifests.yaml" "$TMP/helm-secret/manifests.yaml" \
+  "${VARIANT_RENDERS[@]}"
 # Which admin API endpoints each shipped config turns on: the chart's default has none.
 check "admin API (chart default)" "${CHECKS[@]}" admin "$TMP/helm-default/manifests.yaml" off
 check "admin API (chart ci)" "${CHECKS[@]}" admin "$TMP/helm-ci/manifests.yaml" revoke
 check "admin API (chart secret)" "${CHECKS[@]}" admin "$TMP/helm-secret/manifests.yaml" revoke+issue
+for variant in "${VARIANTS[@]}"; do
+  check "admin API (chart $variant)" "${CHECKS[@]}" admin "$TMP/helm-$variant/manifests.yaml" off
+done
 check "admin API (proxy-with-redis.yaml)" "${CHECKS[@]}" admin "$DEPLOY/kubernetes/proxy-with-redis.yaml" revoke
 check "admin API (sidecar.yaml)" "${CHECKS[@]}" admin "$DEPLOY/kubernetes/sidecar.yaml" off
 check "compose" "${CHECKS[@]}" compose "$DEPLOY"
 
 # --- Prometheus rules and the Grafana dashboard ------------------------------------------------
-RULES="$DEPLOY/prometheus/refresh-proxy.rules.yaml"
 RULE_TESTS="$DEPLOY/prometheus/refresh-proxy.rules.test.yaml"
 DASHBOARD="$DEPLOY/grafana/refresh-proxy.json"
 # promtool's own summaries, without their indentation; the unit tests' with how many ran.
@@ -194,7 +215,8 @@ else
   check "check-config ($(basename "$(dirname "$BIN")"))" "${CHECKS[@]}" check-config "$BIN" "$REPO" \
     "${EXTERNAL[@]/#/--stand-in=}" \
     "$DEPLOY/kubernetes/proxy-with-redis.yaml" "$DEPLOY/kubernetes/sidecar.yaml" \
-    "$TMP/helm-default/manifests.yaml" "$TMP/helm-ci/manifests.yaml" "$TMP/helm-secret/manifests.yaml"
+    "$TMP/helm-default/manifests.yaml" "$TMP/helm-ci/manifests.yaml" "$TMP/helm-secret/manifests.yaml" \
+    "${VARIANT_RENDERS[@]}"
 fi
 
 echo "deploy checks: all passed ($((SECONDS - START)) s)"

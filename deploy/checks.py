@@ -7,6 +7,11 @@ as the last line of stdout. Run with the venv's Python from outside helm-python-
   checks.py render CHART VALUES|- OUTDIR    render the chart (helm-python-sdk) into OUTDIR
   checks.py lint CHART [VALUES...]          helm lint, strict, for each values set
   checks.py servicemonitor FILE [--absent]  the rendered ServiceMonitor (a CRD) is well formed
+  checks.py prometheusrule FILE RULES COPY [--absent]
+                                            the rendered PrometheusRule carries RULES' groups,
+                                            and the chart's COPY of RULES is identical to it
+  checks.py schema CHART TESTDIR            values.schema.json rejects every TESTDIR/bad-*.yaml
+                                            in render and lint, with the error it names
   checks.py policy [--external=KIND/NAME...] FILE...
                                             restricted PSS, probes, shutdown budget, wiring,
                                             a NetworkPolicy that keeps the admin port closed
@@ -151,15 +156,20 @@ def cmd_lint(chart: str, *values_files: str) -> str:
     return f"{len(sets)} values sets, strict, kube 1.33: no warnings or errors ({infos} info messages)"
 
 
+def one_of_kind(path: str, kind: str, absent: bool) -> dict | None:
+    """The one object of this kind in the file; None, and none may be there, when absent."""
+    docs = [d for d in load_docs(Path(path)) if d.get("kind") == kind]
+    if absent and docs:
+        fail(f"expected no {kind}, found {len(docs)}")
+    if not absent and len(docs) != 1:
+        fail(f"expected one {kind}, found {len(docs)}")
+    return None if absent else docs[0]
+
+
 def cmd_servicemonitor(path: str, *flags: str) -> str:
-    docs = load_docs(Path(path))
-    if "--absent" in flags:
-        if docs:
-            fail(f"expected no ServiceMonitor with default values, found {len(docs)}")
+    sm = one_of_kind(path, "ServiceMonitor", "--absent" in flags)
+    if sm is None:
         return "absent with default values (serviceMonitor.enabled=false)"
-    if len(docs) != 1:
-        fail(f"expected one ServiceMonitor, found {len(docs)} documents")
-    sm = docs[0]
     if sm.get("apiVersion") != "monitoring.coreos.com/v1" or sm.get("kind") != "ServiceMonitor":
         fail(f"unexpected {sm.get('apiVersion')} {sm.get('kind')}")
     spec = sm.get("spec") or {}
@@ -171,6 +181,49 @@ def cmd_servicemonitor(path: str, *flags: str) -> str:
     if not sm.get("metadata", {}).get("labels", {}).get("release"):
         fail("serviceMonitor.labels were not applied")
     return "monitoring.coreos.com/v1 ServiceMonitor, port admin, path /metrics, labels applied"
+
+
+# The fields the Prometheus Operator's PrometheusRule CRD (monitoring.coreos.com/v1) allows in a
+# rule group and in a rule; its OpenAPI schema is in no PyPI or npm package check.sh installs, so
+# the structure is checked against these lists (deploy/README.md, "Static checks").
+RULE_GROUP_FIELDS = {"name", "interval", "rules", "partial_response_strategy", "limit",
+                     "query_offset", "labels"}
+RULE_FIELDS = {"record", "alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
+
+
+def cmd_prometheusrule(path: str, rules_file: str, chart_copy: str, *flags: str) -> str:
+    source, copy = Path(rules_file).read_bytes(), Path(chart_copy).read_bytes()
+    if source != copy:
+        fail(f"{chart_copy} differs from {rules_file}: copy the rules file into the chart again")
+    pr = one_of_kind(path, "PrometheusRule", "--absent" in flags)
+    if pr is None:
+        return "absent (prometheusRule.enabled=false); the chart's rules file is identical to the source"
+    if pr.get("apiVersion") != "monitoring.coreos.com/v1":
+        fail(f"unexpected apiVersion {pr.get('apiVersion')}")
+    meta = pr.get("metadata") or {}
+    if not meta.get("name") or not (meta.get("labels") or {}).get("release"):
+        fail("PrometheusRule has no name, or prometheusRule.labels were not applied")
+    if set(pr) - {"apiVersion", "kind", "metadata", "spec"} or set(pr.get("spec") or {}) != {"groups"}:
+        fail(f"unexpected fields: {sorted(set(pr))}, spec {sorted(pr.get('spec') or {})}")
+    groups = pr["spec"]["groups"]
+    expected = yaml.safe_load(source)["groups"]
+    if groups != expected:
+        fail(f"the PrometheusRule's groups differ from {rules_file}'s")
+    alerts = records = 0
+    for g in groups:
+        if not isinstance(g.get("name"), str) or set(g) - RULE_GROUP_FIELDS or not g.get("rules"):
+            fail(f"group {g.get('name')!r}: needs a name and rules, only {sorted(RULE_GROUP_FIELDS)}")
+        for r in g["rules"]:
+            if set(r) - RULE_FIELDS or ("alert" in r) == ("record" in r) or not isinstance(r.get("expr"), str):
+                fail(f"group {g['name']}: rule {r.get('alert') or r.get('record')!r} is not a "
+                     f"record or an alert with an expr and only {sorted(RULE_FIELDS)}")
+            for key in ("labels", "annotations"):
+                if any(not isinstance(v, str) for v in (r.get(key) or {}).values()):
+                    fail(f"rule {r.get('alert') or r.get('record')}: {key} values must be strings")
+            alerts += "alert" in r
+            records += "record" in r
+    return (f"monitoring.coreos.com/v1 PrometheusRule: {len(groups)} groups, {alerts} alerts, "
+            f"{records} recording rules, equal to {Path(rules_file).name} (chart copy identical)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,6 +622,41 @@ def cmd_refusals(chart: str) -> str:
     return f"{len(REFUSED_VALUES)} bad values sets refused with a message naming the value"
 
 
+def cmd_schema(chart: str, testdir: str) -> str:
+    """Each TESTDIR/bad-*.yaml starts with `# expect: TEXT`: render and lint must both refuse it
+    for values.schema.json, with TEXT in the message."""
+    import helm_python
+
+    if not (Path(chart) / "values.schema.json").is_file():
+        fail(f"{chart} has no values.schema.json")
+    files = sorted(Path(testdir).glob("bad-*.yaml"))
+    if not files:
+        fail(f"no bad-*.yaml in {testdir}")
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        m = re.match(r"# expect: (.+)\n", text)
+        if not m:
+            fail(f"{f.name}: first line must be `# expect: <text of the schema error>`")
+        expected = m[1]
+        values = helm_python.values_from_yaml(text)
+        c = helm_python.Chart.load(chart)
+        try:
+            c.render(values, name="refresh-proxy", namespace="refresh-proxy", is_install=True)
+        except Exception as e:  # helm_python's HelmValuesError
+            if "schema" not in str(e) or expected not in str(e):
+                fail(f"{f.name}: render refused, but not by the schema with {expected!r}: {e}")
+        else:
+            fail(f"{f.name}: rendered; the schema should have refused it ({expected})")
+        finally:
+            c.close()
+        report = helm_python.lint(chart, values, strict=True, kube_version="v1.33.0", quiet=False)
+        messages = [str(m.get("error")) for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+        messages += [str(e) for e in report.get("errors") or []]
+        if not any(expected in m for m in messages):
+            fail(f"{f.name}: helm lint did not report {expected!r}: {messages}")
+    return f"{len(files)} bad values files refused by values.schema.json in render and lint"
+
+
 # ---------------------------------------------------------------------------------------------
 # compose
 
@@ -638,7 +726,9 @@ def write_volume(dest: Path, volume: dict, objects: dict, placeholders: dict[str
             items = ref.get("items") or [{"key": k, "path": k} for k in data]
             for item in items:
                 content = data[item["key"]]
-                if "CHANGE-ME" in content and "-----BEGIN" in content:
+                if "CHANGE-ME" in content and "-----BEGIN CERTIFICATE" in content:
+                    content = placeholders["cert"]
+                elif "CHANGE-ME" in content and "-----BEGIN" in content:
                     content = placeholders["pem"]
                 target = dest / item["path"]
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -679,7 +769,11 @@ def cmd_check_config(binary: str, repo: str, *args: str) -> str:
         subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
                         "ec_paramgen_curve:P-256", "-out", str(pem)],
                        check=True, capture_output=True)
-        placeholders = {"pem": pem.read_text()}
+        # A self-signed certificate for that key, for placeholder CA and client certificates.
+        cert = Path(tmp) / "placeholder-cert.pem"
+        subprocess.run(["openssl", "req", "-x509", "-new", "-key", str(pem), "-subj", "/CN=stand-in",
+                        "-days", "2", "-out", str(cert)], check=True, capture_output=True)
+        placeholders = {"pem": pem.read_text(), "cert": cert.read_text()}
         for n, file in enumerate(files):
             docs = load_docs(Path(file))
             objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
@@ -777,6 +871,7 @@ def main(argv: list[str]) -> int:
         "servicemonitor": cmd_servicemonitor, "policy": cmd_policy, "compose": cmd_compose,
         "check-config": cmd_check_config, "dockerfile": cmd_dockerfile, "admin": cmd_admin,
         "deterministic": cmd_deterministic, "refusals": cmd_refusals,
+        "prometheusrule": cmd_prometheusrule, "schema": cmd_schema,
     }
     return run(argv, commands, __doc__)
 
