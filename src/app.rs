@@ -283,6 +283,7 @@ impl App {
                 fallback: config.upstream.url.clone(),
             },
         )?;
+        let body_read_timeout = config.server.body_read_timeout;
         let https_logout = config.clients.values().any(|c| {
             c.backchannel_logout_uri
                 .as_deref()
@@ -311,7 +312,7 @@ impl App {
             tls,
             admin_tls,
             id_token_alg,
-            admin_api: admin_api.map(Arc::new),
+            admin_api: admin_api.map(|api| Arc::new(api.with_body_read_timeout(body_read_timeout))),
             metrics: engine.metrics.clone(),
             endings,
             logouts,
@@ -461,7 +462,10 @@ impl App {
             admin_tls,
             admin_service,
             options,
-            server::Gate::unlimited(),
+            // Its own cap, apart from the proxy port's: probes and /metrics answer when the
+            // proxy port is full, and a flood of the admin port cannot exhaust file handles.
+            server::Gate::new(config.server.admin_max_connections)
+                .named("server.admin_max_connections"),
             async move {
                 let _ = admin_stopped.await;
             },

@@ -139,19 +139,28 @@ pub struct Gate {
     metrics: Option<Arc<Metrics>>,
     /// When the cap was last logged (once per [`GATE_LOG_INTERVAL`] at most).
     logged: Arc<Mutex<Option<Instant>>>,
+    /// The config key of the cap, for that log line.
+    key: &'static str,
 }
 
 const GATE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Gate {
-    /// No cap (the admin listener).
+    /// No cap.
     pub fn unlimited() -> Gate {
         Gate {
             slots: None,
             max: usize::MAX,
             metrics: None,
             logged: Arc::default(),
+            key: "server.max_connections",
         }
+    }
+
+    /// The same gate, naming `key` as its cap when it logs (the admin port's).
+    pub fn named(mut self, key: &'static str) -> Gate {
+        self.key = key;
+        self
     }
 
     /// At most `max` connections open at once (at least 1).
@@ -201,7 +210,8 @@ impl Gate {
             *logged = Some(Instant::now());
             tracing::warn!(
                 max_connections = self.max,
-                "server.max_connections reached: not accepting until a connection closes"
+                "{} reached: not accepting until a connection closes",
+                self.key
             );
         }
     }

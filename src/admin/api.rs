@@ -36,6 +36,8 @@ pub struct AdminApi {
     revoke_digest: Option<digest::Digest>,
     /// SHA-256 of `admin.issue_token` (`/admin/issue`).
     issue_digest: Option<digest::Digest>,
+    /// How long a request body may take to arrive (`server.body_read_timeout`).
+    body_read_timeout: Duration,
 }
 
 impl std::fmt::Debug for AdminApi {
@@ -45,6 +47,7 @@ impl std::fmt::Debug for AdminApi {
             issuer,
             revoke_digest,
             issue_digest,
+            body_read_timeout,
         } = self;
         let state = |d: &Option<digest::Digest>| if d.is_some() { "<redacted>" } else { "off" };
         f.debug_struct("AdminApi")
@@ -52,9 +55,13 @@ impl std::fmt::Debug for AdminApi {
             .field("issuer", issuer)
             .field("revoke_digest", &state(revoke_digest))
             .field("issue_digest", &state(issue_digest))
+            .field("body_read_timeout", body_read_timeout)
             .finish()
     }
 }
+
+/// `server.body_read_timeout`'s default.
+const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The two endpoints of the admin API, each with its own token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +93,12 @@ impl Endpoint {
 
 impl AdminApi {
     /// The admin API for `[admin]`: `Ok(None)` when neither token is set (the API is off).
+    /// The same API giving request bodies `timeout` to arrive (default 10 s).
+    pub fn with_body_read_timeout(mut self, timeout: Duration) -> AdminApi {
+        self.body_read_timeout = timeout;
+        self
+    }
+
     pub fn from_config(
         admin: &AdminConfig,
         engine: Arc<Engine>,
@@ -106,6 +119,7 @@ impl AdminApi {
             issuer,
             revoke_digest,
             issue_digest,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
         }))
     }
 
@@ -168,7 +182,11 @@ impl AdminApi {
         if req.method() != Method::POST {
             return Err(AdminError::MethodNotAllowed);
         }
-        let body = read_body(req).await?;
+        // A body that trickles in holds the admin port's connection: bounded like the proxy
+        // port's (`server.body_read_timeout`).
+        let body = tokio::time::timeout(self.body_read_timeout, read_body(req))
+            .await
+            .map_err(|_| AdminError::BodyTimeout)??;
         match endpoint {
             Endpoint::Revoke => self.revoke(parse_revoke(&body)?).await,
             Endpoint::Issue => self.issue(parse_issue(&body)?).await,
@@ -394,6 +412,8 @@ pub enum AdminError {
     MethodNotAllowed,
     #[error("request body too large")]
     BodyTooLarge,
+    #[error("request body not received within server.body_read_timeout")]
+    BodyTimeout,
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error(transparent)]
@@ -459,6 +479,10 @@ impl AdminError {
             AdminError::BodyTooLarge => json_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &body("invalid_request", Some("request body larger than 64 KiB")),
+            ),
+            AdminError::BodyTimeout => json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                &body("invalid_request", Some("request body not received in time")),
             ),
             AdminError::Invalid(why) => json_response(
                 StatusCode::BAD_REQUEST,

@@ -198,6 +198,10 @@ pub struct ServerConfig {
     /// accepting (new connections wait in the kernel's listen backlog) until one closes.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Open connections on the admin port (a cap of its own; the proxy port's does not count
+    /// them). At the cap it stops accepting until one closes.
+    #[serde(default = "default_admin_max_connections")]
+    pub admin_max_connections: usize,
     /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY). An
     /// HTTP/1.1 connection's wait for its next request is also bounded by
     /// `header_read_timeout` (hyper times the next head from the end of the previous answer).
@@ -1074,6 +1078,12 @@ fn validate_connections(server: &ServerConfig) -> Result<(), ConfigError> {
             MAX_CONNECTIONS,
         ),
         (
+            "server.admin_max_connections",
+            server.admin_max_connections,
+            1,
+            MAX_CONNECTIONS,
+        ),
+        (
             "server.max_header_bytes",
             server.max_header_bytes,
             MIN_HEADER_BYTES,
@@ -1377,6 +1387,10 @@ fn default_admin_listen() -> SocketAddr {
 const fn default_max_body_bytes() -> usize {
     64 * 1024
 }
+const fn default_admin_max_connections() -> usize {
+    256
+}
+
 const fn default_max_connections() -> usize {
     10_000
 }

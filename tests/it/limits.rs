@@ -556,3 +556,76 @@ async fn a_slowloris_and_a_stream_flood_leave_other_clients_served() {
     while attackers.join_next().await.is_some() {}
     s.refresh(&s.issue(1).await.remove(0)).await;
 }
+
+/// The admin port has a connection cap of its own (`server.admin_max_connections`): at the cap
+/// the next connection waits until one closes, as on the proxy port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_has_its_own_connection_cap() {
+    let s = Stack::start("admin_max_connections = 2").await;
+    let admin = s
+        .proxy
+        .admin_url
+        .strip_prefix("http://")
+        .expect("http")
+        .to_owned();
+    // The rig's own admin client may hold one of the two (a pooled keep-alive connection):
+    // at most two of ours are served before one waits.
+    let mut held = Vec::new();
+    let mut waiting = None;
+    for _ in 0..3 {
+        let mut conn = TcpStream::connect(&admin).await.expect("connect");
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin.test\r\n\r\n")
+            .await
+            .expect("write");
+        // A bounded wait for an answer that, at the cap, must not come.
+        match tokio::time::timeout(Duration::from_millis(500), read_answer(&mut conn)).await {
+            Ok(answer) => {
+                assert_eq!(answer, Some(200));
+                held.push(conn);
+            }
+            Err(_) => {
+                waiting = Some(conn);
+                break;
+            }
+        }
+    }
+    let mut waiting = waiting.expect("a connection past the cap waits");
+    assert!(held.len() <= 2, "{} connections served", held.len());
+    // The proxy port is not affected.
+    s.forwarded_get("/still-served").await;
+    // Closing ours lets the waiting one in.
+    held.clear();
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_answer(&mut waiting))
+        .await
+        .expect("served once a connection closed");
+    assert_eq!(answer, Some(200));
+}
+
+/// An admin request body that trickles in is cut off at `server.body_read_timeout` (408).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_admin_body_gets_408() {
+    let s = Stack::start("body_read_timeout = 1").await;
+    let admin = s
+        .proxy
+        .admin_url
+        .strip_prefix("http://")
+        .expect("http")
+        .to_owned();
+    let mut conn = TcpStream::connect(&admin).await.expect("connect");
+    let head = format!(
+        "POST /admin/revoke HTTP/1.1\r\nHost: admin.test\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"subject\":",
+        crate::support::echo_stack::ADMIN_TOKEN
+    );
+    conn.write_all(head.as_bytes()).await.expect("write");
+    let started = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut conn))
+        .await
+        .expect("answered, not held");
+    assert_eq!(answer, Some(408));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}
