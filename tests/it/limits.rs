@@ -30,6 +30,12 @@ impl Stack {
         Stack(EchoStack::start(server).await)
     }
 
+    /// The admin port's `host:port`.
+    fn admin_addr(&self) -> String {
+        let url = &self.proxy.admin_url;
+        url.strip_prefix("http://").expect("http").to_owned()
+    }
+
     /// One refresh on a new connection; the next token.
     async fn refresh(&self, rt: &str) -> String {
         let (status, body) = idp::refresh(&self.proxy.url, "www", SECRET, rt, None).await;
@@ -562,12 +568,7 @@ async fn a_slowloris_and_a_stream_flood_leave_other_clients_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_port_has_its_own_connection_cap() {
     let s = Stack::start("admin_max_connections = 2").await;
-    let admin = s
-        .proxy
-        .admin_url
-        .strip_prefix("http://")
-        .expect("http")
-        .to_owned();
+    let admin = s.admin_addr();
     // The rig's own admin client may hold one of the two (a pooled keep-alive connection):
     // at most two of ours are served before one waits.
     let mut held = Vec::new();
@@ -605,12 +606,7 @@ async fn the_admin_port_has_its_own_connection_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_admin_body_gets_408() {
     let s = Stack::start("body_read_timeout = 1").await;
-    let admin = s
-        .proxy
-        .admin_url
-        .strip_prefix("http://")
-        .expect("http")
-        .to_owned();
+    let admin = s.admin_addr();
     let mut conn = TcpStream::connect(&admin).await.expect("connect");
     let head = format!(
         "POST /admin/revoke HTTP/1.1\r\nHost: admin.test\r\nAuthorization: Bearer {}\r\n\
