@@ -241,6 +241,16 @@ impl std::fmt::Debug for UpstreamAuth {
     }
 }
 
+/// The `Authorization` value of client_secret_basic: RFC 6749 §2.3.1, id and secret
+/// form-encoded, then Basic.
+pub fn basic_header(id: &str, secret: &str) -> String {
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    format!(
+        "Basic {}",
+        STANDARD.encode(format!("{}:{}", enc(id), enc(secret)))
+    )
+}
+
 impl UpstreamAuth {
     /// A form POST of `pairs` to the upstream's `path`, authenticated as this client.
     pub fn post_form(
@@ -272,13 +282,7 @@ impl UpstreamAuth {
     /// The `Authorization` header value (Basic), and the form pairs to add.
     pub fn apply(&self, form: &mut form_urlencoded::Serializer<'_, String>) -> Option<String> {
         match self {
-            UpstreamAuth::Basic { id, secret } => {
-                // RFC 6749 §2.3.1: id and secret form-encoded, then Basic.
-                let enc =
-                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                let pair = format!("{}:{}", enc(id), enc(secret.expose()));
-                Some(format!("Basic {}", STANDARD.encode(pair)))
-            }
+            UpstreamAuth::Basic { id, secret } => Some(basic_header(id, secret.expose())),
             UpstreamAuth::Post { id, secret } => {
                 form.append_pair("client_id", id);
                 form.append_pair("client_secret", secret.expose());

@@ -381,6 +381,11 @@ pub struct Metrics {
 /// The endpoints the proxy answers for, whose upstream paths discovery or config must give.
 pub const KNOWN_ENDPOINTS: [&str; 4] = ["token", "revocation", "introspection", "jwks"];
 
+/// The index of `value` in a label's closed set `all` (its counter's slot).
+fn slot<T: PartialEq>(all: &[T], value: T) -> usize {
+    all.iter().position(|x| *x == value).unwrap_or(0)
+}
+
 /// Adds one to a counter.
 pub fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
@@ -429,47 +434,27 @@ impl Metrics {
 
     /// An upstream answer passed on uncaptured, and why.
     pub fn capture_skip(&self, reason: CaptureSkip) {
-        let i = CaptureSkip::ALL
-            .iter()
-            .position(|x| *x == reason)
-            .unwrap_or(0);
-        inc(&self.capture_skips[i]);
+        inc(&self.capture_skips[slot(&CaptureSkip::ALL, reason)]);
     }
 
     /// What became of one try to tell the upstream of a family end.
     pub fn upstream_revocation(&self, outcome: UpstreamRevocation) {
-        let i = UpstreamRevocation::ALL
-            .iter()
-            .position(|x| *x == outcome)
-            .unwrap_or(0);
-        inc(&self.upstream_revocations[i]);
+        inc(&self.upstream_revocations[slot(&UpstreamRevocation::ALL, outcome)]);
     }
 
     /// An upstream session check's outcome.
     pub fn upstream_check(&self, outcome: UpstreamCheck) {
-        let i = UpstreamCheck::ALL
-            .iter()
-            .position(|x| *x == outcome)
-            .unwrap_or(0);
-        inc(&self.upstream_checks[i]);
+        inc(&self.upstream_checks[slot(&UpstreamCheck::ALL, outcome)]);
     }
 
     /// A logout token received, and what became of it.
     pub fn logout(&self, outcome: LogoutReceived) {
-        let i = LogoutReceived::ALL
-            .iter()
-            .position(|x| *x == outcome)
-            .unwrap_or(0);
-        inc(&self.logouts[i]);
+        inc(&self.logouts[slot(&LogoutReceived::ALL, outcome)]);
     }
 
     /// Upstream revocations with `outcome` so far.
     pub fn upstream_revocations(&self, outcome: UpstreamRevocation) -> u64 {
-        let i = UpstreamRevocation::ALL
-            .iter()
-            .position(|x| *x == outcome)
-            .unwrap_or(0);
-        self.upstream_revocations[i].load(Ordering::Relaxed)
+        self.upstream_revocations[slot(&UpstreamRevocation::ALL, outcome)].load(Ordering::Relaxed)
     }
 
     /// Upstream answers passed on uncaptured, whatever the reason.

@@ -203,12 +203,7 @@ impl RefreshGrantLayerBuilder {
         client_id: &str,
         secret: &str,
     ) -> Result<Self, ConfigError> {
-        let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-        let raw = format!("{}:{}", enc(client_id), enc(secret));
-        let value = format!(
-            "Basic {}",
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw)
-        );
+        let value = crate::client_auth::basic_header(client_id, secret);
         let mut value = HeaderValue::from_str(&value)
             .map_err(|e| ConfigError::invalid("upstream.introspection_client_id", e))?;
         value.set_sensitive(true);
