@@ -15,7 +15,7 @@ pub enum LoggedOut {
 }
 
 /// The store key of a one-time identifier: a digest, so no client-chosen bytes reach a key.
-fn used_id(kind: &str, id: &str) -> String {
+pub(super) fn used_id(kind: &str, id: &str) -> String {
     let d = aws_lc_rs::digest::digest(
         &aws_lc_rs::digest::SHA256,
         [kind.as_bytes(), b"\0", id.as_bytes()].concat().as_slice(),

@@ -166,6 +166,124 @@ pub enum UpstreamAnswer {
 
 /// How the engine redeems a kept upstream refresh token at the upstream: the layer's over its
 /// inner service; never for the engine to do itself (it does no HTTP).
+/// A `jwks_uri` client's keys, fetched and cached by the layer (docs/design.md §4.15).
+pub trait ClientJwks: Send + Sync {
+    /// The keys at `uri` for `client_id`; `refetch`: an assertion named a key the cached set
+    /// lacks (fetched again at most once per interval). `None`: no keys could be had.
+    fn keys<'a>(&'a self, client_id: &'a str, uri: &'a str, refetch: bool) -> KeysFuture<'a>;
+}
+
+/// What [`ClientJwks::keys`] answers.
+pub type KeysFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Option<Arc<crate::grant::verify::KeySet>>> + Send + 'a>,
+>;
+
+/// No `jwks_uri` keys (tests).
+#[cfg(test)]
+pub(crate) struct NoClientJwks;
+
+#[cfg(test)]
+impl ClientJwks for NoClientJwks {
+    fn keys<'a>(&'a self, _: &'a str, _: &'a str, _: bool) -> KeysFuture<'a> {
+        Box::pin(std::future::ready(None))
+    }
+}
+
+/// What client authentication needs beyond the request: the audiences an assertion may name
+/// and the fetcher of `jwks_uri` keys.
+pub(crate) struct Authn<'a> {
+    pub audience: client_auth::assertion::Audience<'a>,
+    pub jwks: &'a dyn ClientJwks,
+}
+
+impl Authn<'_> {
+    /// Only an issuer (no token endpoint URL, no `jwks_uri` fetcher).
+    #[cfg(test)]
+    pub(crate) fn issuer(issuer: &str) -> Authn<'_> {
+        Authn {
+            audience: client_auth::assertion::Audience {
+                issuer,
+                token_endpoint: None,
+            },
+            jwks: &NoClientJwks,
+        }
+    }
+}
+
+impl Engine {
+    /// Authenticates `presented` as `client` (docs/design.md §4.15 for assertions): `Some` the
+    /// verified assertion, whose `jti` the caller must see used once.
+    pub(crate) async fn verify_client(
+        &self,
+        client: &Client,
+        presented: &client_auth::Presented,
+        authn: &Authn<'_>,
+    ) -> Result<Option<client_auth::assertion::Verified>, ClientAuthError> {
+        Clients::verify(client, presented)?;
+        let (Some(jwt), Some(auth)) = (presented.assertion(), &client.assertion) else {
+            return Ok(None);
+        };
+        use client_auth::AssertionKeys;
+        use client_auth::assertion::{self, Refused};
+        let now = (self.clock)() / 1000;
+        let uri = match &auth.keys {
+            AssertionKeys::Uri(uri) => Some(uri.as_str()),
+            _ => None,
+        };
+        let check = |fetched: Option<Arc<crate::grant::verify::KeySet>>| {
+            assertion::verify(
+                &client.id,
+                auth,
+                fetched.as_deref(),
+                jwt,
+                &authn.audience,
+                now,
+            )
+        };
+        let mut result = match uri {
+            Some(uri) => check(authn.jwks.keys(&client.id, uri, false).await),
+            None => check(None),
+        };
+        if let (Some(uri), Err(Refused::Jws(crate::grant::verify::Rejected::UnknownKey))) =
+            (uri, &result)
+        {
+            // The client may have rotated its keys: its jwks_uri is fetched again (rate-limited).
+            result = check(authn.jwks.keys(&client.id, uri, true).await);
+        }
+        match result {
+            Ok(verified) => Ok(Some(verified)),
+            Err(refused) => {
+                tracing::info!(
+                    client_id = %client.id,
+                    reason = refused.describe(),
+                    "client assertion refused"
+                );
+                Err(ClientAuthError::Failed { basic: false })
+            }
+        }
+    }
+
+    /// Remembers a verified assertion's `jti` until its `exp` (plus the leeway): `false` when
+    /// it was used before (docs/design.md §4.15).
+    pub(super) async fn assertion_first_use(
+        &self,
+        client: &Client,
+        verified: &client_auth::assertion::Verified,
+    ) -> Result<bool, GrantError> {
+        let now = (self.clock)();
+        let id = logout::used_id("assertion", &format!("{}\0{}", client.id, verified.jti));
+        let until = verified
+            .exp
+            .saturating_add(crate::grant::verify::CLOCK_LEEWAY_SECS)
+            .saturating_mul(1000);
+        Ok(self
+            .store
+            .first_use(&id, now, until.max(now + 1))
+            .await
+            .inspect_err(|_| inc(&self.metrics.store_errors))?)
+    }
+}
+
 pub trait UpstreamRefresh: Send {
     /// Redeems `token` as `client`, asking for `scope` when the client's request named one.
     fn refresh(
@@ -530,7 +648,7 @@ mod tests {
                 pairs.push(("scope", scope));
             }
             engine
-                .refresh(None, &form(&pairs), ISSUER, &mut NoUpstream)
+                .refresh(None, &form(&pairs), &Authn::issuer(ISSUER), &mut NoUpstream)
                 .await
         }
 
@@ -709,7 +827,9 @@ mod tests {
                 ("client_id", "www"),
                 ("client_secret", "wrong"),
             ]);
-            let answer = engine.refresh(None, &f, ISSUER, &mut NoUpstream).await;
+            let answer = engine
+                .refresh(None, &f, &Authn::issuer(ISSUER), &mut NoUpstream)
+                .await;
             assert!(
                 matches!(answer, Err(GrantError::ClientAuth(_))),
                 "{answer:?}"
@@ -740,7 +860,7 @@ mod tests {
                 ("client_secret", &secret),
             ]);
             engine
-                .revoke(None, &f)
+                .revoke(None, &f, &Authn::issuer(ISSUER))
                 .await
                 .expect("revocation answers 200")
         }
@@ -789,7 +909,7 @@ mod tests {
             ]);
             let basic: Option<&HeaderValue> = None;
             engine
-                .introspect(basic, &f, ISSUER)
+                .introspect(basic, &f, &Authn::issuer(ISSUER))
                 .await
                 .expect("answered")
         }

@@ -12,9 +12,10 @@ impl Engine {
         &self,
         authorization: Option<&HeaderValue>,
         form: &Form,
-        issuer: &str,
+        authn: &Authn<'_>,
         upstream: &mut impl UpstreamRefresh,
     ) -> Result<Option<TokenResponse>, GrantError> {
+        let issuer = authn.audience.issuer;
         let keys = self.keys();
         let token_param = form.get("refresh_token");
         let presented = client_auth::presented(authorization, form);
@@ -39,7 +40,7 @@ impl Engine {
         let presented = presented?.ok_or(ClientAuthError::Missing)?;
         let basic = presented.method == client_auth::Method::Basic;
         let client = handled.ok_or(ClientAuthError::Failed { basic })?;
-        Clients::verify(client, &presented)?;
+        let verified = self.verify_client(client, &presented, authn).await?;
         let policy = &client.policy;
         if policy.refresh_token_ttl == 0 {
             return Err(GrantError::UnauthorizedClient);
@@ -47,6 +48,18 @@ impl Engine {
         let Some(token) = token else {
             return Err(GrantError::InvalidGrant("not a proxy token"));
         };
+        // RFC 7523 §3 item 7: an assertion is used once. A second store round trip, only for
+        // assertion clients (docs/design.md §4.15).
+        if let Some(verified) = &verified
+            && !self.assertion_first_use(client, verified).await?
+        {
+            tracing::warn!(
+                security_event = "client_assertion_replay",
+                client_id = %client.id,
+                "a client assertion was presented again; refused"
+            );
+            return Err(ClientAuthError::Failed { basic: false }.into());
+        }
 
         let now = (self.clock)();
         let candidate = matches!(

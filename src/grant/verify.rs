@@ -2,11 +2,14 @@
 //! upstream's JWK Set (RFC 7517), then the claims (RFC 7519, OIDC Core §3.1.3.7). Pure: the key
 //! set and the clock are given; fetching and caching the key set is `layer::jwks`'s.
 //!
-//! Only asymmetric algorithms are accepted: RS256/384/512, PS256/384/512, ES256, ES384 and
-//! EdDSA (Ed25519). `none` and HS* never verify, whatever the key set holds, and symmetric
-//! (`oct`) keys in a JWK Set are ignored. The key must fit the algorithm (`kty`, `crv`, and
+//! Only asymmetric algorithms are accepted from the upstream: RS256/384/512, PS256/384/512,
+//! ES256, ES384 and EdDSA (Ed25519). `none` and HS* never verify against a key set, whatever it
+//! holds, and symmetric (`oct`) keys in a JWK Set are ignored. [`verify_jws`] is the signature
+//! check alone, also used for clients' assertions (`client_auth::assertion`), where HS256/384/512
+//! verify with the client's secret ([`Verifier::Hmac`]). The key must fit the algorithm (`kty`, `crv`, and
 //! `alg` when the JWK names one); a JWK whose `use` is not `sig` is ignored.
 
+use aws_lc_rs::hmac;
 use aws_lc_rs::signature::{self, RsaParameters, RsaPublicKeyComponents, UnparsedPublicKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -209,11 +212,11 @@ impl KeySet {
     /// only when the document is not a JWK Set at all.
     pub fn parse(document: &[u8]) -> Result<KeySet, &'static str> {
         let Ok(Value::Object(set)) = serde_json::from_slice::<Value>(document) else {
-            return Err("the upstream's JWKS is not a JSON object");
+            return Err("the JWKS is not a JSON object");
         };
         // RFC 7517 §5.1: "keys" is REQUIRED.
         let Some(Value::Array(keys)) = set.get("keys") else {
-            return Err("the upstream's JWKS has no keys array");
+            return Err("the JWKS has no keys array");
         };
         Ok(KeySet {
             keys: keys.iter().filter_map(Jwk::parse).take(MAX_KEYS).collect(),
@@ -302,6 +305,35 @@ pub fn verify(
     keys: &KeySet,
     expect: &Expect<'_>,
 ) -> Result<Map<String, Value>, Rejected> {
+    let claims = verify_jws(token, Verifier::Set(keys), ASYMMETRIC)?;
+    check_claims(&claims, expect)?;
+    Ok(claims)
+}
+
+/// The names of the asymmetric algorithms [`verify_jws`] can check with a [`KeySet`].
+pub const ASYMMETRIC: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+/// The HMAC algorithms (RFC 7518 §3.2) [`verify_jws`] can check with a [`Verifier::Hmac`] key.
+pub const HMAC: &[&str] = &["HS256", "HS384", "HS512"];
+
+/// What a JWS is checked with: a JWK Set (asymmetric algorithms only), or a shared secret
+/// (HS256/384/512 only, e.g. a client's secret for `client_secret_jwt`, RFC 7523 §2.2).
+#[derive(Clone, Copy)]
+pub enum Verifier<'a> {
+    Set(&'a KeySet),
+    Hmac(&'a [u8]),
+}
+
+/// Checks a JWS in compact serialization (RFC 7515 §7.1) and returns its payload, the claims,
+/// unchecked. `allowed`: the `alg` names accepted (others are [`Rejected::Algorithm`]); a name
+/// this module cannot verify with `verifier` never verifies, whatever `allowed` says. A JWE
+/// (five parts) is [`Rejected::Malformed`].
+pub fn verify_jws(
+    token: &str,
+    verifier: Verifier<'_>,
+    allowed: &[&str],
+) -> Result<Map<String, Value>, Rejected> {
     let mut parts = token.split('.');
     let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -313,7 +345,9 @@ pub fn verify(
         .get("alg")
         .and_then(Value::as_str)
         .ok_or(Rejected::Malformed)?;
-    let alg = Alg::from_name(alg_name).ok_or(Rejected::Algorithm)?;
+    if !allowed.contains(&alg_name) {
+        return Err(Rejected::Algorithm);
+    }
     // RFC 7515 §4.1.11: extensions listed in "crit" that are not understood make the JWS
     // invalid; the proxy understands none.
     if header.contains_key("crit") {
@@ -325,33 +359,47 @@ pub fn verify(
         Some(Value::String(k)) => Some(k.as_str()),
         Some(_) => return Err(Rejected::Malformed),
     };
-    let candidates: Vec<&Jwk> = match kid {
-        // RFC 7515 §4.1.4: "kid" picks the key.
-        Some(kid) => keys
-            .keys
-            .iter()
-            .filter(|k| k.kid.as_deref() == Some(kid))
-            .collect(),
-        None => keys.keys.iter().filter(|k| k.fits(alg, alg_name)).collect(),
-    };
-    if candidates.is_empty() {
-        return Err(Rejected::UnknownKey);
-    }
-    let fitting: Vec<&Jwk> = candidates
-        .into_iter()
-        .filter(|k| k.fits(alg, alg_name))
-        .collect();
-    if fitting.is_empty() {
-        return Err(Rejected::KeyMismatch);
-    }
     // RFC 7515 §5.2: the signature is over ASCII(BASE64URL(header) || '.' || BASE64URL(payload)).
     let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-    if !fitting.iter().any(|k| k.verifies(alg, signed, &sig)) {
-        return Err(Rejected::Signature);
+    match verifier {
+        Verifier::Set(keys) => {
+            let alg = Alg::from_name(alg_name).ok_or(Rejected::Algorithm)?;
+            let candidates: Vec<&Jwk> = match kid {
+                // RFC 7515 §4.1.4: "kid" picks the key.
+                Some(kid) => keys
+                    .keys
+                    .iter()
+                    .filter(|k| k.kid.as_deref() == Some(kid))
+                    .collect(),
+                None => keys.keys.iter().filter(|k| k.fits(alg, alg_name)).collect(),
+            };
+            if candidates.is_empty() {
+                return Err(Rejected::UnknownKey);
+            }
+            let fitting: Vec<&Jwk> = candidates
+                .into_iter()
+                .filter(|k| k.fits(alg, alg_name))
+                .collect();
+            if fitting.is_empty() {
+                return Err(Rejected::KeyMismatch);
+            }
+            if !fitting.iter().any(|k| k.verifies(alg, signed, &sig)) {
+                return Err(Rejected::Signature);
+            }
+        }
+        Verifier::Hmac(secret) => {
+            let algorithm = match alg_name {
+                "HS256" => hmac::HMAC_SHA256,
+                "HS384" => hmac::HMAC_SHA384,
+                "HS512" => hmac::HMAC_SHA512,
+                _ => return Err(Rejected::Algorithm),
+            };
+            // `hmac::verify` compares in constant time.
+            hmac::verify(&hmac::Key::new(algorithm, secret), signed, &sig)
+                .map_err(|_| Rejected::Signature)?;
+        }
     }
-    let claims = decode_object(payload_b64).ok_or(Rejected::Malformed)?;
-    check_claims(&claims, expect)?;
-    Ok(claims)
+    decode_object(payload_b64).ok_or(Rejected::Malformed)
 }
 
 fn check_claims(claims: &Map<String, Value>, expect: &Expect<'_>) -> Result<(), Rejected> {

@@ -5,10 +5,13 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tower::Layer;
 
+use super::client_jwks::ClientKeys;
 use super::jwks::UpstreamKeys;
 use super::service::RefreshGrant;
 use crate::classify::Endpoints;
+use crate::client_auth::assertion::Audience;
 use crate::config::ConfigError;
+use crate::engine::Authn;
 use crate::engine::Engine;
 use crate::metrics::{Outcome, Route};
 use http::HeaderValue;
@@ -39,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) subject_claim: Option<String>,
     /// Where accepted logout tokens go to be passed on to clients' own endpoints.
     pub(crate) logout_relay: Option<super::PassOns>,
+    /// `private_key_jwt` clients' `jwks_uri` key sets; one for every worker.
+    pub(crate) client_keys: Arc<ClientKeys>,
 }
 
 impl Shared {
@@ -47,6 +52,31 @@ impl Shared {
         if let Some(engine) = &self.engine {
             engine.metrics.request(route, outcome);
         }
+    }
+
+    /// What client authentication needs for `form` (docs/design.md §4.15): the issuer, and,
+    /// for a request with a client assertion, the token endpoint's URL as clients see it (the
+    /// issuer's origin and the token endpoint's path).
+    pub(crate) fn authn<'a>(&'a self, issuer: &'a str, token_url: &'a Option<String>) -> Authn<'a> {
+        Authn {
+            audience: Audience {
+                issuer,
+                token_endpoint: token_url.as_deref(),
+            },
+            jwks: &*self.client_keys,
+        }
+    }
+
+    /// The token endpoint's URL an assertion in `form` may name as its `aud`.
+    pub(crate) fn token_url(&self, issuer: &str, form: &crate::classify::Form) -> Option<String> {
+        form.get("client_assertion")?;
+        let uri: http::Uri = issuer.parse().ok()?;
+        let path = self.endpoints.load().token_path.clone()?;
+        Some(format!(
+            "{}://{}{path}",
+            uri.scheme_str()?,
+            uri.authority()?
+        ))
     }
 
     /// The issuer of minted tokens: the upstream's (docs/design.md §4.9).
@@ -109,6 +139,7 @@ impl RefreshGrantLayer {
                 upstream_keys: s.upstream_keys.clone(),
                 subject_claim: s.subject_claim.clone(),
                 logout_relay: s.logout_relay.clone(),
+                client_keys: s.client_keys.clone(),
             }),
         }
     }
@@ -223,6 +254,7 @@ impl RefreshGrantLayerBuilder {
                 upstream_keys: Arc::default(),
                 subject_claim: self.subject_claim,
                 logout_relay: self.logout_relay,
+                client_keys: Arc::default(),
             }),
         }
     }

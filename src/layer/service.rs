@@ -187,6 +187,7 @@ where
     };
     if grant == Grant::RefreshToken {
         let issuer = shared.issuer();
+        let token_url = shared.token_url(&issuer, &form);
         let started = Instant::now();
         let mut upstream = check::InnerUpstream {
             service: &mut inner,
@@ -194,7 +195,12 @@ where
             body: std::marker::PhantomData,
         };
         let answered = engine
-            .refresh(authorization.as_ref(), &form, &issuer, &mut upstream)
+            .refresh(
+                authorization.as_ref(),
+                &form,
+                &shared.authn(&issuer, &token_url),
+                &mut upstream,
+            )
             .await;
         if !matches!(answered, Ok(None)) {
             engine.metrics.refresh_latency(started.elapsed());
@@ -256,14 +262,17 @@ where
         .clone()
         .expect("routed here only with an engine");
     let authorization = req.headers().get(AUTHORIZATION);
+    let issuer = shared.issuer();
+    let token_url = shared.token_url(&issuer, &form);
+    let authn = shared.authn(&issuer, &token_url);
     let answer = if endpoint == Endpoint::Revocation {
         engine
-            .revoke(authorization, &form)
+            .revoke(authorization, &form, &authn)
             .await
             .map(|done| done.map(|()| oauth::revoked()))
     } else {
         engine
-            .introspect(authorization, &form, &shared.issuer())
+            .introspect(authorization, &form, &authn)
             .await
             .map(|found| found.map(|v| oauth::json_response(http::StatusCode::OK, &v)))
     };
