@@ -83,8 +83,12 @@ impl Engine {
             }),
             new_upstream_token: None,
             upstream_answer: None,
+            once: Vec::new(),
         };
         let mut redemption = self.redeem_once(&request).await?;
+        // The one-time identifiers are remembered now: a second redemption of this request
+        // (ahead, a check's outcome, waiting for another's check) must not see them as replays.
+        request.once.clear();
         if let Redemption::Decided {
             verdict: Verdict::Ahead { current, verifier },
             ..
@@ -106,6 +110,11 @@ impl Engine {
         let now = request.redeem.now_ms;
         let (verdict, family, opaque_stored, kept_answer) = match redemption {
             Redemption::Unknown => return Err(GrantError::InvalidGrant("unknown family")),
+            Redemption::Replayed { .. } => {
+                return Err(GrantError::InvalidGrant(
+                    "a one-time identifier was replayed",
+                ));
+            }
             Redemption::Corrupt => {
                 return Err(self.record_refused(
                     "family_record_corrupt",
