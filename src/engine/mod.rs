@@ -263,24 +263,35 @@ impl Engine {
         }
     }
 
-    /// Remembers a verified assertion's `jti` until its `exp` (plus the leeway): `false` when
-    /// it was used before (docs/design.md §4.15).
+    /// Remembers a verified assertion's `jti` (revocation and introspection: outside a
+    /// redemption): `false` when it was used before (docs/design.md §4.15).
     pub(super) async fn assertion_first_use(
         &self,
         client: &Client,
         verified: &client_auth::assertion::Verified,
     ) -> Result<bool, GrantError> {
+        let once = assertion_once(&client.id, verified);
         let now = (self.clock)();
-        let id = logout::used_id("assertion", &format!("{}\0{}", client.id, verified.jti));
-        let until = verified
-            .exp
-            .saturating_add(crate::grant::verify::CLOCK_LEEWAY_SECS)
-            .saturating_mul(1000);
         Ok(self
             .store
-            .first_use(&id, now, until.max(now + 1))
+            .first_use(&once.id, now, once.until_ms.max(now + 1))
             .await
             .inspect_err(|_| inc(&self.metrics.store_errors))?)
+    }
+}
+
+/// A verified assertion's one-time id: a digest of the client and the `jti`, remembered until
+/// its `exp` plus the clock leeway (docs/design.md §4.15).
+pub(crate) fn assertion_once(
+    client_id: &str,
+    verified: &client_auth::assertion::Verified,
+) -> crate::store::OneTime {
+    crate::store::OneTime {
+        id: logout::used_id("assertion", &format!("{client_id}\0{}", verified.jti)),
+        until_ms: verified
+            .exp
+            .saturating_add(crate::grant::verify::CLOCK_LEEWAY_SECS)
+            .saturating_mul(1000),
     }
 }
 

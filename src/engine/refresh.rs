@@ -48,18 +48,6 @@ impl Engine {
         let Some(token) = token else {
             return Err(GrantError::InvalidGrant("not a proxy token"));
         };
-        // RFC 7523 §3 item 7: an assertion is used once. A second store round trip, only for
-        // assertion clients (docs/design.md §4.15).
-        if let Some(verified) = &verified
-            && !self.assertion_first_use(client, verified).await?
-        {
-            tracing::warn!(
-                security_event = "client_assertion_replay",
-                client_id = %client.id,
-                "a client assertion was presented again; refused"
-            );
-            return Err(ClientAuthError::Failed { basic: false }.into());
-        }
 
         let now = (self.clock)();
         let candidate = matches!(
@@ -96,8 +84,17 @@ impl Engine {
             }),
             new_upstream_token: None,
             upstream_answer: None,
+            // RFC 7523 §3 item 7: an assertion is used once; remembered in the redemption's
+            // own step (docs/design.md §4.15).
+            once: verified
+                .iter()
+                .map(|v| assertion_once(&client.id, v))
+                .collect(),
         };
         let mut redemption = self.redeem_once(&request).await?;
+        // The one-time identifiers are remembered now: a second redemption of this request
+        // (ahead, a check's outcome, waiting for another's check) must not see them as replays.
+        request.once.clear();
         if let Redemption::Decided {
             verdict: Verdict::Ahead { current, verifier },
             ..
@@ -119,6 +116,20 @@ impl Engine {
         let now = request.redeem.now_ms;
         let (verdict, family, opaque_stored, kept_answer) = match redemption {
             Redemption::Unknown => return Err(GrantError::InvalidGrant("unknown family")),
+            // The assertion's id is `once[0]` when there is one.
+            Redemption::Replayed { index: 0 } if verified.is_some() => {
+                tracing::warn!(
+                    security_event = "client_assertion_replay",
+                    client_id = %client.id,
+                    "a client assertion was presented again; refused"
+                );
+                return Err(ClientAuthError::Failed { basic: false }.into());
+            }
+            Redemption::Replayed { .. } => {
+                return Err(GrantError::InvalidGrant(
+                    "a one-time identifier was replayed",
+                ));
+            }
             Redemption::Corrupt => {
                 return Err(self.record_refused(
                     "family_record_corrupt",

@@ -299,23 +299,98 @@ fn decode_object(part: &str) -> Option<Map<String, Value>> {
     }
 }
 
+/// A JWT's header and claims.
+pub type HeaderAndClaims = (Map<String, Value>, Map<String, Value>);
+
+/// A JWS in compact form, its header read and its algorithm accepted; not verified yet.
+struct Jws<'t> {
+    raw: RawJws<'t>,
+    alg: Alg,
+}
+
+/// A JWS in compact form split and its header read, any algorithm.
+struct RawJws<'t> {
+    header: Map<String, Value>,
+    /// The signing input: ASCII(BASE64URL(header) || '.' || BASE64URL(payload)) (RFC 7515 §5.2).
+    signed: &'t [u8],
+    payload_b64: &'t str,
+    sig: Vec<u8>,
+}
+
+impl<'t> RawJws<'t> {
+    fn parse(token: &'t str) -> Result<RawJws<'t>, Rejected> {
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Rejected::Malformed);
+        };
+        let header = decode_object(header_b64).ok_or(Rejected::Malformed)?;
+        if !header.get("alg").is_some_and(Value::is_string) {
+            return Err(Rejected::Malformed);
+        }
+        // RFC 7515 §4.1.11: extensions listed in "crit" that are not understood make the JWS
+        // invalid; the proxy understands none.
+        if header.contains_key("crit") {
+            return Err(Rejected::Algorithm);
+        }
+        let sig = B64.decode(sig_b64).map_err(|_| Rejected::Malformed)?;
+        Ok(RawJws {
+            signed: &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()],
+            header,
+            payload_b64,
+            sig,
+        })
+    }
+
+    fn alg_name(&self) -> &str {
+        self.header.get("alg").and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+impl<'t> Jws<'t> {
+    fn parse(token: &'t str) -> Result<Jws<'t>, Rejected> {
+        let raw = RawJws::parse(token)?;
+        let alg = Alg::from_name(raw.alg_name()).ok_or(Rejected::Algorithm)?;
+        Ok(Jws { raw, alg })
+    }
+
+    fn alg_name(&self) -> &str {
+        self.raw.alg_name()
+    }
+
+    /// The claims, once one of `keys` verifies the signature.
+    fn verified_by<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k Jwk>,
+    ) -> Result<Map<String, Value>, Rejected> {
+        let fitting: Vec<&Jwk> = keys
+            .into_iter()
+            .filter(|k| k.fits(self.alg, self.alg_name()))
+            .collect();
+        if fitting.is_empty() {
+            return Err(Rejected::KeyMismatch);
+        }
+        if !fitting
+            .iter()
+            .any(|k| k.verifies(self.alg, self.raw.signed, &self.raw.sig))
+        {
+            return Err(Rejected::Signature);
+        }
+        decode_object(self.raw.payload_b64).ok_or(Rejected::Malformed)
+    }
+}
+
 /// Verifies a JWS-compact JWT from the upstream; its claims.
 pub fn verify(
     token: &str,
     keys: &KeySet,
     expect: &Expect<'_>,
 ) -> Result<Map<String, Value>, Rejected> {
-    let claims = verify_jws(token, Verifier::Set(keys), ASYMMETRIC)?;
+    let claims = verified_by_set(Jws::parse(token)?, keys)?;
     check_claims(&claims, expect)?;
     Ok(claims)
 }
-
-/// The names of the asymmetric algorithms [`verify_jws`] can check with a [`KeySet`].
-pub const ASYMMETRIC: &[&str] = &[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-];
-/// The HMAC algorithms (RFC 7518 §3.2) [`verify_jws`] can check with a [`Verifier::Hmac`] key.
-pub const HMAC: &[&str] = &["HS256", "HS384", "HS512"];
 
 /// What a JWS is checked with: a JWK Set (asymmetric algorithms only), or a shared secret
 /// (HS256/384/512 only, e.g. a client's secret for `client_secret_jwt`, RFC 7523 §2.2).
@@ -326,80 +401,84 @@ pub enum Verifier<'a> {
 }
 
 /// Checks a JWS in compact serialization (RFC 7515 §7.1) and returns its payload, the claims,
-/// unchecked. `allowed`: the `alg` names accepted (others are [`Rejected::Algorithm`]); a name
-/// this module cannot verify with `verifier` never verifies, whatever `allowed` says. A JWE
+/// unchecked. `allowed`: the `alg` names accepted (others are [`Rejected::Algorithm`]); an
+/// algorithm that does not go with `verifier` never verifies, whatever `allowed` says. A JWE
 /// (five parts) is [`Rejected::Malformed`].
 pub fn verify_jws(
     token: &str,
     verifier: Verifier<'_>,
     allowed: &[&str],
 ) -> Result<Map<String, Value>, Rejected> {
-    let mut parts = token.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Rejected::Malformed);
-    };
-    let header = decode_object(header_b64).ok_or(Rejected::Malformed)?;
-    let alg_name = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .ok_or(Rejected::Malformed)?;
-    if !allowed.contains(&alg_name) {
+    let raw = RawJws::parse(token)?;
+    if !allowed.contains(&raw.alg_name()) {
         return Err(Rejected::Algorithm);
     }
-    // RFC 7515 §4.1.11: extensions listed in "crit" that are not understood make the JWS
-    // invalid; the proxy understands none.
-    if header.contains_key("crit") {
-        return Err(Rejected::Algorithm);
-    }
-    let sig = B64.decode(sig_b64).map_err(|_| Rejected::Malformed)?;
-    let kid = match header.get("kid") {
-        None => None,
-        Some(Value::String(k)) => Some(k.as_str()),
-        Some(_) => return Err(Rejected::Malformed),
-    };
-    // RFC 7515 §5.2: the signature is over ASCII(BASE64URL(header) || '.' || BASE64URL(payload)).
-    let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
     match verifier {
         Verifier::Set(keys) => {
-            let alg = Alg::from_name(alg_name).ok_or(Rejected::Algorithm)?;
-            let candidates: Vec<&Jwk> = match kid {
-                // RFC 7515 §4.1.4: "kid" picks the key.
-                Some(kid) => keys
-                    .keys
-                    .iter()
-                    .filter(|k| k.kid.as_deref() == Some(kid))
-                    .collect(),
-                None => keys.keys.iter().filter(|k| k.fits(alg, alg_name)).collect(),
-            };
-            if candidates.is_empty() {
-                return Err(Rejected::UnknownKey);
-            }
-            let fitting: Vec<&Jwk> = candidates
-                .into_iter()
-                .filter(|k| k.fits(alg, alg_name))
-                .collect();
-            if fitting.is_empty() {
-                return Err(Rejected::KeyMismatch);
-            }
-            if !fitting.iter().any(|k| k.verifies(alg, signed, &sig)) {
-                return Err(Rejected::Signature);
-            }
+            let alg = Alg::from_name(raw.alg_name()).ok_or(Rejected::Algorithm)?;
+            verified_by_set(Jws { raw, alg }, keys)
         }
         Verifier::Hmac(secret) => {
-            let algorithm = match alg_name {
+            let algorithm = match raw.alg_name() {
                 "HS256" => hmac::HMAC_SHA256,
                 "HS384" => hmac::HMAC_SHA384,
                 "HS512" => hmac::HMAC_SHA512,
                 _ => return Err(Rejected::Algorithm),
             };
             // `hmac::verify` compares in constant time.
-            hmac::verify(&hmac::Key::new(algorithm, secret), signed, &sig)
+            hmac::verify(&hmac::Key::new(algorithm, secret), raw.signed, &raw.sig)
                 .map_err(|_| Rejected::Signature)?;
+            decode_object(raw.payload_b64).ok_or(Rejected::Malformed)
         }
     }
-    decode_object(payload_b64).ok_or(Rejected::Malformed)
+}
+
+/// The claims of `jws` once a key of `keys` verifies it: the one its `kid` names, else those
+/// that fit its algorithm.
+fn verified_by_set(jws: Jws<'_>, keys: &KeySet) -> Result<Map<String, Value>, Rejected> {
+    let kid = match jws.raw.header.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.as_str()),
+        Some(_) => return Err(Rejected::Malformed),
+    };
+    let candidates: Vec<&Jwk> = match kid {
+        // RFC 7515 §4.1.4: "kid" picks the key.
+        Some(kid) => keys
+            .keys
+            .iter()
+            .filter(|k| k.kid.as_deref() == Some(kid))
+            .collect(),
+        None => keys
+            .keys
+            .iter()
+            .filter(|k| k.fits(jws.alg, jws.alg_name()))
+            .collect(),
+    };
+    if candidates.is_empty() {
+        return Err(Rejected::UnknownKey);
+    }
+    jws.verified_by(candidates)
+}
+
+/// Verifies a JWS signed by the public key its own header carries (`jwk`), as a DPoP proof
+/// is (RFC 9449 §4.2): its header and claims. A `jwk` with private members, or one that does
+/// not fit the `alg`, is refused. The claims are not checked here.
+pub fn verify_self_signed(token: &str) -> Result<HeaderAndClaims, Rejected> {
+    let jws = Jws::parse(token)?;
+    let jwk = match jws.raw.header.get("jwk") {
+        Some(Value::Object(o)) => o,
+        _ => return Err(Rejected::Malformed),
+    };
+    // RFC 9449 §4.3 check 7: "the jwk JOSE Header Parameter does not contain a private key".
+    if ["d", "p", "q", "dp", "dq", "qi", "k"]
+        .iter()
+        .any(|m| jwk.contains_key(*m))
+    {
+        return Err(Rejected::KeyMismatch);
+    }
+    let key = Jwk::parse(&jws.raw.header["jwk"]).ok_or(Rejected::KeyMismatch)?;
+    let claims = jws.verified_by([&key])?;
+    Ok((jws.raw.header, claims))
 }
 
 fn check_claims(claims: &Map<String, Value>, expect: &Expect<'_>) -> Result<(), Rejected> {

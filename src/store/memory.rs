@@ -146,6 +146,21 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
+    /// Remembers one-time identifier `id` until `until_ms`: whether this is its first use.
+    fn remember(&self, id: &str, now_ms: i64, until_ms: i64) -> bool {
+        let mut used = self.inner.used.lock().expect("store lock");
+        if used.len() >= SWEEP_EVERY as usize {
+            used.retain(|_, until| *until > now_ms);
+        }
+        match used.get(id) {
+            Some(until) if *until > now_ms => false,
+            _ => {
+                used.insert(id.to_owned(), until_ms);
+                true
+            }
+        }
+    }
+
     /// Number of families held (live or not yet swept).
     pub fn len(&self) -> usize {
         self.inner.families.lock().expect("store lock").map.len()
@@ -307,6 +322,13 @@ impl TokenStore for MemoryStore {
 
     async fn redeem(&self, req: &RedeemRequest<'_>) -> Result<Redemption, StoreError> {
         let mut families = self.inner.families.lock().expect("store lock");
+        // One-time identifiers first, under the families' lock: the same step as the
+        // redemption (docs/design.md §4.15).
+        for (index, once) in req.once.iter().enumerate() {
+            if !self.remember(&once.id, req.redeem.now_ms, once.until_ms) {
+                return Ok(Redemption::Replayed { index });
+            }
+        }
         let Some(family) = families.map.get(req.family) else {
             return Ok(Redemption::Unknown);
         };
@@ -382,18 +404,7 @@ impl TokenStore for MemoryStore {
     }
 
     async fn first_use(&self, id: &str, now_ms: i64, until_ms: i64) -> Result<bool, StoreError> {
-        let now = now_ms;
-        let mut used = self.inner.used.lock().expect("store lock");
-        if used.len() >= SWEEP_EVERY as usize {
-            used.retain(|_, until| *until > now);
-        }
-        match used.get(id) {
-            Some(until) if *until > now => Ok(false),
-            _ => {
-                used.insert(id.to_owned(), until_ms);
-                Ok(true)
-            }
-        }
+        Ok(self.remember(id, now_ms, until_ms))
     }
 
     async fn forget_use(&self, id: &str) -> Result<(), StoreError> {

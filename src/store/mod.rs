@@ -170,6 +170,19 @@ pub struct RedeemRequest<'a> {
     /// With a confirmation of an `upstream`-format family: the upstream's answer (sealed),
     /// kept so a retry within the grace window gets the same one.
     pub upstream_answer: Option<Vec<u8>>,
+    /// One-time identifiers the request carries (a client assertion's or a DPoP proof's
+    /// `jti`), remembered in the same step as the redemption, before it: one that was seen
+    /// before makes the redemption [`Redemption::Replayed`] and changes nothing else
+    /// (docs/design.md §4.15). Empty on the common path.
+    pub once: Vec<OneTime>,
+}
+
+/// A one-time identifier to remember until `until_ms` ([`TokenStore::first_use`]'s `id`: a
+/// digest the caller made, fixed length, no client-chosen bytes in a key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneTime {
+    pub id: String,
+    pub until_ms: i64,
 }
 
 /// The outcome of a redemption.
@@ -183,6 +196,9 @@ pub enum Redemption {
     /// The family's record cannot be read (changed in the store, or written by something
     /// else); nothing was changed.
     Corrupt,
+    /// `once[index]` was seen before: the request is a replay. Nothing else was changed (the
+    /// one-time identifiers before `index` are now remembered).
+    Replayed { index: usize },
     Decided {
         verdict: Verdict,
         family: FamilyData,

@@ -6,8 +6,8 @@
 //!   clocks, format, carried claims. It expires with the family (idle or absolute deadline).
 //! - `<prefix>{<family>}:at:<digest>` — an opaque access token's record (JSON), expiring with
 //!   the token.
-//! - `<prefix>used:<digest>` — a one-time identifier seen (a logout token's `jti`), expiring
-//!   when it may no longer be presented.
+//! - `<prefix>used:<digest>` — a one-time identifier seen (a logout token's, a client
+//!   assertion's or a DPoP proof's `jti`), expiring when it may no longer be presented.
 //! - `<prefix>idx:sub:<subject>`, `<prefix>idx:client:<client>`, `<prefix>idx:sid:<session>` —
 //!   sets of family ids, each in its own slot, for revocation by subject, client or upstream
 //!   session (idempotent, lazily cleaned).
@@ -194,6 +194,10 @@ impl RedisStore {
         }
     }
 
+    fn used_key(&self, id: &str) -> String {
+        format!("{}used:{id}", self.prefix)
+    }
+
     fn family_key(&self, family: &str) -> String {
         format!("{}{{{family}}}:f", self.prefix)
     }
@@ -362,6 +366,14 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
     match reply.first().map(Vec::as_slice) {
         Some(b"unknown") => return Ok(Redemption::Unknown),
         Some(b"corrupt") => return Ok(Redemption::Corrupt),
+        Some(b"replayed") => {
+            let index = reply
+                .get(1)
+                .map(|b| String::from_utf8_lossy(b).into_owned());
+            return Ok(Redemption::Replayed {
+                index: num(index.as_deref().unwrap_or(""))?,
+            });
+        }
         _ => {}
     }
     let [
@@ -656,7 +668,7 @@ impl TokenStore for RedisStore {
         let set: Option<String> = self
             .bounded(
                 redis::cmd("SET")
-                    .arg(format!("{}used:{id}", self.prefix))
+                    .arg(self.used_key(id))
                     .arg(1)
                     .arg("NX")
                     .arg("PXAT")
@@ -671,7 +683,7 @@ impl TokenStore for RedisStore {
         let mut conn = self.conn.clone();
         self.bounded(
             redis::cmd("DEL")
-                .arg(format!("{}used:{id}", self.prefix))
+                .arg(self.used_key(id))
                 .query_async::<()>(&mut conn),
         )
         .await
@@ -684,10 +696,34 @@ impl TokenStore for RedisStore {
             None => (0, 0, "-"),
         };
         let mut conn = self.conn.clone();
-        let keys = [
+        let family_keys = [
             self.family_key(req.family),
             self.access_token_key(req.family, digest),
         ];
+        // One-time identifiers: in the script's step on a single node; a cluster cannot run a
+        // script across slots, so there they are remembered first, one round trip each
+        // (docs/design.md §4.15).
+        let mut once_keys = Vec::new();
+        if self.conn.is_cluster() {
+            for (index, once) in req.once.iter().enumerate() {
+                if !self.first_use(&once.id, r.now_ms, once.until_ms).await? {
+                    return Ok(Redemption::Replayed { index });
+                }
+            }
+        } else {
+            once_keys.extend(req.once.iter().map(|o| self.used_key(&o.id)));
+        }
+        let all: Vec<&str>;
+        let keys: &[&str] = if once_keys.is_empty() {
+            &[&family_keys[0], &family_keys[1]]
+        } else {
+            all = family_keys
+                .iter()
+                .chain(&once_keys)
+                .map(String::as_str)
+                .collect();
+            &all
+        };
         let (ahead_generation, ahead_verifier) = match &r.ahead_of {
             Some((n, v)) => (n.to_string(), v.as_bytes().to_vec()),
             None => (String::new(), Vec::new()),
@@ -699,41 +735,42 @@ impl TokenStore for RedisStore {
         }
         let successors = &successors[..r.successors.len().min(MAX_KEYS) * DIGEST_BYTES];
         let reply: Vec<Vec<u8>> = self
-            .bounded(
-                self.scripts
-                    .redeem
-                    .eval(&mut conn, &[&keys[0], &keys[1]], |cmd| {
-                        cmd.arg(r.generation)
-                            .arg(r.client_id)
-                            .arg(if r.scope.is_some() { "1" } else { "0" })
-                            .arg(r.scope.unwrap_or(""))
-                            .arg(r.now_ms)
-                            .arg(r.grace_ms)
-                            .arg(r.idle_ttl_ms)
-                            .arg(if r.reuse_refresh_tokens { "1" } else { "0" })
-                            .arg(issued)
-                            .arg(expires)
-                            .arg(r.presented.as_bytes())
-                            .arg(successors)
-                            .arg(&ahead_generation)
-                            .arg(&ahead_verifier);
-                        // The upstream session check (docs/design.md §4.13).
-                        match &r.check {
-                            Some(c) => cmd.arg(c.interval_ms).arg(c.lease_ms).arg(c.serve_ms),
-                            None => cmd.arg("").arg("0").arg("0"),
-                        };
-                        match &r.confirm {
-                            Some((fence, checked)) => cmd.arg(*fence).arg(match checked {
-                                Checked::Confirmed => "ok",
-                                Checked::Failed => "fail",
-                                Checked::Revoked => "revoke",
-                            }),
-                            None => cmd.arg("").arg(""),
-                        };
-                        cmd.arg(req.new_upstream_token.as_deref().unwrap_or_default())
-                            .arg(req.upstream_answer.as_deref().unwrap_or_default());
+            .bounded(self.scripts.redeem.eval(&mut conn, keys, |cmd| {
+                cmd.arg(r.generation)
+                    .arg(r.client_id)
+                    .arg(if r.scope.is_some() { "1" } else { "0" })
+                    .arg(r.scope.unwrap_or(""))
+                    .arg(r.now_ms)
+                    .arg(r.grace_ms)
+                    .arg(r.idle_ttl_ms)
+                    .arg(if r.reuse_refresh_tokens { "1" } else { "0" })
+                    .arg(issued)
+                    .arg(expires)
+                    .arg(r.presented.as_bytes())
+                    .arg(successors)
+                    .arg(&ahead_generation)
+                    .arg(&ahead_verifier);
+                // The upstream session check (docs/design.md §4.13).
+                match &r.check {
+                    Some(c) => cmd.arg(c.interval_ms).arg(c.lease_ms).arg(c.serve_ms),
+                    None => cmd.arg("").arg("0").arg("0"),
+                };
+                match &r.confirm {
+                    Some((fence, checked)) => cmd.arg(*fence).arg(match checked {
+                        Checked::Confirmed => "ok",
+                        Checked::Failed => "fail",
+                        Checked::Revoked => "revoke",
                     }),
-            )
+                    None => cmd.arg("").arg(""),
+                };
+                cmd.arg(req.new_upstream_token.as_deref().unwrap_or_default())
+                    .arg(req.upstream_answer.as_deref().unwrap_or_default());
+                if !once_keys.is_empty() {
+                    for once in &req.once {
+                        cmd.arg(once.until_ms);
+                    }
+                }
+            }))
             .await?;
         parse_redemption(reply)
     }

@@ -4,6 +4,9 @@
 --
 -- KEYS[1]  the family hash            <prefix>{<family>}:f
 -- KEYS[2]  an opaque access token key <prefix>{<family>}:at:<digest>  (same slot)
+-- KEYS[3..] one-time identifiers the request carries  <prefix>used:<digest>  (a single node
+--          only: a cluster checks them before, see mod.rs), each remembered until
+--          ARGV[19 + i] for KEYS[i]
 -- ARGV     1 presented generation, 2 client id, 3 scope given ('0'|'1'), 4 scope,
 --          5 now (ms), 6 grace (ms), 7 idle ttl (ms), 8 reuse refresh tokens ('0'|'1'),
 --          9 access token issued (ms), 10 access token expires (ms; '0' = no candidate),
@@ -16,7 +19,7 @@
 --          check ('' = none), 19 its outcome ('ok' | 'fail' | 'revoke'), 20 the upstream's new
 --          refresh token, sealed ('' = unchanged), 21 the upstream's answer, sealed, for an
 --          'upstream'-format family ('' = none)
--- Returns  {'unknown'}, {'corrupt'} or
+-- Returns  {'replayed', index (0-based, of KEYS[3..])}, {'unknown'}, {'corrupt'} or
 --          {verdict, generation, scope, client, subject, format, at claims, id claims,
 --           auth time, opaque stored ('0'|'1'), current generation, granted scope,
 --           absolute deadline, seal, verifier ('ahead' only), successor key index
@@ -25,6 +28,14 @@
 --          'check_due' carries its fencing token and 'check_in_flight' the lease's end in the
 --          generation field.
 local function int(x) return string.format('%.0f', x) end
+
+-- One-time identifiers (a client assertion's or a DPoP proof's jti) before anything else: a
+-- replay changes nothing (docs/design.md §4.15).
+for i = 3, #KEYS do
+  if not redis.call('SET', KEYS[i], '1', 'NX', 'PXAT', ARGV[19 + i]) then
+    return {'replayed', tostring(i - 3)}
+  end
+end
 
 local f = redis.call('HMGET', KEYS[1], 'c', 's', 'g', 'sc', 'n', 'r', 'i', 'e', 'f', 'a', 'd', 't', 'v',
   'u', 'k', 'lf', 'lu', 'cf')
