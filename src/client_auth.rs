@@ -21,6 +21,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::time::Duration;
 
 use aws_lc_rs::{constant_time, digest};
 use base64::Engine as _;
@@ -597,7 +598,12 @@ fn assertion_auth(
             }
             AssertionKeys::Jwks(std::sync::Arc::new(set))
         }
-        (None, None, Some(uri)) => AssertionKeys::Uri(uri.clone()),
+        (None, None, Some(uri)) => AssertionKeys::Uri {
+            uri: uri.clone(),
+            refetch_interval: c
+                .jwks_refetch_interval
+                .map_or(assertion::DEFAULT_JWKS_REFETCH_INTERVAL, Duration::from_secs),
+        },
         (None, None, None) => {
             return Err(ConfigError::invalid(
                 format!("clients.{id}.token_endpoint_auth_method"),

@@ -38,16 +38,23 @@ pub enum AssertionKeys {
     Secret(Secret),
     /// `private_key_jwt` with `jwks` or `jwks_file`, parsed once.
     Jwks(Arc<KeySet>),
-    /// `private_key_jwt` with `jwks_uri`: fetched and cached by the caller.
-    Uri(String),
+    /// `private_key_jwt` with `jwks_uri`: fetched and cached by the caller, fetched again for
+    /// an unknown `kid` at most once per `refetch_interval`.
+    Uri {
+        uri: String,
+        refetch_interval: std::time::Duration,
+    },
 }
+
+/// `jwks_refetch_interval`'s default.
+pub const DEFAULT_JWKS_REFETCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl std::fmt::Debug for AssertionAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let keys = match &self.keys {
             AssertionKeys::Secret(_) => "secret".to_owned(),
             AssertionKeys::Jwks(set) => format!("jwks({} keys)", set.len()),
-            AssertionKeys::Uri(uri) => format!("jwks_uri({uri})"),
+            AssertionKeys::Uri { uri, .. } => format!("jwks_uri({uri})"),
         };
         f.debug_struct("AssertionAuth")
             .field("algs", &self.algs)
@@ -183,7 +190,7 @@ pub fn verify(
     let verifier = match &auth.keys {
         AssertionKeys::Secret(secret) => Verifier::Hmac(secret.expose().as_bytes()),
         AssertionKeys::Jwks(set) => Verifier::Set(set),
-        AssertionKeys::Uri(_) => Verifier::Set(fetched.ok_or(Refused::NoKeys)?),
+        AssertionKeys::Uri { .. } => Verifier::Set(fetched.ok_or(Refused::NoKeys)?),
     };
     let claims = verify::verify_jws(assertion, verifier, auth.algs).map_err(Refused::Jws)?;
     check_claims(client_id, &claims, audience, now)
@@ -436,7 +443,10 @@ mod tests {
         // A jwks_uri client without fetched keys.
         let uri_auth = AssertionAuth {
             algs: &["ES256"],
-            keys: AssertionKeys::Uri("https://client/jwks".into()),
+            keys: AssertionKeys::Uri {
+                uri: "https://client/jwks".into(),
+                refetch_interval: DEFAULT_JWKS_REFETCH_INTERVAL,
+            },
         };
         assert_eq!(check(&uri_auth, &es("k1")), Err(Refused::NoKeys));
     }

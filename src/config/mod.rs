@@ -564,6 +564,8 @@ pub struct ClientConfig {
     /// inline or as `jwks_file`; or `jwks_uri`, where the proxy fetches it.
     pub jwks: Option<String>,
     pub jwks_uri: Option<String>,
+    /// Seconds between fetches of `jwks_uri` when assertions name a key it lacks.
+    pub jwks_refetch_interval: Option<u64>,
     /// The JWS `alg` of the client's assertions (OIDC Registration §2), as registered at the
     /// IdP. Default: the IdP's default set (docs/configuration.md).
     pub token_endpoint_auth_signing_alg: Option<String>,
@@ -1258,6 +1260,18 @@ fn validate_assertion_keys(id: &str, client: &ClientConfig) -> Result<(), Config
         return Err(ConfigError::invalid(
             key("token_endpoint_auth_signing_alg"),
             "only for token_endpoint_auth_method = \"private_key_jwt\" or \"client_secret_jwt\"",
+        ));
+    }
+    if client.jwks_refetch_interval.is_some() && client.jwks_uri.is_none() {
+        return Err(ConfigError::invalid(
+            key("jwks_refetch_interval"),
+            "only with jwks_uri",
+        ));
+    }
+    if client.jwks_refetch_interval == Some(0) {
+        return Err(ConfigError::invalid(
+            key("jwks_refetch_interval"),
+            "must be at least 1 (seconds)",
         ));
     }
     if method != Some(TokenEndpointAuthMethod::PrivateKeyJwt)

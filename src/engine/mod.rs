@@ -169,8 +169,13 @@ pub enum UpstreamAnswer {
 /// A `jwks_uri` client's keys, fetched and cached by the layer (docs/design.md §4.15).
 pub trait ClientJwks: Send + Sync {
     /// The keys at `uri` for `client_id`; `refetch`: an assertion named a key the cached set
-    /// lacks (fetched again at most once per interval). `None`: no keys could be had.
-    fn keys<'a>(&'a self, client_id: &'a str, uri: &'a str, refetch: bool) -> KeysFuture<'a>;
+    /// lacks (fetched again at most once per `interval`). `None`: no keys could be had.
+    fn keys<'a>(
+        &'a self,
+        client_id: &'a str,
+        uri: &'a str,
+        refetch: Option<std::time::Duration>,
+    ) -> KeysFuture<'a>;
 }
 
 /// What [`ClientJwks::keys`] answers.
@@ -184,7 +189,12 @@ pub(crate) struct NoClientJwks;
 
 #[cfg(test)]
 impl ClientJwks for NoClientJwks {
-    fn keys<'a>(&'a self, _: &'a str, _: &'a str, _: bool) -> KeysFuture<'a> {
+    fn keys<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: Option<std::time::Duration>,
+    ) -> KeysFuture<'a> {
         Box::pin(std::future::ready(None))
     }
 }
@@ -227,7 +237,10 @@ impl Engine {
         use client_auth::assertion::{self, Refused};
         let now = (self.clock)() / 1000;
         let uri = match &auth.keys {
-            AssertionKeys::Uri(uri) => Some(uri.as_str()),
+            AssertionKeys::Uri {
+                uri,
+                refetch_interval,
+            } => Some((uri.as_str(), *refetch_interval)),
             _ => None,
         };
         let check = |fetched: Option<Arc<crate::grant::verify::KeySet>>| {
@@ -241,14 +254,17 @@ impl Engine {
             )
         };
         let mut result = match uri {
-            Some(uri) => check(authn.jwks.keys(&client.id, uri, false).await),
+            Some((uri, _)) => check(authn.jwks.keys(&client.id, uri, None).await),
             None => check(None),
         };
-        if let (Some(uri), Err(Refused::Jws(crate::grant::verify::Rejected::UnknownKey))) =
+        if let (
+            Some((uri, interval)),
+            Err(Refused::Jws(crate::grant::verify::Rejected::UnknownKey)),
+        ) =
             (uri, &result)
         {
             // The client may have rotated its keys: its jwks_uri is fetched again (rate-limited).
-            result = check(authn.jwks.keys(&client.id, uri, true).await);
+            result = check(authn.jwks.keys(&client.id, uri, Some(interval)).await);
         }
         match result {
             Ok(verified) => Ok(Some(verified)),

@@ -1,7 +1,8 @@
 //! `private_key_jwt` clients' `jwks_uri` key sets (docs/design.md §4.15): fetched with the
 //! proxy's own HTTP client (not through the inner service: the URL is the client's, not the
 //! upstream's), cached per client, fetched again when an assertion names a `kid` the cached set
-//! lacks, at most once per [`REFETCH_INTERVAL`] per client, and after [`MAX_AGE`].
+//! lacks, at most once per `jwks_refetch_interval` (30 s by default) per client, and after
+//! [`MAX_AGE`].
 //!
 //! A fetch has [`TIMEOUT`] and reads at most [`MAX_JWKS_BYTES`]; `https` is verified with the
 //! system's roots (config allows `http` only to loopback). Fetches go one at a time per proxy;
@@ -18,8 +19,6 @@ use http_body_util::{BodyExt, Empty, Limited};
 use crate::engine::{ClientJwks, KeysFuture};
 use crate::grant::verify::KeySet;
 
-/// An unknown `kid` fetches a client's set again, but no sooner than this after its last fetch.
-pub const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 /// After a failed first fetch, no new attempt for this long.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(5);
 /// A cached set is fetched again after this long, so withdrawn keys stop verifying.
@@ -59,7 +58,9 @@ enum Plan {
     Fetch,
 }
 
-fn plan(entry: Option<&Entry>, uri: &str, refetch: bool, now: Instant) -> Plan {
+/// `refetch`: an assertion named an unknown key; fetch again unless the last attempt was
+/// within that interval.
+fn plan(entry: Option<&Entry>, uri: &str, refetch: Option<Duration>, now: Instant) -> Plan {
     let Some(e) = entry.filter(|e| e.uri == uri) else {
         return Plan::Fetch;
     };
@@ -69,10 +70,14 @@ fn plan(entry: Option<&Entry>, uri: &str, refetch: bool, now: Instant) -> Plan {
             let stale = e
                 .fetched
                 .is_none_or(|t| now.saturating_duration_since(t) >= MAX_AGE);
-            if (!refetch && !stale) || since_attempt < REFETCH_INTERVAL {
-                Plan::Use(Some(keys.clone()))
-            } else {
+            let fetch = match refetch {
+                Some(interval) => since_attempt >= interval,
+                None => stale && since_attempt >= RETRY_INTERVAL,
+            };
+            if fetch {
                 Plan::Fetch
+            } else {
+                Plan::Use(Some(keys.clone()))
             }
         }
         None if since_attempt < RETRY_INTERVAL => Plan::Use(None),
@@ -81,7 +86,7 @@ fn plan(entry: Option<&Entry>, uri: &str, refetch: bool, now: Instant) -> Plan {
 }
 
 impl ClientKeys {
-    fn plan(&self, client_id: &str, uri: &str, refetch: bool) -> Plan {
+    fn plan(&self, client_id: &str, uri: &str, refetch: Option<Duration>) -> Plan {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         plan(state.get(client_id), uri, refetch, Instant::now())
     }
@@ -92,7 +97,12 @@ impl ClientKeys {
             .as_ref()
     }
 
-    async fn get(&self, client_id: &str, uri: &str, refetch: bool) -> Option<Arc<KeySet>> {
+    async fn get(
+        &self,
+        client_id: &str,
+        uri: &str,
+        refetch: Option<Duration>,
+    ) -> Option<Arc<KeySet>> {
         if let Plan::Use(keys) = self.plan(client_id, uri, refetch) {
             return keys;
         }
@@ -165,7 +175,12 @@ impl ClientKeys {
 }
 
 impl ClientJwks for ClientKeys {
-    fn keys<'a>(&'a self, client_id: &'a str, uri: &'a str, refetch: bool) -> KeysFuture<'a> {
+    fn keys<'a>(
+        &'a self,
+        client_id: &'a str,
+        uri: &'a str,
+        refetch: Option<Duration>,
+    ) -> KeysFuture<'a> {
         Box::pin(self.get(client_id, uri, refetch))
     }
 }
@@ -178,13 +193,16 @@ mod tests {
     fn a_warm_set_is_used_and_refetches_are_rate_limited() {
         let t0 = Instant::now();
         let secs = |n| t0 + Duration::from_secs(n);
+        let secs30 = Duration::from_secs(30);
         let warm = Entry {
             uri: "https://c/jwks".into(),
             keys: Some(Arc::new(KeySet::default())),
             fetched: Some(t0),
             attempted: t0,
         };
-        let p = |e: &Entry, uri: &str, refetch: bool, at| plan(Some(e), uri, refetch, at);
+        let p = |e: &Entry, uri: &str, unknown_kid: bool, at| {
+            plan(Some(e), uri, unknown_kid.then_some(secs30), at)
+        };
         assert!(matches!(
             p(&warm, "https://c/jwks", false, secs(3599)),
             Plan::Use(Some(_))
@@ -198,7 +216,7 @@ mod tests {
         assert_eq!(p(&warm, "https://c/jwks", false, secs(3600)), Plan::Fetch);
         // A reload changed the client's jwks_uri.
         assert_eq!(p(&warm, "https://c/other", false, secs(1)), Plan::Fetch);
-        assert_eq!(plan(None, "https://c/jwks", false, t0), Plan::Fetch);
+        assert_eq!(plan(None, "https://c/jwks", None, t0), Plan::Fetch);
         // A failed first fetch: nothing for 5 s.
         let failed = Entry {
             keys: None,
