@@ -600,9 +600,10 @@ fn assertion_auth(
         }
         (None, None, Some(uri)) => AssertionKeys::Uri {
             uri: uri.clone(),
-            refetch_interval: c
-                .jwks_refetch_interval
-                .map_or(assertion::DEFAULT_JWKS_REFETCH_INTERVAL, Duration::from_secs),
+            refetch_interval: c.jwks_refetch_interval.map_or(
+                assertion::DEFAULT_JWKS_REFETCH_INTERVAL,
+                Duration::from_secs,
+            ),
         },
         (None, None, None) => {
             return Err(ConfigError::invalid(

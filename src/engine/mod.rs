@@ -260,8 +260,7 @@ impl Engine {
         if let (
             Some((uri, interval)),
             Err(Refused::Jws(crate::grant::verify::Rejected::UnknownKey)),
-        ) =
-            (uri, &result)
+        ) = (uri, &result)
         {
             // The client may have rotated its keys: its jwks_uri is fetched again (rate-limited).
             result = check(authn.jwks.keys(&client.id, uri, Some(interval)).await);

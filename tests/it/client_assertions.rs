@@ -300,7 +300,10 @@ async fn every_wrong_assertion_is_refused() {
             "another key under the client's kid",
             with(json!({"key": "pk-es-other", "kid": "pk-es-1"})),
         ),
-        ("a key of the set, not the registered alg", with(json!({"key": "pk-ed-1"}))),
+        (
+            "a key of the set, not the registered alg",
+            with(json!({"key": "pk-ed-1"})),
+        ),
         ("alg none", with(json!({"alg": "none"}))),
         (
             "HS256 with another client's secret",
@@ -308,11 +311,17 @@ async fn every_wrong_assertion_is_refused() {
         ),
         ("expired", with(json!({"exp_in": -120}))),
         ("exp too far ahead", with(json!({"exp_in": 3600}))),
-        ("another audience", with(json!({"aud": "https://other.test"}))),
+        (
+            "another audience",
+            with(json!({"aud": "https://other.test"})),
+        ),
         ("iss is not sub", with(json!({"claims": {"iss": "csjwt"}}))),
         ("no jti", with(json!({"claims": {"jti": null}}))),
         ("no exp", with(json!({"claims": {"exp": null}}))),
-        ("iat in the future", with(json!({"claims": {"iat": 4_000_000_000u64}}))),
+        (
+            "iat in the future",
+            with(json!({"claims": {"iat": 4_000_000_000u64}})),
+        ),
     ];
     let specs: Vec<Value> = cases.iter().map(|(_, s)| s.clone()).collect();
     let made = assertion::make(&specs).await;
@@ -332,17 +341,33 @@ async fn every_wrong_assertion_is_refused() {
     ];
     form.extend(fields(&good));
     let (status, body) = post(&s.proxy.url, "/token", &form, Some(("pkjwt", "x"))).await;
-    assert_eq!((status, &body["error"]), (400, &json!("invalid_request")), "with Basic");
+    assert_eq!(
+        (status, &body["error"]),
+        (400, &json!("invalid_request")),
+        "with Basic"
+    );
     let mut with_secret = form.clone();
     with_secret.push(("client_secret", "x".to_owned()));
     let (status, body) = post(&s.proxy.url, "/token", &with_secret, None).await;
-    assert_eq!((status, &body["error"]), (400, &json!("invalid_request")), "with a secret");
+    assert_eq!(
+        (status, &body["error"]),
+        (400, &json!("invalid_request")),
+        "with a secret"
+    );
     let (status, body) = refresh(&s.proxy.url, &token, &good, &[("client_id", "csjwt")]).await;
-    assert_eq!((status, &body["error"]), (400, &json!("invalid_request")), "client_id");
+    assert_eq!(
+        (status, &body["error"]),
+        (400, &json!("invalid_request")),
+        "client_id"
+    );
     let mut wrong_type = form.clone();
     wrong_type[2].1 = "urn:ietf:params:oauth:client-assertion-type:saml2-bearer".to_owned();
     let (status, body) = post(&s.proxy.url, "/token", &wrong_type, None).await;
-    assert_eq!((status, &body["error"]), (400, &json!("invalid_request")), "type");
+    assert_eq!(
+        (status, &body["error"]),
+        (400, &json!("invalid_request")),
+        "type"
+    );
     // The secret alone does not authenticate a client_secret_jwt client.
     let cs_token = s.issue("csjwt").await;
     let (status, _) = idp::refresh(&s.proxy.url, "csjwt", CS_SECRET, &cs_token, None).await;
@@ -351,7 +376,10 @@ async fn every_wrong_assertion_is_refused() {
     let (status, body) = refresh(&s.proxy.url, &token, &good, &[("client_id", "pkjwt")]).await;
     assert_eq!(status, 200, "{body}");
     token = rt(&body);
-    let cs = assertion::one(json!({"client": "csjwt", "aud": format!("{ISSUER}/token"), "secret": CS_SECRET})).await;
+    let cs = assertion::one(
+        json!({"client": "csjwt", "aud": format!("{ISSUER}/token"), "secret": CS_SECRET}),
+    )
+    .await;
     let (status, body) = refresh(&s.proxy.url, &cs_token, &cs, &[]).await;
     assert_eq!(status, 200, "{body}");
     assert!(!token.is_empty());
@@ -418,7 +446,11 @@ async fn jwks_uri_keys_are_refetched_for_an_unknown_kid_at_most_once_per_interva
     *served.lock().expect("lock") = public_jwks(&["pk-es-1", "pk-es-2"]).to_string();
     let (status, _) = refresh(&s.proxy.url, &token, &made[1], &[]).await;
     assert_eq!(status, 401);
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "refetched within the interval");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "refetched within the interval"
+    );
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     let (status, body) = refresh(&s.proxy.url, &token, &made[2], &[]).await;
     assert_eq!(status, 200, "{body}");

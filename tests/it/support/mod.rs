@@ -21,11 +21,11 @@
 //!   header blocks).
 #![allow(dead_code)]
 
+pub mod assertion;
 pub mod echo;
 pub mod echo_stack;
 pub mod fake_idp;
 pub mod h2raw;
-pub mod assertion;
 pub mod idp;
 pub mod idp_py;
 pub mod jose;
