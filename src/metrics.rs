@@ -159,7 +159,7 @@ pub enum CaptureSkip {
     /// The answer is larger than the proxy reads to decide capture; it is streamed on as is.
     TooLarge,
     /// The IdP accepted the client's assertion but the proxy's own check of it failed
-    /// (docs/design.md §4.15): the proxy could not authenticate the client's refreshes.
+    /// (docs/design.md §4.16): the proxy could not authenticate the client's refreshes.
     ClientAuth,
 }
 

@@ -1243,7 +1243,7 @@ pub const PRIVATE_KEY_JWT_ALGS: &[&str] = &[
 ];
 pub const CLIENT_SECRET_JWT_ALGS: &[&str] = &["HS256", "HS384", "HS512"];
 
-/// `private_key_jwt` and `client_secret_jwt` (docs/design.md §4.15): the keys each needs, and
+/// `private_key_jwt` and `client_secret_jwt` (docs/design.md §4.16): the keys each needs, and
 /// an `alg` of the right kind.
 fn validate_assertion_keys(id: &str, client: &ClientConfig) -> Result<(), ConfigError> {
     let key = |k: &str| format!("clients.{id}.{k}");

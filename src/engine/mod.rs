@@ -166,7 +166,7 @@ pub enum UpstreamAnswer {
 
 /// How the engine redeems a kept upstream refresh token at the upstream: the layer's over its
 /// inner service; never for the engine to do itself (it does no HTTP).
-/// A `jwks_uri` client's keys, fetched and cached by the layer (docs/design.md §4.15).
+/// A `jwks_uri` client's keys, fetched and cached by the layer (docs/design.md §4.16).
 pub trait ClientJwks: Send + Sync {
     /// The keys at `uri` for `client_id`; `refetch`: an assertion named a key the cached set
     /// lacks (fetched again at most once per `interval`). `None`: no keys could be had.
@@ -221,7 +221,7 @@ impl Authn<'_> {
 }
 
 impl Engine {
-    /// Authenticates `presented` as `client` (docs/design.md §4.15 for assertions): `Some` the
+    /// Authenticates `presented` as `client` (docs/design.md §4.16 for assertions): `Some` the
     /// verified assertion, whose `jti` the caller must see used once.
     pub(crate) async fn verify_client(
         &self,

@@ -256,7 +256,7 @@ where
 }
 
 /// For a client that authenticates with assertions (or sent one), the proxy's own check of the
-/// assertion the IdP accepted: signature, `iss`/`sub`, `aud`, times (docs/design.md §4.15).
+/// assertion the IdP accepted: signature, `iss`/`sub`, `aud`, times (docs/design.md §4.16).
 /// Its `jti` is not recorded: the IdP did.
 async fn assertion_ok(ctx: &CaptureContext) -> Result<(), &'static str> {
     let presented = client_auth::presented(ctx.authorization.as_ref(), &ctx.form)

@@ -54,7 +54,7 @@ impl Shared {
         }
     }
 
-    /// What client authentication needs for `form` (docs/design.md §4.15): the issuer, and,
+    /// What client authentication needs for `form` (docs/design.md §4.16): the issuer, and,
     /// for a request with a client assertion, the token endpoint's URL as clients see it (the
     /// issuer's origin and the token endpoint's path).
     pub(crate) fn authn<'a>(&'a self, issuer: &'a str, token_url: &'a Option<String>) -> Authn<'a> {
