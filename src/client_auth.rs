@@ -30,8 +30,8 @@ use http::HeaderValue;
 
 use crate::classify::Form;
 use crate::config::{
-    AccessTokenFormat, CLIENT_SECRET_JWT_ALGS, Config, ConfigError, PRIVATE_KEY_JWT_ALGS, Secret,
-    TokenEndpointAuthMethod, Unreachable,
+    AccessTokenFormat, CLIENT_SECRET_JWT_ALGS, Config, ConfigError, DpopBound,
+    PRIVATE_KEY_JWT_ALGS, Secret, TokenEndpointAuthMethod, Unreachable,
 };
 use crate::grant::verify::KeySet;
 
@@ -259,6 +259,10 @@ pub struct Policy {
     pub upstream_check_interval: u64,
     pub upstream_unreachable: Unreachable,
     pub upstream_unreachable_max: u64,
+    /// Which families are bound to a DPoP key (docs/design.md §4.16).
+    pub dpop_bound: DpopBound,
+    /// Refreshes with a DPoP proof need a server nonce (RFC 9449 §8).
+    pub dpop_nonce: bool,
 }
 
 /// A client the proxy handles.
@@ -280,6 +284,13 @@ pub struct Client {
     pub backchannel_logout_uri: Option<String>,
     /// `private_key_jwt` or `client_secret_jwt`: the client authenticates with assertions only.
     pub assertion: Option<AssertionAuth>,
+}
+
+impl Client {
+    /// Whether the client has no secret (`token_endpoint_auth_method = "none"`).
+    pub fn is_public(&self) -> bool {
+        self.secret_sha256.is_none()
+    }
 }
 
 /// Credentials the proxy presents at the upstream as a client (RFC 6749 §2.3.1, RFC 7009
@@ -459,6 +470,8 @@ impl Clients {
                 upstream_unreachable_max: p
                     .upstream_unreachable_max
                     .unwrap_or(DEFAULT_UPSTREAM_UNREACHABLE_MAX),
+                dpop_bound: p.dpop_bound.unwrap_or(DpopBound::Auto),
+                dpop_nonce: p.dpop_nonce.unwrap_or(false),
             };
             let assertion = assertion_auth(id, c)?;
             let upstream_auth = match (c.token_endpoint_auth_method, &c.secret) {
@@ -843,7 +856,7 @@ mod tests {
         ));
         let pk = c.get("pk").expect("pk");
         assert_eq!(pk.assertion.as_ref().map(|a| a.algs), Some(&["EdDSA"][..]));
-        // No way to make its assertions: no upstream credentials (docs/design.md §4.16).
+        // No way to make its assertions: no upstream credentials (docs/design.md §4.17).
         assert!(pk.upstream_auth.is_none());
         let config = |jwks: &str| {
             let text = format!(

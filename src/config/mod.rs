@@ -406,6 +406,21 @@ pub struct ClientPolicy {
     pub upstream_unreachable: Option<Unreachable>,
     /// With `serve`: how long past the interval the store still answers (seconds).
     pub upstream_unreachable_max: Option<u64>,
+    /// Which families are bound to a DPoP key (docs/design.md §4.16).
+    pub dpop_bound: Option<DpopBound>,
+    /// Refreshes of DPoP-bound families need a server nonce (RFC 9449 §8).
+    pub dpop_nonce: Option<bool>,
+}
+
+/// `dpop_bound`: which of a client's families are bound to a DPoP key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DpopBound {
+    /// Those whose upstream answer was DPoP-bound (`token_type: DPoP`), to that key.
+    Auto,
+    /// Every family: to the key of the DPoP proof the client sent with the token request
+    /// that opened it, whatever the upstream answered; none is opened without one.
+    Required,
 }
 
 /// `upstream_unreachable`: what a refresh whose upstream check failed gets.
@@ -461,6 +476,8 @@ pub struct TokensConfig {
     pub upstream_check_interval: Option<u64>,
     pub upstream_unreachable: Option<Unreachable>,
     pub upstream_unreachable_max: Option<u64>,
+    pub dpop_bound: Option<DpopBound>,
+    pub dpop_nonce: Option<bool>,
 }
 
 impl Default for TokensConfig {
@@ -550,6 +567,8 @@ pub struct ClientConfig {
     pub upstream_check_interval: Option<u64>,
     pub upstream_unreachable: Option<Unreachable>,
     pub upstream_unreachable_max: Option<u64>,
+    pub dpop_bound: Option<DpopBound>,
+    pub dpop_nonce: Option<bool>,
     /// A resource server allowed to introspect the proxy's tokens (RFC 7662).
     #[serde(default)]
     pub may_introspect: bool,
@@ -632,6 +651,8 @@ impl ClientConfig {
             upstream_unreachable_max: self
                 .upstream_unreachable_max
                 .or(defaults.upstream_unreachable_max),
+            dpop_bound: self.dpop_bound.or(defaults.dpop_bound),
+            dpop_nonce: self.dpop_nonce.or(defaults.dpop_nonce),
         }
     }
 }
@@ -1243,7 +1264,7 @@ pub const PRIVATE_KEY_JWT_ALGS: &[&str] = &[
 ];
 pub const CLIENT_SECRET_JWT_ALGS: &[&str] = &["HS256", "HS384", "HS512"];
 
-/// `private_key_jwt` and `client_secret_jwt` (docs/design.md §4.16): the keys each needs, and
+/// `private_key_jwt` and `client_secret_jwt` (docs/design.md §4.17): the keys each needs, and
 /// an `alg` of the right kind.
 fn validate_assertion_keys(id: &str, client: &ClientConfig) -> Result<(), ConfigError> {
     let key = |k: &str| format!("clients.{id}.{k}");

@@ -33,21 +33,82 @@ use crate::classify::Form;
 use crate::client_auth::{self, Client, ClientAuthError, Clients};
 use crate::config::AccessTokenFormat;
 use crate::config::Unreachable;
-use crate::grant::capture::Identity;
+use crate::grant::capture::{Identity, JKT};
+use crate::grant::dpop::{self, DpopError, Nonces, Proof};
 use crate::grant::rules::{CheckPolicy, Checked, Redeem, Verdict};
 use crate::grant::scope;
 use crate::metrics::{Metrics, inc};
 use crate::metrics::{UpstreamCheck, UpstreamRevocation};
-use crate::mint::claims::{AccessClaims, IdClaims, JTI_MAX, jti_of, splice, splice_into};
+use crate::mint::claims::{
+    AccessClaims, Confirmation, IdClaims, JTI_MAX, jti_of, splice, splice_into,
+};
 use crate::mint::jwt::{Signer, TYP_AT_JWT, TYP_JWT};
 use crate::mint::kept::{KeptKeys, KeptToken};
 use crate::mint::opaque;
 use crate::mint::refresh::{FamilyId, RefreshKeys, RefreshToken, Seal};
 use crate::oauth::{Introspection, TokenResponse};
 use crate::store::{
-    AnyStore, Ended, FamilyData, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, Revoke,
-    Selection, StoreError, TokenFormat, TokenStore,
+    AnyStore, Ended, FamilyData, NewFamily, OneTime, OpaqueCandidate, RedeemRequest, Redemption,
+    Revoke, Selection, StoreError, TokenFormat, TokenStore,
 };
+
+/// The store key of a one-time identifier (docs/design.md §4.15): a digest of its kind and
+/// parts, NUL-separated, so no client-chosen bytes reach a key.
+pub(crate) fn one_time_id(parts: &[&str]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            ctx.update(b"\0");
+        }
+        ctx.update(part.as_bytes());
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A token request as the engine sees it.
+pub(crate) struct TokenRequest<'a> {
+    pub(crate) authorization: Option<&'a HeaderValue>,
+    /// The request's `DPoP` header; `Err` when it has several (RFC 9449 §4.3 check 1).
+    pub(crate) dpop: Result<Option<&'a HeaderValue>, DpopError>,
+    pub(crate) form: &'a Form,
+    /// The issuer of minted tokens.
+    pub(crate) issuer: &'a str,
+    /// The token endpoint's URL as clients call it (a DPoP proof's `htu`, an assertion's
+    /// `aud`), when known.
+    pub(crate) token_url: Option<&'a str>,
+    /// `private_key_jwt` clients' `jwks_uri` keys.
+    pub(crate) client_jwks: &'a dyn ClientJwks,
+}
+
+impl<'a> TokenRequest<'a> {
+    /// A request with a form alone (tests, the admin API).
+    #[cfg(test)]
+    pub(crate) fn form(form: &'a Form, issuer: &'a str) -> TokenRequest<'a> {
+        TokenRequest {
+            authorization: None,
+            dpop: Ok(None),
+            form,
+            issuer,
+            token_url: None,
+            client_jwks: &NoClientJwks,
+        }
+    }
+
+    /// What client authentication needs from the request.
+    pub(crate) fn authn(&self) -> Authn<'a> {
+        Authn {
+            audience: client_auth::assertion::Audience {
+                issuer: self.issuer,
+                token_endpoint: self.token_url,
+            },
+            jwks: self.client_jwks,
+        }
+    }
+}
 
 /// Why a grant the proxy owns was refused.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +131,12 @@ pub(crate) enum GrantError {
     /// The upstream session check could not be made and the family may not be served.
     #[error("the upstream could not confirm the session")]
     UpstreamUnavailable,
+    /// RFC 9449 §7.1: `invalid_dpop_proof`.
+    #[error(transparent)]
+    DpopProof(#[from] DpopError),
+    /// RFC 9449 §8: `use_dpop_nonce`, with the nonce to use.
+    #[error("the DPoP proof needs the server's nonce")]
+    UseDpopNonce(String),
 }
 
 /// What a reload (`SIGHUP`) replaces: the clients and their secrets, and every key. Each list
@@ -84,6 +151,8 @@ pub struct Keys {
     pub id_signers: Vec<Signer>,
     /// The keys the upstream's refresh tokens are kept with (docs/design.md §4.11).
     pub kept: KeptKeys,
+    /// DPoP server nonces (docs/design.md §4.16), the same on every replica.
+    pub dpop_nonces: Nonces,
 }
 
 impl Keys {
@@ -166,7 +235,7 @@ pub enum UpstreamAnswer {
 
 /// How the engine redeems a kept upstream refresh token at the upstream: the layer's over its
 /// inner service; never for the engine to do itself (it does no HTTP).
-/// A `jwks_uri` client's keys, fetched and cached by the layer (docs/design.md §4.16).
+/// A `jwks_uri` client's keys, fetched and cached by the layer (docs/design.md §4.17).
 pub trait ClientJwks: Send + Sync {
     /// The keys at `uri` for `client_id`; `refetch`: an assertion named a key the cached set
     /// lacks (fetched again at most once per `interval`). `None`: no keys could be had.
@@ -221,7 +290,7 @@ impl Authn<'_> {
 }
 
 impl Engine {
-    /// Authenticates `presented` as `client` (docs/design.md §4.16 for assertions): `Some` the
+    /// Authenticates `presented` as `client` (docs/design.md §4.17 for assertions): `Some` the
     /// verified assertion, whose `jti` the caller must see used once.
     pub(crate) async fn verify_client(
         &self,
@@ -302,7 +371,7 @@ pub(crate) fn assertion_once(
     verified: &client_auth::assertion::Verified,
 ) -> crate::store::OneTime {
     crate::store::OneTime {
-        id: logout::used_id("assertion", &format!("{client_id}\0{}", verified.jti)),
+        id: one_time_id(&["assertion", client_id, &verified.jti]),
         until_ms: verified
             .exp
             .saturating_add(crate::grant::verify::CLOCK_LEEWAY_SECS)
@@ -674,7 +743,7 @@ mod tests {
                 pairs.push(("scope", scope));
             }
             engine
-                .refresh(None, &form(&pairs), &Authn::issuer(ISSUER), &mut NoUpstream)
+                .refresh(&TokenRequest::form(&form(&pairs), ISSUER), &mut NoUpstream)
                 .await
         }
 
@@ -854,7 +923,7 @@ mod tests {
                 ("client_secret", "wrong"),
             ]);
             let answer = engine
-                .refresh(None, &f, &Authn::issuer(ISSUER), &mut NoUpstream)
+                .refresh(&TokenRequest::form(&f, ISSUER), &mut NoUpstream)
                 .await;
             assert!(
                 matches!(answer, Err(GrantError::ClientAuth(_))),

@@ -178,12 +178,14 @@ impl Engine {
                     iss: issuer.to_owned(),
                     token_type: "refresh_token",
                     aud: None,
+                    cnf: jkt_confirmation(info.family.binding.as_deref()),
                 }
             }
             Owned::Opaque { family, digest } => {
                 let Some(at) = self.store.access_token(family, &digest, now).await? else {
                     return inactive();
                 };
+                let cnf = jkt_confirmation(at.binding.as_deref());
                 Introspection {
                     active: true,
                     scope: at.scope,
@@ -192,8 +194,9 @@ impl Engine {
                     exp: at.expires_ms / 1000,
                     iat: at.issued_ms / 1000,
                     iss: issuer.to_owned(),
-                    token_type: "Bearer",
+                    token_type: if cnf.is_some() { "DPoP" } else { "Bearer" },
                     aud: None,
+                    cnf,
                 }
             }
             Owned::Jwt { claims, family } => {
@@ -225,8 +228,13 @@ impl Engine {
                     exp,
                     iat: claims.get("iat").and_then(Value::as_i64).unwrap_or(0),
                     iss: text("iss"),
-                    token_type: "Bearer",
+                    token_type: if claims.contains_key("cnf") {
+                        "DPoP"
+                    } else {
+                        "Bearer"
+                    },
                     aud: claims.get("aud").cloned(),
+                    cnf: claims.get("cnf").cloned(),
                 }
             }
         };
@@ -249,4 +257,10 @@ pub(super) enum Owned<'a> {
         claims: Map<String, Value>,
         family: Option<String>,
     },
+}
+
+/// RFC 9449 §6.2: `cnf` of a token bound to a DPoP key (a binding `jkt:<thumbprint>`).
+fn jkt_confirmation(binding: Option<&str>) -> Option<Value> {
+    let jkt = binding?.strip_prefix(JKT)?;
+    Some(serde_json::json!({ "jkt": jkt }))
 }

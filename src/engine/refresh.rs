@@ -10,12 +10,10 @@ impl Engine {
     /// (docs/design.md §4.13).
     pub(crate) async fn refresh(
         &self,
-        authorization: Option<&HeaderValue>,
-        form: &Form,
-        authn: &Authn<'_>,
+        req: &TokenRequest<'_>,
         upstream: &mut impl UpstreamRefresh,
     ) -> Result<Option<TokenResponse>, GrantError> {
-        let issuer = authn.audience.issuer;
+        let (authorization, form, issuer) = (req.authorization, req.form, req.issuer);
         let keys = self.keys();
         let token_param = form.get("refresh_token");
         let presented = client_auth::presented(authorization, form);
@@ -40,7 +38,7 @@ impl Engine {
         let presented = presented?.ok_or(ClientAuthError::Missing)?;
         let basic = presented.method == client_auth::Method::Basic;
         let client = handled.ok_or(ClientAuthError::Failed { basic })?;
-        let verified = self.verify_client(client, &presented, authn).await?;
+        let verified = self.verify_client(client, &presented, &req.authn()).await?;
         let policy = &client.policy;
         if policy.refresh_token_ttl == 0 {
             return Err(GrantError::UnauthorizedClient);
@@ -50,6 +48,11 @@ impl Engine {
         };
 
         let now = (self.clock)();
+        // docs/design.md §4.16: a DPoP proof, when the request carries one, checked before the
+        // store is asked; its key goes into the redemption (a bound family needs it) and its
+        // jti into the same step (docs/design.md §4.15).
+        let proof = self.dpop_proof(&keys, client, req, now)?;
+        let binding = proof.as_ref().map(|p| format!("{JKT}{}", p.jkt));
         let candidate = matches!(
             policy.access_token_format,
             AccessTokenFormat::Opaque | AccessTokenFormat::Auto
@@ -74,8 +77,13 @@ impl Engine {
                 grace_ms: secs_to_ms(policy.reuse_grace_period),
                 idle_ttl_ms: secs_to_ms(policy.refresh_token_ttl),
                 reuse_refresh_tokens: policy.reuse_refresh_tokens,
-                check: self.check_policy(client),
+                // A public client's upstream refresh token is bound to its DPoP key, which the
+                // proxy does not hold: not checked (docs/design.md §4.16).
+                check: self
+                    .check_policy(client)
+                    .filter(|_| proof.is_none() || !client.is_public()),
                 confirm: None,
+                binding: binding.as_deref(),
             },
             opaque: candidate.as_ref().map(|c| OpaqueCandidate {
                 digest: c.digest.clone(),
@@ -84,11 +92,15 @@ impl Engine {
             }),
             new_upstream_token: None,
             upstream_answer: None,
-            // RFC 7523 §3 item 7: an assertion is used once; remembered in the redemption's
-            // own step (docs/design.md §4.15).
+            // Client assertion first (RFC 7523 §3 item 7), then a DPoP proof's: each used once,
+            // remembered in the redemption's own step (docs/design.md §4.15).
             once: verified
                 .iter()
                 .map(|v| assertion_once(&client.id, v))
+                .chain(proof.iter().map(|p| OneTime {
+                    id: one_time_id(&["dpop", &p.jkt, &p.jti]),
+                    until_ms: p.remember_until_ms(),
+                }))
                 .collect(),
         };
         let mut redemption = self.redeem_once(&request).await?;
@@ -126,9 +138,12 @@ impl Engine {
                 return Err(ClientAuthError::Failed { basic: false }.into());
             }
             Redemption::Replayed { .. } => {
-                return Err(GrantError::InvalidGrant(
-                    "a one-time identifier was replayed",
-                ));
+                tracing::warn!(
+                    security_event = "dpop_proof_replayed",
+                    client_id = %client.id,
+                    "a DPoP proof was presented again; nothing changed"
+                );
+                return Err(GrantError::DpopProof(DpopError::Replayed));
             }
             Redemption::Corrupt => {
                 return Err(self.record_refused(
@@ -213,6 +228,16 @@ impl Engine {
                 return Err(GrantError::InvalidGrant("wrong client"));
             }
             Verdict::InvalidScope => return Err(GrantError::InvalidScope),
+            Verdict::WrongKey => {
+                tracing::warn!(
+                    security_event = "refresh_token_wrong_key",
+                    family = token.family,
+                    client_id = %client.id,
+                    proof = proof.is_some(),
+                    "a DPoP-bound refresh token was presented without a proof of its key"
+                );
+                return Err(GrantError::InvalidGrant("not the family's key"));
+            }
             Verdict::CheckRevoked => {
                 inc(&self.metrics.family_revocations);
                 tracing::info!(
@@ -249,6 +274,7 @@ impl Engine {
         if sealed_by.is_none()
             || scope::narrow(&scope, &family.granted_scope).is_none()
             || now >= family.expires_at_ms
+            || family.binding.is_some() && family.binding != binding
         {
             return Err(self.record_refused(
                 "family_record_tampered",
@@ -275,7 +301,9 @@ impl Engine {
                     .and_then(|t| serde_json::from_str::<UpstreamTokens>(t.expose()).ok()),
                 None => fresh,
             };
-            if let Some(tokens) = tokens {
+            if let Some(tokens) = tokens
+                && binding.is_none()
+            {
                 return Ok(Some(TokenResponse {
                     access_token: tokens.access_token,
                     refresh_token,
@@ -283,14 +311,18 @@ impl Engine {
                     token_type: "bearer",
                     expires_in: tokens.expires_in.unwrap_or(self.access_token_ttl),
                     id_token: tokens.id_token,
+                    dpop_nonce: None,
                 }));
             }
             // No upstream answer to give (the client's access_token_format changed since the
             // family was captured): minted by the proxy, as `jwt`.
         }
+        // RFC 9449 §5: with a proof, the access token is bound to its key (also for a family
+        // that is not: a confidential client's refresh tokens need not be).
+        let jkt = proof.as_ref().map(|p| p.jkt.as_str());
         let access_token = match (family.format, opaque_stored, candidate) {
             (TokenFormat::Opaque, true, Some(c)) => c.token,
-            _ => self.mint_jwt(&keys, token.family, &family, &scope, issuer, now),
+            _ => self.mint_jwt(&keys, token.family, &family, (&scope, jkt), issuer, now),
         };
         let id_token = (policy.id_token_on_refresh && scope::contains(&scope, "openid"))
             .then(|| self.mint_id_token(&keys, &family, now))
@@ -299,10 +331,49 @@ impl Engine {
             access_token,
             refresh_token,
             scope,
-            token_type: "bearer",
+            token_type: if jkt.is_some() { "DPoP" } else { "bearer" },
             expires_in: self.access_token_ttl,
             id_token,
+            dpop_nonce: (policy.dpop_nonce && jkt.is_some())
+                .then(|| keys.dpop_nonces.current(now / 1000)),
         }))
+    }
+
+    /// The request's DPoP proof, checked (RFC 9449 §4.3); `None` without one. With
+    /// `dpop_nonce`, a proof without this period's or the last one's nonce is answered
+    /// `use_dpop_nonce` with the current one.
+    fn dpop_proof(
+        &self,
+        keys: &Keys,
+        client: &Client,
+        req: &TokenRequest<'_>,
+        now_ms: i64,
+    ) -> Result<Option<Proof>, GrantError> {
+        let Some(header) = req.dpop? else {
+            return Ok(None);
+        };
+        let now = now_ms / 1000;
+        let nonces = client.policy.dpop_nonce.then_some(&keys.dpop_nonces);
+        let checked = header
+            .to_str()
+            .map_err(|_| DpopError::Malformed)
+            .and_then(|proof| {
+                dpop::check(
+                    proof,
+                    &dpop::Expect {
+                        method: "POST",
+                        // An unknown token endpoint URL matches no htu.
+                        htu: req.token_url.unwrap_or(""),
+                        now,
+                        nonces,
+                    },
+                )
+            });
+        match checked {
+            Ok(proof) => Ok(Some(proof)),
+            Err(DpopError::Nonce) => Err(GrantError::UseDpopNonce(keys.dpop_nonces.current(now))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The client's upstream session check policy (`None`: never checked; also when the proxy
@@ -460,7 +531,7 @@ impl Engine {
         keys: &Keys,
         family_id: &str,
         family: &FamilyData,
-        scope: &str,
+        (scope, jkt): (&str, Option<&str>),
         issuer: &str,
         now_ms: i64,
     ) -> String {
@@ -487,6 +558,7 @@ impl Engine {
                 exp: iat.saturating_add(self.access_token_ttl as i64),
                 jti,
                 auth_time: family.auth_time,
+                cnf: jkt.map(|jkt| Confirmation { jkt }),
             },
         )
         .expect("claims serialise");

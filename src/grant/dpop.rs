@@ -49,6 +49,9 @@ pub enum DpopError {
     Jti,
     #[error("the DPoP proof carries no valid server nonce")]
     Nonce,
+    /// Its `jti` was seen before (the store says so, docs/design.md §4.15).
+    #[error("the DPoP proof was used before")]
+    Replayed,
 }
 
 /// What a request's proof must match.

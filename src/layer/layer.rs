@@ -54,9 +54,8 @@ impl Shared {
         }
     }
 
-    /// What client authentication needs for `form` (docs/design.md §4.16): the issuer, and,
-    /// for a request with a client assertion, the token endpoint's URL as clients see it (the
-    /// issuer's origin and the token endpoint's path).
+    /// What client authentication needs (docs/design.md §4.17): the issuer, the token
+    /// endpoint's URL as clients see it ([`Endpoints::token_url`]), the `jwks_uri` cache.
     pub(crate) fn authn<'a>(&'a self, issuer: &'a str, token_url: &'a Option<String>) -> Authn<'a> {
         Authn {
             audience: Audience {
@@ -65,18 +64,6 @@ impl Shared {
             },
             jwks: &*self.client_keys,
         }
-    }
-
-    /// The token endpoint's URL an assertion in `form` may name as its `aud`.
-    pub(crate) fn token_url(&self, issuer: &str, form: &crate::classify::Form) -> Option<String> {
-        form.get("client_assertion")?;
-        let uri: http::Uri = issuer.parse().ok()?;
-        let path = self.endpoints.load().token_path.clone()?;
-        Some(format!(
-            "{}://{}{path}",
-            uri.scheme_str()?,
-            uri.authority()?
-        ))
     }
 
     /// The issuer of minted tokens: the upstream's (docs/design.md §4.9).

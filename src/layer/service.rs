@@ -19,7 +19,9 @@ use super::{capture, check, jwks, logout};
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::{self, Endpoint, Form, FormError};
 use crate::conn::BoxError;
+use crate::engine::TokenRequest;
 use crate::error::Error;
+use crate::grant::dpop::DpopError;
 use crate::metrics::{Grant, Outcome, Route};
 use crate::oauth;
 
@@ -155,6 +157,20 @@ pub(super) fn local_response<B>(err: Error) -> Response<ResponseBody<B>> {
     crate::error::error_response(err).map(ResponseBody::local)
 }
 
+/// The request's `DPoP` header: more than one is refused (RFC 9449 §4.3 check 1).
+pub(super) fn dpop_header(
+    headers: &http::HeaderMap,
+) -> Result<Option<&http::HeaderValue>, DpopError> {
+    let mut all = headers.get_all(DPOP).iter();
+    match (all.next(), all.next()) {
+        (first, None) => Ok(first),
+        _ => Err(DpopError::Repeated),
+    }
+}
+
+/// RFC 9449 §4.1's request header.
+const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
+
 /// The token endpoint: refresh grants the proxy owns are answered here; everything else goes
 /// upstream, and a handled client's answer is captured on the way back.
 async fn token_endpoint<S, B, ResB>(
@@ -187,18 +203,23 @@ where
     };
     if grant == Grant::RefreshToken {
         let issuer = shared.issuer();
-        let token_url = shared.token_url(&issuer, &form);
         let started = Instant::now();
         let mut upstream = check::InnerUpstream {
             service: &mut inner,
             shared: &shared,
             body: std::marker::PhantomData,
         };
+        let token_url = shared.endpoints.load().token_url();
         let answered = engine
             .refresh(
-                authorization.as_ref(),
-                &form,
-                &shared.authn(&issuer, &token_url),
+                &TokenRequest {
+                    authorization: authorization.as_ref(),
+                    dpop: dpop_header(req.headers()),
+                    form: &form,
+                    issuer: &issuer,
+                    token_url: token_url.as_deref(),
+                    client_jwks: &*shared.client_keys,
+                },
                 &mut upstream,
             )
             .await;
@@ -220,6 +241,7 @@ where
     }
     // Not answered here: forward, and capture a handled client's new refresh token.
     let client = capture::handled_client(&engine, authorization.as_ref(), &form);
+    let dpop = dpop_header(req.headers()).map(Option::<&http::HeaderValue>::cloned);
     let spare = inner.clone();
     let res = inner.call(req).await?;
     record(forwarded(&res));
@@ -231,6 +253,7 @@ where
                 client,
                 authorization,
                 form,
+                dpop,
             };
             capture::capture(spare, ctx, res).await
         }
@@ -263,7 +286,7 @@ where
         .expect("routed here only with an engine");
     let authorization = req.headers().get(AUTHORIZATION);
     let issuer = shared.issuer();
-    let token_url = shared.token_url(&issuer, &form);
+    let token_url = shared.endpoints.load().token_url();
     let authn = shared.authn(&issuer, &token_url);
     let answer = if endpoint == Endpoint::Revocation {
         engine

@@ -115,6 +115,7 @@ fn new_family(f: &NewFamily) -> Family {
                 confirmed_ms: f.created_ms,
                 ..CheckState::default()
             },
+            binding: f.binding.clone(),
         },
         data: FamilyData {
             client_id: f.client_id.clone(),
@@ -125,6 +126,7 @@ fn new_family(f: &NewFamily) -> Family {
             id_claims: f.id_claims.clone(),
             auth_time: f.auth_time,
             expires_at_ms: f.expires_at_ms,
+            binding: f.binding.clone(),
             seal: f.seal,
         },
         upstream_token: f.upstream_token.clone(),
@@ -390,6 +392,7 @@ impl TokenStore for MemoryStore {
                     scope,
                     issued_ms: candidate.issued_ms,
                     expires_ms: candidate.expires_ms,
+                    binding: req.redeem.binding.map(str::to_owned),
                 },
             );
             opaque_stored = true;

@@ -98,6 +98,9 @@ pub struct NewFamily {
     /// The upstream session (`sid` of its ID token) the family belongs to, for back-channel
     /// logout (docs/design.md §4.12).
     pub session: Option<String>,
+    /// The key the family's refresh tokens are bound to (docs/design.md §4.16): `jkt:` and a
+    /// DPoP key's thumbprint; `None` for a bearer family. Under the seal, fixed at capture.
+    pub binding: Option<String>,
 }
 
 impl NewFamily {
@@ -113,6 +116,7 @@ impl NewFamily {
             id_claims: &self.id_claims,
             auth_time: self.auth_time,
             expires_at_ms: self.expires_at_ms,
+            binding: self.binding.as_deref().unwrap_or(""),
         }
     }
 }
@@ -130,6 +134,8 @@ pub struct FamilyData {
     pub id_claims: String,
     pub auth_time: Option<i64>,
     pub expires_at_ms: i64,
+    /// The key the family is bound to ([`NewFamily::binding`]).
+    pub binding: Option<String>,
     pub seal: Seal,
 }
 
@@ -146,6 +152,7 @@ impl FamilyData {
             id_claims: &self.id_claims,
             auth_time: self.auth_time,
             expires_at_ms: self.expires_at_ms,
+            binding: self.binding.as_deref().unwrap_or(""),
         }
     }
 }
@@ -225,6 +232,9 @@ pub struct AccessTokenRecord {
     pub issued_ms: i64,
     #[serde(rename = "exp")]
     pub expires_ms: i64,
+    /// The key the token is bound to (`jkt:<thumbprint>`, docs/design.md §4.16), if any.
+    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
 }
 
 /// What introspection says about a live refresh token.

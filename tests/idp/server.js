@@ -22,6 +22,9 @@
 //                          backchannelLogout feature on, with backchannel_logout_session_required.
 //   SESSION_REFRESH_TOKENS=1  issue refresh tokens without offline_access too, bound to the
 //                          login session (as Keycloak does): a logout at the IdP revokes them.
+//   DPOP=1                 RFC 9449 DPoP on: a token request with a DPoP proof gets DPoP-bound
+//                          tokens (token_type DPoP; a public client's refresh tokens are bound
+//                          to the key too).
 //
 // Protocol with the test harness: once listening, exactly one line goes to stdout,
 // `{"listening":<port>}`; everything else (oidc-provider's notices included) goes to stderr.
@@ -192,6 +195,7 @@ const configuration = {
     introspection: { enabled: true },
     revocation: { enabled: true },
     backchannelLogout: { enabled: backchannelLogoutUri !== '' },
+    dPoP: { enabled: env.DPOP === '1' },
     resourceIndicators: jwtAccessTokens
       ? {
         enabled: true,

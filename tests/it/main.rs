@@ -15,6 +15,7 @@ mod concurrency;
 mod demo;
 mod discovery_any_idp;
 mod docs;
+mod dpop;
 mod e2e_endpoints;
 mod e2e_idp;
 mod e2e_idp_py;

@@ -39,6 +39,7 @@ fn family(t0: i64, format: TokenFormat) -> NewFamily {
         // Stores keep the sealed upstream token as bytes; the engine seals and opens it.
         upstream_token: Some(KEPT.to_vec()),
         session: Some("sid-1".into()),
+        binding: None,
     }
 }
 
@@ -94,6 +95,7 @@ fn redeem(generation: u64, now_ms: i64) -> Redeem<'static> {
         reuse_refresh_tokens: false,
         check: None,
         confirm: None,
+        binding: None,
     }
 }
 
@@ -1114,6 +1116,81 @@ async fn an_upstream_format_family_keeps_its_answer_for_the_grace_window<S: Toke
     assert_eq!(verdict(r), Verdict::CheckDue { fence: 2 }, "checked again");
 }
 
+/// docs/design.md §4.16: a bound family rotates only for a request that proved its key; any
+/// other changes nothing (and a rotated-out token is still reuse, whoever presents it).
+async fn a_bound_family_needs_its_key<S: TokenStore>(store: S) {
+    let t0 = now();
+    let bound = NewFamily {
+        binding: Some("jkt:key-a".into()),
+        ..family(t0, TokenFormat::Jwt)
+    };
+    store.create_family(&bound).await.expect("create");
+    let with = |binding: Option<&'static str>, g, at| Redeem {
+        binding,
+        ..redeem(g, at)
+    };
+    for wrong in [None, Some("jkt:key-b"), Some("key-a")] {
+        assert_eq!(
+            verdict(go(&store, &bound, with(wrong, 0, t0 + 1)).await),
+            Verdict::WrongKey,
+            "{wrong:?}"
+        );
+    }
+    match go(&store, &bound, with(Some("jkt:key-a"), 0, t0 + 2)).await {
+        Redemption::Decided {
+            verdict, family, ..
+        } => {
+            assert_eq!(
+                verdict,
+                Verdict::Rotated {
+                    generation: 1,
+                    scope: "openid profile read".into()
+                }
+            );
+            assert_eq!(family.binding.as_deref(), Some("jkt:key-a"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A grace retry needs the key too.
+    assert_eq!(
+        verdict(go(&store, &bound, with(None, 0, t0 + 3)).await),
+        Verdict::WrongKey
+    );
+    assert!(matches!(
+        verdict(go(&store, &bound, with(Some("jkt:key-a"), 0, t0 + 4)).await),
+        Verdict::Grace { generation: 1, .. }
+    ));
+    // An unbound family goes on with or without a key, and says it is unbound.
+    let bearer = family(t0, TokenFormat::Jwt);
+    store.create_family(&bearer).await.expect("create");
+    match go(&store, &bearer, with(Some("jkt:key-a"), 0, t0 + 5)).await {
+        Redemption::Decided {
+            verdict, family, ..
+        } => {
+            assert!(matches!(verdict, Verdict::Rotated { .. }));
+            assert_eq!(family.binding, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Bulk creation keeps the binding too.
+    let many = NewFamily {
+        binding: Some("jkt:key-c".into()),
+        ..family(t0, TokenFormat::Jwt)
+    };
+    store
+        .create_families(std::slice::from_ref(&many))
+        .await
+        .expect("create");
+    assert_eq!(
+        verdict(go(&store, &many, with(None, 0, t0 + 6)).await),
+        Verdict::WrongKey
+    );
+    assert!(matches!(
+        verdict(go(&store, &many, with(Some("jkt:key-c"), 0, t0 + 7)).await),
+        Verdict::Rotated { .. }
+    ));
+}
+
 /// docs/design.md §4.15: a one-time identifier (an assertion's or a DPoP proof's `jti`) is
 /// remembered in the redemption's own step; presented again it makes the redemption a replay
 /// that changes nothing, on any family, until it expires.
@@ -1254,6 +1331,7 @@ contract!(
     many_families_at_once,
     a_revocation_racing_refreshes_always_wins,
     one_time_ids_are_remembered_in_the_redemption,
+    a_bound_family_needs_its_key,
 );
 
 #[tokio::test]

@@ -54,6 +54,7 @@ for i, field in ipairs({'a', 'd', 't'}) do
   if ARGV[4 + i] ~= '' then redis.call('HSET', KEYS[1], field, ARGV[4 + i]) end
 end
 if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'u', ARGV[13], 'k', ARGV[8]) end
+if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'b', ARGV[14]) end
 redis.call('PEXPIREAT', KEYS[1], math.min(tonumber(ARGV[9]), tonumber(ARGV[10])))
 return 1
 ";
@@ -394,7 +395,8 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
         verifier,
         key,
         kept,
-    ] = <[Vec<u8>; 17]>::try_from(reply).map_err(|_| bad())?;
+        binding,
+    ] = <[Vec<u8>; 18]>::try_from(reply).map_err(|_| bad())?;
     let (verdict, generation, scope) = (text(verdict)?, text(generation)?, text(scope)?);
     let format = text(format)?;
     let verifier_of = |b: &[u8]| Verifier::from_slice(b).unwrap_or_default();
@@ -428,6 +430,7 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
         "unverified" => Verdict::Unverified,
         "expired" => Verdict::Expired,
         "wrong_client" => Verdict::WrongClient,
+        "wrong_key" => Verdict::WrongKey,
         "invalid_scope" => Verdict::InvalidScope,
         other => return Err(StoreError::Protocol(format!("unknown verdict {other:?}"))),
     };
@@ -443,6 +446,7 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
             id_claims: text(idc)?,
             auth_time: text(auth)?.parse().ok(),
             expires_at_ms: num(&text(expires)?)?,
+            binding: Some(text(binding)?).filter(|b| !b.is_empty()),
             // A missing or malformed seal reads as all zeros, which no family has.
             seal: Seal::from_slice(&seal).unwrap_or_default(),
         },
@@ -474,7 +478,8 @@ impl TokenStore for RedisStore {
                 .arg(f.expires_at_ms)
                 .arg(f.verifier.as_bytes())
                 .arg(f.seal.as_bytes())
-                .arg(f.upstream_token.as_deref().unwrap_or_default());
+                .arg(f.upstream_token.as_deref().unwrap_or_default())
+                .arg(f.binding.as_deref().unwrap_or_default());
         });
         self.bounded(created).await?;
         let mut batch = conn.batch();
@@ -526,6 +531,9 @@ impl TokenStore for RedisStore {
                 if let Some(u) = &f.upstream_token {
                     hset.arg("u").arg(u.as_slice()).arg("k").arg(f.created_ms);
                 }
+                if let Some(b) = &f.binding {
+                    hset.arg("b").arg(b);
+                }
                 hset.ignore();
                 pipe.cmd("PEXPIREAT")
                     .arg(&key)
@@ -567,7 +575,7 @@ impl TokenStore for RedisStore {
                 redis::cmd("HMGET")
                     .arg(self.family_key(family))
                     .arg(&[
-                        "c", "s", "g", "sc", "n", "r", "i", "e", "f", "a", "d", "t", "v",
+                        "c", "s", "g", "sc", "n", "r", "i", "e", "f", "a", "d", "t", "v", "b",
                     ])
                     .query_async(&mut conn),
             )
@@ -586,7 +594,8 @@ impl TokenStore for RedisStore {
             d,
             t,
             v,
-        ] = <[Option<Vec<u8>>; 13]>::try_from(f)
+            b,
+        ] = <[Option<Vec<u8>>; 14]>::try_from(f)
             .map_err(|_| StoreError::Protocol("HMGET".into()))?
         else {
             return Ok(None);
@@ -615,6 +624,7 @@ impl TokenStore for RedisStore {
                 id_claims: opt(d)?.unwrap_or_default(),
                 auth_time: opt(t)?.and_then(|t| t.parse().ok()),
                 expires_at_ms: expires,
+                binding: opt(b)?,
                 seal: v
                     .as_deref()
                     .and_then(|v| v.get(DIGEST_BYTES..))
@@ -764,7 +774,8 @@ impl TokenStore for RedisStore {
                     None => cmd.arg("").arg(""),
                 };
                 cmd.arg(req.new_upstream_token.as_deref().unwrap_or_default())
-                    .arg(req.upstream_answer.as_deref().unwrap_or_default());
+                    .arg(req.upstream_answer.as_deref().unwrap_or_default())
+                    .arg(r.binding.unwrap_or_default());
                 if !once_keys.is_empty() {
                     for once in &req.once {
                         cmd.arg(once.until_ms);
