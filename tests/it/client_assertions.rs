@@ -461,3 +461,52 @@ async fn jwks_uri_keys_are_refetched_for_an_unknown_kid_at_most_once_per_interva
     assert_eq!(status, 401);
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
+
+/// An assertion and a DPoP proof in one refresh: both one-time ids go into the redemption,
+/// and a replay of either is refused as that proof's error (docs/design.md §4.15).
+#[tokio::test]
+async fn an_assertion_and_a_dpop_proof_are_each_used_once() {
+    use crate::support::jose::{DpopKey, ProofClaims};
+    let jwks = public_jwks(&["pk-es-1"]);
+    let s = Local::start("memory://", &pkjwt_clients(&format!("jwks = '{jwks}'"))).await;
+    let mut token = s.issue("pkjwt").await;
+    let key = DpopKey::new("ES256").await;
+    let htu = format!("{ISSUER}/token");
+    let proofs = key.proofs(&vec![ProofClaims::to(&htu); 3]).await;
+    let made = assertion::make(&[base(), base(), base()]).await;
+    let send = |token: String, jwt: &str, proof: &str| {
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", token),
+        ];
+        form.extend(fields(jwt));
+        let req = reqwest::Client::new()
+            .post(format!("{}/token", s.proxy.url))
+            .header("dpop", proof)
+            .form(&form);
+        async move {
+            let res = req.send().await.expect("POST");
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.expect("json"))
+        }
+    };
+    let (status, body) = send(token.clone(), &made[0], &proofs[0]).await;
+    assert_eq!(
+        (status, &body["token_type"]),
+        (200, &json!("DPoP")),
+        "{body}"
+    );
+    token = rt(&body);
+    // The assertion again, with a fresh proof: the client's authentication failed.
+    let (status, body) = send(token.clone(), &made[0], &proofs[1]).await;
+    assert_eq!((status, &body["error"]), (401, &json!("invalid_client")));
+    // A fresh assertion, the first proof again: the proof's error.
+    let (status, body) = send(token.clone(), &made[1], &proofs[0]).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (400, &json!("invalid_dpop_proof"))
+    );
+    // Both fresh: the refresh goes on (a replay changed nothing).
+    let (status, body) = send(token.clone(), &made[2], &proofs[2]).await;
+    assert_eq!(status, 200, "{body}");
+}
