@@ -31,6 +31,7 @@ pub use logout::LoggedOut;
 
 use crate::classify::Form;
 use crate::client_auth::{self, Client, ClientAuthError, Clients};
+use crate::client_cert::{ClientCert, X5T_S256};
 use crate::config::AccessTokenFormat;
 use crate::config::Unreachable;
 use crate::grant::capture::{Identity, JKT};
@@ -79,6 +80,8 @@ pub(crate) struct TokenRequest<'a> {
     pub(crate) issuer: &'a str,
     /// The token endpoint's URL as clients call it (a DPoP proof's `htu`), when known.
     pub(crate) token_url: Option<&'a str>,
+    /// The client certificate the connection presented (docs/design.md §4.17), if any.
+    pub(crate) client_cert: Option<&'a ClientCert>,
 }
 
 impl<'a> TokenRequest<'a> {
@@ -91,6 +94,7 @@ impl<'a> TokenRequest<'a> {
             form,
             issuer,
             token_url: None,
+            client_cert: None,
         }
     }
 }
