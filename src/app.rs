@@ -302,14 +302,24 @@ impl App {
         });
         let relay = LogoutRelay::new(engine.metrics.clone(), https_logout)?;
         let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
-            (Some(cert), Some(key)) => Some(tls::server_acceptor(tls::Listener::Proxy, cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::server_acceptor(
+                tls::Listener::Proxy,
+                cert,
+                key,
+                config.server.tls_client_certificates,
+            )?),
             _ => None,
         };
         let admin_tls = match (
             &config.server.admin_tls_cert_file,
             &config.server.admin_tls_key_file,
         ) {
-            (Some(cert), Some(key)) => Some(tls::server_acceptor(tls::Listener::Admin, cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::server_acceptor(
+                tls::Listener::Admin,
+                cert,
+                key,
+                false,
+            )?),
             _ => None,
         };
         Ok(App {

@@ -856,7 +856,7 @@ mod tests {
         ));
         let pk = c.get("pk").expect("pk");
         assert_eq!(pk.assertion.as_ref().map(|a| a.algs), Some(&["EdDSA"][..]));
-        // No way to make its assertions: no upstream credentials (docs/design.md §4.17).
+        // No way to make its assertions: no upstream credentials (docs/design.md §4.18).
         assert!(pk.upstream_auth.is_none());
         let config = |jwks: &str| {
             let text = format!(

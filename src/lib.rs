@@ -84,7 +84,7 @@
 //! checks this list against every `use crate::…` and `crate::…` path under `src/`.
 //!
 //! <!-- layers -->
-//! 1. `net`, `conn`, `body`
+//! 1. `net`, `conn`, `body`, `client_cert`
 //! 2. `config`
 //! 3. `tls`, `classify`, `oauth`
 //! 4. `metrics`, `mint`
@@ -109,6 +109,7 @@ pub mod app;
 pub(crate) mod body;
 pub(crate) mod classify;
 pub(crate) mod client_auth;
+pub(crate) mod client_cert;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod discovery;

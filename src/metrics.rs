@@ -169,7 +169,7 @@ pub enum CaptureSkip {
     /// The answer is larger than the proxy reads to decide capture; it is streamed on as is.
     TooLarge,
     /// The IdP accepted the client's assertion but the proxy's own check of it failed
-    /// (docs/design.md §4.17): the proxy could not authenticate the client's refreshes.
+    /// (docs/design.md §4.18): the proxy could not authenticate the client's refreshes.
     ClientAuth,
 }
 

@@ -1,5 +1,5 @@
 //! Client assertions: `private_key_jwt` and `client_secret_jwt` (RFC 7523 §2.2 and §3, OIDC
-//! Core §9; docs/design.md §4.17). Pure: the client's key set (for a `jwks_uri` client, the one
+//! Core §9; docs/design.md §4.18). Pure: the client's key set (for a `jwks_uri` client, the one
 //! the caller fetched) and the clock are given.
 //!
 //! An assertion is a JWS in compact form (never a JWE) with the `alg` the client registered,

@@ -186,6 +186,15 @@ pub struct ServerConfig {
     /// networks); from any other peer they are replaced by what the proxy saw. Default: none.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// The TLS listener asks clients for a certificate (RFC 8705; optional for the client):
+    /// any certificate whose key the client proves it holds is taken, and what it means is
+    /// decided per family (docs/design.md §4.17).
+    #[serde(default)]
+    pub tls_client_certificates: bool,
+    /// A trusted proxy's RFC 9440 `Client-Cert` header is the client's certificate (a front
+    /// proxy that terminated TLS). From any other peer the header is removed.
+    #[serde(default)]
+    pub client_cert_header: bool,
     /// After SIGTERM/SIGINT: readiness turns 503 and the proxy keeps serving this long.
     #[serde(default = "secs::<5>", deserialize_with = "seconds")]
     pub drain_delay: Duration,
@@ -294,6 +303,10 @@ pub struct UpstreamConfig {
     /// Forward the client's Host header instead of the upstream's.
     #[serde(default)]
     pub preserve_host: bool,
+    /// Pass the client's certificate (from the TLS listener or a trusted front proxy) to the
+    /// upstream in an RFC 9440 `Client-Cert` header, so the IdP can bind its tokens to it.
+    #[serde(default)]
+    pub forward_client_cert: bool,
     /// Client credentials for the upstream's introspection endpoint at capture (instead of the
     /// client's own).
     pub introspection_client_id: Option<String>,
@@ -1264,7 +1277,7 @@ pub const PRIVATE_KEY_JWT_ALGS: &[&str] = &[
 ];
 pub const CLIENT_SECRET_JWT_ALGS: &[&str] = &["HS256", "HS384", "HS512"];
 
-/// `private_key_jwt` and `client_secret_jwt` (docs/design.md §4.17): the keys each needs, and
+/// `private_key_jwt` and `client_secret_jwt` (docs/design.md §4.18): the keys each needs, and
 /// an `alg` of the right kind.
 fn validate_assertion_keys(id: &str, client: &ClientConfig) -> Result<(), ConfigError> {
     let key = |k: &str| format!("clients.{id}.{k}");

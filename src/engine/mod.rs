@@ -31,6 +31,7 @@ pub use logout::LoggedOut;
 
 use crate::classify::Form;
 use crate::client_auth::{self, Client, ClientAuthError, Clients};
+use crate::client_cert::{ClientCert, X5T_S256};
 use crate::config::AccessTokenFormat;
 use crate::config::Unreachable;
 use crate::grant::capture::{Identity, JKT};
@@ -82,6 +83,8 @@ pub(crate) struct TokenRequest<'a> {
     pub(crate) token_url: Option<&'a str>,
     /// `private_key_jwt` clients' `jwks_uri` keys.
     pub(crate) client_jwks: &'a dyn ClientJwks,
+    /// The client certificate the connection presented (docs/design.md §4.17), if any.
+    pub(crate) client_cert: Option<&'a ClientCert>,
 }
 
 impl<'a> TokenRequest<'a> {
@@ -95,6 +98,7 @@ impl<'a> TokenRequest<'a> {
             issuer,
             token_url: None,
             client_jwks: &NoClientJwks,
+            client_cert: None,
         }
     }
 
@@ -235,7 +239,7 @@ pub enum UpstreamAnswer {
 
 /// How the engine redeems a kept upstream refresh token at the upstream: the layer's over its
 /// inner service; never for the engine to do itself (it does no HTTP).
-/// A `jwks_uri` client's keys, fetched and cached by the layer (docs/design.md §4.17).
+/// A `jwks_uri` client's keys, fetched and cached by the layer (docs/design.md §4.18).
 pub trait ClientJwks: Send + Sync {
     /// The keys at `uri` for `client_id`; `refetch`: an assertion named a key the cached set
     /// lacks (fetched again at most once per `interval`). `None`: no keys could be had.
@@ -290,7 +294,7 @@ impl Authn<'_> {
 }
 
 impl Engine {
-    /// Authenticates `presented` as `client` (docs/design.md §4.17 for assertions): `Some` the
+    /// Authenticates `presented` as `client` (docs/design.md §4.18 for assertions): `Some` the
     /// verified assertion, whose `jti` the caller must see used once.
     pub(crate) async fn verify_client(
         &self,

@@ -178,14 +178,15 @@ impl Engine {
                     iss: issuer.to_owned(),
                     token_type: "refresh_token",
                     aud: None,
-                    cnf: jkt_confirmation(info.family.binding.as_deref()),
+                    cnf: confirmation(info.family.binding.as_deref()),
                 }
             }
             Owned::Opaque { family, digest } => {
                 let Some(at) = self.store.access_token(family, &digest, now).await? else {
                     return inactive();
                 };
-                let cnf = jkt_confirmation(at.binding.as_deref());
+                let cnf = confirmation(at.binding.as_deref());
+                let dpop = cnf.as_ref().is_some_and(|c| c.get("jkt").is_some());
                 Introspection {
                     active: true,
                     scope: at.scope,
@@ -194,7 +195,7 @@ impl Engine {
                     exp: at.expires_ms / 1000,
                     iat: at.issued_ms / 1000,
                     iss: issuer.to_owned(),
-                    token_type: if cnf.is_some() { "DPoP" } else { "Bearer" },
+                    token_type: if dpop { "DPoP" } else { "Bearer" },
                     aud: None,
                     cnf,
                 }
@@ -228,7 +229,7 @@ impl Engine {
                     exp,
                     iat: claims.get("iat").and_then(Value::as_i64).unwrap_or(0),
                     iss: text("iss"),
-                    token_type: if claims.contains_key("cnf") {
+                    token_type: if claims.get("cnf").and_then(|c| c.get("jkt")).is_some() {
                         "DPoP"
                     } else {
                         "Bearer"
@@ -259,8 +260,16 @@ pub(super) enum Owned<'a> {
     },
 }
 
-/// RFC 9449 §6.2: `cnf` of a token bound to a DPoP key (a binding `jkt:<thumbprint>`).
-fn jkt_confirmation(binding: Option<&str>) -> Option<Value> {
-    let jkt = binding?.strip_prefix(JKT)?;
-    Some(serde_json::json!({ "jkt": jkt }))
+/// RFC 9449 §6.2, RFC 8705 §3.2: `cnf` of a token bound to keys (bindings `jkt:<thumbprint>`
+/// and `x5t#S256:<thumbprint>`, separated by spaces).
+fn confirmation(bindings: Option<&str>) -> Option<Value> {
+    let mut cnf = serde_json::Map::new();
+    for b in bindings?.split(' ') {
+        if let Some(jkt) = b.strip_prefix(JKT) {
+            cnf.insert("jkt".to_owned(), Value::from(jkt));
+        } else if let Some(x5t) = b.strip_prefix(X5T_S256) {
+            cnf.insert("x5t#S256".to_owned(), Value::from(x5t));
+        }
+    }
+    (!cnf.is_empty()).then_some(Value::Object(cnf))
 }

@@ -52,7 +52,15 @@ impl Engine {
         // store is asked; its key goes into the redemption (a bound family needs it) and its
         // jti into the same step (docs/design.md §4.15).
         let proof = self.dpop_proof(&keys, client, req, now)?;
-        let binding = proof.as_ref().map(|p| format!("{JKT}{}", p.jkt));
+        // Every key the request proved: the DPoP proof's, the client certificate's.
+        let proven = [
+            proof.as_ref().map(|p| format!("{JKT}{}", p.jkt)),
+            req.client_cert.map(ClientCert::binding),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
         let candidate = matches!(
             policy.access_token_format,
             AccessTokenFormat::Opaque | AccessTokenFormat::Auto
@@ -83,7 +91,7 @@ impl Engine {
                     .check_policy(client)
                     .filter(|_| proof.is_none() || !client.is_public()),
                 confirm: None,
-                binding: binding.as_deref(),
+                proven: &proven,
             },
             opaque: candidate.as_ref().map(|c| OpaqueCandidate {
                 digest: c.digest.clone(),
@@ -274,7 +282,10 @@ impl Engine {
         if sealed_by.is_none()
             || scope::narrow(&scope, &family.granted_scope).is_none()
             || now >= family.expires_at_ms
-            || family.binding.is_some() && family.binding != binding
+            || family
+                .binding
+                .as_deref()
+                .is_some_and(|b| !proven.split(' ').any(|p| p == b))
         {
             return Err(self.record_refused(
                 "family_record_tampered",
@@ -302,7 +313,8 @@ impl Engine {
                 None => fresh,
             };
             if let Some(tokens) = tokens
-                && binding.is_none()
+                && family.binding.is_none()
+                && proof.is_none()
             {
                 return Ok(Some(TokenResponse {
                     access_token: tokens.access_token,
@@ -318,11 +330,17 @@ impl Engine {
             // family was captured): minted by the proxy, as `jwt`.
         }
         // RFC 9449 §5: with a proof, the access token is bound to its key (also for a family
-        // that is not: a confidential client's refresh tokens need not be).
+        // that is not: a confidential client's refresh tokens need not be). RFC 8705 §3: a
+        // certificate-bound family's access tokens are bound to the certificate.
         let jkt = proof.as_ref().map(|p| p.jkt.as_str());
+        let x5t = family
+            .binding
+            .as_deref()
+            .and_then(|b| b.strip_prefix(X5T_S256));
+        let cnf = (jkt.is_some() || x5t.is_some()).then_some(Confirmation { jkt, x5t_s256: x5t });
         let access_token = match (family.format, opaque_stored, candidate) {
             (TokenFormat::Opaque, true, Some(c)) => c.token,
-            _ => self.mint_jwt(&keys, token.family, &family, (&scope, jkt), issuer, now),
+            _ => self.mint_jwt(&keys, token.family, &family, (&scope, cnf), issuer, now),
         };
         let id_token = (policy.id_token_on_refresh && scope::contains(&scope, "openid"))
             .then(|| self.mint_id_token(&keys, &family, now))
@@ -531,7 +549,7 @@ impl Engine {
         keys: &Keys,
         family_id: &str,
         family: &FamilyData,
-        (scope, jkt): (&str, Option<&str>),
+        (scope, cnf): (&str, Option<Confirmation<'_>>),
         issuer: &str,
         now_ms: i64,
     ) -> String {
@@ -558,7 +576,7 @@ impl Engine {
                 exp: iat.saturating_add(self.access_token_ttl as i64),
                 jti,
                 auth_time: family.auth_time,
-                cnf: jkt.map(|jkt| Confirmation { jkt }),
+                cnf,
             },
         )
         .expect("claims serialise");

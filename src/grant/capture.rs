@@ -20,6 +20,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::client_cert::X5T_S256;
 use crate::metrics::CaptureSkip;
 
 /// Claims the proxy sets itself on minted access tokens; never carried from the upstream's
@@ -163,46 +164,73 @@ pub fn is_sender_constrained(claims: &Map<String, Value>) -> bool {
 /// The prefix of a DPoP binding: `jkt:` and the key's RFC 7638 thumbprint.
 pub const JKT: &str = "jkt:";
 
-/// The key a new family is bound to (docs/design.md §4.16), from the answer's token type, the
-/// `cnf` of its access token or introspection answer (`confirmations`), and the DPoP proof the
-/// client sent with its token request, as the proxy checked it (`proof`: the key's thumbprint,
-/// or why the proof was refused; `None` when it sent none). `required`:
-/// `dpop_bound = "required"`.
+/// What the client proved with its token request, as the proxy checked it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Presented<'a> {
+    /// The DPoP proof: its key's thumbprint, or why it was refused; `None` without one.
+    pub proof: Option<Result<&'a str, &'static str>>,
+    /// The `x5t#S256` thumbprint of the client certificate the proxy took (docs/design.md
+    /// §4.17), if any.
+    pub cert: Option<&'a str>,
+}
+
+/// The key a new family is bound to (docs/design.md §4.16, §4.17), from the answer's token
+/// type, the `cnf` of its access token or introspection answer (`confirmations`), what the
+/// client proved with its request, and `required` (`dpop_bound = "required"`).
 ///
 /// A DPoP answer binds the family to the proof's key, which must be the key the upstream
-/// names when it names one; a bearer answer binds it only when `required`. Tokens bound to
-/// anything else (a certificate, `x5t#S256`) are not captured: the proxy never answers a
-/// bound grant with a bearer token.
+/// names when it names one; a bearer answer whose tokens the upstream bound to a certificate
+/// (`cnf.x5t#S256`) binds it to that certificate, which the client must have presented to the
+/// proxy; another bearer answer binds it only when `required`. Anything else (a `cnf` the
+/// proxy does not know, two keys, a key the client did not prove) is not captured: the proxy
+/// never answers a bound grant with a bearer token.
 pub fn binding<'p>(
     token_type: TokenType,
     confirmations: impl IntoIterator<Item = &'p Map<String, Value>>,
-    proof: Option<Result<&str, &'static str>>,
+    presented: &Presented<'_>,
     required: bool,
 ) -> Result<Option<String>, Skip> {
     let refuse = |why| Err((CaptureSkip::SenderConstrained, why));
-    let mut upstream_jkt = None;
+    let (mut upstream_jkt, mut upstream_x5t) = (None, None);
     for claims in confirmations {
         let Some(cnf) = claims.get("cnf") else {
             continue;
         };
-        let jkt = cnf.get("jkt").and_then(Value::as_str);
-        let only_jkt = cnf.as_object().is_some_and(|c| c.len() == 1);
-        match jkt {
-            Some(jkt) if only_jkt && token_type == TokenType::Dpop => {
-                if upstream_jkt.is_some_and(|u| u != jkt) {
-                    return refuse("the upstream's tokens name two different DPoP keys");
-                }
-                upstream_jkt = Some(jkt);
-            }
+        let one = cnf
+            .as_object()
+            .filter(|c| c.len() == 1)
+            .and_then(|c| c.iter().next())
+            .and_then(|(k, v)| Some((k.as_str(), v.as_str()?)));
+        let (seen, value) = match (one, token_type) {
+            (Some(("jkt", v)), TokenType::Dpop) => (&mut upstream_jkt, v),
+            (Some(("x5t#S256", v)), TokenType::Bearer) => (&mut upstream_x5t, v),
             _ => {
                 return refuse(
-                    "the upstream's tokens are bound to something other than the DPoP key of \
-                     the answer (cnf); the proxy only binds families to DPoP keys",
+                    "the upstream's tokens are bound (cnf) to something the proxy cannot bind \
+                     a family to",
                 );
             }
+        };
+        if seen.is_some_and(|s| s != value) {
+            return refuse("the upstream's tokens name two different keys (cnf)");
         }
+        *seen = Some(value);
     }
-    let proof_jkt = match proof {
+    if let Some(x5t) = upstream_x5t {
+        // RFC 8705 §3: certificate-bound tokens; the family needs the same certificate.
+        return match presented.cert {
+            _ if required => refuse(
+                "the upstream bound its tokens to a certificate and dpop_bound = \"required\"",
+            ),
+            Some(cert) if cert == x5t => Ok(Some(format!("{X5T_S256}{cert}"))),
+            Some(_) => refuse("the upstream bound its tokens to another certificate"),
+            None => refuse(
+                "the upstream's tokens are bound to a certificate the proxy did not see \
+                 (server.tls_client_certificates, server.client_cert_header)",
+            ),
+        };
+    }
+    let proof_jkt = match presented.proof {
         Some(Ok(jkt)) => Some(jkt),
         Some(Err(why)) if token_type == TokenType::Dpop || required => return refuse(why),
         _ => None,
@@ -507,48 +535,92 @@ mod tests {
     fn a_family_is_bound_to_the_proofs_key_only_when_the_answer_says_so() {
         use TokenType::{Bearer, Dpop};
         let none: [&Map<String, Value>; 0] = [];
+        let proof = |p| Presented {
+            proof: p,
+            cert: None,
+        };
         let bound = |jkt: &str| Ok(Some(format!("{JKT}{jkt}")));
         let refused = |r: Result<Option<String>, Skip>| r.map_err(|e| e.0);
+        let constrained = Err(CaptureSkip::SenderConstrained);
         // A DPoP answer: bound to the proof's key; without a valid proof, not captured.
-        assert_eq!(binding(Dpop, none, Some(Ok("k1")), false), bound("k1"));
-        for proof in [None, Some(Err("bad proof"))] {
-            assert_eq!(
-                refused(binding(Dpop, none, proof, false)),
-                Err(CaptureSkip::SenderConstrained)
-            );
+        assert_eq!(
+            binding(Dpop, none, &proof(Some(Ok("k1"))), false),
+            bound("k1")
+        );
+        for p in [None, Some(Err("bad proof"))] {
+            assert_eq!(refused(binding(Dpop, none, &proof(p), false)), constrained);
         }
         // The upstream's cnf.jkt must be the proof's key.
         let at = answer(json!({"cnf":{"jkt":"k1"}}));
         let other = answer(json!({"cnf":{"jkt":"k2"}}));
-        assert_eq!(binding(Dpop, [&at], Some(Ok("k1")), false), bound("k1"));
+        let k1 = proof(Some(Ok("k1")));
+        assert_eq!(binding(Dpop, [&at], &k1, false), bound("k1"));
+        assert_eq!(refused(binding(Dpop, [&other], &k1, false)), constrained);
+        let k2 = proof(Some(Ok("k2")));
         assert_eq!(
-            refused(binding(Dpop, [&other], Some(Ok("k1")), false)),
-            Err(CaptureSkip::SenderConstrained)
+            refused(binding(Dpop, [&at, &other], &k2, false)),
+            constrained
         );
-        assert_eq!(
-            refused(binding(Dpop, [&at, &other], Some(Ok("k2")), false)),
-            Err(CaptureSkip::SenderConstrained)
-        );
-        // Bound to a certificate, or a cnf on a bearer answer: never captured.
+        // Mixed or unknown cnf, a jkt on a bearer answer, a certificate on a DPoP one: never.
         let x5t = answer(json!({"cnf":{"x5t#S256":"c"}}));
         let both = answer(json!({"cnf":{"jkt":"k1","x5t#S256":"c"}}));
-        for (tt, cnf) in [(Dpop, &x5t), (Dpop, &both), (Bearer, &at), (Bearer, &x5t)] {
+        let odd = answer(json!({"cnf":{"jwk":{"kty":"EC"}}}));
+        let cert = Presented {
+            proof: Some(Ok("k1")),
+            cert: Some("c"),
+        };
+        for (tt, cnf) in [
+            (Dpop, &x5t),
+            (Dpop, &both),
+            (Bearer, &both),
+            (Bearer, &at),
+            (Bearer, &odd),
+        ] {
             assert_eq!(
-                refused(binding(tt, [cnf], Some(Ok("k1")), false)),
-                Err(CaptureSkip::SenderConstrained),
+                refused(binding(tt, [cnf], &cert, false)),
+                constrained,
                 "{tt:?} {cnf:?}"
             );
         }
         // A bearer answer: unbound, whatever proof the client sent, unless required.
-        assert_eq!(binding(Bearer, none, Some(Ok("k1")), false), Ok(None));
-        assert_eq!(binding(Bearer, none, Some(Err("bad")), false), Ok(None));
-        assert_eq!(binding(Bearer, none, None, false), Ok(None));
-        assert_eq!(binding(Bearer, none, Some(Ok("k1")), true), bound("k1"));
-        for proof in [None, Some(Err("bad proof"))] {
-            assert_eq!(
-                refused(binding(Bearer, none, proof, true)),
-                Err(CaptureSkip::SenderConstrained)
-            );
+        assert_eq!(binding(Bearer, none, &k1, false), Ok(None));
+        assert_eq!(
+            binding(Bearer, none, &proof(Some(Err("bad"))), false),
+            Ok(None)
+        );
+        assert_eq!(binding(Bearer, none, &proof(None), false), Ok(None));
+        assert_eq!(binding(Bearer, none, &k1, true), bound("k1"));
+        for p in [None, Some(Err("bad proof"))] {
+            assert_eq!(refused(binding(Bearer, none, &proof(p), true)), constrained);
         }
+    }
+
+    #[test]
+    fn a_certificate_bound_answer_binds_the_family_to_the_certificate_the_proxy_saw() {
+        let x5t = answer(json!({"cnf":{"x5t#S256":"c1"}}));
+        let with = |cert| Presented { proof: None, cert };
+        let refused = |r: Result<Option<String>, Skip>| r.map_err(|e| e.0);
+        let constrained = Err(CaptureSkip::SenderConstrained);
+        assert_eq!(
+            binding(TokenType::Bearer, [&x5t], &with(Some("c1")), false),
+            Ok(Some("x5t#S256:c1".to_owned()))
+        );
+        assert_eq!(
+            refused(binding(TokenType::Bearer, [&x5t], &with(Some("c2")), false)),
+            constrained
+        );
+        assert_eq!(
+            refused(binding(TokenType::Bearer, [&x5t], &with(None), false)),
+            constrained
+        );
+        assert_eq!(
+            refused(binding(TokenType::Bearer, [&x5t], &with(Some("c1")), true)),
+            constrained
+        );
+        // A certificate the upstream did not bind to changes nothing.
+        assert_eq!(
+            binding(TokenType::Bearer, [], &with(Some("c1")), false),
+            Ok(None)
+        );
     }
 }

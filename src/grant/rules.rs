@@ -119,8 +119,9 @@ pub struct Redeem<'a> {
     pub check: Option<CheckPolicy>,
     /// The outcome of the upstream check this caller made, with the fencing token it was given.
     pub confirm: Option<(u64, Checked)>,
-    /// The key the request proved it holds (a DPoP proof's `jkt:<thumbprint>`), if any.
-    pub binding: Option<&'a str>,
+    /// The keys the request proved it holds, as bindings separated by spaces (a DPoP proof's
+    /// `jkt:<thumbprint>`, a client certificate's `x5t#S256:<thumbprint>`); empty: none.
+    pub proven: &'a str,
 }
 
 /// What the rules decided.
@@ -258,7 +259,7 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
     // RFC 9449 §5: a bound refresh token is used only with a proof of its key
     // (docs/design.md §4.16).
     if let Some(bound) = &state.binding
-        && r.binding != Some(bound.as_str())
+        && !r.proven.split(' ').any(|p| p == bound)
     {
         return keep(Verdict::WrongKey);
     }
@@ -383,7 +384,7 @@ mod tests {
             reuse_refresh_tokens: false,
             check: None,
             confirm: None,
-            binding: None,
+            proven: "",
         }
     }
 

@@ -23,6 +23,7 @@ use super::service::inner_response;
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::Form;
 use crate::client_auth::{self, Client};
+use crate::client_cert::ClientCert;
 use crate::config::{AccessTokenFormat, DpopBound};
 use crate::conn::BoxError;
 use crate::engine::{EndReason, Engine};
@@ -79,6 +80,11 @@ pub(super) struct CaptureContext {
     pub form: Form,
     /// The request's `DPoP` header (`Err`: several).
     pub dpop: Result<Option<HeaderValue>, DpopError>,
+    /// The client certificate the proxy took (docs/design.md §4.17).
+    pub client_cert: Option<Arc<ClientCert>>,
+    /// Whether a client certificate may have reached the upstream (taken by the proxy, or in a
+    /// `Client-Cert` header it passed on).
+    pub cert_forwarded: bool,
 }
 
 impl CaptureContext {
@@ -292,7 +298,7 @@ where
 }
 
 /// For a client that authenticates with assertions (or sent one), the proxy's own check of the
-/// assertion the IdP accepted: signature, `iss`/`sub`, `aud`, times (docs/design.md §4.17).
+/// assertion the IdP accepted: signature, `iss`/`sub`, `aud`, times (docs/design.md §4.18).
 /// Its `jti` is not recorded: the IdP did.
 async fn assertion_ok(ctx: &CaptureContext) -> Result<(), &'static str> {
     let presented = client_auth::presented(ctx.authorization.as_ref(), &ctx.form)
@@ -333,8 +339,11 @@ where
     let policy = &ctx.client.policy;
     let required = policy.dpop_bound == DpopBound::Required;
     let proof = ctx.dpop_proof();
-    let proof = proof.as_ref().map(|p| p.as_deref().map_err(|e| *e));
-    capture::binding(token_type, [], proof, required)?;
+    let presented = capture::Presented {
+        proof: proof.as_ref().map(|p| p.as_deref().map_err(|e| *e)),
+        cert: ctx.client_cert.as_deref().map(ClientCert::thumbprint),
+    };
+    capture::binding(token_type, [], &presented, required)?;
     let access_token = answer.get("access_token").and_then(Value::as_str);
     let id_token = answer.get("id_token").and_then(Value::as_str);
     let jwt_access_token = access_token.filter(|t| verify::is_jws(t));
@@ -399,8 +408,10 @@ where
     let has_scope = capture::granted_scope(answer, &upstream).is_some();
     let opaque = upstream.access.is_none();
     let introspection = match access_token {
-        // The tokens do not say who, or an opaque access token and no scope: ask the upstream.
-        Some(token) if !has_subject || (opaque && !has_scope) => {
+        // The tokens do not say who, or an opaque access token and no scope, or an opaque
+        // access token the upstream may have bound to a client certificate (RFC 8705 §3.2:
+        // introspection says so): ask the upstream.
+        Some(token) if !has_subject || (opaque && (!has_scope || ctx.cert_forwarded)) => {
             Some(introspect(spare, ctx, token).await?)
         }
         _ => None,
@@ -412,7 +423,7 @@ where
     let binding = capture::binding(
         token_type,
         upstream.access.iter().chain(upstream.introspection),
-        proof,
+        &presented,
         required,
     )?;
     if binding.is_some() && policy.access_token_format == AccessTokenFormat::Upstream {

@@ -1,4 +1,4 @@
-//! `private_key_jwt` clients' `jwks_uri` key sets (docs/design.md §4.17): fetched with the
+//! `private_key_jwt` clients' `jwks_uri` key sets (docs/design.md §4.18): fetched with the
 //! proxy's own HTTP client (not through the inner service: the URL is the client's, not the
 //! upstream's), cached per client, fetched again when an assertion names a `kid` the cached set
 //! lacks, at most once per `jwks_refetch_interval` (30 s by default) per client, and after

@@ -54,7 +54,7 @@ impl Shared {
         }
     }
 
-    /// What client authentication needs (docs/design.md §4.17): the issuer, the token
+    /// What client authentication needs (docs/design.md §4.18): the issuer, the token
     /// endpoint's URL as clients see it ([`Endpoints::token_url`]), the `jwks_uri` cache.
     pub(crate) fn authn<'a>(&'a self, issuer: &'a str, token_url: &'a Option<String>) -> Authn<'a> {
         Authn {

@@ -18,6 +18,7 @@ use super::layer::Shared;
 use super::{capture, check, jwks, logout};
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::{self, Endpoint, Form, FormError};
+use crate::client_cert::{CLIENT_CERT, ClientCert};
 use crate::conn::BoxError;
 use crate::engine::TokenRequest;
 use crate::error::Error;
@@ -219,6 +220,7 @@ where
                     issuer: &issuer,
                     token_url: token_url.as_deref(),
                     client_jwks: &*shared.client_keys,
+                    client_cert: req.extensions().get::<Arc<ClientCert>>().map(|c| &**c),
                 },
                 &mut upstream,
             )
@@ -242,6 +244,11 @@ where
     // Not answered here: forward, and capture a handled client's new refresh token.
     let client = capture::handled_client(&engine, authorization.as_ref(), &form);
     let dpop = dpop_header(req.headers()).map(Option::<&http::HeaderValue>::cloned);
+    let client_cert = req.extensions().get::<Arc<ClientCert>>().cloned();
+    // A certificate may reach the upstream in a header the proxy does not take as one (a
+    // trusted front proxy's, without server.client_cert_header): capture must then find out
+    // whether the upstream bound its tokens to it.
+    let cert_forwarded = client_cert.is_some() || req.headers().contains_key(CLIENT_CERT);
     let spare = inner.clone();
     let res = inner.call(req).await?;
     record(forwarded(&res));
@@ -254,6 +261,8 @@ where
                 authorization,
                 form,
                 dpop,
+                client_cert,
+                cert_forwarded,
             };
             capture::capture(spare, ctx, res).await
         }

@@ -24,10 +24,14 @@ pub(crate) struct AccessClaims<'a> {
     pub(crate) cnf: Option<Confirmation<'a>>,
 }
 
-/// RFC 7800 §3.1 `cnf`: the DPoP key's thumbprint (RFC 9449 §6.1).
+/// RFC 7800 §3.1 `cnf`: the DPoP key's thumbprint (RFC 9449 §6.1), the client certificate's
+/// (RFC 8705 §3.1).
 #[derive(Serialize)]
 pub(crate) struct Confirmation<'a> {
-    pub(crate) jkt: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) jkt: Option<&'a str>,
+    #[serde(rename = "x5t#S256", skip_serializing_if = "Option::is_none")]
+    pub(crate) x5t_s256: Option<&'a str>,
 }
 
 #[derive(Serialize)]

@@ -392,7 +392,9 @@ impl TokenStore for MemoryStore {
                     scope,
                     issued_ms: candidate.issued_ms,
                     expires_ms: candidate.expires_ms,
-                    binding: req.redeem.binding.map(str::to_owned),
+                    binding: Some(req.redeem.proven)
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned),
                 },
             );
             opaque_stored = true;

@@ -98,8 +98,9 @@ pub struct NewFamily {
     /// The upstream session (`sid` of its ID token) the family belongs to, for back-channel
     /// logout (docs/design.md §4.12).
     pub session: Option<String>,
-    /// The key the family's refresh tokens are bound to (docs/design.md §4.16): `jkt:` and a
-    /// DPoP key's thumbprint; `None` for a bearer family. Under the seal, fixed at capture.
+    /// The key the family's refresh tokens are bound to (docs/design.md §4.16, §4.17): `jkt:`
+    /// and a DPoP key's thumbprint, or `x5t#S256:` and a certificate's; `None` for a bearer
+    /// family. Under the seal, fixed at capture.
     pub binding: Option<String>,
 }
 
@@ -232,7 +233,8 @@ pub struct AccessTokenRecord {
     pub issued_ms: i64,
     #[serde(rename = "exp")]
     pub expires_ms: i64,
-    /// The key the token is bound to (`jkt:<thumbprint>`, docs/design.md §4.16), if any.
+    /// The keys the token is bound to (`jkt:<thumbprint>`, `x5t#S256:<thumbprint>`, separated
+    /// by spaces; docs/design.md §4.16, §4.17), if any.
     #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<String>,
 }

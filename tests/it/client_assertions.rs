@@ -1,5 +1,5 @@
 //! `private_key_jwt` and `client_secret_jwt` (RFC 7523 §2.2 and §3, OIDC Core §9;
-//! docs/design.md §4.17), end to end. Every assertion is made by Node's `jose`
+//! docs/design.md §4.18), end to end. Every assertion is made by Node's `jose`
 //! (tests/idp/client-assertion.mjs) with the test-only keys of tests/idp/test-client-keys.json.
 //!
 //! - with the real IdP (oidc-provider registers `pkjwt` ES256, `pkjwt-ed` EdDSA and `csjwt`

@@ -33,10 +33,7 @@ impl Stack {
             ..IdpOptions::default()
         })
         .await;
-        let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
-        let store = redis
-            .as_ref()
-            .map_or("memory://".to_owned(), RedisServer::url);
+        let (redis, store) = kind.start();
         let config = format!(
             "[store]\nurl = \"{store}\"\n\
              [tokens]\nrefresh_token_key = \"{key}\"\n\

@@ -32,6 +32,7 @@ mod layering;
 mod lifecycle;
 mod limits;
 mod logs;
+mod mtls;
 mod observability;
 mod paths;
 mod store_contract;

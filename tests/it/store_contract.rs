@@ -95,7 +95,7 @@ fn redeem(generation: u64, now_ms: i64) -> Redeem<'static> {
         reuse_refresh_tokens: false,
         check: None,
         confirm: None,
-        binding: None,
+        proven: "",
     }
 }
 
@@ -1125,18 +1125,18 @@ async fn a_bound_family_needs_its_key<S: TokenStore>(store: S) {
         ..family(t0, TokenFormat::Jwt)
     };
     store.create_family(&bound).await.expect("create");
-    let with = |binding: Option<&'static str>, g, at| Redeem {
-        binding,
+    let with = |proven: &'static str, g, at| Redeem {
+        proven,
         ..redeem(g, at)
     };
-    for wrong in [None, Some("jkt:key-b"), Some("key-a")] {
+    for wrong in ["", "jkt:key-b", "key-a", "jkt:key-ab", "x5t#S256:key-a"] {
         assert_eq!(
             verdict(go(&store, &bound, with(wrong, 0, t0 + 1)).await),
             Verdict::WrongKey,
             "{wrong:?}"
         );
     }
-    match go(&store, &bound, with(Some("jkt:key-a"), 0, t0 + 2)).await {
+    match go(&store, &bound, with("x5t#S256:c jkt:key-a", 0, t0 + 2)).await {
         Redemption::Decided {
             verdict, family, ..
         } => {
@@ -1153,17 +1153,17 @@ async fn a_bound_family_needs_its_key<S: TokenStore>(store: S) {
     }
     // A grace retry needs the key too.
     assert_eq!(
-        verdict(go(&store, &bound, with(None, 0, t0 + 3)).await),
+        verdict(go(&store, &bound, with("", 0, t0 + 3)).await),
         Verdict::WrongKey
     );
     assert!(matches!(
-        verdict(go(&store, &bound, with(Some("jkt:key-a"), 0, t0 + 4)).await),
+        verdict(go(&store, &bound, with("jkt:key-a", 0, t0 + 4)).await),
         Verdict::Grace { generation: 1, .. }
     ));
     // An unbound family goes on with or without a key, and says it is unbound.
     let bearer = family(t0, TokenFormat::Jwt);
     store.create_family(&bearer).await.expect("create");
-    match go(&store, &bearer, with(Some("jkt:key-a"), 0, t0 + 5)).await {
+    match go(&store, &bearer, with("jkt:key-a", 0, t0 + 5)).await {
         Redemption::Decided {
             verdict, family, ..
         } => {
@@ -1182,11 +1182,11 @@ async fn a_bound_family_needs_its_key<S: TokenStore>(store: S) {
         .await
         .expect("create");
     assert_eq!(
-        verdict(go(&store, &many, with(None, 0, t0 + 6)).await),
+        verdict(go(&store, &many, with("", 0, t0 + 6)).await),
         Verdict::WrongKey
     );
     assert!(matches!(
-        verdict(go(&store, &many, with(Some("jkt:key-c"), 0, t0 + 7)).await),
+        verdict(go(&store, &many, with("jkt:key-c x5t#S256:d", 0, t0 + 7)).await),
         Verdict::Rotated { .. }
     ));
 }

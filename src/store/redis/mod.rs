@@ -775,7 +775,7 @@ impl TokenStore for RedisStore {
                 };
                 cmd.arg(req.new_upstream_token.as_deref().unwrap_or_default())
                     .arg(req.upstream_answer.as_deref().unwrap_or_default())
-                    .arg(r.binding.unwrap_or_default());
+                    .arg(r.proven);
                 if !once_keys.is_empty() {
                     for once in &req.once {
                         cmd.arg(once.until_ms);

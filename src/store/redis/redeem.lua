@@ -18,8 +18,8 @@
 --          the interval a failed check is served (ms), 18 the fencing token of this caller's
 --          check ('' = none), 19 its outcome ('ok' | 'fail' | 'revoke'), 20 the upstream's new
 --          refresh token, sealed ('' = unchanged), 21 the upstream's answer, sealed, for an
---          'upstream'-format family ('' = none), 22 the key the request proved it holds
---          ('jkt:...'; '' = none)
+--          'upstream'-format family ('' = none), 22 the keys the request proved it holds
+--          ('jkt:...' and 'x5t#S256:...', separated by spaces; '' = none)
 -- Returns  {'replayed', index (0-based, of KEYS[3..])}, {'unknown'}, {'corrupt'} or
 --          {verdict, generation, scope, client, subject, format, at claims, id claims,
 --           auth time, opaque stored ('0'|'1'), current generation, granted scope,
@@ -124,7 +124,9 @@ end
 -- RFC 6749 §6: the refresh token must have been issued to the authenticated client.
 if ARGV[2] ~= client then return reply('wrong_client', 0, '', '0') end
 -- RFC 9449 §5: a bound refresh token is used only with a proof of its key.
-if bound ~= '' and ARGV[22] ~= bound then return reply('wrong_key', 0, '', '0') end
+if bound ~= '' and not string.find(' ' .. ARGV[22] .. ' ', ' ' .. bound .. ' ', 1, true) then
+  return reply('wrong_key', 0, '', '0')
+end
 
 local effective = scope
 if ARGV[3] == '1' then

@@ -105,6 +105,8 @@ pub struct IdpOptions {
     pub session_refresh_tokens: bool,
     /// RFC 9449 DPoP on: token requests with a proof get DPoP-bound tokens.
     pub dpop: bool,
+    /// RFC 8705 certificate-bound tokens for `spa`, the certificate read from `Client-Cert`.
+    pub mtls: bool,
 }
 
 impl Idp {
@@ -151,6 +153,7 @@ impl Idp {
             .env_remove("BACKCHANNEL_LOGOUT_URI")
             .env_remove("SESSION_REFRESH_TOKENS")
             .env_remove("DPOP")
+            .env_remove("MTLS")
             .env_remove("DEBUG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -170,6 +173,9 @@ impl Idp {
         }
         if opts.dpop {
             cmd.env("DPOP", "1");
+        }
+        if opts.mtls {
+            cmd.env("MTLS", "1");
         }
         match opts.refresh_rotation {
             RefreshRotation::ProviderDefault => {}
