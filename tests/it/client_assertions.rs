@@ -510,3 +510,49 @@ async fn an_assertion_and_a_dpop_proof_are_each_used_once() {
     let (status, body) = send(token.clone(), &made[2], &proofs[2]).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// `jwks_file` is read again on SIGHUP, as every client key is: a client that rotated its key
+/// is accepted with the new one once the file is rewritten and the proxy reloaded.
+#[tokio::test]
+async fn a_reload_reads_the_clients_keys_again() {
+    use crate::support::proxy::ProxyProcess;
+    let echo = EchoServer::start().await;
+    let dir = crate::support::temp_dir("assertion-reload");
+    let jwks_file = dir.join("pkjwt.jwks.json");
+    std::fs::write(&jwks_file, public_jwks(&["pk-es-1"]).to_string()).expect("write");
+    let text = format!(
+        "[store]\nurl = \"memory://\"\n[tokens]\nrefresh_token_key = \"{key}\"\n\
+         [admin]\nissue_token = \"{ISSUE_TOKEN}\"\n{clients}\n\
+         [upstream]\nurl = \"{up}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
+         revocation_path = \"/revoke\"\nissuer = \"{ISSUER}\"\n",
+        key = crate::support::TEST_REFRESH_KEY,
+        clients = pkjwt_clients(&format!("jwks_file = \"{}\"", jwks_file.display())),
+        up = echo.url(),
+    );
+    let proxy = ProxyProcess::spawn(&text);
+    proxy.wait_ready().await;
+    let token = crate::support::proxy::issue(
+        &proxy.admin_url,
+        ISSUE_TOKEN,
+        json!({"client_id": "pkjwt", "subject": "alice", "scope": "read", "count": 1}),
+    )
+    .await
+    .remove(0);
+    let specs = vec![with(json!({"key": "pk-es-2"})); 40];
+    let mut made = assertion::make(&specs).await.into_iter();
+    let (status, _) = refresh(&proxy.url, &token, &made.next().expect("one"), &[]).await;
+    assert_eq!(status, 401, "a key the client does not have yet");
+    std::fs::write(&jwks_file, public_jwks(&["pk-es-2"]).to_string()).expect("rewrite");
+    proxy.signal("HUP");
+    let accepted = async {
+        for jwt in made {
+            let (status, _) = refresh(&proxy.url, &token, &jwt, &[]).await;
+            if status == 200 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    };
+    assert!(accepted.await, "the new key was not accepted after SIGHUP");
+}
