@@ -16,6 +16,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{Map, Value};
 use tower::{Service, ServiceExt};
+use tracing::Instrument;
 
 use super::jwks::UpstreamKeys;
 use super::layer::Shared;
@@ -334,7 +335,9 @@ where
     let introspection = match access_token {
         // The tokens do not say who, or an opaque access token and no scope: ask the upstream.
         Some(token) if !has_subject || (opaque && !has_scope) => {
-            let found = introspect(spare, ctx, token).await?;
+            let found = introspect(spare, ctx, token)
+                .instrument(crate::otel::span!("capture.introspection"))
+                .await?;
             if capture::is_sender_constrained(&found) {
                 return Err((
                     CaptureSkip::SenderConstrained,
