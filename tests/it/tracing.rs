@@ -364,6 +364,11 @@ async fn spans_continue_the_clients_trace_and_reach_the_upstream() {
     assert_eq!(status, 200, "{tokens}");
     let first_refresh = idp::str_field(&tokens, "refresh_token").to_owned();
     let upstream_refresh = idp.last_refresh_token().await;
+    // A second capture without `openid`: no ID token, an opaque access token, so capture asks
+    // the IdP's introspection endpoint who the subject is.
+    let plain = idp::code_flow(&proxy.url, &CodeFlow::www("offline_access")).await;
+    let plain_refresh = idp::str_field(&plain, "refresh_token").to_owned();
+    let plain_upstream_refresh = idp.last_refresh_token().await;
 
     // A refresh the proxy answers, in the client's trace.
     let client = reqwest::Client::new();
@@ -459,12 +464,39 @@ async fn spans_continue_the_clients_trace_and_reach_the_upstream() {
                 && attr(s, "oauth.grant_type").as_deref() == Some("authorization_code")
         })
         .collect();
-    assert_eq!(code_server.len(), 1);
-    let code_server = code_server[0];
-    assert_eq!(attr(code_server, "oauth.client_id").as_deref(), Some(WWW));
-    let capture = children(&spans, code_server, "capture");
-    assert_eq!(capture.len(), 1, "one capture span");
-    assert_eq!(children(&spans, capture[0], "upstream.jwks").len(), 1);
+    assert_eq!(code_server.len(), 2, "two code grants");
+    let captures: Vec<&Span> = code_server
+        .iter()
+        .flat_map(|server| children(&spans, server, "capture"))
+        .collect();
+    assert_eq!(captures.len(), 2, "one capture span per code grant");
+    // One fetched the IdP's JWKS for the ID token, the other introspected.
+    let with = |name| {
+        captures
+            .iter()
+            .filter(|c| children(&spans, c, name).len() == 1)
+            .count()
+    };
+    assert_eq!(with("upstream.jwks"), 1, "one JWKS fetch, under a capture");
+    assert_eq!(
+        with("capture.introspection"),
+        1,
+        "one introspection, under a capture"
+    );
+    let introspection = named(&spans, "capture.introspection");
+    assert_eq!(introspection.len(), 1);
+    assert_eq!(children(&spans, introspection[0], "forward").len(), 1);
+    for server in &code_server {
+        assert_eq!(attr(server, "oauth.client_id").as_deref(), Some(WWW));
+    }
+    let code_server = code_server
+        .into_iter()
+        .find(|s| {
+            children(&spans, s, "capture")
+                .iter()
+                .any(|c| children(&spans, c, "upstream.jwks").len() == 1)
+        })
+        .expect("the openid capture");
     let exchange = children(&spans, code_server, "forward");
     assert_eq!(exchange.len(), 1, "the code exchange, forwarded");
     let want = traceparent_of(exchange[0]);
@@ -503,6 +535,12 @@ async fn spans_continue_the_clients_trace_and_reach_the_upstream() {
         ("the third refresh token", third_refresh.clone()),
         ("an access token", access_a.clone()),
         ("an access token", access_b.clone()),
+        ("a refresh token", plain_refresh.clone()),
+        ("an upstream refresh token", plain_upstream_refresh.clone()),
+        (
+            "an access token",
+            idp::str_field(&plain, "access_token").to_owned(),
+        ),
     ];
     let mut scanned = 0;
     for span in &spans {
