@@ -179,6 +179,7 @@ async fn measure(v: &Variant) {
                     seal: Seal::default(),
                     upstream_token,
                     session: v.session.then(|| format!("sid-{i:017}")),
+                    binding: None,
                 };
                 f.seal = refresh.seal(&f.sealed());
                 f

@@ -32,11 +32,11 @@ fi
 # server.max_body_bytes; headers and tokens are small; documents a few KiB).
 declare -A max_len=(
   [form]=65536 [basic_auth]=4096 [refresh_token]=4096 [config]=16384
-  [discovery]=16384 [jwt_verify]=16384 [capture]=16384
+  [discovery]=16384 [jwt_verify]=16384 [capture]=16384 [dpop_proof]=8192
 )
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(form basic_auth refresh_token config discovery jwt_verify capture)
+  targets=(form basic_auth refresh_token config discovery jwt_verify capture dpop_proof)
 fi
 
 scratch="$(mktemp -d)"

@@ -40,6 +40,7 @@ use crate::client_auth::Clients;
 use crate::client_auth::UpstreamAuth;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, Keys};
+use crate::grant::dpop::Nonces;
 use crate::layer::RefreshGrantLayer;
 use crate::logout_relay::{self, LogoutRelay};
 use crate::mint::jwt::Signer;
@@ -130,12 +131,22 @@ pub fn build_keys(config: &Config) -> Result<Keys, ConfigError> {
     let kept = KeptKeys::from_secrets(kept_secrets())
         .or_else(|| KeptKeys::derived_from(secrets.iter().map(|s| s.expose().as_bytes())))
         .unwrap_or_else(KeptKeys::generate);
+    // docs/design.md §4.16: every replica makes and accepts the same DPoP nonces.
+    let dpop_nonces = match secrets.first() {
+        Some(s) => Nonces::derived_from(s.expose().as_bytes()),
+        None => {
+            let mut random = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut random).expect("the system RNG works");
+            Nonces::derived_from(&random)
+        }
+    };
     Ok(Keys {
         clients,
         refresh,
         signers,
         id_signers,
         kept,
+        dpop_nonces,
     })
 }
 
@@ -291,14 +302,24 @@ impl App {
         });
         let relay = LogoutRelay::new(engine.metrics.clone(), https_logout)?;
         let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
-            (Some(cert), Some(key)) => Some(tls::server_acceptor(tls::Listener::Proxy, cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::server_acceptor(
+                tls::Listener::Proxy,
+                cert,
+                key,
+                config.server.tls_client_certificates,
+            )?),
             _ => None,
         };
         let admin_tls = match (
             &config.server.admin_tls_cert_file,
             &config.server.admin_tls_key_file,
         ) {
-            (Some(cert), Some(key)) => Some(tls::server_acceptor(tls::Listener::Admin, cert, key)?),
+            (Some(cert), Some(key)) => Some(tls::server_acceptor(
+                tls::Listener::Admin,
+                cert,
+                key,
+                false,
+            )?),
             _ => None,
         };
         Ok(App {

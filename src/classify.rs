@@ -65,6 +65,14 @@ pub enum Owned {
 }
 
 impl Endpoints {
+    /// The token endpoint's URL as clients call it: the issuer's origin and the token path
+    /// (the proxy stands at the IdP's address). A DPoP proof's `htu` must name it.
+    pub fn token_url(&self) -> Option<String> {
+        let issuer = url::Url::parse(self.issuer.as_deref()?).ok()?;
+        let path = self.token_path.as_deref()?;
+        Some(format!("{}{path}", issuer.origin().ascii_serialization()))
+    }
+
     pub fn classify(&self, method: &Method, path: &str) -> Endpoint {
         let is = |p: &Option<String>| p.as_deref() == Some(path);
         if is(&self.backchannel_logout_path) {

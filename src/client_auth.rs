@@ -29,7 +29,7 @@ use http::HeaderValue;
 
 use crate::classify::Form;
 use crate::config::{
-    AccessTokenFormat, Config, ConfigError, Secret, TokenEndpointAuthMethod, Unreachable,
+    AccessTokenFormat, Config, ConfigError, DpopBound, Secret, TokenEndpointAuthMethod, Unreachable,
 };
 
 /// How the client authenticated.
@@ -198,6 +198,10 @@ pub struct Policy {
     pub upstream_check_interval: u64,
     pub upstream_unreachable: Unreachable,
     pub upstream_unreachable_max: u64,
+    /// Which families are bound to a DPoP key (docs/design.md §4.16).
+    pub dpop_bound: DpopBound,
+    /// Refreshes with a DPoP proof need a server nonce (RFC 9449 §8).
+    pub dpop_nonce: bool,
 }
 
 /// A client the proxy handles.
@@ -217,6 +221,13 @@ pub struct Client {
     pub upstream_auth: Option<UpstreamAuth>,
     /// The client's own back-channel logout endpoint, to pass logout tokens on to.
     pub backchannel_logout_uri: Option<String>,
+}
+
+impl Client {
+    /// Whether the client has no secret (`token_endpoint_auth_method = "none"`).
+    pub fn is_public(&self) -> bool {
+        self.secret_sha256.is_none()
+    }
 }
 
 /// Credentials the proxy presents at the upstream as a client (RFC 6749 §2.3.1, RFC 7009
@@ -364,6 +375,8 @@ impl Clients {
                 upstream_unreachable_max: p
                     .upstream_unreachable_max
                     .unwrap_or(DEFAULT_UPSTREAM_UNREACHABLE_MAX),
+                dpop_bound: p.dpop_bound.unwrap_or(DpopBound::Auto),
+                dpop_nonce: p.dpop_nonce.unwrap_or(false),
             };
             let upstream_auth = match (c.token_endpoint_auth_method, &c.secret) {
                 (Some(TokenEndpointAuthMethod::None), _) | (None, None)

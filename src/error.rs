@@ -13,7 +13,8 @@ use http_body_util::Full;
 
 use crate::classify::FormError;
 use crate::engine::GrantError;
-use crate::oauth::{ErrorBody, ErrorCode, json_response};
+use crate::grant::dpop::DpopError;
+use crate::oauth::{DPOP_NONCE, ErrorBody, ErrorCode, json_response};
 use crate::proxy::ForwardError;
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +96,30 @@ fn describe(err: &Error) -> (StatusCode, ErrorCode, &'static str) {
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TemporarilyUnavailable,
             "the upstream could not confirm the session; retry shortly",
+        ),
+        Error::Grant(GrantError::DpopProof(e)) => (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidDpopProof,
+            match e {
+                DpopError::Nonce => "the DPoP proof carries no valid server nonce",
+                DpopError::Repeated => "more than one DPoP header",
+                DpopError::Malformed => "the DPoP proof is not a well-formed JWT with a public jwk",
+                DpopError::Type => "the DPoP proof's typ is not dpop+jwt",
+                DpopError::Algorithm => "the DPoP proof's algorithm is not accepted",
+                DpopError::Key => "the DPoP proof's jwk is not an accepted public key",
+                DpopError::Signature => "the DPoP proof's signature does not verify",
+                DpopError::Method => "the DPoP proof's htm is not the request's method",
+                DpopError::Url => "the DPoP proof's htu is not the token endpoint",
+                DpopError::Time => "the DPoP proof's iat is missing, too old or in the future",
+                DpopError::Jti => "the DPoP proof has no usable jti",
+                DpopError::Replayed => "the DPoP proof was used before",
+            },
+        ),
+        // RFC 9449 §8: 400 with the nonce in the DPoP-Nonce header.
+        Error::Grant(GrantError::UseDpopNonce(_)) => (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::UseDpopNonce,
+            "use the server's DPoP nonce",
         ),
         Error::Grant(GrantError::Store(_)) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -185,6 +210,8 @@ pub fn outcome_of(err: &Error) -> crate::metrics::Outcome {
         (_, ErrorCode::InvalidScope, _) => Outcome::InvalidScope,
         (_, ErrorCode::UnauthorizedClient, _) => Outcome::UnauthorizedClient,
         (_, ErrorCode::TemporarilyUnavailable, _) => Outcome::TemporarilyUnavailable,
+        (_, ErrorCode::InvalidDpopProof, _) => Outcome::InvalidDpopProof,
+        (_, ErrorCode::UseDpopNonce, _) => Outcome::UseDpopNonce,
     }
 }
 
@@ -219,6 +246,12 @@ pub fn error_response(err: Error) -> Response<Full<Bytes>> {
             WWW_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"refresh-proxy\", charset=\"UTF-8\""),
         );
+    }
+    // RFC 9449 §8: the nonce to use goes in the DPoP-Nonce header.
+    if let Error::Grant(GrantError::UseDpopNonce(nonce)) = &err
+        && let Ok(value) = HeaderValue::from_str(nonce)
+    {
+        response.headers_mut().insert(DPOP_NONCE, value);
     }
     response.extensions_mut().insert(std::sync::Arc::new(err));
     response

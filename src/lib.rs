@@ -88,7 +88,7 @@
 //! checks this list against every `use crate::…` and `crate::…` path under `src/`.
 //!
 //! <!-- layers -->
-//! 1. `net`, `conn`, `body`, [`otel`]
+//! 1. `net`, `conn`, `body`, `client_cert`, [`otel`]
 //! 2. `config`
 //! 3. `tls`, `classify`, `oauth`
 //! 4. `metrics`, `client_auth`, `mint`
@@ -112,6 +112,7 @@ pub mod app;
 pub(crate) mod body;
 pub(crate) mod classify;
 pub(crate) mod client_auth;
+pub(crate) mod client_cert;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod discovery;

@@ -56,10 +56,14 @@ pub enum Outcome {
     TemporarilyUnavailable,
     /// The upstream could not be reached or timed out.
     UpstreamError,
+    /// RFC 9449: a DPoP proof was refused (`invalid_dpop_proof`).
+    InvalidDpopProof,
+    /// RFC 9449 §8: the client was told to use the server's nonce (`use_dpop_nonce`).
+    UseDpopNonce,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 9] = [
+    const ALL: [Outcome; 11] = [
         Outcome::Ok,
         Outcome::Forwarded,
         Outcome::InvalidRequest,
@@ -69,6 +73,8 @@ impl Outcome {
         Outcome::UnauthorizedClient,
         Outcome::TemporarilyUnavailable,
         Outcome::UpstreamError,
+        Outcome::InvalidDpopProof,
+        Outcome::UseDpopNonce,
     ];
 
     fn label(self) -> &'static str {
@@ -82,6 +88,8 @@ impl Outcome {
             Outcome::UnauthorizedClient => "unauthorized_client",
             Outcome::TemporarilyUnavailable => "temporarily_unavailable",
             Outcome::UpstreamError => "upstream_error",
+            Outcome::InvalidDpopProof => "invalid_dpop_proof",
+            Outcome::UseDpopNonce => "use_dpop_nonce",
         }
     }
 }
@@ -143,7 +151,9 @@ pub enum CaptureSkip {
     /// Neither the answer, nor the upstream's access token, nor introspection says what scope
     /// was granted.
     NoScope,
-    /// The tokens are bound to a key (DPoP, mTLS, `cnf`); the proxy only mints bearer tokens.
+    /// The tokens are bound to a key the proxy cannot bind its family to (a certificate, a
+    /// DPoP key whose proof it could not check, another key than the proof's), or must be
+    /// (`dpop_bound = "required"`) and the request carried no valid proof.
     SenderConstrained,
     /// A `token_type` other than `Bearer` (or DPoP).
     UnsupportedTokenType,

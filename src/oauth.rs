@@ -19,6 +19,10 @@ pub enum ErrorCode {
     UnauthorizedClient,
     InvalidScope,
     TemporarilyUnavailable,
+    /// RFC 9449 §7.1.
+    InvalidDpopProof,
+    /// RFC 9449 §8.
+    UseDpopNonce,
 }
 
 /// An RFC 6749 §5.2 error body.
@@ -71,23 +75,47 @@ pub fn token_response(body: &TokenResponse) -> Response<Full<Bytes>> {
         token_type,
         expires_in,
         id_token,
+        dpop_nonce,
     } = body;
-    let plain = [access_token, refresh_token, scope, *token_type]
+    let mut response = token_body(
+        body,
+        [access_token, refresh_token, scope, *token_type],
+        *expires_in,
+        id_token.as_deref(),
+    );
+    if let Some(nonce) = dpop_nonce
+        && let Ok(value) = HeaderValue::from_str(nonce)
+    {
+        response.headers_mut().insert(DPOP_NONCE, value);
+    }
+    response
+}
+
+/// RFC 9449 §8.1's response header.
+pub const DPOP_NONCE: http::HeaderName = http::HeaderName::from_static("dpop-nonce");
+
+fn token_body(
+    body: &TokenResponse,
+    [access_token, refresh_token, scope, token_type]: [&str; 4],
+    expires_in: u64,
+    id_token: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let plain = [access_token, refresh_token, scope, token_type]
         .into_iter()
-        .chain(id_token.as_deref())
+        .chain(id_token)
         .all(json_plain);
     if !plain {
         return json_response(StatusCode::OK, body);
     }
     let mut digits = [0u8; 20];
-    let expires = format_u64(*expires_in, &mut digits);
+    let expires = format_u64(expires_in, &mut digits);
     let fields: [(&str, &str); 6] = [
         ("{\"access_token\":\"", access_token),
         ("\",\"refresh_token\":\"", refresh_token),
         ("\",\"scope\":\"", scope),
         ("\",\"token_type\":\"", token_type),
         ("\",\"expires_in\":", expires),
-        (",\"id_token\":\"", id_token.as_deref().unwrap_or_default()),
+        (",\"id_token\":\"", id_token.unwrap_or_default()),
     ];
     let used = if id_token.is_some() { 6 } else { 5 };
     let tail = if id_token.is_some() { "\"}" } else { "}" };
@@ -136,6 +164,9 @@ pub struct TokenResponse {
     pub expires_in: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+    /// RFC 9449 §8: the next DPoP nonce, sent in the `DPoP-Nonce` header.
+    #[serde(skip)]
+    pub dpop_nonce: Option<String>,
 }
 
 /// RFC 7662 §2.2 answer for an active token.
@@ -151,6 +182,9 @@ pub struct Introspection {
     pub token_type: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aud: Option<serde_json::Value>,
+    /// RFC 9449 §6.2: the key a DPoP-bound token is bound to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<serde_json::Value>,
 }
 
 #[cfg(test)]
@@ -174,6 +208,7 @@ mod tests {
                 token_type: "bearer",
                 expires_in: 300,
                 id_token: id_token.map(str::to_owned),
+                dpop_nonce: None,
             });
         }
         answers[1].expires_in = 0;
@@ -209,6 +244,7 @@ mod tests {
     #[test]
     fn the_token_response_pins_curitys_shape() {
         let r = TokenResponse {
+            dpop_nonce: None,
             access_token: "at".into(),
             refresh_token: "rt".into(),
             scope: "read profile".into(),

@@ -71,6 +71,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tower::{Service, ServiceExt};
 
+use crate::client_cert::{CLIENT_CERT, CLIENT_CERT_CHAIN, ClientCert};
 use crate::config::ServerConfig;
 use crate::conn::{BoxError, ClientInfo};
 use crate::layer::BodyBudget;
@@ -110,6 +111,8 @@ pub struct ConnOptions {
     /// `server.max_connection_body_bytes`: each HTTP/2 connection's [`BodyBudget`]; `None`:
     /// none (only `max_body_bytes` per request).
     pub max_connection_body_bytes: Option<usize>,
+    /// `server.client_cert_header`: a trusted proxy's `Client-Cert` is the client's certificate.
+    pub client_cert_header: bool,
 }
 
 impl ConnOptions {
@@ -125,6 +128,7 @@ impl ConnOptions {
                 .filter(|d| !d.is_zero()),
             http2_keep_alive_timeout: server.http2_keep_alive_timeout,
             max_connection_body_bytes: Some(server.max_connection_body_bytes),
+            client_cert_header: server.client_cert_header,
         }
     }
 }
@@ -496,8 +500,15 @@ fn spawn_connection<S, B>(
                     tracing::debug!(%remote, "TLS handshake failed or timed out");
                     return;
                 };
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let session = stream.get_ref().1;
+                let h2 = session.alpn_protocol() == Some(b"h2");
+                // docs/design.md §4.17: the certificate the client proved it holds, if any.
+                let cert = session
+                    .peer_certificates()
+                    .and_then(<[_]>::first)
+                    .map(|c| Arc::new(ClientCert::from_der(c.as_ref())));
                 let io = TokioIo::new(stream);
+                let info = Conn { info, cert };
                 if h2 {
                     serve_http2(io, service, info, &options, drain).await
                 } else {
@@ -506,9 +517,11 @@ fn spawn_connection<S, B>(
             }
             None => match tokio::time::timeout(timeout, sniff_h2(&stream)).await {
                 Ok(Ok(true)) => {
+                    let info = Conn { info, cert: None };
                     serve_http2(TokioIo::new(stream), service, info, &options, drain).await
                 }
                 Ok(Ok(false)) => {
+                    let info = Conn { info, cert: None };
                     serve_http1(TokioIo::new(stream), service, info, &options, drain).await
                 }
                 Ok(Err(_)) | Err(_) => return,
@@ -520,11 +533,44 @@ fn spawn_connection<S, B>(
     });
 }
 
+/// What a connection tells each of its requests: the peer, and the certificate it presented
+/// on the TLS listener.
+struct Conn {
+    info: ClientInfo,
+    cert: Option<Arc<ClientCert>>,
+}
+
+impl Conn {
+    /// Puts the connection's facts into a request: [`ClientInfo`], and the client's certificate
+    /// (`Arc<ClientCert>`): the TLS one, else, from a trusted proxy with
+    /// `server.client_cert_header`, its RFC 9440 `Client-Cert`. From any other peer, the
+    /// `Client-Cert` headers never reach the layer or the upstream as they came.
+    fn tell<B>(&self, req: &mut Request<B>, options: &ConnOptions) {
+        let cert = match &self.cert {
+            Some(cert) => Some(cert.clone()),
+            None if self.info.trusted && options.client_cert_header => req
+                .headers()
+                .get(CLIENT_CERT)
+                .and_then(ClientCert::from_header)
+                .map(Arc::new),
+            None => None,
+        };
+        if !self.info.trusted {
+            req.headers_mut().remove(CLIENT_CERT);
+            req.headers_mut().remove(CLIENT_CERT_CHAIN);
+        }
+        if let Some(cert) = cert {
+            req.extensions_mut().insert(cert);
+        }
+        req.extensions_mut().insert(self.info.clone());
+    }
+}
+
 /// An HTTP/1.1 connection until it ends.
 async fn serve_http1<I, S, B>(
     io: I,
     service: S,
-    info: ClientInfo,
+    info: Conn,
     options: &ConnOptions,
     drain: watch::Receiver<()>,
 ) -> hyper::Result<()>
@@ -538,8 +584,9 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let opts = options.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(info.clone());
+        info.tell(&mut req, &opts);
         service.clone().oneshot(req)
     });
     let conn = http1_builder(options).serve_connection(io, svc);
@@ -551,7 +598,7 @@ where
 async fn serve_http2<I, S, B>(
     io: I,
     service: S,
-    info: ClientInfo,
+    info: Conn,
     options: &ConnOptions,
     drain: watch::Receiver<()>,
 ) -> hyper::Result<()>
@@ -568,8 +615,9 @@ where
     let streams = Arc::new(OpenStreams::default());
     let budget = options.max_connection_body_bytes.map(BodyBudget::new);
     let counted = streams.clone();
+    let opts = options.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(info.clone());
+        info.tell(&mut req, &opts);
         if let Some(budget) = &budget {
             req.extensions_mut().insert(budget.clone());
         }

@@ -86,6 +86,7 @@ pub fn server_acceptor(
     listener: Listener,
     cert_file: &Path,
     key_file: &Path,
+    client_certificates: bool,
 ) -> Result<tokio_rustls::TlsAcceptor, ConfigError> {
     let (cert_key, key_key) = listener.keys();
     let certs = read_certs(cert_key, cert_file)?;
@@ -95,14 +96,81 @@ pub fn server_acceptor(
             format!("{}: no PEM private key ({e})", key_file.display()),
         )
     })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::invalid(cert_key, e))?
-        .with_no_client_auth()
+        .map_err(|e| ConfigError::invalid(cert_key, e))?;
+    let builder = if client_certificates {
+        builder.with_client_cert_verifier(Arc::new(AnyClientCert(provider())))
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| ConfigError::invalid(key_key, e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// `server.tls_client_certificates`: asks every client for a certificate and takes any whose
+/// key the client proves it holds (the handshake signature is checked); a client may send none.
+/// There is no chain check here: a certificate means nothing until a family is bound to it
+/// (docs/design.md §4.17).
+#[derive(Debug)]
+struct AnyClientCert(Arc<CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The TLS configuration of a client of the admin port (the CLI), which reads the same config

@@ -184,6 +184,15 @@ pub struct ServerConfig {
     /// networks); from any other peer they are replaced by what the proxy saw. Default: none.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// The TLS listener asks clients for a certificate (RFC 8705; optional for the client):
+    /// any certificate whose key the client proves it holds is taken, and what it means is
+    /// decided per family (docs/design.md §4.17).
+    #[serde(default)]
+    pub tls_client_certificates: bool,
+    /// A trusted proxy's RFC 9440 `Client-Cert` header is the client's certificate (a front
+    /// proxy that terminated TLS). From any other peer the header is removed.
+    #[serde(default)]
+    pub client_cert_header: bool,
     /// After SIGTERM/SIGINT: readiness turns 503 and the proxy keeps serving this long.
     #[serde(default = "secs::<5>", deserialize_with = "seconds")]
     pub drain_delay: Duration,
@@ -292,6 +301,10 @@ pub struct UpstreamConfig {
     /// Forward the client's Host header instead of the upstream's.
     #[serde(default)]
     pub preserve_host: bool,
+    /// Pass the client's certificate (from the TLS listener or a trusted front proxy) to the
+    /// upstream in an RFC 9440 `Client-Cert` header, so the IdP can bind its tokens to it.
+    #[serde(default)]
+    pub forward_client_cert: bool,
     /// Client credentials for the upstream's introspection endpoint at capture (instead of the
     /// client's own).
     pub introspection_client_id: Option<String>,
@@ -404,6 +417,21 @@ pub struct ClientPolicy {
     pub upstream_unreachable: Option<Unreachable>,
     /// With `serve`: how long past the interval the store still answers (seconds).
     pub upstream_unreachable_max: Option<u64>,
+    /// Which families are bound to a DPoP key (docs/design.md §4.16).
+    pub dpop_bound: Option<DpopBound>,
+    /// Refreshes of DPoP-bound families need a server nonce (RFC 9449 §8).
+    pub dpop_nonce: Option<bool>,
+}
+
+/// `dpop_bound`: which of a client's families are bound to a DPoP key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DpopBound {
+    /// Those whose upstream answer was DPoP-bound (`token_type: DPoP`), to that key.
+    Auto,
+    /// Every family: to the key of the DPoP proof the client sent with the token request
+    /// that opened it, whatever the upstream answered; none is opened without one.
+    Required,
 }
 
 /// `upstream_unreachable`: what a refresh whose upstream check failed gets.
@@ -459,6 +487,8 @@ pub struct TokensConfig {
     pub upstream_check_interval: Option<u64>,
     pub upstream_unreachable: Option<Unreachable>,
     pub upstream_unreachable_max: Option<u64>,
+    pub dpop_bound: Option<DpopBound>,
+    pub dpop_nonce: Option<bool>,
 }
 
 impl Default for TokensConfig {
@@ -548,6 +578,8 @@ pub struct ClientConfig {
     pub upstream_check_interval: Option<u64>,
     pub upstream_unreachable: Option<Unreachable>,
     pub upstream_unreachable_max: Option<u64>,
+    pub dpop_bound: Option<DpopBound>,
+    pub dpop_nonce: Option<bool>,
     /// A resource server allowed to introspect the proxy's tokens (RFC 7662).
     #[serde(default)]
     pub may_introspect: bool,
@@ -617,6 +649,8 @@ impl ClientConfig {
             upstream_unreachable_max: self
                 .upstream_unreachable_max
                 .or(defaults.upstream_unreachable_max),
+            dpop_bound: self.dpop_bound.or(defaults.dpop_bound),
+            dpop_nonce: self.dpop_nonce.or(defaults.dpop_nonce),
         }
     }
 }

@@ -66,6 +66,7 @@ impl Engine {
                         seal: Seal::default(),
                         upstream_token: None,
                         session: None,
+                        binding: None,
                     },
                 );
                 (family, token)
@@ -124,6 +125,7 @@ impl Engine {
                 seal: Seal::default(),
                 upstream_token,
                 session: identity.session.filter(|_| self.index_sessions),
+                binding: identity.binding,
             },
         );
         self.store

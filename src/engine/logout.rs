@@ -14,15 +14,6 @@ pub enum LoggedOut {
     Replayed,
 }
 
-/// The store key of a one-time identifier: a digest, so no client-chosen bytes reach a key.
-fn used_id(kind: &str, id: &str) -> String {
-    let d = aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        [kind.as_bytes(), b"\0", id.as_bytes()].concat().as_slice(),
-    );
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Engine {
     /// Ends the families `logout` names: of its session when it has a `sid`, else of its
     /// subject; only those of the clients it is for; sparing families granted
@@ -30,7 +21,7 @@ impl Engine {
     /// §2.7). Each end is told to the upstream. A replayed `jti` does nothing.
     pub async fn logout(&self, logout: &Logout) -> Result<LoggedOut, StoreError> {
         let now = (self.clock)();
-        let id = used_id("logout", &logout.jti);
+        let id = one_time_id(&["logout", &logout.jti]);
         let until = logout.remember_until.saturating_mul(1000);
         if !self
             .store

@@ -31,23 +31,73 @@ pub use logout::LoggedOut;
 
 use crate::classify::Form;
 use crate::client_auth::{self, Client, ClientAuthError, Clients};
+use crate::client_cert::{ClientCert, X5T_S256};
 use crate::config::AccessTokenFormat;
 use crate::config::Unreachable;
-use crate::grant::capture::Identity;
+use crate::grant::capture::{Identity, JKT};
+use crate::grant::dpop::{self, DpopError, Nonces, Proof};
 use crate::grant::rules::{CheckPolicy, Checked, Redeem, Verdict};
 use crate::grant::scope;
 use crate::metrics::{Metrics, inc};
 use crate::metrics::{UpstreamCheck, UpstreamRevocation};
-use crate::mint::claims::{AccessClaims, IdClaims, JTI_MAX, jti_of, splice, splice_into};
+use crate::mint::claims::{
+    AccessClaims, Confirmation, IdClaims, JTI_MAX, jti_of, splice, splice_into,
+};
 use crate::mint::jwt::{Signer, TYP_AT_JWT, TYP_JWT};
 use crate::mint::kept::{KeptKeys, KeptToken};
 use crate::mint::opaque;
 use crate::mint::refresh::{FamilyId, RefreshKeys, RefreshToken, Seal};
 use crate::oauth::{Introspection, TokenResponse};
 use crate::store::{
-    AnyStore, Ended, FamilyData, NewFamily, OpaqueCandidate, RedeemRequest, Redemption, Revoke,
-    Selection, StoreError, TokenFormat, TokenStore,
+    AnyStore, Ended, FamilyData, NewFamily, OneTime, OpaqueCandidate, RedeemRequest, Redemption,
+    Revoke, Selection, StoreError, TokenFormat, TokenStore,
 };
+
+/// The store key of a one-time identifier (docs/design.md §4.15): a digest of its kind and
+/// parts, NUL-separated, so no client-chosen bytes reach a key.
+pub(crate) fn one_time_id(parts: &[&str]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            ctx.update(b"\0");
+        }
+        ctx.update(part.as_bytes());
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A token request as the engine sees it.
+pub(crate) struct TokenRequest<'a> {
+    pub(crate) authorization: Option<&'a HeaderValue>,
+    /// The request's `DPoP` header; `Err` when it has several (RFC 9449 §4.3 check 1).
+    pub(crate) dpop: Result<Option<&'a HeaderValue>, DpopError>,
+    pub(crate) form: &'a Form,
+    /// The issuer of minted tokens.
+    pub(crate) issuer: &'a str,
+    /// The token endpoint's URL as clients call it (a DPoP proof's `htu`), when known.
+    pub(crate) token_url: Option<&'a str>,
+    /// The client certificate the connection presented (docs/design.md §4.17), if any.
+    pub(crate) client_cert: Option<&'a ClientCert>,
+}
+
+impl<'a> TokenRequest<'a> {
+    /// A request with a form alone (tests, the admin API).
+    #[cfg(test)]
+    pub(crate) fn form(form: &'a Form, issuer: &'a str) -> TokenRequest<'a> {
+        TokenRequest {
+            authorization: None,
+            dpop: Ok(None),
+            form,
+            issuer,
+            token_url: None,
+            client_cert: None,
+        }
+    }
+}
 
 /// Why a grant the proxy owns was refused.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +120,12 @@ pub(crate) enum GrantError {
     /// The upstream session check could not be made and the family may not be served.
     #[error("the upstream could not confirm the session")]
     UpstreamUnavailable,
+    /// RFC 9449 §7.1: `invalid_dpop_proof`.
+    #[error(transparent)]
+    DpopProof(#[from] DpopError),
+    /// RFC 9449 §8: `use_dpop_nonce`, with the nonce to use.
+    #[error("the DPoP proof needs the server's nonce")]
+    UseDpopNonce(String),
 }
 
 /// What a reload (`SIGHUP`) replaces: the clients and their secrets, and every key. Each list
@@ -84,6 +140,8 @@ pub struct Keys {
     pub id_signers: Vec<Signer>,
     /// The keys the upstream's refresh tokens are kept with (docs/design.md §4.11).
     pub kept: KeptKeys,
+    /// DPoP server nonces (docs/design.md §4.16), the same on every replica.
+    pub dpop_nonces: Nonces,
 }
 
 impl Keys {
@@ -530,7 +588,7 @@ mod tests {
                 pairs.push(("scope", scope));
             }
             engine
-                .refresh(None, &form(&pairs), ISSUER, &mut NoUpstream)
+                .refresh(&TokenRequest::form(&form(&pairs), ISSUER), &mut NoUpstream)
                 .await
         }
 
@@ -709,7 +767,9 @@ mod tests {
                 ("client_id", "www"),
                 ("client_secret", "wrong"),
             ]);
-            let answer = engine.refresh(None, &f, ISSUER, &mut NoUpstream).await;
+            let answer = engine
+                .refresh(&TokenRequest::form(&f, ISSUER), &mut NoUpstream)
+                .await;
             assert!(
                 matches!(answer, Err(GrantError::ClientAuth(_))),
                 "{answer:?}"

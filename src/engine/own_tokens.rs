@@ -171,12 +171,15 @@ impl Engine {
                     iss: issuer.to_owned(),
                     token_type: "refresh_token",
                     aud: None,
+                    cnf: confirmation(info.family.binding.as_deref()),
                 }
             }
             Owned::Opaque { family, digest } => {
                 let Some(at) = self.store.access_token(family, &digest, now).await? else {
                     return inactive();
                 };
+                let cnf = confirmation(at.binding.as_deref());
+                let dpop = cnf.as_ref().is_some_and(|c| c.get("jkt").is_some());
                 Introspection {
                     active: true,
                     scope: at.scope,
@@ -185,8 +188,9 @@ impl Engine {
                     exp: at.expires_ms / 1000,
                     iat: at.issued_ms / 1000,
                     iss: issuer.to_owned(),
-                    token_type: "Bearer",
+                    token_type: if dpop { "DPoP" } else { "Bearer" },
                     aud: None,
+                    cnf,
                 }
             }
             Owned::Jwt { claims, family } => {
@@ -218,8 +222,13 @@ impl Engine {
                     exp,
                     iat: claims.get("iat").and_then(Value::as_i64).unwrap_or(0),
                     iss: text("iss"),
-                    token_type: "Bearer",
+                    token_type: if claims.get("cnf").and_then(|c| c.get("jkt")).is_some() {
+                        "DPoP"
+                    } else {
+                        "Bearer"
+                    },
                     aud: claims.get("aud").cloned(),
+                    cnf: claims.get("cnf").cloned(),
                 }
             }
         };
@@ -242,4 +251,18 @@ pub(super) enum Owned<'a> {
         claims: Map<String, Value>,
         family: Option<String>,
     },
+}
+
+/// RFC 9449 §6.2, RFC 8705 §3.2: `cnf` of a token bound to keys (bindings `jkt:<thumbprint>`
+/// and `x5t#S256:<thumbprint>`, separated by spaces).
+fn confirmation(bindings: Option<&str>) -> Option<Value> {
+    let mut cnf = serde_json::Map::new();
+    for b in bindings?.split(' ') {
+        if let Some(jkt) = b.strip_prefix(JKT) {
+            cnf.insert("jkt".to_owned(), Value::from(jkt));
+        } else if let Some(x5t) = b.strip_prefix(X5T_S256) {
+            cnf.insert("x5t#S256".to_owned(), Value::from(x5t));
+        }
+    }
+    (!cnf.is_empty()).then_some(Value::Object(cnf))
 }

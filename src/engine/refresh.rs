@@ -12,11 +12,10 @@ impl Engine {
     /// (docs/design.md §4.13).
     pub(crate) async fn refresh(
         &self,
-        authorization: Option<&HeaderValue>,
-        form: &Form,
-        issuer: &str,
+        req: &TokenRequest<'_>,
         upstream: &mut impl UpstreamRefresh,
     ) -> Result<Option<TokenResponse>, GrantError> {
+        let (authorization, form, issuer) = (req.authorization, req.form, req.issuer);
         let keys = self.keys();
         let token_param = form.get("refresh_token");
         let presented = client_auth::presented(authorization, form);
@@ -58,6 +57,19 @@ impl Engine {
         };
 
         let now = (self.clock)();
+        // docs/design.md §4.16: a DPoP proof, when the request carries one, checked before the
+        // store is asked; its key goes into the redemption (a bound family needs it) and its
+        // jti into the same step (docs/design.md §4.15).
+        let proof = self.dpop_proof(&keys, client, req, now)?;
+        // Every key the request proved: the DPoP proof's, the client certificate's.
+        let proven = [
+            proof.as_ref().map(|p| format!("{JKT}{}", p.jkt)),
+            req.client_cert.map(ClientCert::binding),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
         let candidate = matches!(
             policy.access_token_format,
             AccessTokenFormat::Opaque | AccessTokenFormat::Auto
@@ -82,8 +94,13 @@ impl Engine {
                 grace_ms: secs_to_ms(policy.reuse_grace_period),
                 idle_ttl_ms: secs_to_ms(policy.refresh_token_ttl),
                 reuse_refresh_tokens: policy.reuse_refresh_tokens,
-                check: self.check_policy(client),
+                // A public client's upstream refresh token is bound to its DPoP key, which the
+                // proxy does not hold: not checked (docs/design.md §4.16).
+                check: self
+                    .check_policy(client)
+                    .filter(|_| proof.is_none() || !client.is_public()),
                 confirm: None,
+                proven: &proven,
             },
             opaque: candidate.as_ref().map(|c| OpaqueCandidate {
                 digest: c.digest.clone(),
@@ -92,8 +109,18 @@ impl Engine {
             }),
             new_upstream_token: None,
             upstream_answer: None,
+            once: proof
+                .iter()
+                .map(|p| OneTime {
+                    id: one_time_id(&["dpop", &p.jkt, &p.jti]),
+                    until_ms: p.remember_until_ms(),
+                })
+                .collect(),
         };
         let mut redemption = self.redeem_once(&request).await?;
+        // The one-time identifiers are remembered now: a second redemption of this request
+        // (ahead, a check's outcome, waiting for another's check) must not see them as replays.
+        request.once.clear();
         if let Redemption::Decided {
             verdict: Verdict::Ahead { current, verifier },
             ..
@@ -115,6 +142,14 @@ impl Engine {
         let now = request.redeem.now_ms;
         let (verdict, family, opaque_stored, kept_answer) = match redemption {
             Redemption::Unknown => return Err(GrantError::InvalidGrant("unknown family")),
+            Redemption::Replayed { .. } => {
+                tracing::warn!(
+                    security_event = "dpop_proof_replayed",
+                    client_id = %client.id,
+                    "a DPoP proof was presented again; nothing changed"
+                );
+                return Err(GrantError::DpopProof(DpopError::Replayed));
+            }
             Redemption::Corrupt => {
                 return Err(self.record_refused(
                     "family_record_corrupt",
@@ -198,6 +233,16 @@ impl Engine {
                 return Err(GrantError::InvalidGrant("wrong client"));
             }
             Verdict::InvalidScope => return Err(GrantError::InvalidScope),
+            Verdict::WrongKey => {
+                tracing::warn!(
+                    security_event = "refresh_token_wrong_key",
+                    family = token.family,
+                    client_id = %client.id,
+                    proof = proof.is_some(),
+                    "a DPoP-bound refresh token was presented without a proof of its key"
+                );
+                return Err(GrantError::InvalidGrant("not the family's key"));
+            }
             Verdict::CheckRevoked => {
                 inc(&self.metrics.family_revocations);
                 tracing::info!(
@@ -234,6 +279,10 @@ impl Engine {
         if sealed_by.is_none()
             || scope::narrow(&scope, &family.granted_scope).is_none()
             || now >= family.expires_at_ms
+            || family
+                .binding
+                .as_deref()
+                .is_some_and(|b| !proven.split(' ').any(|p| p == b))
         {
             return Err(self.record_refused(
                 "family_record_tampered",
@@ -260,7 +309,10 @@ impl Engine {
                     .and_then(|t| serde_json::from_str::<UpstreamTokens>(t.expose()).ok()),
                 None => fresh,
             };
-            if let Some(tokens) = tokens {
+            if let Some(tokens) = tokens
+                && family.binding.is_none()
+                && proof.is_none()
+            {
                 return Ok(Some(TokenResponse {
                     access_token: tokens.access_token,
                     refresh_token,
@@ -268,15 +320,25 @@ impl Engine {
                     token_type: "bearer",
                     expires_in: tokens.expires_in.unwrap_or(self.access_token_ttl),
                     id_token: tokens.id_token,
+                    dpop_nonce: None,
                 }));
             }
             // No upstream answer to give (the client's access_token_format changed since the
             // family was captured): minted by the proxy, as `jwt`.
         }
         let _span = crate::otel::span!("mint").entered();
+        // RFC 9449 §5: with a proof, the access token is bound to its key (also for a family
+        // that is not: a confidential client's refresh tokens need not be). RFC 8705 §3: a
+        // certificate-bound family's access tokens are bound to the certificate.
+        let jkt = proof.as_ref().map(|p| p.jkt.as_str());
+        let x5t = family
+            .binding
+            .as_deref()
+            .and_then(|b| b.strip_prefix(X5T_S256));
+        let cnf = (jkt.is_some() || x5t.is_some()).then_some(Confirmation { jkt, x5t_s256: x5t });
         let access_token = match (family.format, opaque_stored, candidate) {
             (TokenFormat::Opaque, true, Some(c)) => c.token,
-            _ => self.mint_jwt(&keys, token.family, &family, &scope, issuer, now),
+            _ => self.mint_jwt(&keys, token.family, &family, (&scope, cnf), issuer, now),
         };
         let id_token = (policy.id_token_on_refresh && scope::contains(&scope, "openid"))
             .then(|| self.mint_id_token(&keys, &family, now))
@@ -285,10 +347,49 @@ impl Engine {
             access_token,
             refresh_token,
             scope,
-            token_type: "bearer",
+            token_type: if jkt.is_some() { "DPoP" } else { "bearer" },
             expires_in: self.access_token_ttl,
             id_token,
+            dpop_nonce: (policy.dpop_nonce && jkt.is_some())
+                .then(|| keys.dpop_nonces.current(now / 1000)),
         }))
+    }
+
+    /// The request's DPoP proof, checked (RFC 9449 §4.3); `None` without one. With
+    /// `dpop_nonce`, a proof without this period's or the last one's nonce is answered
+    /// `use_dpop_nonce` with the current one.
+    fn dpop_proof(
+        &self,
+        keys: &Keys,
+        client: &Client,
+        req: &TokenRequest<'_>,
+        now_ms: i64,
+    ) -> Result<Option<Proof>, GrantError> {
+        let Some(header) = req.dpop? else {
+            return Ok(None);
+        };
+        let now = now_ms / 1000;
+        let nonces = client.policy.dpop_nonce.then_some(&keys.dpop_nonces);
+        let checked = header
+            .to_str()
+            .map_err(|_| DpopError::Malformed)
+            .and_then(|proof| {
+                dpop::check(
+                    proof,
+                    &dpop::Expect {
+                        method: "POST",
+                        // An unknown token endpoint URL matches no htu.
+                        htu: req.token_url.unwrap_or(""),
+                        now,
+                        nonces,
+                    },
+                )
+            });
+        match checked {
+            Ok(proof) => Ok(Some(proof)),
+            Err(DpopError::Nonce) => Err(GrantError::UseDpopNonce(keys.dpop_nonces.current(now))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The client's upstream session check policy (`None`: never checked; also when the proxy
@@ -451,7 +552,7 @@ impl Engine {
         keys: &Keys,
         family_id: &str,
         family: &FamilyData,
-        scope: &str,
+        (scope, cnf): (&str, Option<Confirmation<'_>>),
         issuer: &str,
         now_ms: i64,
     ) -> String {
@@ -478,6 +579,7 @@ impl Engine {
                 exp: iat.saturating_add(self.access_token_ttl as i64),
                 jti,
                 auth_time: family.auth_time,
+                cnf,
             },
         )
         .expect("claims serialise");

@@ -10,19 +10,21 @@
 //!    Curity issue opaque access tokens without `openid`) or the answer names no scope.
 //!
 //! The granted scope comes from the upstream alone ([`granted_scope`]): the answer, the access
-//! token, or introspection; with none of them the answer is not captured. Sender-constrained
-//! answers ([`check_token_type`], [`is_sender_constrained`]) are not captured either: the proxy
-//! only mints bearer tokens.
+//! token, or introspection; with none of them the answer is not captured. A DPoP-bound answer
+//! opens a family bound to the same key ([`binding`], docs/design.md §4.16); tokens bound to
+//! anything the proxy cannot bind to (a certificate, a key it saw no proof of) are not
+//! captured.
 //!
 //! The claims handed to [`identify`] are those of tokens the caller verified against the
 //! upstream's JWKS (`grant::verify`): capture trusts no token it could not verify.
 
 use serde_json::{Map, Value};
 
+use crate::client_cert::X5T_S256;
 use crate::metrics::CaptureSkip;
 
-/// Claims the proxy sets itself on minted access tokens; never carried from the upstream's.
-/// `cnf` is dropped too: the proxy does not sender-constrain tokens.
+/// Claims the proxy sets itself on minted access tokens; never carried from the upstream's
+/// (`cnf` comes from the family's binding, docs/design.md §4.16).
 const AT_OWN: &[&str] = &[
     "iss",
     "sub",
@@ -56,6 +58,8 @@ pub struct Identity {
     /// The upstream session (`sid`, OpenID Connect Front/Back-Channel Logout) the tokens
     /// belong to, from the ID token, else the access token, else introspection.
     pub session: Option<String>,
+    /// The key the family is bound to ([`binding`]); `identify` leaves it `None`.
+    pub binding: Option<String>,
 }
 
 /// The longest `sid` the proxy indexes families by; a longer one is not kept (such a family
@@ -117,8 +121,16 @@ pub fn granted_scope(answer: &Map<String, Value>, upstream: &Upstream<'_>) -> Op
         .or_else(|| upstream.introspection.and_then(scope_claim))
 }
 
-/// Whether the answer's tokens are bearer tokens the proxy may stand in for.
-pub fn check_token_type(answer: &Map<String, Value>) -> Result<(), Skip> {
+/// What an answer's `token_type` says of its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    Bearer,
+    /// RFC 9449 §5: bound to the key of the DPoP proof the client sent.
+    Dpop,
+}
+
+/// The answer's token type, when the proxy may stand in for it.
+pub fn check_token_type(answer: &Map<String, Value>) -> Result<TokenType, Skip> {
     let token_type = match answer.get("token_type") {
         None => None,
         Some(Value::String(t)) => Some(t.as_str()),
@@ -131,14 +143,11 @@ pub fn check_token_type(answer: &Map<String, Value>) -> Result<(), Skip> {
         }
     };
     match token_type {
-        None => Ok(()),
+        None => Ok(TokenType::Bearer),
         // RFC 6749 §7.1, RFC 6750 §4: "Bearer", matched case-insensitively.
-        Some(t) if t.eq_ignore_ascii_case("bearer") => Ok(()),
+        Some(t) if t.eq_ignore_ascii_case("bearer") => Ok(TokenType::Bearer),
         // RFC 9449 §5: a DPoP-bound access token is answered with token_type "DPoP".
-        Some(t) if t.eq_ignore_ascii_case("dpop") => Err((
-            CaptureSkip::SenderConstrained,
-            "the upstream's tokens are DPoP-bound (token_type DPoP); the proxy only mints bearer tokens",
-        )),
+        Some(t) if t.eq_ignore_ascii_case("dpop") => Ok(TokenType::Dpop),
         Some(_) => Err((
             CaptureSkip::UnsupportedTokenType,
             "the upstream's answer has a token_type other than Bearer",
@@ -150,6 +159,96 @@ pub fn check_token_type(answer: &Map<String, Value>) -> Result<(), Skip> {
 /// (mTLS, `x5t#S256`) and RFC 9449 §6 (DPoP, `jkt`), in a JWT or an introspection answer.
 pub fn is_sender_constrained(claims: &Map<String, Value>) -> bool {
     claims.contains_key("cnf")
+}
+
+/// The prefix of a DPoP binding: `jkt:` and the key's RFC 7638 thumbprint.
+pub const JKT: &str = "jkt:";
+
+/// What the client proved with its token request, as the proxy checked it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Presented<'a> {
+    /// The DPoP proof: its key's thumbprint, or why it was refused; `None` without one.
+    pub proof: Option<Result<&'a str, &'static str>>,
+    /// The `x5t#S256` thumbprint of the client certificate the proxy took (docs/design.md
+    /// §4.17), if any.
+    pub cert: Option<&'a str>,
+}
+
+/// The key a new family is bound to (docs/design.md §4.16, §4.17), from the answer's token
+/// type, the `cnf` of its access token or introspection answer (`confirmations`), what the
+/// client proved with its request, and `required` (`dpop_bound = "required"`).
+///
+/// A DPoP answer binds the family to the proof's key, which must be the key the upstream
+/// names when it names one; a bearer answer whose tokens the upstream bound to a certificate
+/// (`cnf.x5t#S256`) binds it to that certificate, which the client must have presented to the
+/// proxy; another bearer answer binds it only when `required`. Anything else (a `cnf` the
+/// proxy does not know, two keys, a key the client did not prove) is not captured: the proxy
+/// never answers a bound grant with a bearer token.
+pub fn binding<'p>(
+    token_type: TokenType,
+    confirmations: impl IntoIterator<Item = &'p Map<String, Value>>,
+    presented: &Presented<'_>,
+    required: bool,
+) -> Result<Option<String>, Skip> {
+    let refuse = |why| Err((CaptureSkip::SenderConstrained, why));
+    let (mut upstream_jkt, mut upstream_x5t) = (None, None);
+    for claims in confirmations {
+        let Some(cnf) = claims.get("cnf") else {
+            continue;
+        };
+        let one = cnf
+            .as_object()
+            .filter(|c| c.len() == 1)
+            .and_then(|c| c.iter().next())
+            .and_then(|(k, v)| Some((k.as_str(), v.as_str()?)));
+        let (seen, value) = match (one, token_type) {
+            (Some(("jkt", v)), TokenType::Dpop) => (&mut upstream_jkt, v),
+            (Some(("x5t#S256", v)), TokenType::Bearer) => (&mut upstream_x5t, v),
+            _ => {
+                return refuse(
+                    "the upstream's tokens are bound (cnf) to something the proxy cannot bind \
+                     a family to",
+                );
+            }
+        };
+        if seen.is_some_and(|s| s != value) {
+            return refuse("the upstream's tokens name two different keys (cnf)");
+        }
+        *seen = Some(value);
+    }
+    if let Some(x5t) = upstream_x5t {
+        // RFC 8705 §3: certificate-bound tokens; the family needs the same certificate.
+        return match presented.cert {
+            _ if required => refuse(
+                "the upstream bound its tokens to a certificate and dpop_bound = \"required\"",
+            ),
+            Some(cert) if cert == x5t => Ok(Some(format!("{X5T_S256}{cert}"))),
+            Some(_) => refuse("the upstream bound its tokens to another certificate"),
+            None => refuse(
+                "the upstream's tokens are bound to a certificate the proxy did not see \
+                 (server.tls_client_certificates, server.client_cert_header)",
+            ),
+        };
+    }
+    let proof_jkt = match presented.proof {
+        Some(Ok(jkt)) => Some(jkt),
+        Some(Err(why)) if token_type == TokenType::Dpop || required => return refuse(why),
+        _ => None,
+    };
+    match (token_type, proof_jkt) {
+        (TokenType::Dpop, None) => refuse(
+            "the upstream's tokens are DPoP-bound and the token request carried no DPoP proof",
+        ),
+        (TokenType::Dpop, Some(jkt)) if upstream_jkt.is_some_and(|u| u != jkt) => {
+            refuse("the upstream bound its tokens to another key than the DPoP proof's")
+        }
+        (TokenType::Dpop, Some(jkt)) => Ok(Some(format!("{JKT}{jkt}"))),
+        (TokenType::Bearer, Some(jkt)) if required => Ok(Some(format!("{JKT}{jkt}"))),
+        (TokenType::Bearer, None) if required => {
+            refuse("dpop_bound = \"required\" and the token request carried no DPoP proof")
+        }
+        (TokenType::Bearer, _) => Ok(None),
+    }
 }
 
 /// Who the tokens are for, from the ID token, else the access token, else introspection.
@@ -225,6 +324,7 @@ pub fn identify_with(
         auth_time,
         upstream_jwt,
         session,
+        binding: None,
     })
 }
 
@@ -347,17 +447,19 @@ mod tests {
     }
 
     #[test]
-    fn only_bearer_answers_may_be_captured() {
+    fn bearer_and_dpop_answers_may_be_captured() {
         for ok in [
             json!({}),
             json!({"token_type":"Bearer"}),
             json!({"token_type":"bearer"}),
         ] {
-            assert_eq!(check_token_type(&answer(ok)), Ok(()));
+            assert_eq!(check_token_type(&answer(ok)), Ok(TokenType::Bearer));
+        }
+        for dpop in ["DPoP", "dpop"] {
+            let got = check_token_type(&answer(json!({ "token_type": dpop })));
+            assert_eq!(got, Ok(TokenType::Dpop));
         }
         for (bad, why) in [
-            ("DPoP", CaptureSkip::SenderConstrained),
-            ("dpop", CaptureSkip::SenderConstrained),
             ("N_A", CaptureSkip::UnsupportedTokenType),
             ("mac", CaptureSkip::UnsupportedTokenType),
         ] {
@@ -427,5 +529,98 @@ mod tests {
             ..Upstream::default()
         };
         assert!(identify_with(up, "x", Some("username")).is_err());
+    }
+
+    #[test]
+    fn a_family_is_bound_to_the_proofs_key_only_when_the_answer_says_so() {
+        use TokenType::{Bearer, Dpop};
+        let none: [&Map<String, Value>; 0] = [];
+        let proof = |p| Presented {
+            proof: p,
+            cert: None,
+        };
+        let bound = |jkt: &str| Ok(Some(format!("{JKT}{jkt}")));
+        let refused = |r: Result<Option<String>, Skip>| r.map_err(|e| e.0);
+        let constrained = Err(CaptureSkip::SenderConstrained);
+        // A DPoP answer: bound to the proof's key; without a valid proof, not captured.
+        assert_eq!(
+            binding(Dpop, none, &proof(Some(Ok("k1"))), false),
+            bound("k1")
+        );
+        for p in [None, Some(Err("bad proof"))] {
+            assert_eq!(refused(binding(Dpop, none, &proof(p), false)), constrained);
+        }
+        // The upstream's cnf.jkt must be the proof's key.
+        let at = answer(json!({"cnf":{"jkt":"k1"}}));
+        let other = answer(json!({"cnf":{"jkt":"k2"}}));
+        let k1 = proof(Some(Ok("k1")));
+        assert_eq!(binding(Dpop, [&at], &k1, false), bound("k1"));
+        assert_eq!(refused(binding(Dpop, [&other], &k1, false)), constrained);
+        let k2 = proof(Some(Ok("k2")));
+        assert_eq!(
+            refused(binding(Dpop, [&at, &other], &k2, false)),
+            constrained
+        );
+        // Mixed or unknown cnf, a jkt on a bearer answer, a certificate on a DPoP one: never.
+        let x5t = answer(json!({"cnf":{"x5t#S256":"c"}}));
+        let both = answer(json!({"cnf":{"jkt":"k1","x5t#S256":"c"}}));
+        let odd = answer(json!({"cnf":{"jwk":{"kty":"EC"}}}));
+        let cert = Presented {
+            proof: Some(Ok("k1")),
+            cert: Some("c"),
+        };
+        for (tt, cnf) in [
+            (Dpop, &x5t),
+            (Dpop, &both),
+            (Bearer, &both),
+            (Bearer, &at),
+            (Bearer, &odd),
+        ] {
+            assert_eq!(
+                refused(binding(tt, [cnf], &cert, false)),
+                constrained,
+                "{tt:?} {cnf:?}"
+            );
+        }
+        // A bearer answer: unbound, whatever proof the client sent, unless required.
+        assert_eq!(binding(Bearer, none, &k1, false), Ok(None));
+        assert_eq!(
+            binding(Bearer, none, &proof(Some(Err("bad"))), false),
+            Ok(None)
+        );
+        assert_eq!(binding(Bearer, none, &proof(None), false), Ok(None));
+        assert_eq!(binding(Bearer, none, &k1, true), bound("k1"));
+        for p in [None, Some(Err("bad proof"))] {
+            assert_eq!(refused(binding(Bearer, none, &proof(p), true)), constrained);
+        }
+    }
+
+    #[test]
+    fn a_certificate_bound_answer_binds_the_family_to_the_certificate_the_proxy_saw() {
+        let x5t = answer(json!({"cnf":{"x5t#S256":"c1"}}));
+        let with = |cert| Presented { proof: None, cert };
+        let refused = |r: Result<Option<String>, Skip>| r.map_err(|e| e.0);
+        let constrained = Err(CaptureSkip::SenderConstrained);
+        assert_eq!(
+            binding(TokenType::Bearer, [&x5t], &with(Some("c1")), false),
+            Ok(Some("x5t#S256:c1".to_owned()))
+        );
+        assert_eq!(
+            refused(binding(TokenType::Bearer, [&x5t], &with(Some("c2")), false)),
+            constrained
+        );
+        assert_eq!(
+            refused(binding(TokenType::Bearer, [&x5t], &with(None), false)),
+            constrained
+        );
+        assert_eq!(
+            refused(binding(TokenType::Bearer, [&x5t], &with(Some("c1")), true)),
+            constrained
+        );
+        // A certificate the upstream did not bind to changes nothing.
+        assert_eq!(
+            binding(TokenType::Bearer, [], &with(Some("c1")), false),
+            Ok(None)
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! [`crate::engine`] runs over the token store.
 
 pub mod capture;
+pub mod dpop;
 pub mod logout;
 pub mod rules;
 pub mod scope;

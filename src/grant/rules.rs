@@ -51,6 +51,8 @@ pub struct FamilyState {
     pub verifier: Verifier,
     /// The upstream session check's state.
     pub check: CheckState,
+    /// The key the family's tokens are bound to (docs/design.md §4.16).
+    pub binding: Option<String>,
 }
 
 /// What the rules know of the upstream session check of a family.
@@ -117,6 +119,9 @@ pub struct Redeem<'a> {
     pub check: Option<CheckPolicy>,
     /// The outcome of the upstream check this caller made, with the fencing token it was given.
     pub confirm: Option<(u64, Checked)>,
+    /// The keys the request proved it holds, as bindings separated by spaces (a DPoP proof's
+    /// `jkt:<thumbprint>`, a client certificate's `x5t#S256:<thumbprint>`); empty: none.
+    pub proven: &'a str,
 }
 
 /// What the rules decided.
@@ -139,6 +144,8 @@ pub enum Verdict {
     Expired,
     /// The token belongs to another client; nothing changes.
     WrongClient,
+    /// The family is bound to a key the request did not prove it holds; nothing changes.
+    WrongKey,
     /// The token has a valid tag but is not the family's (its secret part does not match the
     /// verifier): made with the server key alone. Nothing changes.
     Unverified,
@@ -249,6 +256,13 @@ pub fn redeem(state: &FamilyState, r: &Redeem<'_>) -> (Verdict, Effect) {
     if r.client_id != state.client_id {
         return keep(Verdict::WrongClient);
     }
+    // RFC 9449 §5: a bound refresh token is used only with a proof of its key
+    // (docs/design.md §4.16).
+    if let Some(bound) = &state.binding
+        && !r.proven.split(' ').any(|p| p == bound)
+    {
+        return keep(Verdict::WrongKey);
+    }
     let effective = match r.scope {
         None => state.scope.clone(),
         Some(requested) => match scope::narrow(requested, &state.granted_scope) {
@@ -352,6 +366,7 @@ mod tests {
             expires_at_ms: 10 * DAY,
             verifier: v(0),
             check: CheckState::default(),
+            binding: None,
         }
     }
 
@@ -369,6 +384,7 @@ mod tests {
             reuse_refresh_tokens: false,
             check: None,
             confirm: None,
+            proven: "",
         }
     }
 

@@ -296,31 +296,82 @@ fn decode_object(part: &str) -> Option<Map<String, Value>> {
     }
 }
 
+/// A JWT's header and claims.
+pub type HeaderAndClaims = (Map<String, Value>, Map<String, Value>);
+
+/// A JWS in compact form, its header read and its algorithm accepted; not verified yet.
+struct Jws<'t> {
+    header: Map<String, Value>,
+    alg: Alg,
+    /// The signing input: ASCII(BASE64URL(header) || '.' || BASE64URL(payload)) (RFC 7515 §5.2).
+    signed: &'t [u8],
+    payload_b64: &'t str,
+    sig: Vec<u8>,
+}
+
+impl<'t> Jws<'t> {
+    fn parse(token: &'t str) -> Result<Jws<'t>, Rejected> {
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Rejected::Malformed);
+        };
+        let header = decode_object(header_b64).ok_or(Rejected::Malformed)?;
+        let alg_name = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or(Rejected::Malformed)?;
+        let alg = Alg::from_name(alg_name).ok_or(Rejected::Algorithm)?;
+        // RFC 7515 §4.1.11: extensions listed in "crit" that are not understood make the JWS
+        // invalid; the proxy understands none.
+        if header.contains_key("crit") {
+            return Err(Rejected::Algorithm);
+        }
+        let sig = B64.decode(sig_b64).map_err(|_| Rejected::Malformed)?;
+        Ok(Jws {
+            signed: &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()],
+            header,
+            alg,
+            payload_b64,
+            sig,
+        })
+    }
+
+    fn alg_name(&self) -> &str {
+        self.header.get("alg").and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// The claims, once one of `keys` verifies the signature.
+    fn verified_by<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k Jwk>,
+    ) -> Result<Map<String, Value>, Rejected> {
+        let fitting: Vec<&Jwk> = keys
+            .into_iter()
+            .filter(|k| k.fits(self.alg, self.alg_name()))
+            .collect();
+        if fitting.is_empty() {
+            return Err(Rejected::KeyMismatch);
+        }
+        if !fitting
+            .iter()
+            .any(|k| k.verifies(self.alg, self.signed, &self.sig))
+        {
+            return Err(Rejected::Signature);
+        }
+        decode_object(self.payload_b64).ok_or(Rejected::Malformed)
+    }
+}
+
 /// Verifies a JWS-compact JWT from the upstream; its claims.
 pub fn verify(
     token: &str,
     keys: &KeySet,
     expect: &Expect<'_>,
 ) -> Result<Map<String, Value>, Rejected> {
-    let mut parts = token.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Rejected::Malformed);
-    };
-    let header = decode_object(header_b64).ok_or(Rejected::Malformed)?;
-    let alg_name = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .ok_or(Rejected::Malformed)?;
-    let alg = Alg::from_name(alg_name).ok_or(Rejected::Algorithm)?;
-    // RFC 7515 §4.1.11: extensions listed in "crit" that are not understood make the JWS
-    // invalid; the proxy understands none.
-    if header.contains_key("crit") {
-        return Err(Rejected::Algorithm);
-    }
-    let sig = B64.decode(sig_b64).map_err(|_| Rejected::Malformed)?;
-    let kid = match header.get("kid") {
+    let jws = Jws::parse(token)?;
+    let kid = match jws.header.get("kid") {
         None => None,
         Some(Value::String(k)) => Some(k.as_str()),
         Some(_) => return Err(Rejected::Malformed),
@@ -332,26 +383,39 @@ pub fn verify(
             .iter()
             .filter(|k| k.kid.as_deref() == Some(kid))
             .collect(),
-        None => keys.keys.iter().filter(|k| k.fits(alg, alg_name)).collect(),
+        None => keys
+            .keys
+            .iter()
+            .filter(|k| k.fits(jws.alg, jws.alg_name()))
+            .collect(),
     };
     if candidates.is_empty() {
         return Err(Rejected::UnknownKey);
     }
-    let fitting: Vec<&Jwk> = candidates
-        .into_iter()
-        .filter(|k| k.fits(alg, alg_name))
-        .collect();
-    if fitting.is_empty() {
-        return Err(Rejected::KeyMismatch);
-    }
-    // RFC 7515 §5.2: the signature is over ASCII(BASE64URL(header) || '.' || BASE64URL(payload)).
-    let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-    if !fitting.iter().any(|k| k.verifies(alg, signed, &sig)) {
-        return Err(Rejected::Signature);
-    }
-    let claims = decode_object(payload_b64).ok_or(Rejected::Malformed)?;
+    let claims = jws.verified_by(candidates)?;
     check_claims(&claims, expect)?;
     Ok(claims)
+}
+
+/// Verifies a JWS signed by the public key its own header carries (`jwk`), as a DPoP proof
+/// is (RFC 9449 §4.2): its header and claims. A `jwk` with private members, or one that does
+/// not fit the `alg`, is refused. The claims are not checked here.
+pub fn verify_self_signed(token: &str) -> Result<HeaderAndClaims, Rejected> {
+    let jws = Jws::parse(token)?;
+    let jwk = match jws.header.get("jwk") {
+        Some(Value::Object(o)) => o,
+        _ => return Err(Rejected::Malformed),
+    };
+    // RFC 9449 §4.3 check 7: "the jwk JOSE Header Parameter does not contain a private key".
+    if ["d", "p", "q", "dp", "dq", "qi", "k"]
+        .iter()
+        .any(|m| jwk.contains_key(*m))
+    {
+        return Err(Rejected::KeyMismatch);
+    }
+    let key = Jwk::parse(&jws.header["jwk"]).ok_or(Rejected::KeyMismatch)?;
+    let claims = jws.verified_by([&key])?;
+    Ok((jws.header, claims))
 }
 
 fn check_claims(claims: &Map<String, Value>, expect: &Expect<'_>) -> Result<(), Rejected> {

@@ -24,9 +24,12 @@ use super::service::inner_response;
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::Form;
 use crate::client_auth::{self, Client};
+use crate::client_cert::ClientCert;
+use crate::config::{AccessTokenFormat, DpopBound};
 use crate::conn::BoxError;
 use crate::engine::{EndReason, Engine};
 use crate::grant::capture::{self, Skip};
+use crate::grant::dpop::{self, DpopError};
 use crate::grant::verify::{self, Expect, KeySet, Rejected};
 use crate::metrics::CaptureSkip;
 use crate::mint::kept::{KeptToken, MAX_KEPT_TOKEN};
@@ -76,6 +79,45 @@ pub(super) struct CaptureContext {
     pub client: Client,
     pub authorization: Option<HeaderValue>,
     pub form: Form,
+    /// The request's `DPoP` header (`Err`: several).
+    pub dpop: Result<Option<HeaderValue>, DpopError>,
+    /// The client certificate the proxy took (docs/design.md §4.17).
+    pub client_cert: Option<Arc<ClientCert>>,
+    /// Whether a client certificate may have reached the upstream (taken by the proxy, or in a
+    /// `Client-Cert` header it passed on).
+    pub cert_forwarded: bool,
+}
+
+impl CaptureContext {
+    /// The DPoP proof the client sent the upstream, checked as the proxy would check it
+    /// (docs/design.md §4.16), but for its nonce and `jti`, which the upstream checked: its
+    /// key's thumbprint, or why it was refused; `None` without one.
+    fn dpop_proof(&self) -> Option<Result<String, &'static str>> {
+        let header = match &self.dpop {
+            Ok(None) => return None,
+            Ok(Some(h)) => h,
+            Err(_) => return Some(Err("the token request carried more than one DPoP header")),
+        };
+        let refused = "the client's DPoP proof does not verify at the proxy";
+        let token_url = self.shared.endpoints.load().token_url();
+        let Some(htu) = token_url.as_deref() else {
+            return Some(Err("the token endpoint's URL is not known (no issuer)"));
+        };
+        let Ok(proof) = header.to_str() else {
+            return Some(Err(refused));
+        };
+        let expect = dpop::Expect {
+            method: "POST",
+            htu,
+            now: crate::engine::now_ms() / 1000,
+            nonces: None,
+        };
+        Some(
+            dpop::check(proof, &expect)
+                .map(|p| p.jkt)
+                .map_err(|_| refused),
+        )
+    }
 }
 
 pub(super) fn is_json(res: &Response<impl Body>) -> bool {
@@ -262,7 +304,16 @@ where
     ResB: Body<Data = Bytes>,
     ResB::Error: Into<BoxError>,
 {
-    capture::check_token_type(answer)?;
+    let token_type = capture::check_token_type(answer)?;
+    // docs/design.md §4.16: what the proof allows is known before any upstream call.
+    let policy = &ctx.client.policy;
+    let required = policy.dpop_bound == DpopBound::Required;
+    let proof = ctx.dpop_proof();
+    let presented = capture::Presented {
+        proof: proof.as_ref().map(|p| p.as_deref().map_err(|e| *e)),
+        cert: ctx.client_cert.as_deref().map(ClientCert::thumbprint),
+    };
+    capture::binding(token_type, [], &presented, required)?;
     let access_token = answer.get("access_token").and_then(Value::as_str);
     let id_token = answer.get("id_token").and_then(Value::as_str);
     let jwt_access_token = access_token.filter(|t| verify::is_jws(t));
@@ -311,12 +362,6 @@ where
     } else {
         (None, None)
     };
-    if access.as_ref().is_some_and(capture::is_sender_constrained) {
-        return Err((
-            CaptureSkip::SenderConstrained,
-            "the upstream's access token is bound to a key (cnf); the proxy only mints bearer tokens",
-        ));
-    }
     let mut upstream = capture::Upstream {
         access,
         id,
@@ -333,22 +378,33 @@ where
     let has_scope = capture::granted_scope(answer, &upstream).is_some();
     let opaque = upstream.access.is_none();
     let introspection = match access_token {
-        // The tokens do not say who, or an opaque access token and no scope: ask the upstream.
-        Some(token) if !has_subject || (opaque && !has_scope) => {
-            let found = introspect(spare, ctx, token)
+        // The tokens do not say who, or an opaque access token and no scope, or an opaque
+        // access token the upstream may have bound to a client certificate (RFC 8705 §3.2:
+        // introspection says so): ask the upstream.
+        Some(token) if !has_subject || (opaque && (!has_scope || ctx.cert_forwarded)) => Some(
+            introspect(spare, ctx, token)
                 .instrument(crate::otel::span!("capture.introspection"))
-                .await?;
-            if capture::is_sender_constrained(&found) {
-                return Err((
-                    CaptureSkip::SenderConstrained,
-                    "the upstream's introspection says the access token is bound to a key (cnf)",
-                ));
-            }
-            Some(found)
-        }
+                .await?,
+        ),
         _ => None,
     };
     upstream.introspection = introspection.as_ref();
+    // docs/design.md §4.16: bound to the DPoP key the upstream bound its tokens to (or, with
+    // dpop_bound = "required", the key of the client's proof); never a bearer family for
+    // tokens bound to anything.
+    let binding = capture::binding(
+        token_type,
+        upstream.access.iter().chain(upstream.introspection),
+        &presented,
+        required,
+    )?;
+    if binding.is_some() && policy.access_token_format == AccessTokenFormat::Upstream {
+        return Err((
+            CaptureSkip::SenderConstrained,
+            "access_token_format = \"upstream\" cannot answer with the upstream's DPoP-bound \
+             access tokens (the proxy holds no key to prove)",
+        ));
+    }
     let granted = capture::granted_scope(answer, &upstream).ok_or((
         CaptureSkip::NoScope,
         "neither the answer, the access token nor introspection says what scope was granted",
@@ -356,10 +412,9 @@ where
     let issuer = ctx.shared.issuer();
     let audience = ctx.engine.default_audience(&issuer);
     let subject_claim = ctx.shared.subject_claim.as_deref();
-    Ok((
-        capture::identify_with(upstream, audience, subject_claim)?,
-        granted,
-    ))
+    let mut identity = capture::identify_with(upstream, audience, subject_claim)?;
+    identity.binding = binding;
+    Ok((identity, granted))
 }
 
 fn json_bytes(answer: &Map<String, Value>) -> Bytes {

@@ -19,8 +19,11 @@ use super::layer::Shared;
 use super::{capture, check, jwks, logout};
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::{self, Endpoint, Form, FormError};
+use crate::client_cert::{CLIENT_CERT, ClientCert};
 use crate::conn::BoxError;
+use crate::engine::TokenRequest;
 use crate::error::Error;
+use crate::grant::dpop::DpopError;
 use crate::metrics::{Grant, Outcome, Route};
 use crate::oauth;
 
@@ -156,6 +159,20 @@ pub(super) fn local_response<B>(err: Error) -> Response<ResponseBody<B>> {
     crate::error::error_response(err).map(ResponseBody::local)
 }
 
+/// The request's `DPoP` header: more than one is refused (RFC 9449 §4.3 check 1).
+pub(super) fn dpop_header(
+    headers: &http::HeaderMap,
+) -> Result<Option<&http::HeaderValue>, DpopError> {
+    let mut all = headers.get_all(DPOP).iter();
+    match (all.next(), all.next()) {
+        (first, None) => Ok(first),
+        _ => Err(DpopError::Repeated),
+    }
+}
+
+/// RFC 9449 §4.1's request header.
+const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
+
 /// The token endpoint: refresh grants the proxy owns are answered here; everything else goes
 /// upstream, and a handled client's answer is captured on the way back.
 async fn token_endpoint<S, B, ResB>(
@@ -195,8 +212,19 @@ where
             shared: &shared,
             body: std::marker::PhantomData,
         };
+        let token_url = shared.endpoints.load().token_url();
         let answered = engine
-            .refresh(authorization.as_ref(), &form, &issuer, &mut upstream)
+            .refresh(
+                &TokenRequest {
+                    authorization: authorization.as_ref(),
+                    dpop: dpop_header(req.headers()),
+                    form: &form,
+                    issuer: &issuer,
+                    token_url: token_url.as_deref(),
+                    client_cert: req.extensions().get::<Arc<ClientCert>>().map(|c| &**c),
+                },
+                &mut upstream,
+            )
             .await;
         if !matches!(answered, Ok(None)) {
             engine.metrics.refresh_latency(started.elapsed());
@@ -216,6 +244,12 @@ where
     }
     // Not answered here: forward, and capture a handled client's new refresh token.
     let client = capture::handled_client(&engine, authorization.as_ref(), &form);
+    let dpop = dpop_header(req.headers()).map(Option::<&http::HeaderValue>::cloned);
+    let client_cert = req.extensions().get::<Arc<ClientCert>>().cloned();
+    // A certificate may reach the upstream in a header the proxy does not take as one (a
+    // trusted front proxy's, without server.client_cert_header): capture must then find out
+    // whether the upstream bound its tokens to it.
+    let cert_forwarded = client_cert.is_some() || req.headers().contains_key(CLIENT_CERT);
     let spare = inner.clone();
     let res = inner.call(req).await?;
     record(forwarded(&res));
@@ -228,6 +262,9 @@ where
                 client,
                 authorization,
                 form,
+                dpop,
+                client_cert,
+                cert_forwarded,
             };
             capture::capture(spare, ctx, res)
                 .instrument(crate::otel::span!("capture"))

@@ -19,6 +19,19 @@ pub(crate) struct AccessClaims<'a> {
     pub(crate) jti: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) auth_time: Option<i64>,
+    /// RFC 9449 §6.1 / RFC 7800: the key a DPoP-bound token is bound to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cnf: Option<Confirmation<'a>>,
+}
+
+/// RFC 7800 §3.1 `cnf`: the DPoP key's thumbprint (RFC 9449 §6.1), the client certificate's
+/// (RFC 8705 §3.1).
+#[derive(Serialize)]
+pub(crate) struct Confirmation<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) jkt: Option<&'a str>,
+    #[serde(rename = "x5t#S256", skip_serializing_if = "Option::is_none")]
+    pub(crate) x5t_s256: Option<&'a str>,
 }
 
 #[derive(Serialize)]

@@ -126,6 +126,8 @@ pub struct Sealed<'a> {
     pub id_claims: &'a str,
     pub auth_time: Option<i64>,
     pub expires_at_ms: i64,
+    /// The key the family is bound to (`""`: none).
+    pub binding: &'a str,
 }
 
 /// A family's id: 128 random bits, base64url.
@@ -303,6 +305,13 @@ impl RefreshTokenKey {
             None => ctx.update(&[0]),
         }
         ctx.update(&f.expires_at_ms.to_be_bytes());
+        // Only a bound family's seal covers a binding, so every seal made before bindings
+        // existed still verifies; the length prefix keeps the inputs apart.
+        if !f.binding.is_empty() {
+            ctx.update(b"b");
+            ctx.update(&(f.binding.len() as u64).to_be_bytes());
+            ctx.update(f.binding.as_bytes());
+        }
         let tag = ctx.sign();
         let mut out = [0u8; DIGEST_BYTES];
         out.copy_from_slice(&tag.as_ref()[..DIGEST_BYTES]);
@@ -648,6 +657,7 @@ mod tests {
             id_claims: "",
             auth_time: Some(1),
             expires_at_ms: 10,
+            binding: "",
         };
         let seal = k.seal(&base);
         assert!(k.check_seal(&base, &seal));
@@ -686,6 +696,10 @@ mod tests {
             },
             Sealed {
                 expires_at_ms: 11,
+                ..base
+            },
+            Sealed {
+                binding: "jkt:abc",
                 ..base
             },
             // Moving bytes between fields changes the seal too.
@@ -740,6 +754,7 @@ mod tests {
             id_claims: "",
             auth_time: None,
             expires_at_ms: 1,
+            binding: "",
         };
         assert_eq!(during.check_seal(&fields, &before.seal(&fields)), Some(1));
         assert_eq!(during.check_seal(&fields, &during.seal(&fields)), Some(0));

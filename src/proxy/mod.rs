@@ -9,7 +9,8 @@
 //!   names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`),
 //!   and `Expect`, since the proxy answers `100-continue` itself;
 //! - `Host` becomes the upstream's (or stays the client's with `preserve_host`);
-//! - `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` get this hop appended.
+//! - `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` get this hop appended;
+//! - with `forward_client_cert`, the client's certificate goes in `Client-Cert` (RFC 9440).
 //!
 //! Redirects and 4xx/5xx answers come back as they are. When the upstream cannot be reached the
 //! answer is a 502, when its response head does not arrive within `request_timeout` a 504, both
@@ -39,6 +40,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 use tracing::Instrument;
 
+use crate::client_cert::{CLIENT_CERT, CLIENT_CERT_CHAIN, ClientCert};
 #[cfg(test)]
 use crate::conn::ip_value;
 pub use crate::conn::{BoxError, ClientInfo};
@@ -113,6 +115,8 @@ struct Inner {
     host: HeaderValue,
     request_timeout: Duration,
     preserve_host: bool,
+    /// `upstream.forward_client_cert`: the client's certificate goes upstream in `Client-Cert`.
+    forward_client_cert: bool,
     metrics: Option<Arc<Metrics>>,
     gateway: GatewayAnswer,
 }
@@ -189,6 +193,7 @@ impl Forward {
             host,
             request_timeout: config.request_timeout,
             preserve_host: config.preserve_host,
+            forward_client_cert: config.forward_client_cert,
             metrics: None,
             gateway,
         };
@@ -217,6 +222,7 @@ impl Forward {
             host: i.host.clone(),
             request_timeout: i.request_timeout,
             preserve_host: i.preserve_host,
+            forward_client_cert: i.forward_client_cert,
             metrics: i.metrics.clone(),
             gateway: i.gateway,
         };
@@ -346,6 +352,15 @@ impl Forward {
         }
         if let Some(host) = client_host.filter(|h| h.to_str().is_ok()) {
             append(headers, X_FORWARDED_HOST, host);
+        }
+        // docs/design.md §4.17: the IdP behind the proxy sees the certificate the client
+        // presented to the proxy (RFC 9440), when asked to.
+        if self.inner.forward_client_cert
+            && let Some(cert) = parts.extensions.get::<Arc<ClientCert>>()
+        {
+            let headers = &mut parts.headers;
+            headers.insert(CLIENT_CERT, cert.header_value());
+            headers.remove(CLIENT_CERT_CHAIN);
         }
         let body = body.map_err(|e| Box::new(ClientBodyError(e.into())) as BoxError);
         Request::from_parts(parts, body.boxed_unsync())

@@ -115,6 +115,7 @@ fn new_family(f: &NewFamily) -> Family {
                 confirmed_ms: f.created_ms,
                 ..CheckState::default()
             },
+            binding: f.binding.clone(),
         },
         data: FamilyData {
             client_id: f.client_id.clone(),
@@ -125,6 +126,7 @@ fn new_family(f: &NewFamily) -> Family {
             id_claims: f.id_claims.clone(),
             auth_time: f.auth_time,
             expires_at_ms: f.expires_at_ms,
+            binding: f.binding.clone(),
             seal: f.seal,
         },
         upstream_token: f.upstream_token.clone(),
@@ -144,6 +146,21 @@ struct Family {
 impl MemoryStore {
     pub fn new() -> Self {
         MemoryStore::default()
+    }
+
+    /// Remembers one-time identifier `id` until `until_ms`: whether this is its first use.
+    fn remember(&self, id: &str, now_ms: i64, until_ms: i64) -> bool {
+        let mut used = self.inner.used.lock().expect("store lock");
+        if used.len() >= SWEEP_EVERY as usize {
+            used.retain(|_, until| *until > now_ms);
+        }
+        match used.get(id) {
+            Some(until) if *until > now_ms => false,
+            _ => {
+                used.insert(id.to_owned(), until_ms);
+                true
+            }
+        }
     }
 
     /// Number of families held (live or not yet swept).
@@ -307,6 +324,13 @@ impl TokenStore for MemoryStore {
 
     async fn redeem(&self, req: &RedeemRequest<'_>) -> Result<Redemption, StoreError> {
         let mut families = self.inner.families.lock().expect("store lock");
+        // One-time identifiers first, under the families' lock: the same step as the
+        // redemption (docs/design.md §4.15).
+        for (index, once) in req.once.iter().enumerate() {
+            if !self.remember(&once.id, req.redeem.now_ms, once.until_ms) {
+                return Ok(Redemption::Replayed { index });
+            }
+        }
         let Some(family) = families.map.get(req.family) else {
             return Ok(Redemption::Unknown);
         };
@@ -368,6 +392,9 @@ impl TokenStore for MemoryStore {
                     scope,
                     issued_ms: candidate.issued_ms,
                     expires_ms: candidate.expires_ms,
+                    binding: Some(req.redeem.proven)
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned),
                 },
             );
             opaque_stored = true;
@@ -382,18 +409,7 @@ impl TokenStore for MemoryStore {
     }
 
     async fn first_use(&self, id: &str, now_ms: i64, until_ms: i64) -> Result<bool, StoreError> {
-        let now = now_ms;
-        let mut used = self.inner.used.lock().expect("store lock");
-        if used.len() >= SWEEP_EVERY as usize {
-            used.retain(|_, until| *until > now);
-        }
-        match used.get(id) {
-            Some(until) if *until > now => Ok(false),
-            _ => {
-                used.insert(id.to_owned(), until_ms);
-                Ok(true)
-            }
-        }
+        Ok(self.remember(id, now_ms, until_ms))
     }
 
     async fn forget_use(&self, id: &str) -> Result<(), StoreError> {

@@ -98,6 +98,10 @@ pub struct NewFamily {
     /// The upstream session (`sid` of its ID token) the family belongs to, for back-channel
     /// logout (docs/design.md §4.12).
     pub session: Option<String>,
+    /// The key the family's refresh tokens are bound to (docs/design.md §4.16, §4.17): `jkt:`
+    /// and a DPoP key's thumbprint, or `x5t#S256:` and a certificate's; `None` for a bearer
+    /// family. Under the seal, fixed at capture.
+    pub binding: Option<String>,
 }
 
 impl NewFamily {
@@ -113,6 +117,7 @@ impl NewFamily {
             id_claims: &self.id_claims,
             auth_time: self.auth_time,
             expires_at_ms: self.expires_at_ms,
+            binding: self.binding.as_deref().unwrap_or(""),
         }
     }
 }
@@ -130,6 +135,8 @@ pub struct FamilyData {
     pub id_claims: String,
     pub auth_time: Option<i64>,
     pub expires_at_ms: i64,
+    /// The key the family is bound to ([`NewFamily::binding`]).
+    pub binding: Option<String>,
     pub seal: Seal,
 }
 
@@ -146,6 +153,7 @@ impl FamilyData {
             id_claims: &self.id_claims,
             auth_time: self.auth_time,
             expires_at_ms: self.expires_at_ms,
+            binding: self.binding.as_deref().unwrap_or(""),
         }
     }
 }
@@ -170,6 +178,19 @@ pub struct RedeemRequest<'a> {
     /// With a confirmation of an `upstream`-format family: the upstream's answer (sealed),
     /// kept so a retry within the grace window gets the same one.
     pub upstream_answer: Option<Vec<u8>>,
+    /// One-time identifiers the request carries (a client assertion's or a DPoP proof's
+    /// `jti`), remembered in the same step as the redemption, before it: one that was seen
+    /// before makes the redemption [`Redemption::Replayed`] and changes nothing else
+    /// (docs/design.md §4.15). Empty on the common path.
+    pub once: Vec<OneTime>,
+}
+
+/// A one-time identifier to remember until `until_ms` ([`TokenStore::first_use`]'s `id`: a
+/// digest the caller made, fixed length, no client-chosen bytes in a key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneTime {
+    pub id: String,
+    pub until_ms: i64,
 }
 
 /// The outcome of a redemption.
@@ -183,6 +204,9 @@ pub enum Redemption {
     /// The family's record cannot be read (changed in the store, or written by something
     /// else); nothing was changed.
     Corrupt,
+    /// `once[index]` was seen before: the request is a replay. Nothing else was changed (the
+    /// one-time identifiers before `index` are now remembered).
+    Replayed { index: usize },
     Decided {
         verdict: Verdict,
         family: FamilyData,
@@ -209,6 +233,10 @@ pub struct AccessTokenRecord {
     pub issued_ms: i64,
     #[serde(rename = "exp")]
     pub expires_ms: i64,
+    /// The keys the token is bound to (`jkt:<thumbprint>`, `x5t#S256:<thumbprint>`, separated
+    /// by spaces; docs/design.md §4.16, §4.17), if any.
+    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
 }
 
 /// What introspection says about a live refresh token.

@@ -22,6 +22,13 @@
 //                          backchannelLogout feature on, with backchannel_logout_session_required.
 //   SESSION_REFRESH_TOKENS=1  issue refresh tokens without offline_access too, bound to the
 //                          login session (as Keycloak does): a logout at the IdP revokes them.
+//   MTLS=1                 RFC 8705 certificate-bound tokens on for the `spa` client: the client
+//                          certificate is read from an RFC 9440 `Client-Cert` header (as a
+//                          TLS-terminating proxy in front passes it on), and a public client's
+//                          refresh tokens are bound to it too.
+//   DPOP=1                 RFC 9449 DPoP on: a token request with a DPoP proof gets DPoP-bound
+//                          tokens (token_type DPoP; a public client's refresh tokens are bound
+//                          to the key too).
 //
 // Protocol with the test harness: once listening, exactly one line goes to stdout,
 // `{"listening":<port>}`; everything else (oidc-provider's notices included) goes to stderr.
@@ -104,6 +111,7 @@ const configuration = {
       // Public client: no secret, PKCE (required for every client anyway, S256 only).
       client_id: 'spa',
       token_endpoint_auth_method: 'none',
+      ...(env.MTLS === '1' ? { tls_client_certificate_bound_access_tokens: true } : {}),
       grant_types: ['authorization_code', 'refresh_token'],
       response_types: ['code'],
       redirect_uris: [REDIRECT_URI],
@@ -149,6 +157,18 @@ const configuration = {
     introspection: { enabled: true },
     revocation: { enabled: true },
     backchannelLogout: { enabled: backchannelLogoutUri !== '' },
+    dPoP: { enabled: env.DPOP === '1' },
+    mTLS: {
+      enabled: env.MTLS === '1',
+      certificateBoundAccessTokens: true,
+      // RFC 9440 §2.2: `Client-Cert: :<base64 DER>:`, turned into the PEM oidc-provider reads.
+      getCertificate(ctx) {
+        const match = /^:([A-Za-z0-9+/=]+):$/.exec((ctx.get('client-cert') || '').trim());
+        if (!match) return undefined;
+        const lines = match[1].match(/.{1,64}/g).join('\n');
+        return `-----BEGIN CERTIFICATE-----\n${lines}\n-----END CERTIFICATE-----\n`;
+      },
+    },
     resourceIndicators: jwtAccessTokens
       ? {
         enabled: true,

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use refresh_proxy::config::StoreConfig;
 use refresh_proxy::store::{
-    CheckPolicy, Checked, Ended, FamilyId, Index, MemoryStore, NewFamily, OpaqueCandidate, Redeem,
-    RedeemRequest, Redemption, RedisStore, Revoke, Seal, Selection, TokenFormat, TokenStore,
-    Verdict, Verifier,
+    CheckPolicy, Checked, Ended, FamilyId, Index, MemoryStore, NewFamily, OneTime, OpaqueCandidate,
+    Redeem, RedeemRequest, Redemption, RedisStore, Revoke, Seal, Selection, TokenFormat,
+    TokenStore, Verdict, Verifier,
 };
 
 const MIN: i64 = 60_000;
@@ -39,6 +39,7 @@ fn family(t0: i64, format: TokenFormat) -> NewFamily {
         // Stores keep the sealed upstream token as bytes; the engine seals and opens it.
         upstream_token: Some(KEPT.to_vec()),
         session: Some("sid-1".into()),
+        binding: None,
     }
 }
 
@@ -94,6 +95,7 @@ fn redeem(generation: u64, now_ms: i64) -> Redeem<'static> {
         reuse_refresh_tokens: false,
         check: None,
         confirm: None,
+        proven: "",
     }
 }
 
@@ -105,6 +107,7 @@ async fn go<S: TokenStore>(store: &S, f: &NewFamily, r: Redeem<'_>) -> Redemptio
             opaque: None,
             new_upstream_token: None,
             upstream_answer: None,
+            once: Vec::new(),
         })
         .await
         .expect("store answers")
@@ -468,6 +471,7 @@ async fn opaque_access_tokens_are_stored_with_the_family<S: TokenStore>(store: S
             opaque: Some(candidate("d1", t0)),
             new_upstream_token: None,
             upstream_answer: None,
+            once: Vec::new(),
         })
         .await
         .expect("redeem");
@@ -520,6 +524,7 @@ async fn opaque_access_tokens_are_stored_with_the_family<S: TokenStore>(store: S
             opaque: Some(candidate("d2", t0)),
             new_upstream_token: None,
             upstream_answer: None,
+            once: Vec::new(),
         })
         .await
         .expect("redeem");
@@ -560,6 +565,7 @@ async fn opaque_access_tokens_are_stored_with_the_family<S: TokenStore>(store: S
             opaque: Some(candidate("d3", t0)),
             new_upstream_token: None,
             upstream_answer: None,
+            once: Vec::new(),
         })
         .await
         .expect("redeem");
@@ -611,6 +617,7 @@ async fn revocation_is_by_owner_and_ends_the_family<S: TokenStore>(store: S) {
             opaque: Some(at),
             new_upstream_token: None,
             upstream_answer: None,
+            once: Vec::new(),
         })
         .await
         .expect("redeem");
@@ -885,6 +892,7 @@ async fn checked<S: TokenStore>(
             opaque: None,
             new_upstream_token: new_token.map(<[u8]>::to_vec),
             upstream_answer: None,
+            once: Vec::new(),
         })
         .await
         .expect("store answers")
@@ -1061,6 +1069,7 @@ async fn an_upstream_format_family_keeps_its_answer_for_the_grace_window<S: Toke
         opaque: None,
         new_upstream_token: None,
         upstream_answer: answer.map(<[u8]>::to_vec),
+        once: Vec::new(),
     };
     let r = store
         .redeem(&request(every, None, None))
@@ -1105,6 +1114,154 @@ async fn an_upstream_format_family_keeps_its_answer_for_the_grace_window<S: Toke
         .await
         .expect("redeem");
     assert_eq!(verdict(r), Verdict::CheckDue { fence: 2 }, "checked again");
+}
+
+/// docs/design.md §4.16: a bound family rotates only for a request that proved its key; any
+/// other changes nothing (and a rotated-out token is still reuse, whoever presents it).
+async fn a_bound_family_needs_its_key<S: TokenStore>(store: S) {
+    let t0 = now();
+    let bound = NewFamily {
+        binding: Some("jkt:key-a".into()),
+        ..family(t0, TokenFormat::Jwt)
+    };
+    store.create_family(&bound).await.expect("create");
+    let with = |proven: &'static str, g, at| Redeem {
+        proven,
+        ..redeem(g, at)
+    };
+    for wrong in ["", "jkt:key-b", "key-a", "jkt:key-ab", "x5t#S256:key-a"] {
+        assert_eq!(
+            verdict(go(&store, &bound, with(wrong, 0, t0 + 1)).await),
+            Verdict::WrongKey,
+            "{wrong:?}"
+        );
+    }
+    match go(&store, &bound, with("x5t#S256:c jkt:key-a", 0, t0 + 2)).await {
+        Redemption::Decided {
+            verdict, family, ..
+        } => {
+            assert_eq!(
+                verdict,
+                Verdict::Rotated {
+                    generation: 1,
+                    scope: "openid profile read".into()
+                }
+            );
+            assert_eq!(family.binding.as_deref(), Some("jkt:key-a"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A grace retry needs the key too.
+    assert_eq!(
+        verdict(go(&store, &bound, with("", 0, t0 + 3)).await),
+        Verdict::WrongKey
+    );
+    assert!(matches!(
+        verdict(go(&store, &bound, with("jkt:key-a", 0, t0 + 4)).await),
+        Verdict::Grace { generation: 1, .. }
+    ));
+    // An unbound family goes on with or without a key, and says it is unbound.
+    let bearer = family(t0, TokenFormat::Jwt);
+    store.create_family(&bearer).await.expect("create");
+    match go(&store, &bearer, with("jkt:key-a", 0, t0 + 5)).await {
+        Redemption::Decided {
+            verdict, family, ..
+        } => {
+            assert!(matches!(verdict, Verdict::Rotated { .. }));
+            assert_eq!(family.binding, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Bulk creation keeps the binding too.
+    let many = NewFamily {
+        binding: Some("jkt:key-c".into()),
+        ..family(t0, TokenFormat::Jwt)
+    };
+    store
+        .create_families(std::slice::from_ref(&many))
+        .await
+        .expect("create");
+    assert_eq!(
+        verdict(go(&store, &many, with("", 0, t0 + 6)).await),
+        Verdict::WrongKey
+    );
+    assert!(matches!(
+        verdict(go(&store, &many, with("jkt:key-c x5t#S256:d", 0, t0 + 7)).await),
+        Verdict::Rotated { .. }
+    ));
+}
+
+/// docs/design.md §4.15: a one-time identifier (an assertion's or a DPoP proof's `jti`) is
+/// remembered in the redemption's own step; presented again it makes the redemption a replay
+/// that changes nothing, on any family, until it expires.
+async fn one_time_ids_are_remembered_in_the_redemption<S: TokenStore>(store: S) {
+    let t0 = now();
+    let (a, b) = (family(t0, TokenFormat::Jwt), family(t0, TokenFormat::Jwt));
+    store.create_family(&a).await.expect("create");
+    store.create_family(&b).await.expect("create");
+    let id = |n: u8| format!("{:064x}", u64::from(n) * 0x1_0000_0001 + t0 as u64);
+    let with = |f: &NewFamily, r: Redeem<'static>, once: Vec<OneTime>| {
+        let family = f.id.as_str().to_owned();
+        let store = &store;
+        async move {
+            store
+                .redeem(&RedeemRequest {
+                    family: &family,
+                    redeem: r,
+                    opaque: None,
+                    new_upstream_token: None,
+                    upstream_answer: None,
+                    once,
+                })
+                .await
+                .expect("store answers")
+        }
+    };
+    let once = |n: u8, until_ms: i64| OneTime {
+        id: id(n),
+        until_ms,
+    };
+    // First use: the redemption goes on as usual.
+    let first = with(&a, redeem(0, t0 + 1), vec![once(1, t0 + MIN)]).await;
+    assert!(matches!(
+        verdict(first),
+        Verdict::Rotated { generation: 1, .. }
+    ));
+    // The same id again, on this family or another, with a token that would rotate: a replay,
+    // and nothing changes (the next token of each family still rotates from where it was).
+    let replay = with(&a, redeem(1, t0 + 2), vec![once(1, t0 + MIN)]).await;
+    assert_eq!(replay, Redemption::Replayed { index: 0 });
+    let replay = with(
+        &b,
+        redeem(0, t0 + 3),
+        vec![once(2, t0 + MIN), once(1, t0 + MIN)],
+    )
+    .await;
+    assert_eq!(replay, Redemption::Replayed { index: 1 });
+    assert!(matches!(
+        verdict(go(&store, &b, redeem(0, t0 + 4)).await),
+        Verdict::Rotated { generation: 1, .. }
+    ));
+    // An id before the replayed one was remembered.
+    let replay = with(&b, redeem(1, t0 + 5), vec![once(2, t0 + MIN)]).await;
+    assert_eq!(replay, Redemption::Replayed { index: 0 });
+    assert!(matches!(
+        verdict(go(&store, &a, redeem(1, t0 + 6)).await),
+        Verdict::Rotated { generation: 2, .. }
+    ));
+    // Even a request for an unknown family remembers its ids.
+    let unknown = NewFamily {
+        id: FamilyId::random(),
+        ..family(t0, TokenFormat::Jwt)
+    };
+    assert_eq!(
+        with(&unknown, redeem(0, t0 + 7), vec![once(3, t0 + MIN)]).await,
+        Redemption::Unknown
+    );
+    assert_eq!(
+        with(&a, redeem(2, t0 + 8), vec![once(3, t0 + MIN)]).await,
+        Redemption::Replayed { index: 0 }
+    );
 }
 
 macro_rules! contract {
@@ -1173,6 +1330,8 @@ contract!(
     an_upstream_format_family_keeps_its_answer_for_the_grace_window,
     many_families_at_once,
     a_revocation_racing_refreshes_always_wins,
+    one_time_ids_are_remembered_in_the_redemption,
+    a_bound_family_needs_its_key,
 );
 
 #[tokio::test]
@@ -1203,6 +1362,7 @@ async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
             }),
             new_upstream_token: None,
             upstream_answer: None,
+            once: Vec::new(),
         })
         .await
         .expect("redeem");

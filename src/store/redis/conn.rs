@@ -164,10 +164,15 @@ impl Conn {
         }
     }
 
+    /// Whether this is a cluster (a script may touch one slot only).
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+
     /// An empty batch of commands for this topology (see [`Batch`]).
     pub(super) fn batch(&self) -> Batch {
         Batch {
-            cluster: matches!(self, Conn::Cluster(_)),
+            cluster: self.is_cluster(),
             pipes: Vec::new(),
         }
     }

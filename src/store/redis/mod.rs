@@ -6,8 +6,8 @@
 //!   clocks, format, carried claims. It expires with the family (idle or absolute deadline).
 //! - `<prefix>{<family>}:at:<digest>` — an opaque access token's record (JSON), expiring with
 //!   the token.
-//! - `<prefix>used:<digest>` — a one-time identifier seen (a logout token's `jti`), expiring
-//!   when it may no longer be presented.
+//! - `<prefix>used:<digest>` — a one-time identifier seen (a logout token's, a client
+//!   assertion's or a DPoP proof's `jti`), expiring when it may no longer be presented.
 //! - `<prefix>idx:sub:<subject>`, `<prefix>idx:client:<client>`, `<prefix>idx:sid:<session>` —
 //!   sets of family ids, each in its own slot, for revocation by subject, client or upstream
 //!   session (idempotent, lazily cleaned).
@@ -54,6 +54,7 @@ for i, field in ipairs({'a', 'd', 't'}) do
   if ARGV[4 + i] ~= '' then redis.call('HSET', KEYS[1], field, ARGV[4 + i]) end
 end
 if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'u', ARGV[13], 'k', ARGV[8]) end
+if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'b', ARGV[14]) end
 redis.call('PEXPIREAT', KEYS[1], math.min(tonumber(ARGV[9]), tonumber(ARGV[10])))
 return 1
 ";
@@ -192,6 +193,10 @@ impl RedisStore {
                 self.operation_timeout
             ))),
         }
+    }
+
+    fn used_key(&self, id: &str) -> String {
+        format!("{}used:{id}", self.prefix)
     }
 
     fn family_key(&self, family: &str) -> String {
@@ -362,6 +367,14 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
     match reply.first().map(Vec::as_slice) {
         Some(b"unknown") => return Ok(Redemption::Unknown),
         Some(b"corrupt") => return Ok(Redemption::Corrupt),
+        Some(b"replayed") => {
+            let index = reply
+                .get(1)
+                .map(|b| String::from_utf8_lossy(b).into_owned());
+            return Ok(Redemption::Replayed {
+                index: num(index.as_deref().unwrap_or(""))?,
+            });
+        }
         _ => {}
     }
     let [
@@ -382,7 +395,8 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
         verifier,
         key,
         kept,
-    ] = <[Vec<u8>; 17]>::try_from(reply).map_err(|_| bad())?;
+        binding,
+    ] = <[Vec<u8>; 18]>::try_from(reply).map_err(|_| bad())?;
     let (verdict, generation, scope) = (text(verdict)?, text(generation)?, text(scope)?);
     let format = text(format)?;
     let verifier_of = |b: &[u8]| Verifier::from_slice(b).unwrap_or_default();
@@ -416,6 +430,7 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
         "unverified" => Verdict::Unverified,
         "expired" => Verdict::Expired,
         "wrong_client" => Verdict::WrongClient,
+        "wrong_key" => Verdict::WrongKey,
         "invalid_scope" => Verdict::InvalidScope,
         other => return Err(StoreError::Protocol(format!("unknown verdict {other:?}"))),
     };
@@ -431,6 +446,7 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
             id_claims: text(idc)?,
             auth_time: text(auth)?.parse().ok(),
             expires_at_ms: num(&text(expires)?)?,
+            binding: Some(text(binding)?).filter(|b| !b.is_empty()),
             // A missing or malformed seal reads as all zeros, which no family has.
             seal: Seal::from_slice(&seal).unwrap_or_default(),
         },
@@ -462,7 +478,8 @@ impl TokenStore for RedisStore {
                 .arg(f.expires_at_ms)
                 .arg(f.verifier.as_bytes())
                 .arg(f.seal.as_bytes())
-                .arg(f.upstream_token.as_deref().unwrap_or_default());
+                .arg(f.upstream_token.as_deref().unwrap_or_default())
+                .arg(f.binding.as_deref().unwrap_or_default());
         });
         self.bounded(created).await?;
         let mut batch = conn.batch();
@@ -514,6 +531,9 @@ impl TokenStore for RedisStore {
                 if let Some(u) = &f.upstream_token {
                     hset.arg("u").arg(u.as_slice()).arg("k").arg(f.created_ms);
                 }
+                if let Some(b) = &f.binding {
+                    hset.arg("b").arg(b);
+                }
                 hset.ignore();
                 pipe.cmd("PEXPIREAT")
                     .arg(&key)
@@ -555,7 +575,7 @@ impl TokenStore for RedisStore {
                 redis::cmd("HMGET")
                     .arg(self.family_key(family))
                     .arg(&[
-                        "c", "s", "g", "sc", "n", "r", "i", "e", "f", "a", "d", "t", "v",
+                        "c", "s", "g", "sc", "n", "r", "i", "e", "f", "a", "d", "t", "v", "b",
                     ])
                     .query_async(&mut conn),
             )
@@ -574,7 +594,8 @@ impl TokenStore for RedisStore {
             d,
             t,
             v,
-        ] = <[Option<Vec<u8>>; 13]>::try_from(f)
+            b,
+        ] = <[Option<Vec<u8>>; 14]>::try_from(f)
             .map_err(|_| StoreError::Protocol("HMGET".into()))?
         else {
             return Ok(None);
@@ -603,6 +624,7 @@ impl TokenStore for RedisStore {
                 id_claims: opt(d)?.unwrap_or_default(),
                 auth_time: opt(t)?.and_then(|t| t.parse().ok()),
                 expires_at_ms: expires,
+                binding: opt(b)?,
                 seal: v
                     .as_deref()
                     .and_then(|v| v.get(DIGEST_BYTES..))
@@ -656,7 +678,7 @@ impl TokenStore for RedisStore {
         let set: Option<String> = self
             .bounded(
                 redis::cmd("SET")
-                    .arg(format!("{}used:{id}", self.prefix))
+                    .arg(self.used_key(id))
                     .arg(1)
                     .arg("NX")
                     .arg("PXAT")
@@ -671,7 +693,7 @@ impl TokenStore for RedisStore {
         let mut conn = self.conn.clone();
         self.bounded(
             redis::cmd("DEL")
-                .arg(format!("{}used:{id}", self.prefix))
+                .arg(self.used_key(id))
                 .query_async::<()>(&mut conn),
         )
         .await
@@ -684,10 +706,34 @@ impl TokenStore for RedisStore {
             None => (0, 0, "-"),
         };
         let mut conn = self.conn.clone();
-        let keys = [
+        let family_keys = [
             self.family_key(req.family),
             self.access_token_key(req.family, digest),
         ];
+        // One-time identifiers: in the script's step on a single node; a cluster cannot run a
+        // script across slots, so there they are remembered first, one round trip each
+        // (docs/design.md §4.15).
+        let mut once_keys = Vec::new();
+        if self.conn.is_cluster() {
+            for (index, once) in req.once.iter().enumerate() {
+                if !self.first_use(&once.id, r.now_ms, once.until_ms).await? {
+                    return Ok(Redemption::Replayed { index });
+                }
+            }
+        } else {
+            once_keys.extend(req.once.iter().map(|o| self.used_key(&o.id)));
+        }
+        let all: Vec<&str>;
+        let keys: &[&str] = if once_keys.is_empty() {
+            &[&family_keys[0], &family_keys[1]]
+        } else {
+            all = family_keys
+                .iter()
+                .chain(&once_keys)
+                .map(String::as_str)
+                .collect();
+            &all
+        };
         let (ahead_generation, ahead_verifier) = match &r.ahead_of {
             Some((n, v)) => (n.to_string(), v.as_bytes().to_vec()),
             None => (String::new(), Vec::new()),
@@ -699,41 +745,43 @@ impl TokenStore for RedisStore {
         }
         let successors = &successors[..r.successors.len().min(MAX_KEYS) * DIGEST_BYTES];
         let reply: Vec<Vec<u8>> = self
-            .bounded(
-                self.scripts
-                    .redeem
-                    .eval(&mut conn, &[&keys[0], &keys[1]], |cmd| {
-                        cmd.arg(r.generation)
-                            .arg(r.client_id)
-                            .arg(if r.scope.is_some() { "1" } else { "0" })
-                            .arg(r.scope.unwrap_or(""))
-                            .arg(r.now_ms)
-                            .arg(r.grace_ms)
-                            .arg(r.idle_ttl_ms)
-                            .arg(if r.reuse_refresh_tokens { "1" } else { "0" })
-                            .arg(issued)
-                            .arg(expires)
-                            .arg(r.presented.as_bytes())
-                            .arg(successors)
-                            .arg(&ahead_generation)
-                            .arg(&ahead_verifier);
-                        // The upstream session check (docs/design.md §4.13).
-                        match &r.check {
-                            Some(c) => cmd.arg(c.interval_ms).arg(c.lease_ms).arg(c.serve_ms),
-                            None => cmd.arg("").arg("0").arg("0"),
-                        };
-                        match &r.confirm {
-                            Some((fence, checked)) => cmd.arg(*fence).arg(match checked {
-                                Checked::Confirmed => "ok",
-                                Checked::Failed => "fail",
-                                Checked::Revoked => "revoke",
-                            }),
-                            None => cmd.arg("").arg(""),
-                        };
-                        cmd.arg(req.new_upstream_token.as_deref().unwrap_or_default())
-                            .arg(req.upstream_answer.as_deref().unwrap_or_default());
+            .bounded(self.scripts.redeem.eval(&mut conn, keys, |cmd| {
+                cmd.arg(r.generation)
+                    .arg(r.client_id)
+                    .arg(if r.scope.is_some() { "1" } else { "0" })
+                    .arg(r.scope.unwrap_or(""))
+                    .arg(r.now_ms)
+                    .arg(r.grace_ms)
+                    .arg(r.idle_ttl_ms)
+                    .arg(if r.reuse_refresh_tokens { "1" } else { "0" })
+                    .arg(issued)
+                    .arg(expires)
+                    .arg(r.presented.as_bytes())
+                    .arg(successors)
+                    .arg(&ahead_generation)
+                    .arg(&ahead_verifier);
+                // The upstream session check (docs/design.md §4.13).
+                match &r.check {
+                    Some(c) => cmd.arg(c.interval_ms).arg(c.lease_ms).arg(c.serve_ms),
+                    None => cmd.arg("").arg("0").arg("0"),
+                };
+                match &r.confirm {
+                    Some((fence, checked)) => cmd.arg(*fence).arg(match checked {
+                        Checked::Confirmed => "ok",
+                        Checked::Failed => "fail",
+                        Checked::Revoked => "revoke",
                     }),
-            )
+                    None => cmd.arg("").arg(""),
+                };
+                cmd.arg(req.new_upstream_token.as_deref().unwrap_or_default())
+                    .arg(req.upstream_answer.as_deref().unwrap_or_default())
+                    .arg(r.proven);
+                if !once_keys.is_empty() {
+                    for once in &req.once {
+                        cmd.arg(once.until_ms);
+                    }
+                }
+            }))
             .await?;
         parse_redemption(reply)
     }

@@ -4,6 +4,9 @@
 --
 -- KEYS[1]  the family hash            <prefix>{<family>}:f
 -- KEYS[2]  an opaque access token key <prefix>{<family>}:at:<digest>  (same slot)
+-- KEYS[3..] one-time identifiers the request carries  <prefix>used:<digest>  (a single node
+--          only: a cluster checks them before, see mod.rs), each remembered until
+--          ARGV[20 + i] for KEYS[i]
 -- ARGV     1 presented generation, 2 client id, 3 scope given ('0'|'1'), 4 scope,
 --          5 now (ms), 6 grace (ms), 7 idle ttl (ms), 8 reuse refresh tokens ('0'|'1'),
 --          9 access token issued (ms), 10 access token expires (ms; '0' = no candidate),
@@ -15,19 +18,29 @@
 --          the interval a failed check is served (ms), 18 the fencing token of this caller's
 --          check ('' = none), 19 its outcome ('ok' | 'fail' | 'revoke'), 20 the upstream's new
 --          refresh token, sealed ('' = unchanged), 21 the upstream's answer, sealed, for an
---          'upstream'-format family ('' = none)
--- Returns  {'unknown'}, {'corrupt'} or
+--          'upstream'-format family ('' = none), 22 the keys the request proved it holds
+--          ('jkt:...' and 'x5t#S256:...', separated by spaces; '' = none)
+-- Returns  {'replayed', index (0-based, of KEYS[3..])}, {'unknown'}, {'corrupt'} or
 --          {verdict, generation, scope, client, subject, format, at claims, id claims,
 --           auth time, opaque stored ('0'|'1'), current generation, granted scope,
 --           absolute deadline, seal, verifier ('ahead' only), successor key index
 --           ('grace' only), the kept upstream refresh token ('reuse' and 'check_due' only;
---           for 'grace' of an 'upstream'-format family, the kept upstream answer)}
+--           for 'grace' of an 'upstream'-format family, the kept upstream answer),
+--           the key the family is bound to ('' = none)}
 --          'check_due' carries its fencing token and 'check_in_flight' the lease's end in the
 --          generation field.
 local function int(x) return string.format('%.0f', x) end
 
+-- One-time identifiers (a client assertion's or a DPoP proof's jti) before anything else: a
+-- replay changes nothing (docs/design.md §4.15).
+for i = 3, #KEYS do
+  if not redis.call('SET', KEYS[i], '1', 'NX', 'PXAT', ARGV[20 + i]) then
+    return {'replayed', tostring(i - 3)}
+  end
+end
+
 local f = redis.call('HMGET', KEYS[1], 'c', 's', 'g', 'sc', 'n', 'r', 'i', 'e', 'f', 'a', 'd', 't', 'v',
-  'u', 'k', 'lf', 'lu', 'cf')
+  'u', 'k', 'lf', 'lu', 'cf', 'b')
 if not f[1] then return {'unknown'} end
 -- Fields at their default are left out ('sc' until it differs from 'g'): see CREATE in mod.rs.
 local client, subject, granted, scope = f[1], f[2], f[3], f[4] or f[3]
@@ -45,6 +58,8 @@ local g, now = tonumber(ARGV[1]), tonumber(ARGV[5])
 local kept, confirmed = f[14], tonumber(f[15] or f[6])
 local fence, lease = tonumber(f[16] or '0'), tonumber(f[17] or '')
 local failed = tonumber(f[18] or '')
+-- The key the family is bound to (docs/design.md §4.16).
+local bound = f[19] or ''
 
 local key, out_token = 0, ''
 local function reply(verdict, gen, sc, stored)
@@ -52,7 +67,7 @@ local function reply(verdict, gen, sc, stored)
     granted, int(expires), seal,
     -- Only the verdicts that use them carry the verifier and the key index (fewer reply
     -- allocations on the common path).
-    verdict == 'ahead' and v or '', verdict == 'grace' and int(key) or '', out_token}
+    verdict == 'ahead' and v or '', verdict == 'grace' and int(key) or '', out_token, bound}
 end
 
 if now >= expires or now >= idle then
@@ -108,6 +123,10 @@ if not verified then
 end
 -- RFC 6749 §6: the refresh token must have been issued to the authenticated client.
 if ARGV[2] ~= client then return reply('wrong_client', 0, '', '0') end
+-- RFC 9449 §5: a bound refresh token is used only with a proof of its key.
+if bound ~= '' and not string.find(' ' .. ARGV[22] .. ' ', ' ' .. bound .. ' ', 1, true) then
+  return reply('wrong_key', 0, '', '0')
+end
 
 local effective = scope
 if ARGV[3] == '1' then
@@ -165,7 +184,8 @@ local stored = '0'
 local at_expires = tonumber(ARGV[10])
 if fmt == 'opaque' and at_expires > 0 then
   local record = '{"c":' .. cjson.encode(client) .. ',"s":' .. cjson.encode(subject) ..
-    ',"sc":' .. cjson.encode(effective) .. ',"iat":' .. ARGV[9] .. ',"exp":' .. ARGV[10] .. '}'
+    ',"sc":' .. cjson.encode(effective) .. ',"iat":' .. ARGV[9] .. ',"exp":' .. ARGV[10] ..
+    (ARGV[22] ~= '' and ',"b":' .. cjson.encode(ARGV[22]) or '') .. '}'
   redis.call('SET', KEYS[2], record, 'PXAT', ARGV[10])
   stored = '1'
 end

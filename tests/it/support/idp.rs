@@ -103,6 +103,10 @@ pub struct IdpOptions {
     /// Issue refresh tokens without `offline_access` too, bound to the login session (as
     /// Keycloak does); a logout at the IdP revokes them.
     pub session_refresh_tokens: bool,
+    /// RFC 9449 DPoP on: token requests with a proof get DPoP-bound tokens.
+    pub dpop: bool,
+    /// RFC 8705 certificate-bound tokens for `spa`, the certificate read from `Client-Cert`.
+    pub mtls: bool,
 }
 
 impl Idp {
@@ -148,6 +152,8 @@ impl Idp {
             .env_remove("ROTATE_REFRESH_TOKENS")
             .env_remove("BACKCHANNEL_LOGOUT_URI")
             .env_remove("SESSION_REFRESH_TOKENS")
+            .env_remove("DPOP")
+            .env_remove("MTLS")
             .env_remove("DEBUG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -164,6 +170,12 @@ impl Idp {
         }
         if opts.session_refresh_tokens {
             cmd.env("SESSION_REFRESH_TOKENS", "1");
+        }
+        if opts.dpop {
+            cmd.env("DPOP", "1");
+        }
+        if opts.mtls {
+            cmd.env("MTLS", "1");
         }
         match opts.refresh_rotation {
             RefreshRotation::ProviderDefault => {}

@@ -71,6 +71,18 @@ macro_rules! both_stores {
     };
 }
 
+impl StoreKind {
+    /// A store of this kind for one test: the Redis server it started (if any) and the
+    /// `store.url` to configure.
+    pub fn start(self) -> (Option<redis::RedisServer>, String) {
+        let server = matches!(self, StoreKind::Redis).then(redis::RedisServer::start);
+        let url = server
+            .as_ref()
+            .map_or("memory://".to_owned(), redis::RedisServer::url);
+        (server, url)
+    }
+}
+
 /// A `tokens.refresh_token_key` for tests (at least 32 bytes).
 pub const TEST_REFRESH_KEY: &str = "test-refresh-token-key-0123456789abcdef";
 
