@@ -7,12 +7,13 @@
 `bash bench/run.sh` runs the cluster part as one of its lines (bench/harness.py calls
 `cluster_spread` below); run alone, this script also measures the single-node costs.
 
-Single node: one redis-server, one refresh-proxy (ES256 JWT, Redis), `refresh-proxy issue`
-families, refresh-bench in closed loop; then, over the run, per refresh: the proxy's CPU
-(`/proc/<pid>/stat` utime + stime), bytes it read and wrote (`/proc/<pid>/io` rchar, wchar),
-Redis's CPU (`INFO cpu` used_cpu_sys + used_cpu_user), its time inside the script
-(`INFO commandstats` usec of evalsha), its network bytes in and out (`INFO stats`
-total_net_input_bytes / total_net_output_bytes), and the EVALSHA calls per refresh.
+Single node: one redis-server with one replica, one refresh-proxy (ES256 JWT, then opaque
+access tokens), `refresh-proxy issue` families, refresh-bench in closed loop (64 chains);
+then, over the run, per refresh: the proxy's CPU (`/proc/<pid>/stat` utime + stime) and the
+bytes it wrote (`/proc/<pid>/io` wchar; socket reads are not counted in rchar), Redis's CPU
+(`INFO cpu` used_cpu_sys + used_cpu_user), its time inside the script (`INFO commandstats`),
+its network bytes in and out (`INFO stats`), the commands it counted, the replication stream
+(`master_repl_offset`) and the replica's CPU, and the master's `used_memory` growth.
 
 Cluster: three `redis-server --cluster-enabled yes` joined with
 `redis-cli --cluster create … --cluster-replicas 0 --cluster-yes` (5461/5462/5461 slots), the
@@ -317,12 +318,22 @@ def single_node(args, procs: h.Processes, tmp: Path, upstream: str) -> dict:
     out = {}
     for fmt in ("jwt", "opaque"):
         redis = h.Redis(procs, tmp, f"redis-single-{fmt}")
+        # One replica: what a replica costs per redemption (its CPU, the replication stream).
+        replica = h.Redis(procs, tmp, f"redis-replica-{fmt}")
+        replica.cli("REPLICAOF", "127.0.0.1", str(redis.port))
+        h.wait_until(lambda: info(replica.port, "INFO", "replication").get("master_link_status") == "up",
+                     30, "the replica's link")
         proxy = h.Proxy(procs, tmp, f"proxy-single-{fmt}", redis.url, PREFIX, "ES256", fmt, upstream)
         tokens = tmp / f"tokens-single-{fmt}.txt"
         proxy.issue(4 * 64, tokens, subject=SUBJECT)
         before = redis.used_memory()
+        offset0 = int(info(redis.port, "INFO", "replication")["master_repl_offset"])
+        replica_cpu0 = redis_counters(replica.port)["cpu_s"]
         run = measured_run(args, proxy, [redis.port], tokens, 64)
         o = per_refresh(run)
+        o["replication_bytes_per_refresh"] = round(
+            (int(info(redis.port, "INFO", "replication")["master_repl_offset"]) - offset0) / o["redemptions"])
+        o["replica_cpu_us"] = round((redis_counters(replica.port)["cpu_s"] - replica_cpu0) * 1e6 / o["redemptions"], 1)
         o["client_request_bytes"] = request_bytes(proxy, tokens)
         o["connections"] = 64
         o["redis_clients_during_run"] = run["redis_after"][redis.port]["clients"] - 1
@@ -332,6 +343,7 @@ def single_node(args, procs: h.Processes, tmp: Path, upstream: str) -> dict:
             (run["redis_after"][redis.port]["used_memory"] - before) / o["redemptions"], 1)
         o["non_200"] = run["bench"]["non_200"]
         procs.stop(proxy.proc)
+        procs.stop(replica.proc)
         procs.stop(redis.proc)
         h.log(f"single node, {fmt}: " + ", ".join(f"{k} {v}" for k, v in o.items()))
         out[fmt] = o
