@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The per-request costs of docs/capacity.md, and its check on a 3-master Redis Cluster.
 
-    python3 bench/cluster_spread.py                 # both parts, about 1 minute
-    python3 bench/cluster_spread.py --json out.json --families 30000 --connections 2048
+    python3 bench/cluster_spread.py                 # both parts, about 1.5 minutes
+    python3 bench/cluster_spread.py --no-single --json out.json --spread-chains 20480
 
 `bash bench/run.sh` runs the cluster part as one of its lines (bench/harness.py calls
 `cluster_spread` below); run alone, this script also measures the single-node costs.
@@ -17,8 +17,9 @@ its network bytes in and out (`INFO stats`), the commands it counted, the replic
 
 Cluster: three `redis-server --cluster-enabled yes` joined with
 `redis-cli --cluster create … --cluster-replicas 0 --cluster-yes` (5461/5462/5461 slots), the
-same proxy on `redis+cluster://`, `--families` families issued, refresh-bench with
-`--connections` chains (one family each), then per master: EVALSHA calls, family keys
+same proxy on `redis+cluster://`, `--spread-families` families issued, `--spread-chains` of
+them refreshed (one refresh-bench chain each, `--spread-batch` at a time in open loop at
+`--spread-rate`), then per master: EVALSHA/EVAL calls, family keys
 (`DBSIZE` minus the index sets it holds), `used_memory` growth, CPU and client connections.
 The plan predicts each master's share from the slots it owns (docs/capacity.md); the line
 passes when every master's redemptions and family keys are within `--tolerance` of that
@@ -229,6 +230,8 @@ class ClusterNodes:
 def cluster_spread(args, procs: h.Processes, tmp: Path, upstream: str) -> dict:
     """The harness line: per-master share of redemptions and family keys on a 3-master cluster
     against the share of slots each owns; `median` is the worst deviation in percent."""
+    if args.connections_spread > args.families_spread:
+        raise RuntimeError("--spread-chains must not exceed --spread-families (one family per chain)")
     nodes = ClusterNodes(procs, tmp, args.masters)
     base = {p: redis_counters(p) for p in nodes.ports}
     proxy = h.Proxy(procs, tmp, "proxy-cluster", nodes.url, PREFIX, "ES256", "jwt", upstream)
@@ -352,9 +355,9 @@ def single_node(args, procs: h.Processes, tmp: Path, upstream: str) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masters", type=int, default=3, help="cluster masters (default 3)")
-    p.add_argument("--spread-families", dest="families_spread", type=int, default=30_000,
+    p.add_argument("--spread-families", dest="families_spread", type=int, metavar="N", default=30_000,
                    help="families issued on the cluster (default 30,000)")
-    p.add_argument("--spread-chains", dest="connections_spread", type=int, default=10_240,
+    p.add_argument("--spread-chains", dest="connections_spread", type=int, metavar="N", default=10_240,
                    help="families refreshed on the cluster, one refresh-bench chain each (default 10,240)")
     p.add_argument("--spread-batch", dest="spread_batch", type=int, default=512,
                    help="chains driven at once on the cluster (default 512)")
