@@ -39,8 +39,14 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+# bench/cluster_spread.py uses this module's helpers as `harness`: one copy of it, not two.
+sys.modules.setdefault("harness", sys.modules[__name__])
+import cluster_spread  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-RELEASE = ROOT / "target" / "release"
+# Where `cargo build --release` put the binaries (run.sh builds with the caller's
+# CARGO_TARGET_DIR, relative to the repository root when relative).
+RELEASE = ROOT / os.environ.get("CARGO_TARGET_DIR", "target") / "release"
 PROXY_BIN = RELEASE / "refresh-proxy"
 BENCH_BIN = RELEASE / "refresh-bench"
 RESULTS = ROOT / "bench" / "results"
@@ -684,6 +690,9 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run (about 1 minute): 1 round of 2 s runs, 20,000 families, 3 start-ups")
+    p.add_argument("--cluster-only", action="store_true",
+                   help="only the 3-master cluster line (bench/cluster_spread.py), about 1 minute")
+    cluster_spread.add_arguments(p)
     args = p.parse_args()
     if args.quick:
         args.rounds, args.duration, args.warmup, args.families, args.startups = 1, 2.0, 0.5, 20_000, 3
@@ -700,7 +709,7 @@ def main() -> int:
     started = time.time()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     try:
-        results = measure_everything(args, tmp, procs)
+        results = (measure_cluster_only if args.cluster_only else measure_everything)(args, tmp, procs)
     except KeyboardInterrupt:
         log("interrupted")
         return 130
@@ -726,6 +735,20 @@ def main() -> int:
     (RESULTS / "latest.html").write_text(page)
     log(f"wrote {RESULTS / (stamp + '.json')}, .html and latest.json / .txt / .html ({results['run']['wall_s']} s)")
     return 0
+
+
+def measure_cluster_only(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict:
+    """`--cluster-only`: the 3-master cluster line alone (bench/cluster_spread.py)."""
+    machine = machine_info()
+    log(f"machine: {machine['cpus']} × {machine['cpu']}, load {machine['loadavg_at_start']}")
+    _, backend_port = start_backend(procs, tmp)
+    measurements = {"cluster_spread": cluster_spread.cluster_spread(
+        args, procs, tmp, f"http://127.0.0.1:{backend_port}")}
+    return {
+        "run": {"rounds": 1, "duration_s": args.duration, "warmup_s": args.warmup,
+                "connections": args.connections_spread, "machine": machine},
+        "measurements": measurements, "targets": evaluate(measurements), "raw": {}, "reports": {},
+    }
 
 
 def measure_everything(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict:
@@ -882,6 +905,7 @@ def measure_everything(args: argparse.Namespace, tmp: Path, procs: Processes) ->
 
     measurements["redis_bytes_per_family"] = redis_per_family(args, procs, tmp, backend_url)
     measurements["startup_ms"] = startup(args, procs, tmp, backend_url)
+    measurements["cluster_spread"] = cluster_spread.cluster_spread(args, procs, tmp, backend_url)
 
     targets = evaluate(measurements)
     return {
@@ -1023,6 +1047,17 @@ def evaluate(m: dict) -> list[dict]:
                 "b_median": None, "ratio": None, "op": op, "target": target,
                 "result": "PASS" if ok else "MISS", "unit": m[a]["unit"], "note": note}
 
+    lines = []
+    if "cluster_spread" in m:
+        c = m["cluster_spread"]
+        lines.append(absolute_line(
+            f"{len(c['masters'])}-master cluster: share vs slots", "cluster_spread", "<=",
+            c["tolerance_pct"],
+            note="worst |share / slot share - 1| of a master's redemptions and family keys: " + ", ".join(
+                f"{x['slots']} slots {x['redemption_deviation_pct']:+.1f} / {x['key_deviation_pct']:+.1f} %"
+                for x in c["masters"]) + f" ({c['families']:,} families, {c['connections']:,} chains)"))
+    if "refresh_es256_redis" not in m:
+        return lines
     fwd_added = {
         k: m[k]["median"] - m["open_fwd_direct"]["median"] for k in ("open_fwd_proxy", "open_fwd_nginx")
     }
@@ -1044,7 +1079,7 @@ def evaluate(m: dict) -> list[dict]:
         absolute_line("proxy peak RSS", "proxy_peak_rss", "<=", 50),
         absolute_line("Redis memory per live family", "redis_bytes_per_family", "<=", 400),
         absolute_line("start-up to ready (memory://)", "startup_ms", "<=", 100),
-    ]
+    ] + lines
 
 
 def fmt_num(v) -> str:
@@ -1068,9 +1103,10 @@ def render(results: dict) -> str:
     for key, v in m.items():
         lines.append(f"{v['label'][:52]:<52} {v['unit']:>6} {fmt_num(v['median']):>10} "
                      f"{fmt_num(v['min']):>10} {fmt_num(v['max']):>10}")
-    lines += ["", "CPU per request (µs, medians; 'outside': processes not part of the benchmark and "
-                  "interrupts; 'cores': of the 2 busy)",
-              f"{'closed-loop run':<52} " + " ".join(f"{g:>9}" for g in CPU_GROUPS) + f" {'cores':>6}"]
+    if any(v.get("cpu_us_per_request") for v in m.values()):
+        lines += ["", "CPU per request (µs, medians; 'outside': processes not part of the benchmark and "
+                      "interrupts; 'cores': of the 2 busy)",
+                  f"{'closed-loop run':<52} " + " ".join(f"{g:>9}" for g in CPU_GROUPS) + f" {'cores':>6}"]
     for key, v in m.items():
         cpu = v.get("cpu_us_per_request")
         if cpu:

@@ -3,6 +3,7 @@
 #
 #   bash bench/run.sh                      # 3 rounds of 6 s runs, about 10 minutes
 #   bash bench/run.sh --rounds 5 --duration 10
+#   bash bench/run.sh --cluster-only       # only the 3-master cluster line (docs/capacity.md)
 #   bash bench/run.sh --help               # every option of bench/harness.py
 #
 # Installs what is missing (nginx, wrk, redis-server/redis-benchmark from Debian's packages; the

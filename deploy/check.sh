@@ -124,7 +124,7 @@ check "servicemonitor (ci)" "${CHECKS[@]}" servicemonitor "$TMP/helm-ci/crds.yam
 check "helm render (secret values)" "${CHECKS[@]}" render "$CHART" "$SECRET_VALUES" "$TMP/helm-secret"
 check "kubernetes-validate chart (secret)" kube_validate "$TMP/helm-secret/manifests.yaml"
 # The ci/ variants of the store and monitoring: each rendered and validated like the others.
-VARIANTS=(redis-sentinel redis-cluster redis-tls monitoring-on)
+VARIANTS=(redis-sentinel redis-cluster redis-tls monitoring-on sidecar)
 VARIANT_RENDERS=()
 for variant in "${VARIANTS[@]}"; do
   check "helm render ($variant)" "${CHECKS[@]}" render "$CHART" "$CHART/ci/$variant-values.yaml" "$TMP/helm-$variant"
@@ -144,7 +144,7 @@ check "values.schema.json refuses bad values" "${CHECKS[@]}" schema "$CHART" "$D
 # Two renders of each values set are identical (Secrets included, or no Secret at all): nothing
 # is generated per render, so `helm template` and GitOps tools never mint new keys.
 check "helm render twice: identical" "${CHECKS[@]}" deterministic "$CHART" - "$CI_VALUES" "$SECRET_VALUES" \
-  "$CHART/ci/redis-tls-values.yaml" "$CHART/ci/monitoring-on-values.yaml"
+  "$CHART/ci/redis-tls-values.yaml" "$CHART/ci/monitoring-on-values.yaml" "$CHART/ci/sidecar-values.yaml"
 check "helm refuses incomplete secrets" "${CHECKS[@]}" refusals "$CHART"
 
 # --- What schemas cannot tell -------------------------------------------------------------------

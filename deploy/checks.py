@@ -353,6 +353,10 @@ def check_proxy_container(where: str, c: dict, spec: dict, objects: dict, replic
     shutdown = seconds(server.get("shutdown_timeout"), 30)
     if drain >= shutdown:
         fail(f"{cw}: drain_delay must be shorter than shutdown_timeout")
+    if sidecar:  # the IdP is in the same pod: reached on its loopback, never over the network
+        host = re.sub(r"^[a-z]+://([^/]*?)(:[0-9]+)?(/.*)?$", r"\1", str(cfg.get("upstream", {}).get("url", "")))
+        if host not in ("127.0.0.1", "localhost", "[::1]"):
+            fail(f"{cw}: a sidecar's upstream.url must be the pod's loopback, not {host!r}")
     store = str(cfg.get("store", {}).get("url", "memory://"))
     tokens = cfg.get("tokens", {})
     if store.startswith("memory:") and replicas > 1:
@@ -601,6 +605,8 @@ REFUSED_VALUES = [
      "admin:\n  enabled: true\n  issue: true\n", "must differ from secret.adminToken"),
     ("secret:\n  create: true\nexistingSecret: mine\n", "exclude each other"),
     ("admin:\n  issue: true\n", "admin.issue needs admin.enabled"),
+    ("sidecar:\n  enabled: true\n  idpContainer:\n    name: refresh-proxy\n    image: idp\n",
+     "sidecar.idpContainer.name must not be refresh-proxy"),
 ]
 
 

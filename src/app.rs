@@ -606,8 +606,11 @@ impl Worker {
             };
             let engine = Arc::new(self.engine.with_store(store.clone()));
             let service = ServiceBuilder::new()
-                // Outermost: the request id exists before anything else runs, and the log
-                // line sees the final status, whoever answered.
+                // Traces (docs/operations.md, "Traces"): the server span around everything
+                // else; a pass-through while traces are off.
+                .layer(crate::otel::ServerSpanLayer)
+                // Outermost but for the span: the request id exists before anything else runs,
+                // and the log line sees the final status, whoever answered.
                 .layer(self.access_log)
                 // The layer owns the token endpoint; everything it passes on is forwarded
                 // upstream, over this worker's own pool.

@@ -77,6 +77,10 @@
 //!   pool and Redis connection, so a request never leaves its thread.
 //! - `tls`: rustls set-up on aws-lc-rs, the crate's one crypto backend.
 //! - `net`: IP networks from config (`server.trusted_proxies`). Pure.
+//! - [`otel`]: the proxy's OpenTelemetry spans and the W3C trace context it continues and
+//!   passes upstream; off (no span, no header touched) unless the exporter turns it on.
+//! - [`otel_export`]: the OTLP exporter from the `OTEL_*` environment (what `main.rs` sets up
+//!   beside the log output).
 //!
 //! # Layers
 //!
@@ -84,7 +88,7 @@
 //! checks this list against every `use crate::…` and `crate::…` path under `src/`.
 //!
 //! <!-- layers -->
-//! 1. `net`, `conn`, `body`, `client_cert`
+//! 1. `net`, `conn`, `body`, `client_cert`, [`otel`]
 //! 2. `config`
 //! 3. `tls`, `classify`, `oauth`
 //! 4. `metrics`, `mint`
@@ -97,7 +101,7 @@
 //! 11. `layer`
 //! 12. `discovery`, `server`, `access_log`, `upstream_revocation`, `logout_relay`
 //! 13. `admin`
-//! 14. `app`, `admin_client`
+//! 14. `app`, `admin_client`, [`otel_export`]
 //! <!-- /layers -->
 //!
 //! `main.rs` is a thin CLI: parse arguments, load config, bind, [`app::App::run`].
@@ -122,6 +126,8 @@ pub(crate) mod metrics;
 pub(crate) mod mint;
 pub(crate) mod net;
 pub(crate) mod oauth;
+pub mod otel;
+pub mod otel_export;
 pub(crate) mod proxy;
 pub(crate) mod server;
 pub mod store;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use refresh_proxy::admin_client::{self, AdminClient, Endpoint, IssueJob, RevokeTarget};
 use refresh_proxy::app::{App, Outcome};
 use refresh_proxy::config::{Config, LogFormat};
+use refresh_proxy::otel_export::{self, Telemetry};
 use tokio::net::TcpListener;
 
 /// mimalloc instead of glibc's malloc: per-thread heaps without arena-lock contention, and
@@ -228,6 +229,9 @@ fn check_config(config: Config, path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(code) = otel_settings() {
+        return code;
+    }
     match runtime.block_on(async { App::build(config).map(drop) }) {
         Ok(()) => {
             println!("refresh-proxy: {} is valid", path.display());
@@ -244,7 +248,40 @@ fn check_config(config: Config, path: &std::path::Path) -> ExitCode {
 /// and the shutdown sequence; `server.workers` threads of their own serve the requests
 /// ([`refresh_proxy::app`]).
 fn run(config: Config, config_path: std::path::PathBuf) -> ExitCode {
-    init_logging(&config);
+    // Traces (docs/operations.md, "Traces"): from the OTEL_* environment, before the runtime,
+    // so that the exporter's own runtime is started (and later stopped) outside it.
+    let telemetry = match otel_settings() {
+        Ok(None) => None,
+        Ok(Some(settings)) => match Telemetry::start(&settings) {
+            Ok(telemetry) => Some((telemetry, settings.service_name)),
+            Err(e) => {
+                eprintln!("refresh-proxy: traces: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        Err(code) => return code,
+    };
+    init_logging(&config, telemetry.as_ref().map(|(t, _)| t));
+    if let Some((_, service_name)) = &telemetry {
+        tracing::info!(service_name, "traces: OTLP export on");
+    }
+    let code = serve(config, config_path);
+    // After the drain (the SIGTERM path): the last spans go out before the process exits.
+    if let Some((telemetry, _)) = telemetry {
+        telemetry.shutdown();
+    }
+    code
+}
+
+/// The OTEL_* environment read, or the exit code for a value the proxy cannot honour.
+fn otel_settings() -> Result<Option<otel_export::Settings>, ExitCode> {
+    otel_export::settings(|name| std::env::var(name).ok()).map_err(|e| {
+        eprintln!("refresh-proxy: traces: {e}");
+        ExitCode::from(1)
+    })
+}
+
+fn serve(config: Config, config_path: std::path::PathBuf) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -343,8 +380,11 @@ async fn shutdown_signal() {
     });
 }
 
-fn init_logging(config: &Config) {
+fn init_logging(config: &Config, telemetry: Option<&Telemetry>) {
     let filter = tracing_subscriber::EnvFilter::new(&config.log.level);
+    if let Some(telemetry) = telemetry {
+        return init_logging_with_traces(config, filter, telemetry);
+    }
     // Colours only for a terminal: in a file or a log collector's pipe they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -354,4 +394,32 @@ fn init_logging(config: &Config) {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// The same log output, and the OpenTelemetry layer beside it: the proxy's spans
+/// (`refresh_proxy::span`) go to the exporter only, never to the log.
+fn init_logging_with_traces(
+    config: &Config,
+    filter: tracing_subscriber::EnvFilter,
+    telemetry: &Telemetry,
+) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = filter.add_directive(
+        format!("{}=off", refresh_proxy::otel::TARGET)
+            .parse()
+            .expect("a valid directive"),
+    );
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_writer(std::io::stdout);
+    let fmt = match config.log.format {
+        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(telemetry.layer())
+        .init();
 }

@@ -130,7 +130,7 @@ impl Grant {
         }
     }
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Grant::RefreshToken => "refresh_token",
             Grant::AuthorizationCode => "authorization_code",

@@ -31,6 +31,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::{Semaphore, mpsc};
 use tower::{Service, ServiceExt};
+use tracing::Instrument;
 
 use crate::classify::Endpoints;
 use crate::client_auth::{AssertionFor, UpstreamAuth};
@@ -116,7 +117,16 @@ where
 
     async fn revoke(&self, ending: Ending) {
         let metrics = &self.engine.metrics;
-        let outcome = self.tries(&ending).await;
+        // Traces (docs/operations.md, "Traces"): a trace of its own, as the family's end is
+        // told after the request that ended it has been answered.
+        let span = crate::otel::span!(
+            "upstream.revocation",
+            oauth.client_id = ending.client_id.as_str(),
+            reason = ending.reason.label(),
+            outcome = tracing::field::Empty,
+        );
+        let outcome = self.tries(&ending).instrument(span.clone()).await;
+        span.record("outcome", outcome.label());
         metrics.upstream_revocation(outcome);
         metrics
             .upstream_revocations_pending

@@ -1,6 +1,8 @@
 //! The refresh grant: client authentication, the rules over one store operation, and the
 //! minting of the successor's access token (opaque or JWT) and ID token.
 
+use tracing::Instrument;
+
 use super::*;
 
 impl Engine {
@@ -22,6 +24,9 @@ impl Engine {
             .ok()
             .and_then(Option::as_ref)
             .and_then(|p| keys.clients.get(&p.client_id));
+        if let Some(client) = handled {
+            crate::otel::record_client_id(&client.id);
+        }
         let token = token_param.and_then(|t| keys.refresh.parse(t));
         // docs/design.md §4.2: a handled client with refresh_token_ttl = 0 gets unauthorized_client
         // for every refresh grant, whoever minted the token.
@@ -35,10 +40,18 @@ impl Engine {
             }
             return Ok(None);
         }
-        let presented = presented?.ok_or(ClientAuthError::Missing)?;
-        let basic = presented.method == client_auth::Method::Basic;
-        let client = handled.ok_or(ClientAuthError::Failed { basic })?;
-        let verified = self.verify_client(client, &presented, &req.authn()).await?;
+        let (client, verified) = {
+            let span = crate::otel::span!("client_authentication");
+            let presented = presented?.ok_or(ClientAuthError::Missing)?;
+            let basic = presented.method == client_auth::Method::Basic;
+            let client = handled.ok_or(ClientAuthError::Failed { basic })?;
+            // An assertion client's check may fetch its jwks_uri (docs/design.md §4.18).
+            let verified = self
+                .verify_client(client, &presented, &req.authn())
+                .instrument(span)
+                .await?;
+            (client, verified)
+        };
         let policy = &client.policy;
         if policy.refresh_token_ttl == 0 {
             return Err(GrantError::UnauthorizedClient);
@@ -329,6 +342,7 @@ impl Engine {
             // No upstream answer to give (the client's access_token_format changed since the
             // family was captured): minted by the proxy, as `jwt`.
         }
+        let _span = crate::otel::span!("mint").entered();
         // RFC 9449 §5: with a proof, the access token is bound to its key (also for a family
         // that is not: a confidential client's refresh tokens need not be). RFC 8705 §3: a
         // certificate-bound family's access tokens are bound to the certificate.
@@ -454,7 +468,12 @@ impl Engine {
                         .as_deref()
                         .and_then(|sealed| keys.kept.open(request.family, sealed));
                     let answer = match &kept {
-                        Some(kept) => upstream.refresh(client, kept, request.redeem.scope).await,
+                        Some(kept) => {
+                            upstream
+                                .refresh(client, kept, request.redeem.scope)
+                                .instrument(crate::otel::span!("upstream.check"))
+                                .await
+                        }
                         None => {
                             // Sealed with a key no longer listed: the family can never be
                             // confirmed again, so it ends now (the user signs in again) rather
@@ -636,7 +655,11 @@ impl Engine {
         request: &RedeemRequest<'_>,
     ) -> Result<Redemption, GrantError> {
         let started = std::time::Instant::now();
-        let redemption = self.store.redeem(request).await;
+        let redemption = self
+            .store
+            .redeem(request)
+            .instrument(crate::otel::span!("store.redeem"))
+            .await;
         self.metrics.store_latency(started.elapsed());
         Ok(redemption.inspect_err(|_| inc(&self.metrics.store_errors))?)
     }

@@ -16,6 +16,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{Map, Value};
 use tower::{Service, ServiceExt};
+use tracing::Instrument;
 
 use super::jwks::UpstreamKeys;
 use super::layer::Shared;
@@ -411,9 +412,11 @@ where
         // The tokens do not say who, or an opaque access token and no scope, or an opaque
         // access token the upstream may have bound to a client certificate (RFC 8705 §3.2:
         // introspection says so): ask the upstream.
-        Some(token) if !has_subject || (opaque && (!has_scope || ctx.cert_forwarded)) => {
-            Some(introspect(spare, ctx, token).await?)
-        }
+        Some(token) if !has_subject || (opaque && (!has_scope || ctx.cert_forwarded)) => Some(
+            introspect(spare, ctx, token)
+                .instrument(crate::otel::span!("capture.introspection"))
+                .await?,
+        ),
         _ => None,
     };
     upstream.introspection = introspection.as_ref();

@@ -13,6 +13,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use serde_json::Value;
 use tower::{Service, ServiceExt};
+use tracing::Instrument;
 
 use super::capture::{is_json, read_json, rebuilt};
 use super::service::inner_response;
@@ -113,7 +114,9 @@ impl UpstreamKeys {
             KeysPlan::Fetch => {}
         }
         let started = Instant::now();
-        let fetched = fetch_jwks(service, path).await;
+        let fetched = fetch_jwks(service, path)
+            .instrument(crate::otel::span!("upstream.jwks"))
+            .await;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.path != path {
             *state = KeysState {

@@ -12,6 +12,7 @@ use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tower::Service;
+use tracing::Instrument;
 
 use super::budget::{BodyBudget, Held};
 use super::layer::Shared;
@@ -198,6 +199,7 @@ where
     };
     let authorization = req.headers().get(AUTHORIZATION).cloned();
     let grant = Grant::of(form.get("grant_type"));
+    crate::otel::record_grant_type(grant.label());
     let record = |outcome: Outcome| {
         shared.record(Route::Token, outcome);
         engine.metrics.token_request(grant, outcome);
@@ -254,6 +256,7 @@ where
     record(forwarded(&res));
     match client {
         Some(client) => {
+            crate::otel::record_client_id(&client.id);
             let ctx = capture::CaptureContext {
                 engine,
                 shared,
@@ -264,7 +267,9 @@ where
                 client_cert,
                 cert_forwarded,
             };
-            capture::capture(spare, ctx, res).await
+            capture::capture(spare, ctx, res)
+                .instrument(crate::otel::span!("capture"))
+                .await
         }
         None => Ok(inner_response(res)),
     }

@@ -38,6 +38,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
+use tracing::Instrument;
 
 use crate::client_cert::{CLIENT_CERT, CLIENT_CERT_CHAIN, ClientCert};
 #[cfg(test)]
@@ -175,12 +176,7 @@ impl Forward {
                 config.pool_idle_timeout,
             ))
         });
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let connector = https_connector(tls, http);
         let client = http_client(
             connector.clone(),
             config.pool_idle_timeout,
@@ -408,6 +404,20 @@ impl Body for ForwardedBody {
     }
 }
 
+/// HTTPS (with `tls`, ALPN h2 and http/1.1) or plain HTTP over `http`: the connector of the
+/// forwarding client, and of the trace exporter's (`otel_export`).
+pub(crate) fn https_connector(
+    tls: rustls::ClientConfig,
+    http: HttpConnector,
+) -> HttpsConnector<HttpConnector> {
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http)
+}
+
 fn http_client(
     connector: HttpsConnector<HttpConnector>,
     idle_timeout: Duration,
@@ -508,16 +518,41 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let this = self.clone();
-        let req = this.upstream_request(req);
-        Box::pin(async move {
-            match this.send(req).await {
-                Ok(res) => Ok(res.map(ResponseBody::inner)),
-                Err(err) => {
-                    tracing::warn!(error = %err, "forwarding failed");
-                    Ok((this.inner.gateway)(err).map(ResponseBody::local))
+        let mut req = this.upstream_request(req);
+        // Traces (docs/operations.md, "Traces"): a client span per upstream request, whose
+        // context the upstream gets as its `traceparent`; while off, no span and the client's
+        // trace headers pass as they came.
+        let span = crate::otel::span!(
+            "forward",
+            otel.kind = "client",
+            http.request.method = req.method().as_str(),
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if crate::otel::on() {
+            span.in_scope(|| crate::otel::inject(req.headers_mut()));
+        }
+        Box::pin(
+            async move {
+                match this.send(req).await {
+                    Ok(res) => {
+                        if crate::otel::on() {
+                            tracing::Span::current()
+                                .record("http.response.status_code", res.status().as_u16());
+                        }
+                        Ok(res.map(ResponseBody::inner))
+                    }
+                    Err(err) => {
+                        if crate::otel::on() {
+                            tracing::Span::current().record("otel.status_code", "error");
+                        }
+                        tracing::warn!(error = %err, "forwarding failed");
+                        Ok((this.inner.gateway)(err).map(ResponseBody::local))
+                    }
                 }
             }
-        })
+            .instrument(span),
+        )
     }
 }
 

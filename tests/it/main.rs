@@ -37,6 +37,7 @@ mod observability;
 mod paths;
 mod store_contract;
 mod topology_rig;
+mod tracing;
 mod transparency;
 mod upstream_pool;
 mod workers;
