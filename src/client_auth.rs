@@ -21,6 +21,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::time::Duration;
 
 use aws_lc_rs::{constant_time, digest};
 use base64::Engine as _;
@@ -29,8 +30,14 @@ use http::HeaderValue;
 
 use crate::classify::Form;
 use crate::config::{
-    AccessTokenFormat, Config, ConfigError, DpopBound, Secret, TokenEndpointAuthMethod, Unreachable,
+    AccessTokenFormat, CLIENT_SECRET_JWT_ALGS, Config, ConfigError, DpopBound,
+    PRIVATE_KEY_JWT_ALGS, Secret, TokenEndpointAuthMethod, Unreachable,
 };
+use crate::grant::verify::KeySet;
+
+pub mod assertion;
+
+pub use assertion::{AssertionAuth, AssertionKeys};
 
 /// How the client authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +45,8 @@ pub enum Method {
     Basic,
     Post,
     None,
+    /// `client_assertion` (RFC 7523 §2.2): `private_key_jwt` or `client_secret_jwt`.
+    Assertion,
 }
 
 /// The credentials a request carries. `Debug` hides the secret.
@@ -55,6 +64,8 @@ enum Secrets {
     None,
     One(String),
     Two(String, String),
+    /// A client assertion (a JWT); never a secret to compare.
+    Assertion(String),
 }
 
 impl Presented {
@@ -63,8 +74,19 @@ impl Presented {
             Secrets::None => (None, None),
             Secrets::One(a) => (Some(a.as_str()), None),
             Secrets::Two(a, b) => (Some(a.as_str()), Some(b.as_str())),
+            Secrets::Assertion(_) => (None, None),
         };
         a.into_iter().chain(b)
+    }
+}
+
+impl Presented {
+    /// The client assertion, when the client sent one.
+    pub fn assertion(&self) -> Option<&str> {
+        match &self.secrets {
+            Secrets::Assertion(a) => Some(a),
+            _ => None,
+        }
     }
 }
 
@@ -93,6 +115,9 @@ pub enum ClientAuthError {
     Missing,
     #[error("client authentication failed")]
     Failed { basic: bool },
+    /// A malformed client assertion request (RFC 7523 §3.2 / RFC 6749 §5.2 invalid_request).
+    #[error("{0}")]
+    BadAssertionRequest(&'static str),
 }
 
 /// The credentials in a request, if it names a client.
@@ -102,6 +127,9 @@ pub fn presented(
 ) -> Result<Option<Presented>, ClientAuthError> {
     let form_id = form.get("client_id");
     let form_secret = form.get("client_secret");
+    if let Some(jwt) = form.get("client_assertion") {
+        return presented_assertion(authorization, form, jwt).map(Some);
+    }
     if let Some(value) = authorization {
         let bytes = value.as_bytes();
         let is_basic = bytes.len() > 6 && bytes[..6].eq_ignore_ascii_case(b"basic ");
@@ -139,6 +167,39 @@ pub fn presented(
         },
         secrets: form_secret.map_or(Secrets::None, |s| Secrets::One(s.to_owned())),
     }))
+}
+
+/// A request with `client_assertion` (RFC 7523 §2.2), read as oidc-provider reads it: the client
+/// is the assertion's `sub`, with no other method alongside (RFC 6749 §2.3), and a `client_id`
+/// in the form, when present, must be that same client.
+fn presented_assertion(
+    authorization: Option<&HeaderValue>,
+    form: &Form,
+    jwt: &str,
+) -> Result<Presented, ClientAuthError> {
+    if authorization.is_some() || form.get("client_secret").is_some() {
+        return Err(ClientAuthError::MultipleMethods);
+    }
+    if form.get("client_assertion_type") != Some(assertion::JWT_BEARER) {
+        return Err(ClientAuthError::BadAssertionRequest(
+            "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ));
+    }
+    let Some(sub) = assertion::unverified_subject(jwt) else {
+        return Err(ClientAuthError::BadAssertionRequest(
+            "client_assertion is not a JWT with a sub",
+        ));
+    };
+    if form.get("client_id").is_some_and(|id| id != sub) {
+        return Err(ClientAuthError::BadAssertionRequest(
+            "client_id is not the client_assertion's sub",
+        ));
+    }
+    Ok(Presented {
+        client_id: sub,
+        method: Method::Assertion,
+        secrets: Secrets::Assertion(jwt.to_owned()),
+    })
 }
 
 /// Basic credentials up to this size are decoded on the stack.
@@ -221,6 +282,8 @@ pub struct Client {
     pub upstream_auth: Option<UpstreamAuth>,
     /// The client's own back-channel logout endpoint, to pass logout tokens on to.
     pub backchannel_logout_uri: Option<String>,
+    /// `private_key_jwt` or `client_secret_jwt`: the client authenticates with assertions only.
+    pub assertion: Option<AssertionAuth>,
 }
 
 impl Client {
@@ -240,6 +303,21 @@ pub enum UpstreamAuth {
     Post { id: String, secret: Secret },
     /// A public client: `client_id` in the form.
     Public { id: String },
+    /// `client_secret_jwt`: a fresh assertion signed with the secret (RFC 7523 §2.2).
+    SecretJwt {
+        id: String,
+        secret: Secret,
+        alg: &'static str,
+    },
+}
+
+/// Where and when an assertion the proxy makes for the upstream is for.
+#[derive(Debug, Clone, Copy)]
+pub struct AssertionFor<'a> {
+    /// The upstream's issuer: its `aud` (RFC 7523 §3 item 3).
+    pub audience: Option<&'a str>,
+    /// Seconds since the epoch.
+    pub now: i64,
 }
 
 impl std::fmt::Debug for UpstreamAuth {
@@ -248,6 +326,7 @@ impl std::fmt::Debug for UpstreamAuth {
             UpstreamAuth::Basic { id, secret: _ } => write!(f, "Basic({id})"),
             UpstreamAuth::Post { id, secret: _ } => write!(f, "Post({id})"),
             UpstreamAuth::Public { id } => write!(f, "Public({id})"),
+            UpstreamAuth::SecretJwt { id, alg, .. } => write!(f, "SecretJwt({id}, {alg})"),
         }
     }
 }
@@ -263,18 +342,20 @@ pub fn basic_header(id: &str, secret: &str) -> String {
 }
 
 impl UpstreamAuth {
-    /// A form POST of `pairs` to the upstream's `path`, authenticated as this client.
+    /// A form POST of `pairs` to the upstream's `path`, authenticated as this client; `None`
+    /// when it cannot be made (a `client_secret_jwt` client and no issuer to address).
     pub fn post_form(
         &self,
         path: &str,
         pairs: &[(&str, &str)],
+        at: AssertionFor<'_>,
     ) -> Option<http::Request<bytes::Bytes>> {
         let (form, authorization) = {
             let mut form = form_urlencoded::Serializer::new(String::new());
             for (k, v) in pairs {
                 form.append_pair(k, v);
             }
-            let authorization = self.apply(&mut form);
+            let authorization = self.apply(&mut form, at)?;
             (form.finish(), authorization)
         };
         let mut req = http::Request::builder()
@@ -290,9 +371,14 @@ impl UpstreamAuth {
         req.body(bytes::Bytes::from(form)).ok()
     }
 
-    /// The `Authorization` header value (Basic), and the form pairs to add.
-    pub fn apply(&self, form: &mut form_urlencoded::Serializer<'_, String>) -> Option<String> {
-        match self {
+    /// The `Authorization` header value (Basic), and the form pairs to add; `None` when no
+    /// credentials can be made.
+    fn apply(
+        &self,
+        form: &mut form_urlencoded::Serializer<'_, String>,
+        at: AssertionFor<'_>,
+    ) -> Option<Option<String>> {
+        Some(match self {
             UpstreamAuth::Basic { id, secret } => Some(basic_header(id, secret.expose())),
             UpstreamAuth::Post { id, secret } => {
                 form.append_pair("client_id", id);
@@ -303,7 +389,14 @@ impl UpstreamAuth {
                 form.append_pair("client_id", id);
                 None
             }
-        }
+            UpstreamAuth::SecretJwt { id, secret, alg } => {
+                let jwt = assertion::sign_hmac(id, secret, alg, at.audience?, at.now)?;
+                form.append_pair("client_id", id);
+                form.append_pair("client_assertion_type", assertion::JWT_BEARER);
+                form.append_pair("client_assertion", &jwt);
+                None
+            }
+        })
     }
 }
 
@@ -317,6 +410,7 @@ impl std::fmt::Debug for Client {
             allow_admin_issue,
             upstream_auth,
             backchannel_logout_uri,
+            assertion,
         } = self;
         f.debug_struct("Client")
             .field("id", id)
@@ -326,6 +420,7 @@ impl std::fmt::Debug for Client {
             .field("allow_admin_issue", allow_admin_issue)
             .field("upstream_auth", upstream_auth)
             .field("backchannel_logout_uri", backchannel_logout_uri)
+            .field("assertion", assertion)
             .finish()
     }
 }
@@ -378,7 +473,16 @@ impl Clients {
                 dpop_bound: p.dpop_bound.unwrap_or(DpopBound::Auto),
                 dpop_nonce: p.dpop_nonce.unwrap_or(false),
             };
+            let assertion = assertion_auth(id, c)?;
             let upstream_auth = match (c.token_endpoint_auth_method, &c.secret) {
+                (Some(TokenEndpointAuthMethod::PrivateKeyJwt), _) => None,
+                (Some(TokenEndpointAuthMethod::ClientSecretJwt), Some(secret)) => {
+                    Some(UpstreamAuth::SecretJwt {
+                        id: id.clone(),
+                        secret: secret.clone(),
+                        alg: assertion.as_ref().map_or("HS256", |a| a.algs[0]),
+                    })
+                }
                 (Some(TokenEndpointAuthMethod::None), _) | (None, None)
                     if c.secret_sha256.is_none() =>
                 {
@@ -406,6 +510,7 @@ impl Clients {
                     allow_admin_issue: c.allow_admin_issue,
                     upstream_auth,
                     backchannel_logout_uri: c.backchannel_logout_uri.clone(),
+                    assertion,
                 },
             );
         }
@@ -420,9 +525,18 @@ impl Clients {
         self.map.values()
     }
 
-    /// Checks the presented credentials against a configured client.
+    /// Checks the presented credentials against a configured client. An assertion is checked
+    /// by [`assertion::verify`]; here it only passes for a client registered for one (and a
+    /// secret never passes for such a client: one registered method).
     pub fn verify(client: &Client, presented: &Presented) -> Result<(), ClientAuthError> {
         let basic = presented.method == Method::Basic;
+        match (&client.assertion, presented.method) {
+            (Some(_), Method::Assertion) => return Ok(()),
+            (Some(_), _) | (None, Method::Assertion) => {
+                return Err(ClientAuthError::Failed { basic });
+            }
+            (None, _) => {}
+        }
         match (&client.secret_sha256, presented.method) {
             // A public client authenticates with nothing but its id.
             (None, Method::None) => Ok(()),
@@ -449,6 +563,69 @@ impl Clients {
             }
         }
     }
+}
+
+/// oidc-provider's default `clientAuthSigningAlgValues`, split by method: what a client
+/// registered without `token_endpoint_auth_signing_alg` may use there (OIDC Registration §2).
+const DEFAULT_PRIVATE_KEY_JWT_ALGS: &[&str] = &["RS256", "PS256", "ES256", "EdDSA"];
+const DEFAULT_CLIENT_SECRET_JWT_ALGS: &[&str] = &["HS256"];
+
+/// How an assertion client's assertions are checked (config validation has checked the keys
+/// are there and the alg is of the right kind).
+fn assertion_auth(
+    id: &str,
+    c: &crate::config::ClientConfig,
+) -> Result<Option<AssertionAuth>, ConfigError> {
+    let (all, default): (&'static [&'static str], _) = match c.token_endpoint_auth_method {
+        Some(TokenEndpointAuthMethod::PrivateKeyJwt) => {
+            (PRIVATE_KEY_JWT_ALGS, DEFAULT_PRIVATE_KEY_JWT_ALGS)
+        }
+        Some(TokenEndpointAuthMethod::ClientSecretJwt) => {
+            (CLIENT_SECRET_JWT_ALGS, DEFAULT_CLIENT_SECRET_JWT_ALGS)
+        }
+        _ => return Ok(None),
+    };
+    let algs = match &c.token_endpoint_auth_signing_alg {
+        Some(alg) => {
+            let i = all.iter().position(|a| a == alg).ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("clients.{id}.token_endpoint_auth_signing_alg"),
+                    "not an algorithm for this method",
+                )
+            })?;
+            std::slice::from_ref(&all[i])
+        }
+        None => default,
+    };
+    let keys = match (&c.secret, &c.jwks, &c.jwks_uri) {
+        (Some(secret), _, _) => AssertionKeys::Secret(secret.clone()),
+        (None, Some(jwks), _) => {
+            let key = format!("clients.{id}.jwks");
+            let set = KeySet::parse(jwks.as_bytes())
+                .map_err(|why| ConfigError::invalid(&key, format!("not a JWK Set: {why}")))?;
+            if set.is_empty() {
+                return Err(ConfigError::invalid(
+                    key,
+                    "holds no public signing key the proxy can use (RSA, EC P-256/P-384, Ed25519)",
+                ));
+            }
+            AssertionKeys::Jwks(std::sync::Arc::new(set))
+        }
+        (None, None, Some(uri)) => AssertionKeys::Uri {
+            uri: uri.clone(),
+            refetch_interval: c.jwks_refetch_interval.map_or(
+                assertion::DEFAULT_JWKS_REFETCH_INTERVAL,
+                Duration::from_secs,
+            ),
+        },
+        (None, None, None) => {
+            return Err(ConfigError::invalid(
+                format!("clients.{id}.token_endpoint_auth_method"),
+                "no key to check the client's assertions with",
+            ));
+        }
+    };
+    Ok(Some(AssertionAuth { algs, keys }))
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -595,6 +772,108 @@ mod tests {
         assert!(!format!("{p:?}").contains("Secr3t"));
         let c = clients("");
         assert!(!format!("{c:?}").contains("Secr3t"));
+    }
+
+    fn assertion_form(sub: &str, extra: &str) -> Form {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{{\"sub\":\"{sub}\"}}"));
+        form(&format!(
+            "client_assertion=e30.{payload}.sig&client_assertion_type={}{extra}",
+            assertion::JWT_BEARER.replace(':', "%3A")
+        ))
+    }
+
+    #[test]
+    fn an_assertion_names_its_client_and_is_the_only_method() {
+        let p = presented(None, &assertion_form("pk", ""))
+            .expect("ok")
+            .expect("client");
+        assert_eq!((p.client_id.as_str(), p.method), ("pk", Method::Assertion));
+        assert!(p.assertion().is_some());
+        assert!(!format!("{p:?}").contains("sig"));
+        let same_id = presented(None, &assertion_form("pk", "&client_id=pk"));
+        assert!(same_id.expect("ok").is_some());
+        // RFC 6749 §2.3: one method per request.
+        assert_eq!(
+            presented(Some(&basic("pk:x")), &assertion_form("pk", "")),
+            Err(ClientAuthError::MultipleMethods)
+        );
+        assert_eq!(
+            presented(None, &assertion_form("pk", "&client_secret=x")),
+            Err(ClientAuthError::MultipleMethods)
+        );
+        assert!(matches!(
+            presented(None, &assertion_form("pk", "&client_id=other")),
+            Err(ClientAuthError::BadAssertionRequest(_))
+        ));
+        let wrong_type = form("client_assertion=e30.e30.x&client_assertion_type=saml");
+        assert!(matches!(
+            presented(None, &wrong_type),
+            Err(ClientAuthError::BadAssertionRequest(_))
+        ));
+        let no_sub = form(&format!(
+            "client_assertion=e30.e30.x&client_assertion_type={}",
+            assertion::JWT_BEARER
+        ));
+        assert!(matches!(
+            presented(None, &no_sub),
+            Err(ClientAuthError::BadAssertionRequest(_))
+        ));
+    }
+
+    #[test]
+    fn a_client_uses_its_registered_method_only() {
+        let c = clients(
+            "[clients.cs]\nsecret = \"cs-secret\"\n\
+             token_endpoint_auth_method = \"client_secret_jwt\"\n",
+        );
+        // Its secret alone (Basic) does not authenticate a client_secret_jwt client ...
+        let p = presented(Some(&basic("cs:cs-secret")), &form(""))
+            .expect("ok")
+            .expect("client");
+        assert_eq!(check(&c, &p), Err(ClientAuthError::Failed { basic: true }));
+        // ... and an assertion does not authenticate a client_secret_basic one.
+        let p = presented(None, &assertion_form("www", ""))
+            .expect("ok")
+            .expect("client");
+        assert_eq!(check(&c, &p), Err(ClientAuthError::Failed { basic: false }));
+        let cs = c.get("cs").expect("cs");
+        assert_eq!(cs.assertion.as_ref().map(|a| a.algs), Some(&["HS256"][..]));
+        assert!(matches!(
+            cs.upstream_auth,
+            Some(UpstreamAuth::SecretJwt { alg: "HS256", .. })
+        ));
+        assert!(!format!("{c:?}").contains("cs-secret"));
+    }
+
+    #[test]
+    fn private_key_jwt_keys_are_read_at_load() {
+        let jwk =
+            r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+        let c = clients(&format!(
+            "[clients.pk]\ntoken_endpoint_auth_method = \"private_key_jwt\"\n\
+             jwks = '{{\"keys\":[{jwk}]}}'\ntoken_endpoint_auth_signing_alg = \"EdDSA\"\n"
+        ));
+        let pk = c.get("pk").expect("pk");
+        assert_eq!(pk.assertion.as_ref().map(|a| a.algs), Some(&["EdDSA"][..]));
+        // No way to make its assertions: no upstream credentials (docs/design.md §4.18).
+        assert!(pk.upstream_auth.is_none());
+        let config = |jwks: &str| {
+            let text = format!(
+                "[upstream]\nurl = \"http://x\"\n[clients.pk]\n\
+                 token_endpoint_auth_method = \"private_key_jwt\"\njwks = '{jwks}'\n"
+            );
+            Config::from_toml_str(&text, std::path::Path::new("."), std::iter::empty())
+                .expect("config")
+        };
+        for bad in [
+            "[]",
+            "{\"keys\":[]}",
+            "{\"keys\":[{\"kty\":\"oct\",\"k\":\"AA\"}]}",
+        ] {
+            let err = Clients::from_config(&config(bad)).expect_err(bad);
+            assert!(err.to_string().starts_with("clients.pk.jwks:"), "{err}");
+        }
     }
 
     #[test]

@@ -65,6 +65,9 @@ fn describe(err: &Error) -> (StatusCode, ErrorCode, &'static str) {
             ErrorCode::InvalidRequest,
             "more than one client authentication method",
         ),
+        Error::Grant(GrantError::ClientAuth(ClientAuthError::BadAssertionRequest(why))) => {
+            (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, why)
+        }
         Error::Grant(GrantError::ClientAuth(_)) => (
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidClient,

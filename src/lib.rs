@@ -91,16 +91,17 @@
 //! 1. `net`, `conn`, `body`, `client_cert`, [`otel`]
 //! 2. `config`
 //! 3. `tls`, `classify`, `oauth`
-//! 4. `metrics`, `client_auth`, `mint`
+//! 4. `metrics`, `mint`
 //! 5. `grant`
-//! 6. `store`
-//! 7. `engine`
-//! 8. `proxy`
-//! 9. `error`
-//! 10. `layer`
-//! 11. `discovery`, `server`, `access_log`, `upstream_revocation`, `logout_relay`
-//! 12. `admin`
-//! 13. `app`, `admin_client`, [`otel_export`]
+//! 6. `client_auth`
+//! 7. `store`
+//! 8. `engine`
+//! 9. `proxy`
+//! 10. `error`
+//! 11. `layer`
+//! 12. `discovery`, `server`, `access_log`, `upstream_revocation`, `logout_relay`
+//! 13. `admin`
+//! 14. `app`, `admin_client`, [`otel_export`]
 //! <!-- /layers -->
 //!
 //! `main.rs` is a thin CLI: parse arguments, load config, bind, [`app::App::run`].

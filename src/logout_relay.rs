@@ -18,10 +18,6 @@ use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
 use crate::config::ConfigError;
@@ -42,7 +38,7 @@ pub fn queue() -> (PassOns, mpsc::Receiver<PassOn>) {
 
 /// Sends queued logout tokens to the clients' endpoints.
 pub struct LogoutRelay {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: crate::tls::HttpClient<Full<Bytes>>,
     metrics: Arc<Metrics>,
     first_backoff: Duration,
 }
@@ -56,17 +52,8 @@ impl LogoutRelay {
         } else {
             crate::tls::Roots::Unused
         };
-        let tls = crate::tls::client_config(roots)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
         Ok(LogoutRelay {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: crate::tls::http1_client(roots, TIMEOUT)?,
             metrics,
             first_backoff: Duration::from_secs(1),
         })

@@ -168,10 +168,13 @@ pub enum CaptureSkip {
     Store,
     /// The answer is larger than the proxy reads to decide capture; it is streamed on as is.
     TooLarge,
+    /// The IdP accepted the client's assertion but the proxy's own check of it failed
+    /// (docs/design.md §4.18): the proxy could not authenticate the client's refreshes.
+    ClientAuth,
 }
 
 impl CaptureSkip {
-    pub const ALL: [CaptureSkip; 9] = [
+    pub const ALL: [CaptureSkip; 10] = [
         CaptureSkip::NoSubject,
         CaptureSkip::NoScope,
         CaptureSkip::SenderConstrained,
@@ -181,6 +184,7 @@ impl CaptureSkip {
         CaptureSkip::Introspection,
         CaptureSkip::Store,
         CaptureSkip::TooLarge,
+        CaptureSkip::ClientAuth,
     ];
 
     pub fn label(self) -> &'static str {
@@ -194,6 +198,7 @@ impl CaptureSkip {
             CaptureSkip::Introspection => "introspection",
             CaptureSkip::Store => "store",
             CaptureSkip::TooLarge => "too_large",
+            CaptureSkip::ClientAuth => "client_auth",
         }
     }
 }

@@ -63,6 +63,37 @@ pub fn client_config(roots_from: Roots<'_>) -> Result<rustls::ClientConfig, Conf
         .with_no_client_auth())
 }
 
+/// What [`http1_client`] makes.
+pub type HttpClient<B> = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    B,
+>;
+
+/// An HTTP/1.1 client for URLs outside the upstream (clients' endpoints and key sets):
+/// `https` verified with `roots`, `http` allowed, `timeout` to connect.
+pub fn http1_client<B>(
+    roots: Roots<'_>,
+    timeout: std::time::Duration,
+) -> Result<HttpClient<B>, ConfigError>
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+{
+    let tls = client_config(roots)?;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
+}
+
 /// Which listener an acceptor is for: its config keys name the files in errors.
 #[derive(Debug, Clone, Copy)]
 pub enum Listener {

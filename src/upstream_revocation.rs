@@ -12,7 +12,9 @@
 //! again. Everything is counted in `refresh_proxy_upstream_revocations_total{outcome}`.
 //!
 //! The proxy authenticates as the family's client (`token_endpoint_auth_method` and its
-//! clear `secret`), or, when it only has the secret's digest, as `upstream.introspection_client_*`.
+//! clear `secret`; for `client_secret_jwt` a fresh assertion signed with it), or, when it only
+//! has the secret's digest or the client uses `private_key_jwt` (the proxy has no private key),
+//! as `upstream.introspection_client_*`.
 //!
 //! Caveat: the queue is in memory. Ends still queued when the process stops are not told
 //! (the upstream token then lives on at the IdP until it expires there); the count of those
@@ -32,7 +34,7 @@ use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
 use crate::classify::Endpoints;
-use crate::client_auth::UpstreamAuth;
+use crate::client_auth::{AssertionFor, UpstreamAuth};
 use crate::conn::BoxError;
 use crate::engine::{Ending, Endings, Engine};
 use crate::metrics::UpstreamRevocation;
@@ -186,7 +188,12 @@ where
             ("token", ending.token.expose()),
             ("token_type_hint", "refresh_token"),
         ];
-        let Some(req) = auth.post_form(path, &pairs) else {
+        let endpoints = self.endpoints.load();
+        let at = AssertionFor {
+            audience: endpoints.issuer.as_deref(),
+            now: crate::engine::now_ms() / 1000,
+        };
+        let Some(req) = auth.post_form(path, &pairs, at) else {
             return Try::Done(UpstreamRevocation::Rejected);
         };
         let req = req.map(Full::new);

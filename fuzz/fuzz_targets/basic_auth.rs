@@ -12,6 +12,10 @@
 //!   else the reference's client id, never together with a form `client_secret`, and a form
 //!   `client_id` beside it is the same client (decoded or raw).
 //!
+//! - a form with `client_assertion` is that method alone: with any `Authorization` header or a
+//!   `client_secret`, `MultipleMethods`; else the assertion's `sub` is the client when the type
+//!   is jwt-bearer and a form `client_id` agrees, and `BadAssertionRequest` otherwise.
+//!
 //! Flag bit 0 set, a round trip: the two parts are a client id and secret; a client configured
 //! with them (through the TOML config, as an operator would) authenticates with Basic as
 //! RFC 6749 §2.3.1 says (form-urlencoded, then base64), with the raw secret that clients in the
@@ -24,7 +28,9 @@ use http::HeaderValue;
 use libfuzzer_sys::fuzz_target;
 use refresh_proxy::config::Config;
 use refresh_proxy::internal::classify::Form;
-use refresh_proxy::internal::client_auth::{ClientAuthError, Clients, Method, presented};
+use refresh_proxy::internal::client_auth::{
+    ClientAuthError, Clients, Method, assertion, presented,
+};
 
 fn form_encode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
@@ -57,12 +63,55 @@ fn toml_string(s: &str) -> String {
         .replace('\u{7f}', "\\u007f")
 }
 
+/// The `sub` of a JWT read without verifying it, as the reference: three parts, the second
+/// base64url JSON with a non-empty string `sub`.
+fn reference_sub(jwt: &str) -> Option<String> {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    if parts.len() != 3 {
+        return None;
+    }
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(parts[1])
+        .ok()?;
+    let claims: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&payload).ok()?;
+    claims
+        .get("sub")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
 fn arbitrary_input(header: &[u8], body: &[u8]) {
     let Ok(form) = Form::parse(body) else { return };
     let header = HeaderValue::from_bytes(header).ok();
     let result = presented(header.as_ref(), &form);
     let form_id = form.get("client_id");
     let form_secret = form.get("client_secret");
+    // A client assertion (RFC 7523 §2.2) is the only method of its request, and names the
+    // client by its sub.
+    if let Some(jwt) = form.get("client_assertion") {
+        if header.is_some() || form_secret.is_some() {
+            assert_eq!(result, Err(ClientAuthError::MultipleMethods));
+            return;
+        }
+        let typed = form.get("client_assertion_type") == Some(assertion::JWT_BEARER);
+        match reference_sub(jwt) {
+            Some(sub) if typed && form_id.is_none_or(|id| id == sub) => {
+                let p = result.expect("well-formed").expect("a client");
+                assert_eq!(
+                    (p.client_id.as_str(), p.method),
+                    (sub.as_str(), Method::Assertion)
+                );
+                assert_eq!(p.assertion(), Some(jwt));
+            }
+            _ => assert!(
+                matches!(result, Err(ClientAuthError::BadAssertionRequest(_))),
+                "{result:?}"
+            ),
+        }
+        return;
+    }
     let basic = header
         .as_ref()
         .map(HeaderValue::as_bytes)

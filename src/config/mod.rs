@@ -61,6 +61,8 @@ const SECRET_KEYS: &[&str] = &[
     "introspection_client_secret",
     "refresh_token_key",
     "sentinel_password",
+    // Not a secret (a client's public keys), but read from a file the same way.
+    "jwks",
 ];
 
 /// A configuration error. Its message names the key and says what is wrong.
@@ -590,6 +592,15 @@ pub struct ClientConfig {
     /// registration says; the proxy uses the same method when it revokes the client's kept
     /// upstream tokens there. Default: `client_secret_basic` with a secret, `none` without.
     pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
+    /// `private_key_jwt`: the client's public keys, a JWK Set (RFC 7517 §5) as JSON text, given
+    /// inline or as `jwks_file`; or `jwks_uri`, where the proxy fetches it.
+    pub jwks: Option<String>,
+    pub jwks_uri: Option<String>,
+    /// Seconds between fetches of `jwks_uri` when assertions name a key it lacks.
+    pub jwks_refetch_interval: Option<u64>,
+    /// The JWS `alg` of the client's assertions (OIDC Registration §2), as registered at the
+    /// IdP. Default: the IdP's default set (docs/configuration.md).
+    pub token_endpoint_auth_signing_alg: Option<String>,
     /// The client's own back-channel logout endpoint: a logout token the proxy accepted for
     /// this client is passed on to it (the IdP sends it to the proxy instead).
     pub backchannel_logout_uri: Option<String>,
@@ -601,6 +612,10 @@ pub struct ClientConfig {
 pub enum TokenEndpointAuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
+    /// A JWT signed with the client's secret (RFC 7523 §2.2, OIDC Core §9).
+    ClientSecretJwt,
+    /// A JWT signed with the client's private key (RFC 7523 §2.2, OIDC Core §9).
+    PrivateKeyJwt,
     None,
 }
 
@@ -1234,6 +1249,7 @@ fn validate_client(id: &str, client: &ClientConfig) -> Result<(), ConfigError> {
              client's secret (secret or secret_file), not only its digest",
         ));
     }
+    validate_assertion_keys(id, client)?;
     let confidential = client.secret.is_some() || client.secret_sha256.is_some();
     match client.token_endpoint_auth_method {
         Some(TokenEndpointAuthMethod::None) if confidential => {
@@ -1253,6 +1269,152 @@ fn validate_client(id: &str, client: &ClientConfig) -> Result<(), ConfigError> {
         _ => {}
     }
     Ok(())
+}
+
+/// The `alg` names a client assertion may use (docs/configuration.md, `[clients]`).
+pub const PRIVATE_KEY_JWT_ALGS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+pub const CLIENT_SECRET_JWT_ALGS: &[&str] = &["HS256", "HS384", "HS512"];
+
+/// `private_key_jwt` and `client_secret_jwt` (docs/design.md §4.18): the keys each needs, and
+/// an `alg` of the right kind.
+fn validate_assertion_keys(id: &str, client: &ClientConfig) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("clients.{id}.{k}");
+    let method = client.token_endpoint_auth_method;
+    let sources = [
+        ("jwks", client.jwks.is_some()),
+        ("jwks_uri", client.jwks_uri.is_some()),
+    ];
+    let jwt_method = matches!(
+        method,
+        Some(TokenEndpointAuthMethod::PrivateKeyJwt | TokenEndpointAuthMethod::ClientSecretJwt)
+    );
+    if client.token_endpoint_auth_signing_alg.is_some() && !jwt_method {
+        return Err(ConfigError::invalid(
+            key("token_endpoint_auth_signing_alg"),
+            "only for token_endpoint_auth_method = \"private_key_jwt\" or \"client_secret_jwt\"",
+        ));
+    }
+    if client.jwks_refetch_interval.is_some() && client.jwks_uri.is_none() {
+        return Err(ConfigError::invalid(
+            key("jwks_refetch_interval"),
+            "only with jwks_uri",
+        ));
+    }
+    if client.jwks_refetch_interval == Some(0) {
+        return Err(ConfigError::invalid(
+            key("jwks_refetch_interval"),
+            "must be at least 1 (seconds)",
+        ));
+    }
+    if method != Some(TokenEndpointAuthMethod::PrivateKeyJwt)
+        && let Some((name, _)) = sources.iter().find(|(_, set)| *set)
+    {
+        return Err(ConfigError::invalid(
+            key(name),
+            "client keys are only for token_endpoint_auth_method = \"private_key_jwt\"",
+        ));
+    }
+    if method == Some(TokenEndpointAuthMethod::PrivateKeyJwt)
+        && client.access_token_format == Some(AccessTokenFormat::Upstream)
+    {
+        return Err(ConfigError::invalid(
+            key("access_token_format"),
+            "\"upstream\" redeems every refresh at the upstream as the client: the proxy cannot \
+             sign a \"private_key_jwt\" client's assertions",
+        ));
+    }
+    match method {
+        Some(TokenEndpointAuthMethod::PrivateKeyJwt) => {
+            match sources.iter().filter(|(_, set)| *set).count() {
+                1 => {}
+                0 => {
+                    return Err(ConfigError::invalid(
+                        key("token_endpoint_auth_method"),
+                        "\"private_key_jwt\" needs the client's public keys: jwks (or jwks_file) or jwks_uri",
+                    ));
+                }
+                _ => {
+                    return Err(ConfigError::invalid(
+                        key("jwks_uri"),
+                        "set one of jwks (or jwks_file) and jwks_uri, not both",
+                    ));
+                }
+            }
+            if client.secret.is_some() || client.secret_sha256.is_some() {
+                let name = if client.secret.is_some() {
+                    "secret"
+                } else {
+                    "secret_sha256"
+                };
+                return Err(ConfigError::invalid(
+                    key(name),
+                    "a \"private_key_jwt\" client authenticates with its key, not a secret",
+                ));
+            }
+            if let Some(uri) = &client.jwks_uri {
+                validate_jwks_uri(uri).map_err(|why| ConfigError::invalid(key("jwks_uri"), why))?;
+            }
+            if let Some(alg) = &client.token_endpoint_auth_signing_alg
+                && !PRIVATE_KEY_JWT_ALGS.contains(&alg.as_str())
+            {
+                return Err(ConfigError::invalid(
+                    key("token_endpoint_auth_signing_alg"),
+                    format!(
+                        "{alg:?} is not an asymmetric algorithm the proxy verifies ({})",
+                        PRIVATE_KEY_JWT_ALGS.join(", ")
+                    ),
+                ));
+            }
+        }
+        Some(TokenEndpointAuthMethod::ClientSecretJwt) => {
+            if client.secret.is_none() {
+                let why = if client.secret_sha256.is_some() {
+                    "\"client_secret_jwt\" needs the secret itself (secret or secret_file): a \
+                     digest cannot verify an HMAC"
+                } else {
+                    "\"client_secret_jwt\" needs the client's secret (secret or secret_file)"
+                };
+                let name = if client.secret_sha256.is_some() {
+                    "secret_sha256"
+                } else {
+                    "token_endpoint_auth_method"
+                };
+                return Err(ConfigError::invalid(key(name), why));
+            }
+            if let Some(alg) = &client.token_endpoint_auth_signing_alg
+                && !CLIENT_SECRET_JWT_ALGS.contains(&alg.as_str())
+            {
+                return Err(ConfigError::invalid(
+                    key("token_endpoint_auth_signing_alg"),
+                    format!(
+                        "{alg:?} is not an HMAC algorithm ({})",
+                        CLIENT_SECRET_JWT_ALGS.join(", ")
+                    ),
+                ));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A client's `jwks_uri`: `https`, or `http` to a loopback host only (a test or a sidecar).
+fn validate_jwks_uri(uri: &str) -> Result<(), &'static str> {
+    let parsed: http::Uri = uri.parse().map_err(|_| "not a URL")?;
+    let host = parsed.host().ok_or("must be an absolute URL")?;
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if loopback => Ok(()),
+        _ => Err("must be an https:// URL (http:// only to a loopback address)"),
+    }
 }
 
 /// Applies `REFRESH_PROXY_SECTION__KEY=value` to the table.
@@ -1781,6 +1943,53 @@ mod tests {
             ),
             ("[log]\nlevel = \"=[\"\n", "log.level"),
             ("[tokens]\nsigning_alg = \"HS256\"\n", "tokens.signing_alg"),
+            (
+                "[clients.c]\ntoken_endpoint_auth_method = \"private_key_jwt\"\n",
+                "clients.c.token_endpoint_auth_method",
+            ),
+            (
+                "[clients.c]\ntoken_endpoint_auth_method = \"private_key_jwt\"\njwks = \"{}\"\n\
+                 jwks_uri = \"https://c/jwks\"\n",
+                "clients.c.jwks_uri",
+            ),
+            (
+                "[clients.c]\ntoken_endpoint_auth_method = \"private_key_jwt\"\njwks = \"{}\"\n\
+                 secret = \"s\"\n",
+                "clients.c.secret",
+            ),
+            (
+                "[clients.c]\ntoken_endpoint_auth_method = \"private_key_jwt\"\n\
+                 jwks_uri = \"http://c.example/jwks\"\n",
+                "clients.c.jwks_uri",
+            ),
+            (
+                "[clients.c]\ntoken_endpoint_auth_method = \"private_key_jwt\"\njwks = \"{}\"\n\
+                 token_endpoint_auth_signing_alg = \"HS256\"\n",
+                "clients.c.token_endpoint_auth_signing_alg",
+            ),
+            (
+                "[clients.c]\ntoken_endpoint_auth_method = \"private_key_jwt\"\njwks = \"{}\"\n\
+                 token_endpoint_auth_signing_alg = \"none\"\n",
+                "clients.c.token_endpoint_auth_signing_alg",
+            ),
+            (
+                "[clients.c]\ntoken_endpoint_auth_method = \"client_secret_jwt\"\n\
+                 secret_sha256 = \"f52fbd32b2b3b86ff88ef6c490628285f482af15ddcb29541f94bcf526a3f6c7\"\n",
+                "clients.c.secret_sha256",
+            ),
+            (
+                "[clients.c]\ntoken_endpoint_auth_method = \"client_secret_jwt\"\nsecret = \"s\"\n\
+                 token_endpoint_auth_signing_alg = \"RS256\"\n",
+                "clients.c.token_endpoint_auth_signing_alg",
+            ),
+            (
+                "[clients.c]\nsecret = \"s\"\njwks = \"{}\"\n",
+                "clients.c.jwks",
+            ),
+            (
+                "[clients.c]\nsecret = \"s\"\ntoken_endpoint_auth_signing_alg = \"HS256\"\n",
+                "clients.c.token_endpoint_auth_signing_alg",
+            ),
         ] {
             let text = if extra.starts_with("[upstream]") {
                 format!("{extra}discovery = false\nurl = \"http://x\"\n")

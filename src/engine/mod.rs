@@ -78,8 +78,11 @@ pub(crate) struct TokenRequest<'a> {
     pub(crate) form: &'a Form,
     /// The issuer of minted tokens.
     pub(crate) issuer: &'a str,
-    /// The token endpoint's URL as clients call it (a DPoP proof's `htu`), when known.
+    /// The token endpoint's URL as clients call it (a DPoP proof's `htu`, an assertion's
+    /// `aud`), when known.
     pub(crate) token_url: Option<&'a str>,
+    /// `private_key_jwt` clients' `jwks_uri` keys.
+    pub(crate) client_jwks: &'a dyn ClientJwks,
     /// The client certificate the connection presented (docs/design.md §4.17), if any.
     pub(crate) client_cert: Option<&'a ClientCert>,
 }
@@ -94,7 +97,19 @@ impl<'a> TokenRequest<'a> {
             form,
             issuer,
             token_url: None,
+            client_jwks: &NoClientJwks,
             client_cert: None,
+        }
+    }
+
+    /// What client authentication needs from the request.
+    pub(crate) fn authn(&self) -> Authn<'a> {
+        Authn {
+            audience: client_auth::assertion::Audience {
+                issuer: self.issuer,
+                token_endpoint: self.token_url,
+            },
+            jwks: self.client_jwks,
         }
     }
 }
@@ -224,6 +239,150 @@ pub enum UpstreamAnswer {
 
 /// How the engine redeems a kept upstream refresh token at the upstream: the layer's over its
 /// inner service; never for the engine to do itself (it does no HTTP).
+/// A `jwks_uri` client's keys, fetched and cached by the layer (docs/design.md §4.18).
+pub trait ClientJwks: Send + Sync {
+    /// The keys at `uri` for `client_id`; `refetch`: an assertion named a key the cached set
+    /// lacks (fetched again at most once per `interval`). `None`: no keys could be had.
+    fn keys<'a>(
+        &'a self,
+        client_id: &'a str,
+        uri: &'a str,
+        refetch: Option<std::time::Duration>,
+    ) -> KeysFuture<'a>;
+}
+
+/// What [`ClientJwks::keys`] answers.
+pub type KeysFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Option<Arc<crate::grant::verify::KeySet>>> + Send + 'a>,
+>;
+
+/// No `jwks_uri` keys (tests).
+#[cfg(test)]
+pub(crate) struct NoClientJwks;
+
+#[cfg(test)]
+impl ClientJwks for NoClientJwks {
+    fn keys<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: Option<std::time::Duration>,
+    ) -> KeysFuture<'a> {
+        Box::pin(std::future::ready(None))
+    }
+}
+
+/// What client authentication needs beyond the request: the audiences an assertion may name
+/// and the fetcher of `jwks_uri` keys.
+pub(crate) struct Authn<'a> {
+    pub audience: client_auth::assertion::Audience<'a>,
+    pub jwks: &'a dyn ClientJwks,
+}
+
+impl Authn<'_> {
+    /// Only an issuer (no token endpoint URL, no `jwks_uri` fetcher).
+    #[cfg(test)]
+    pub(crate) fn issuer(issuer: &str) -> Authn<'_> {
+        Authn {
+            audience: client_auth::assertion::Audience {
+                issuer,
+                token_endpoint: None,
+            },
+            jwks: &NoClientJwks,
+        }
+    }
+}
+
+impl Engine {
+    /// Authenticates `presented` as `client` (docs/design.md §4.18 for assertions): `Some` the
+    /// verified assertion, whose `jti` the caller must see used once.
+    pub(crate) async fn verify_client(
+        &self,
+        client: &Client,
+        presented: &client_auth::Presented,
+        authn: &Authn<'_>,
+    ) -> Result<Option<client_auth::assertion::Verified>, ClientAuthError> {
+        Clients::verify(client, presented)?;
+        let (Some(jwt), Some(auth)) = (presented.assertion(), &client.assertion) else {
+            return Ok(None);
+        };
+        use client_auth::AssertionKeys;
+        use client_auth::assertion::{self, Refused};
+        let now = (self.clock)() / 1000;
+        let uri = match &auth.keys {
+            AssertionKeys::Uri {
+                uri,
+                refetch_interval,
+            } => Some((uri.as_str(), *refetch_interval)),
+            _ => None,
+        };
+        let check = |fetched: Option<Arc<crate::grant::verify::KeySet>>| {
+            assertion::verify(
+                &client.id,
+                auth,
+                fetched.as_deref(),
+                jwt,
+                &authn.audience,
+                now,
+            )
+        };
+        let mut result = match uri {
+            Some((uri, _)) => check(authn.jwks.keys(&client.id, uri, None).await),
+            None => check(None),
+        };
+        if let (
+            Some((uri, interval)),
+            Err(Refused::Jws(crate::grant::verify::Rejected::UnknownKey)),
+        ) = (uri, &result)
+        {
+            // The client may have rotated its keys: its jwks_uri is fetched again (rate-limited).
+            result = check(authn.jwks.keys(&client.id, uri, Some(interval)).await);
+        }
+        match result {
+            Ok(verified) => Ok(Some(verified)),
+            Err(refused) => {
+                tracing::info!(
+                    client_id = %client.id,
+                    reason = refused.describe(),
+                    "client assertion refused"
+                );
+                Err(ClientAuthError::Failed { basic: false })
+            }
+        }
+    }
+
+    /// Remembers a verified assertion's `jti` (revocation and introspection: outside a
+    /// redemption): `false` when it was used before (docs/design.md §4.15).
+    pub(super) async fn assertion_first_use(
+        &self,
+        client: &Client,
+        verified: &client_auth::assertion::Verified,
+    ) -> Result<bool, GrantError> {
+        let once = assertion_once(&client.id, verified);
+        let now = (self.clock)();
+        Ok(self
+            .store
+            .first_use(&once.id, now, once.until_ms.max(now + 1))
+            .await
+            .inspect_err(|_| inc(&self.metrics.store_errors))?)
+    }
+}
+
+/// A verified assertion's one-time id: a digest of the client and the `jti`, remembered until
+/// its `exp` plus the clock leeway (docs/design.md §4.15).
+pub(crate) fn assertion_once(
+    client_id: &str,
+    verified: &client_auth::assertion::Verified,
+) -> crate::store::OneTime {
+    crate::store::OneTime {
+        id: one_time_id(&["assertion", client_id, &verified.jti]),
+        until_ms: verified
+            .exp
+            .saturating_add(crate::grant::verify::CLOCK_LEEWAY_SECS)
+            .saturating_mul(1000),
+    }
+}
+
 pub trait UpstreamRefresh: Send {
     /// Redeems `token` as `client`, asking for `scope` when the client's request named one.
     fn refresh(
@@ -800,7 +959,7 @@ mod tests {
                 ("client_secret", &secret),
             ]);
             engine
-                .revoke(None, &f)
+                .revoke(None, &f, &Authn::issuer(ISSUER))
                 .await
                 .expect("revocation answers 200")
         }
@@ -849,7 +1008,7 @@ mod tests {
             ]);
             let basic: Option<&HeaderValue> = None;
             engine
-                .introspect(basic, &f, ISSUER)
+                .introspect(basic, &f, &Authn::issuer(ISSUER))
                 .await
                 .expect("answered")
         }

@@ -38,11 +38,12 @@ impl Engine {
     }
 
     /// Authenticates a client the proxy handles, for revocation and introspection.
-    pub(super) fn authenticate<'k>(
+    pub(super) async fn authenticate<'k>(
         &self,
         keys: &'k Keys,
         authorization: Option<&HeaderValue>,
         form: &Form,
+        authn: &Authn<'_>,
     ) -> Result<&'k Client, GrantError> {
         let presented =
             client_auth::presented(authorization, form)?.ok_or(ClientAuthError::Missing)?;
@@ -51,7 +52,11 @@ impl Engine {
             .clients
             .get(&presented.client_id)
             .ok_or(ClientAuthError::Failed { basic })?;
-        Clients::verify(client, &presented)?;
+        if let Some(verified) = self.verify_client(client, &presented, authn).await?
+            && !self.assertion_first_use(client, &verified).await?
+        {
+            return Err(ClientAuthError::Failed { basic: false }.into());
+        }
         Ok(client)
     }
 
@@ -61,12 +66,13 @@ impl Engine {
         &self,
         authorization: Option<&HeaderValue>,
         form: &Form,
+        authn: &Authn<'_>,
     ) -> Result<Option<()>, GrantError> {
         let keys = self.keys();
         let Some(owned) = form.get("token").and_then(|t| self.recognise(&keys, t)) else {
             return Ok(None);
         };
-        let client = self.authenticate(&keys, authorization, form)?;
+        let client = self.authenticate(&keys, authorization, form, authn).await?;
         let family = match &owned {
             // The tag proves the token is the proxy's.
             Owned::Refresh(t) => Some(t.family),
@@ -118,13 +124,14 @@ impl Engine {
         &self,
         authorization: Option<&HeaderValue>,
         form: &Form,
-        issuer: &str,
+        authn: &Authn<'_>,
     ) -> Result<Option<Value>, GrantError> {
+        let issuer = authn.audience.issuer;
         let keys = self.keys();
         let Some(owned) = form.get("token").and_then(|t| self.recognise(&keys, t)) else {
             return Ok(None);
         };
-        let caller = self.authenticate(&keys, authorization, form)?;
+        let caller = self.authenticate(&keys, authorization, form, authn).await?;
         if !caller.may_introspect {
             return Err(ClientAuthError::Failed {
                 basic: authorization.is_some(),

@@ -40,13 +40,17 @@ impl Engine {
             }
             return Ok(None);
         }
-        let client = {
-            let _span = crate::otel::span!("client_authentication").entered();
+        let (client, verified) = {
+            let span = crate::otel::span!("client_authentication");
             let presented = presented?.ok_or(ClientAuthError::Missing)?;
             let basic = presented.method == client_auth::Method::Basic;
             let client = handled.ok_or(ClientAuthError::Failed { basic })?;
-            Clients::verify(client, &presented)?;
-            client
+            // An assertion client's check may fetch its jwks_uri (docs/design.md §4.18).
+            let verified = self
+                .verify_client(client, &presented, &req.authn())
+                .instrument(span)
+                .await?;
+            (client, verified)
         };
         let policy = &client.policy;
         if policy.refresh_token_ttl == 0 {
@@ -109,12 +113,15 @@ impl Engine {
             }),
             new_upstream_token: None,
             upstream_answer: None,
-            once: proof
+            // Client assertion first (RFC 7523 §3 item 7), then a DPoP proof's: each used once,
+            // remembered in the redemption's own step (docs/design.md §4.15).
+            once: verified
                 .iter()
-                .map(|p| OneTime {
+                .map(|v| assertion_once(&client.id, v))
+                .chain(proof.iter().map(|p| OneTime {
                     id: one_time_id(&["dpop", &p.jkt, &p.jti]),
                     until_ms: p.remember_until_ms(),
-                })
+                }))
                 .collect(),
         };
         let mut redemption = self.redeem_once(&request).await?;
@@ -142,6 +149,15 @@ impl Engine {
         let now = request.redeem.now_ms;
         let (verdict, family, opaque_stored, kept_answer) = match redemption {
             Redemption::Unknown => return Err(GrantError::InvalidGrant("unknown family")),
+            // The assertion's id is `once[0]` when there is one.
+            Redemption::Replayed { index: 0 } if verified.is_some() => {
+                tracing::warn!(
+                    security_event = "client_assertion_replay",
+                    client_id = %client.id,
+                    "a client assertion was presented again; refused"
+                );
+                return Err(ClientAuthError::Failed { basic: false }.into());
+            }
             Redemption::Replayed { .. } => {
                 tracing::warn!(
                     security_event = "dpop_proof_replayed",

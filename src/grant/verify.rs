@@ -2,11 +2,14 @@
 //! upstream's JWK Set (RFC 7517), then the claims (RFC 7519, OIDC Core §3.1.3.7). Pure: the key
 //! set and the clock are given; fetching and caching the key set is `layer::jwks`'s.
 //!
-//! Only asymmetric algorithms are accepted: RS256/384/512, PS256/384/512, ES256, ES384 and
-//! EdDSA (Ed25519). `none` and HS* never verify, whatever the key set holds, and symmetric
-//! (`oct`) keys in a JWK Set are ignored. The key must fit the algorithm (`kty`, `crv`, and
+//! Only asymmetric algorithms are accepted from the upstream: RS256/384/512, PS256/384/512,
+//! ES256, ES384 and EdDSA (Ed25519). `none` and HS* never verify against a key set, whatever it
+//! holds, and symmetric (`oct`) keys in a JWK Set are ignored. [`verify_jws`] is the signature
+//! check alone, also used for clients' assertions (`client_auth::assertion`), where HS256/384/512
+//! verify with the client's secret ([`Verifier::Hmac`]). The key must fit the algorithm (`kty`, `crv`, and
 //! `alg` when the JWK names one); a JWK whose `use` is not `sig` is ignored.
 
+use aws_lc_rs::hmac;
 use aws_lc_rs::signature::{self, RsaParameters, RsaPublicKeyComponents, UnparsedPublicKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -209,11 +212,11 @@ impl KeySet {
     /// only when the document is not a JWK Set at all.
     pub fn parse(document: &[u8]) -> Result<KeySet, &'static str> {
         let Ok(Value::Object(set)) = serde_json::from_slice::<Value>(document) else {
-            return Err("the upstream's JWKS is not a JSON object");
+            return Err("the JWKS is not a JSON object");
         };
         // RFC 7517 §5.1: "keys" is REQUIRED.
         let Some(Value::Array(keys)) = set.get("keys") else {
-            return Err("the upstream's JWKS has no keys array");
+            return Err("the JWKS has no keys array");
         };
         Ok(KeySet {
             keys: keys.iter().filter_map(Jwk::parse).take(MAX_KEYS).collect(),
@@ -301,16 +304,21 @@ pub type HeaderAndClaims = (Map<String, Value>, Map<String, Value>);
 
 /// A JWS in compact form, its header read and its algorithm accepted; not verified yet.
 struct Jws<'t> {
-    header: Map<String, Value>,
+    raw: RawJws<'t>,
     alg: Alg,
+}
+
+/// A JWS in compact form split and its header read, any algorithm.
+struct RawJws<'t> {
+    header: Map<String, Value>,
     /// The signing input: ASCII(BASE64URL(header) || '.' || BASE64URL(payload)) (RFC 7515 §5.2).
     signed: &'t [u8],
     payload_b64: &'t str,
     sig: Vec<u8>,
 }
 
-impl<'t> Jws<'t> {
-    fn parse(token: &'t str) -> Result<Jws<'t>, Rejected> {
+impl<'t> RawJws<'t> {
+    fn parse(token: &'t str) -> Result<RawJws<'t>, Rejected> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -318,21 +326,18 @@ impl<'t> Jws<'t> {
             return Err(Rejected::Malformed);
         };
         let header = decode_object(header_b64).ok_or(Rejected::Malformed)?;
-        let alg_name = header
-            .get("alg")
-            .and_then(Value::as_str)
-            .ok_or(Rejected::Malformed)?;
-        let alg = Alg::from_name(alg_name).ok_or(Rejected::Algorithm)?;
+        if !header.get("alg").is_some_and(Value::is_string) {
+            return Err(Rejected::Malformed);
+        }
         // RFC 7515 §4.1.11: extensions listed in "crit" that are not understood make the JWS
         // invalid; the proxy understands none.
         if header.contains_key("crit") {
             return Err(Rejected::Algorithm);
         }
         let sig = B64.decode(sig_b64).map_err(|_| Rejected::Malformed)?;
-        Ok(Jws {
+        Ok(RawJws {
             signed: &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()],
             header,
-            alg,
             payload_b64,
             sig,
         })
@@ -340,6 +345,18 @@ impl<'t> Jws<'t> {
 
     fn alg_name(&self) -> &str {
         self.header.get("alg").and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+impl<'t> Jws<'t> {
+    fn parse(token: &'t str) -> Result<Jws<'t>, Rejected> {
+        let raw = RawJws::parse(token)?;
+        let alg = Alg::from_name(raw.alg_name()).ok_or(Rejected::Algorithm)?;
+        Ok(Jws { raw, alg })
+    }
+
+    fn alg_name(&self) -> &str {
+        self.raw.alg_name()
     }
 
     /// The claims, once one of `keys` verifies the signature.
@@ -356,11 +373,11 @@ impl<'t> Jws<'t> {
         }
         if !fitting
             .iter()
-            .any(|k| k.verifies(self.alg, self.signed, &self.sig))
+            .any(|k| k.verifies(self.alg, self.raw.signed, &self.raw.sig))
         {
             return Err(Rejected::Signature);
         }
-        decode_object(self.payload_b64).ok_or(Rejected::Malformed)
+        decode_object(self.raw.payload_b64).ok_or(Rejected::Malformed)
     }
 }
 
@@ -370,8 +387,56 @@ pub fn verify(
     keys: &KeySet,
     expect: &Expect<'_>,
 ) -> Result<Map<String, Value>, Rejected> {
-    let jws = Jws::parse(token)?;
-    let kid = match jws.header.get("kid") {
+    let claims = verified_by_set(Jws::parse(token)?, keys)?;
+    check_claims(&claims, expect)?;
+    Ok(claims)
+}
+
+/// What a JWS is checked with: a JWK Set (asymmetric algorithms only), or a shared secret
+/// (HS256/384/512 only, e.g. a client's secret for `client_secret_jwt`, RFC 7523 §2.2).
+#[derive(Clone, Copy)]
+pub enum Verifier<'a> {
+    Set(&'a KeySet),
+    Hmac(&'a [u8]),
+}
+
+/// Checks a JWS in compact serialization (RFC 7515 §7.1) and returns its payload, the claims,
+/// unchecked. `allowed`: the `alg` names accepted (others are [`Rejected::Algorithm`]); an
+/// algorithm that does not go with `verifier` never verifies, whatever `allowed` says. A JWE
+/// (five parts) is [`Rejected::Malformed`].
+pub fn verify_jws(
+    token: &str,
+    verifier: Verifier<'_>,
+    allowed: &[&str],
+) -> Result<Map<String, Value>, Rejected> {
+    let raw = RawJws::parse(token)?;
+    if !allowed.contains(&raw.alg_name()) {
+        return Err(Rejected::Algorithm);
+    }
+    match verifier {
+        Verifier::Set(keys) => {
+            let alg = Alg::from_name(raw.alg_name()).ok_or(Rejected::Algorithm)?;
+            verified_by_set(Jws { raw, alg }, keys)
+        }
+        Verifier::Hmac(secret) => {
+            let algorithm = match raw.alg_name() {
+                "HS256" => hmac::HMAC_SHA256,
+                "HS384" => hmac::HMAC_SHA384,
+                "HS512" => hmac::HMAC_SHA512,
+                _ => return Err(Rejected::Algorithm),
+            };
+            // `hmac::verify` compares in constant time.
+            hmac::verify(&hmac::Key::new(algorithm, secret), raw.signed, &raw.sig)
+                .map_err(|_| Rejected::Signature)?;
+            decode_object(raw.payload_b64).ok_or(Rejected::Malformed)
+        }
+    }
+}
+
+/// The claims of `jws` once a key of `keys` verifies it: the one its `kid` names, else those
+/// that fit its algorithm.
+fn verified_by_set(jws: Jws<'_>, keys: &KeySet) -> Result<Map<String, Value>, Rejected> {
+    let kid = match jws.raw.header.get("kid") {
         None => None,
         Some(Value::String(k)) => Some(k.as_str()),
         Some(_) => return Err(Rejected::Malformed),
@@ -392,9 +457,7 @@ pub fn verify(
     if candidates.is_empty() {
         return Err(Rejected::UnknownKey);
     }
-    let claims = jws.verified_by(candidates)?;
-    check_claims(&claims, expect)?;
-    Ok(claims)
+    jws.verified_by(candidates)
 }
 
 /// Verifies a JWS signed by the public key its own header carries (`jwk`), as a DPoP proof
@@ -402,7 +465,7 @@ pub fn verify(
 /// not fit the `alg`, is refused. The claims are not checked here.
 pub fn verify_self_signed(token: &str) -> Result<HeaderAndClaims, Rejected> {
     let jws = Jws::parse(token)?;
-    let jwk = match jws.header.get("jwk") {
+    let jwk = match jws.raw.header.get("jwk") {
         Some(Value::Object(o)) => o,
         _ => return Err(Rejected::Malformed),
     };
@@ -413,9 +476,9 @@ pub fn verify_self_signed(token: &str) -> Result<HeaderAndClaims, Rejected> {
     {
         return Err(Rejected::KeyMismatch);
     }
-    let key = Jwk::parse(&jws.header["jwk"]).ok_or(Rejected::KeyMismatch)?;
+    let key = Jwk::parse(&jws.raw.header["jwk"]).ok_or(Rejected::KeyMismatch)?;
     let claims = jws.verified_by([&key])?;
-    Ok((jws.header, claims))
+    Ok((jws.raw.header, claims))
 }
 
 fn check_claims(claims: &Map<String, Value>, expect: &Expect<'_>) -> Result<(), Rejected> {

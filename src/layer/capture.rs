@@ -268,6 +268,12 @@ where
         ctx.engine.metrics.capture_skip(CaptureSkip::TooLarge);
         return Ok(rebuilt(parts, bytes));
     }
+    if let Err(why) = assertion_ok(&ctx).await {
+        let reason = CaptureSkip::ClientAuth;
+        tracing::warn!(client_id = %client.id, reason = reason.label(), "capture skipped: {why}");
+        ctx.engine.metrics.capture_skip(reason);
+        return Ok(rebuilt(parts, bytes));
+    }
     let (identity, granted) = match examine(spare, &ctx, &answer).await {
         Ok(found) => found,
         Err((reason, why)) => {
@@ -290,6 +296,31 @@ where
             Ok(rebuilt(parts, bytes))
         }
     }
+}
+
+/// For a client that authenticates with assertions (or sent one), the proxy's own check of the
+/// assertion the IdP accepted: signature, `iss`/`sub`, `aud`, times (docs/design.md §4.18).
+/// Its `jti` is not recorded: the IdP did.
+async fn assertion_ok(ctx: &CaptureContext) -> Result<(), &'static str> {
+    let presented = client_auth::presented(ctx.authorization.as_ref(), &ctx.form)
+        .ok()
+        .flatten();
+    let sent_one = presented.as_ref().is_some_and(|p| p.assertion().is_some());
+    if ctx.client.assertion.is_none() && !sent_one {
+        return Ok(());
+    }
+    let presented = presented.ok_or("the request names no client")?;
+    let issuer = ctx.shared.issuer();
+    let token_url = ctx.shared.endpoints.load().token_url();
+    ctx.engine
+        .verify_client(
+            &ctx.client,
+            &presented,
+            &ctx.shared.authn(&issuer, &token_url),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|_| "the proxy's own check of the client's authentication failed")
 }
 
 /// Reads what the upstream granted in `answer`: who the tokens are for and the granted scope,

@@ -39,7 +39,8 @@ where
         token: &KeptToken,
         scope: Option<&str>,
     ) -> UpstreamAnswer {
-        let Some(path) = self.shared.endpoints.load().token_path.clone() else {
+        let endpoints = self.shared.endpoints.load_full();
+        let Some(path) = endpoints.token_path.clone() else {
             return UpstreamAnswer::Unavailable("the upstream's token endpoint is not known");
         };
         let Some(auth) = &client.upstream_auth else {
@@ -52,7 +53,11 @@ where
         if let Some(scope) = scope {
             pairs.push(("scope", scope));
         }
-        let Some(req) = auth.post_form(&path, &pairs) else {
+        let at = crate::client_auth::AssertionFor {
+            audience: endpoints.issuer.as_deref(),
+            now: crate::engine::now_ms() / 1000,
+        };
+        let Some(req) = auth.post_form(&path, &pairs, at) else {
             return UpstreamAnswer::Unavailable("the check request could not be built");
         };
         let req = req.map(RequestBody::buffered);

@@ -5,10 +5,13 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tower::Layer;
 
+use super::client_jwks::ClientKeys;
 use super::jwks::UpstreamKeys;
 use super::service::RefreshGrant;
 use crate::classify::Endpoints;
+use crate::client_auth::assertion::Audience;
 use crate::config::ConfigError;
+use crate::engine::Authn;
 use crate::engine::Engine;
 use crate::metrics::{Outcome, Route};
 use http::HeaderValue;
@@ -39,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) subject_claim: Option<String>,
     /// Where accepted logout tokens go to be passed on to clients' own endpoints.
     pub(crate) logout_relay: Option<super::PassOns>,
+    /// `private_key_jwt` clients' `jwks_uri` key sets; one for every worker.
+    pub(crate) client_keys: Arc<ClientKeys>,
 }
 
 impl Shared {
@@ -46,6 +51,18 @@ impl Shared {
     pub(crate) fn record(&self, route: Route, outcome: Outcome) {
         if let Some(engine) = &self.engine {
             engine.metrics.request(route, outcome);
+        }
+    }
+
+    /// What client authentication needs (docs/design.md §4.18): the issuer, the token
+    /// endpoint's URL as clients see it ([`Endpoints::token_url`]), the `jwks_uri` cache.
+    pub(crate) fn authn<'a>(&'a self, issuer: &'a str, token_url: &'a Option<String>) -> Authn<'a> {
+        Authn {
+            audience: Audience {
+                issuer,
+                token_endpoint: token_url.as_deref(),
+            },
+            jwks: &*self.client_keys,
         }
     }
 
@@ -109,6 +126,7 @@ impl RefreshGrantLayer {
                 upstream_keys: s.upstream_keys.clone(),
                 subject_claim: s.subject_claim.clone(),
                 logout_relay: s.logout_relay.clone(),
+                client_keys: s.client_keys.clone(),
             }),
         }
     }
@@ -223,6 +241,7 @@ impl RefreshGrantLayerBuilder {
                 upstream_keys: Arc::default(),
                 subject_claim: self.subject_claim,
                 logout_relay: self.logout_relay,
+                client_keys: Arc::default(),
             }),
         }
     }

@@ -40,6 +40,7 @@
 mod budget;
 mod capture;
 mod check;
+mod client_jwks;
 mod jwks;
 #[allow(clippy::module_inception)]
 mod layer;

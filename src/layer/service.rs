@@ -221,6 +221,7 @@ where
                     form: &form,
                     issuer: &issuer,
                     token_url: token_url.as_deref(),
+                    client_jwks: &*shared.client_keys,
                     client_cert: req.extensions().get::<Arc<ClientCert>>().map(|c| &**c),
                 },
                 &mut upstream,
@@ -298,14 +299,17 @@ where
         .clone()
         .expect("routed here only with an engine");
     let authorization = req.headers().get(AUTHORIZATION);
+    let issuer = shared.issuer();
+    let token_url = shared.endpoints.load().token_url();
+    let authn = shared.authn(&issuer, &token_url);
     let answer = if endpoint == Endpoint::Revocation {
         engine
-            .revoke(authorization, &form)
+            .revoke(authorization, &form, &authn)
             .await
             .map(|done| done.map(|()| oauth::revoked()))
     } else {
         engine
-            .introspect(authorization, &form, &shared.issuer())
+            .introspect(authorization, &form, &authn)
             .await
             .map(|found| found.map(|v| oauth::json_response(http::StatusCode::OK, &v)))
     };

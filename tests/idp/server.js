@@ -46,6 +46,7 @@
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
+import { readFileSync } from 'node:fs';
 
 // oidc-provider prints its notices with console.info, which goes to stdout; keep stdout for the
 // one line the harness reads. Patched before oidc-provider is loaded (hence the dynamic import).
@@ -90,6 +91,17 @@ try {
   process.exit(2);
 }
 
+// The public half of a test-only client key (test-client-keys.json holds the private JWKs).
+const clientKeys = JSON.parse(
+  readFileSync(new URL('./test-client-keys.json', import.meta.url), 'utf8'),
+);
+function publicJwk(name) {
+  const {
+    d, p, q, dp, dq, qi, ...pub
+  } = clientKeys[name];
+  return pub;
+}
+
 const configuration = {
   clients: [
     {
@@ -112,6 +124,37 @@ const configuration = {
       client_id: 'spa',
       token_endpoint_auth_method: 'none',
       ...(env.MTLS === '1' ? { tls_client_certificate_bound_access_tokens: true } : {}),
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: [REDIRECT_URI],
+    },
+    {
+      // private_key_jwt (RFC 7523 §2.2, OIDC Core §9) with ES256: the public part of the
+      // test-only key pk-es-1 in test-client-keys.json (tests sign with client-assertion.mjs).
+      client_id: 'pkjwt',
+      token_endpoint_auth_method: 'private_key_jwt',
+      token_endpoint_auth_signing_alg: 'ES256',
+      jwks: { keys: [publicJwk('pk-es-1')] },
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: [REDIRECT_URI],
+    },
+    {
+      // private_key_jwt with EdDSA (Ed25519): the test-only key pk-ed-1.
+      client_id: 'pkjwt-ed',
+      token_endpoint_auth_method: 'private_key_jwt',
+      token_endpoint_auth_signing_alg: 'EdDSA',
+      jwks: { keys: [publicJwk('pk-ed-1')] },
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: [REDIRECT_URI],
+    },
+    {
+      // client_secret_jwt with HS256: assertions MACed with the client secret.
+      client_id: 'csjwt',
+      client_secret: 'csjwt-secret-0123456789abcdef-0123456789',
+      token_endpoint_auth_method: 'client_secret_jwt',
+      token_endpoint_auth_signing_alg: 'HS256',
       grant_types: ['authorization_code', 'refresh_token'],
       response_types: ['code'],
       redirect_uris: [REDIRECT_URI],

@@ -10,6 +10,7 @@ mod admin;
 mod bench_cli;
 mod binary;
 mod capture_verify;
+mod client_assertions;
 mod concurrency;
 mod demo;
 mod discovery_any_idp;

@@ -13,6 +13,7 @@
 //!   test) and signing keys for its tokens, for capture tests.
 //! - [`proxy`]: the proxy itself, in-process or as the real binary.
 //! - [`jose`]: an independent JOSE implementation (Node's `jose`) to verify minted JWTs.
+//! - [`assertion`]: client assertions made by Node's `jose` (private_key_jwt, client_secret_jwt).
 //! - [`load`]: steady refresh chains and forwarded traffic for fault tests.
 //! - [`raw`]: HTTP/1.1 requests written byte for byte on a raw socket.
 //! - [`relay`]: a TCP relay to Redis that can lose an answer after Redis ran the request.
@@ -20,6 +21,7 @@
 //!   header blocks).
 #![allow(dead_code)]
 
+pub mod assertion;
 pub mod echo;
 pub mod echo_stack;
 pub mod fake_idp;
