@@ -140,6 +140,10 @@ pub fn build_keys(config: &Config) -> Result<Keys, ConfigError> {
             Nonces::derived_from(&random)
         }
     };
+    let client_ca = match &config.server.client_ca_file {
+        Some(path) => Some(crate::tls::client_ca(path)?),
+        None => None,
+    };
     Ok(Keys {
         clients,
         refresh,
@@ -147,6 +151,7 @@ pub fn build_keys(config: &Config) -> Result<Keys, ConfigError> {
         id_signers,
         kept,
         dpop_nonces,
+        client_ca,
     })
 }
 

@@ -36,8 +36,10 @@ use crate::config::{
 use crate::grant::verify::KeySet;
 
 pub mod assertion;
+pub mod mtls;
 
 pub use assertion::{AssertionAuth, AssertionKeys};
+pub use mtls::{CertAuth, SelfSignedKeys};
 
 /// How the client authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,12 +286,15 @@ pub struct Client {
     pub backchannel_logout_uri: Option<String>,
     /// `private_key_jwt` or `client_secret_jwt`: the client authenticates with assertions only.
     pub assertion: Option<AssertionAuth>,
+    /// `tls_client_auth` or `self_signed_tls_client_auth`: the client authenticates with its
+    /// certificate only (docs/design.md §4.19).
+    pub certificate: Option<CertAuth>,
 }
 
 impl Client {
-    /// Whether the client has no secret (`token_endpoint_auth_method = "none"`).
+    /// Whether the client has no credentials (`token_endpoint_auth_method = "none"`).
     pub fn is_public(&self) -> bool {
-        self.secret_sha256.is_none()
+        self.secret_sha256.is_none() && self.assertion.is_none() && self.certificate.is_none()
     }
 }
 
@@ -411,16 +416,21 @@ impl std::fmt::Debug for Client {
             upstream_auth,
             backchannel_logout_uri,
             assertion,
+            certificate,
         } = self;
         f.debug_struct("Client")
             .field("id", id)
-            .field("public", &secret_sha256.is_none())
+            .field(
+                "public",
+                &(secret_sha256.is_none() && assertion.is_none() && certificate.is_none()),
+            )
             .field("policy", policy)
             .field("may_introspect", may_introspect)
             .field("allow_admin_issue", allow_admin_issue)
             .field("upstream_auth", upstream_auth)
             .field("backchannel_logout_uri", backchannel_logout_uri)
             .field("assertion", assertion)
+            .field("certificate", certificate)
             .finish()
     }
 }
@@ -474,8 +484,17 @@ impl Clients {
                 dpop_nonce: p.dpop_nonce.unwrap_or(false),
             };
             let assertion = assertion_auth(id, c)?;
+            let certificate = certificate_auth(id, c)?;
             let upstream_auth = match (c.token_endpoint_auth_method, &c.secret) {
-                (Some(TokenEndpointAuthMethod::PrivateKeyJwt), _) => None,
+                // The proxy holds neither the client's private key nor its certificate's.
+                (
+                    Some(
+                        TokenEndpointAuthMethod::PrivateKeyJwt
+                        | TokenEndpointAuthMethod::TlsClientAuth
+                        | TokenEndpointAuthMethod::SelfSignedTlsClientAuth,
+                    ),
+                    _,
+                ) => None,
                 (Some(TokenEndpointAuthMethod::ClientSecretJwt), Some(secret)) => {
                     Some(UpstreamAuth::SecretJwt {
                         id: id.clone(),
@@ -511,6 +530,7 @@ impl Clients {
                     upstream_auth,
                     backchannel_logout_uri: c.backchannel_logout_uri.clone(),
                     assertion,
+                    certificate,
                 },
             );
         }
@@ -530,6 +550,14 @@ impl Clients {
     /// secret never passes for such a client: one registered method).
     pub fn verify(client: &Client, presented: &Presented) -> Result<(), ClientAuthError> {
         let basic = presented.method == Method::Basic;
+        if client.certificate.is_some() {
+            // RFC 8705 §2: the client sends its id and nothing else; its certificate is checked
+            // by the caller, who has it.
+            return match presented.method {
+                Method::None => Ok(()),
+                _ => Err(ClientAuthError::Failed { basic }),
+            };
+        }
         match (&client.assertion, presented.method) {
             (Some(_), Method::Assertion) => return Ok(()),
             (Some(_), _) | (None, Method::Assertion) => {
@@ -628,6 +656,68 @@ fn assertion_auth(
     Ok(Some(AssertionAuth { algs, keys }))
 }
 
+/// How a certificate client's certificate is checked (config validation has checked the
+/// subject and the key source).
+fn certificate_auth(
+    id: &str,
+    c: &crate::config::ClientConfig,
+) -> Result<Option<CertAuth>, ConfigError> {
+    Ok(Some(match c.token_endpoint_auth_method {
+        Some(TokenEndpointAuthMethod::TlsClientAuth) => {
+            let (kind, value) = [
+                ("subject_dn", &c.tls_client_auth_subject_dn),
+                ("san_dns", &c.tls_client_auth_san_dns),
+                ("san_uri", &c.tls_client_auth_san_uri),
+                ("san_ip", &c.tls_client_auth_san_ip),
+                ("san_email", &c.tls_client_auth_san_email),
+            ]
+            .into_iter()
+            .find_map(|(kind, v)| Some((kind, v.as_deref()?)))
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("clients.{id}.token_endpoint_auth_method"),
+                    "no tls_client_auth_* subject",
+                )
+            })?;
+            CertAuth::Pki(mtls::Subject::parse(kind, value).map_err(|why| {
+                ConfigError::invalid(format!("clients.{id}.tls_client_auth_{kind}"), why)
+            })?)
+        }
+        Some(TokenEndpointAuthMethod::SelfSignedTlsClientAuth) => {
+            CertAuth::SelfSigned(match (&c.jwks, &c.jwks_uri) {
+                (Some(jwks), _) => {
+                    let key = format!("clients.{id}.jwks");
+                    let set = KeySet::parse(jwks.as_bytes()).map_err(|why| {
+                        ConfigError::invalid(&key, format!("not a JWK Set: {why}"))
+                    })?;
+                    if set.certificates().is_empty() {
+                        return Err(ConfigError::invalid(
+                            key,
+                            "holds no certificate (x5c or x5t#S256) for \
+                             self_signed_tls_client_auth",
+                        ));
+                    }
+                    SelfSignedKeys::Jwks(std::sync::Arc::new(set))
+                }
+                (None, Some(uri)) => SelfSignedKeys::Uri {
+                    uri: uri.clone(),
+                    refetch_interval: c.jwks_refetch_interval.map_or(
+                        assertion::DEFAULT_JWKS_REFETCH_INTERVAL,
+                        Duration::from_secs,
+                    ),
+                },
+                (None, None) => {
+                    return Err(ConfigError::invalid(
+                        format!("clients.{id}.token_endpoint_auth_method"),
+                        "no jwks or jwks_uri with the client's certificates",
+                    ));
+                }
+            })
+        }
+        _ => return Ok(None),
+    }))
+}
+
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     let d = digest::digest(&digest::SHA256, bytes);
     let mut out = [0u8; 32];
@@ -672,6 +762,52 @@ mod tests {
 
     fn check(c: &Clients, p: &Presented) -> Result<(), ClientAuthError> {
         Clients::verify(c.get(&p.client_id).expect("configured"), p)
+    }
+
+    #[test]
+    fn certificate_clients_send_their_id_alone_and_are_not_public() {
+        let x5t = "A".repeat(43);
+        let c = clients(&format!(
+            "[server]\nclient_cert_header = true\n\
+             [clients.self]\ntoken_endpoint_auth_method = \"self_signed_tls_client_auth\"\n\
+             jwks = '{{\"keys\":[{{\"kty\":\"EC\",\"x5t#S256\":\"{x5t}\"}}]}}'\n"
+        ));
+        let client = c.get("self").expect("configured");
+        assert!(!client.is_public());
+        assert!(
+            client.upstream_auth.is_none(),
+            "the proxy holds no certificate key"
+        );
+        let Some(CertAuth::SelfSigned(SelfSignedKeys::Jwks(set))) = &client.certificate else {
+            panic!("self-signed: {client:?}");
+        };
+        assert_eq!(set.certificates(), [x5t]);
+        let id_only = presented(None, &form("client_id=self"))
+            .expect("ok")
+            .expect("c");
+        assert_eq!(
+            check(&c, &id_only),
+            Ok(()),
+            "the certificate is checked by the engine"
+        );
+        for other in [
+            presented(None, &form("client_id=self&client_secret=x")),
+            presented(Some(&basic("self:x")), &form("")),
+        ] {
+            let p = other.expect("ok").expect("c");
+            assert!(check(&c, &p).is_err(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn a_self_signed_client_needs_a_certificate_in_its_jwks() {
+        let text = "[upstream]\nurl = \"http://x\"\n[server]\nclient_cert_header = true\n\
+                    [clients.self]\ntoken_endpoint_auth_method = \"self_signed_tls_client_auth\"\n\
+                    jwks = '{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\"}]}'\n";
+        let config = Config::from_toml_str(text, std::path::Path::new("."), std::iter::empty())
+            .expect("config");
+        let err = Clients::from_config(&config).expect_err("no certificate");
+        assert!(err.to_string().starts_with("clients.self.jwks"), "{err}");
     }
 
     #[test]

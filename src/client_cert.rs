@@ -4,10 +4,14 @@
 //! certificate is taken as the TLS layer or the front proxy gave it; its meaning (which family
 //! it binds) is decided elsewhere (docs/design.md §4.17).
 
+use std::sync::Arc;
+
 use aws_lc_rs::digest;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use http::{HeaderName, HeaderValue};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 
 /// RFC 9440 §2.2: the client certificate, as a structured-field byte sequence.
 pub const CLIENT_CERT: HeaderName = HeaderName::from_static("client-cert");
@@ -18,12 +22,16 @@ pub const CLIENT_CERT_CHAIN: HeaderName = HeaderName::from_static("client-cert-c
 pub const X5T_S256: &str = "x5t#S256:";
 /// The largest certificate read from a header (DER bytes).
 pub const MAX_CERT_BYTES: usize = 16 * 1024;
+/// The most intermediate certificates kept from a chain.
+pub const MAX_CHAIN: usize = 8;
 
-/// A client certificate: its DER bytes and RFC 8705 §3.1 thumbprint.
+/// A client certificate: its DER bytes and RFC 8705 §3.1 thumbprint, and the intermediate
+/// certificates that came with it (for a chain check: `tls_client_auth`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientCert {
     der: Vec<u8>,
     thumbprint: String,
+    chain: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ClientCert {
@@ -40,19 +48,48 @@ impl ClientCert {
         ClientCert {
             der: der.to_vec(),
             thumbprint: URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, der)),
+            chain: Vec::new(),
         }
+    }
+
+    /// The certificates a client sent in its TLS handshake: its own, then intermediates.
+    pub fn from_tls(certs: &[CertificateDer<'_>]) -> Option<ClientCert> {
+        let (first, rest) = certs.split_first()?;
+        let mut cert = ClientCert::from_der(first.as_ref());
+        cert.chain = rest
+            .iter()
+            .take(MAX_CHAIN)
+            .map(|c| c.as_ref().to_vec())
+            .collect();
+        Some(cert)
+    }
+
+    /// RFC 9440 §2.2 and §2.3: `Client-Cert`, and `Client-Cert-Chain` when the front proxy
+    /// sends it (a list of byte sequences; a malformed chain is no chain).
+    pub fn from_headers(cert: &HeaderValue, chain: Option<&HeaderValue>) -> Option<ClientCert> {
+        let mut cert = ClientCert::from_header(cert)?;
+        if let Some(chain) = chain.and_then(|c| c.to_str().ok()) {
+            cert.chain = chain
+                .split(',')
+                .take(MAX_CHAIN)
+                .map(byte_sequence)
+                .collect::<Option<Vec<_>>>()
+                .filter(|v| v.iter().all(|d| !d.is_empty()))
+                .unwrap_or_default();
+        }
+        Some(cert)
     }
 
     /// RFC 9440 §2.2: `Client-Cert: :<base64 of the DER>:` (an RFC 8941 byte sequence);
     /// `None` when the value is not one, or is empty or larger than [`MAX_CERT_BYTES`].
     pub fn from_header(value: &HeaderValue) -> Option<ClientCert> {
-        let text = value.to_str().ok()?.trim();
-        let inner = text.strip_prefix(':')?.strip_suffix(':')?;
-        if inner.len() > MAX_CERT_BYTES * 4 / 3 + 4 {
-            return None;
-        }
-        let der = STANDARD.decode(inner).ok()?;
-        (!der.is_empty() && der.len() <= MAX_CERT_BYTES).then(|| ClientCert::from_der(&der))
+        let der = byte_sequence(value.to_str().ok()?)?;
+        (!der.is_empty()).then(|| ClientCert::from_der(&der))
+    }
+
+    /// The certificate's DER bytes.
+    pub fn der(&self) -> &[u8] {
+        &self.der
     }
 
     /// The RFC 9440 header value for this certificate.
@@ -69,6 +106,69 @@ impl ClientCert {
     /// The family binding this certificate proves (`x5t#S256:<thumbprint>`).
     pub fn binding(&self) -> String {
         format!("{X5T_S256}{}", self.thumbprint)
+    }
+}
+
+/// An RFC 8941 byte sequence (`:<base64>:`) of at most [`MAX_CERT_BYTES`].
+fn byte_sequence(text: &str) -> Option<Vec<u8>> {
+    let inner = text.trim().strip_prefix(':')?.strip_suffix(':')?;
+    if inner.len() > MAX_CERT_BYTES * 4 / 3 + 4 {
+        return None;
+    }
+    let der = STANDARD.decode(inner).ok()?;
+    (der.len() <= MAX_CERT_BYTES).then_some(der)
+}
+
+/// `server.client_ca_file`: the anchors a `tls_client_auth` client's certificate must chain to
+/// (docs/design.md §4.19). The path is checked as RFC 5280 says (signatures, validity, name
+/// and basic constraints, the clientAuth usage when the certificate limits its usage); there
+/// is no revocation check (no CRL or OCSP).
+#[derive(Clone)]
+pub struct ClientCa {
+    verifier: Arc<dyn ClientCertVerifier>,
+    anchors: usize,
+}
+
+impl std::fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCa")
+            .field("anchors", &self.anchors)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCa {
+    /// Anchors from CA certificates; an error when none can be one.
+    pub fn new(
+        certs: Vec<CertificateDer<'static>>,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<ClientCa, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let (anchors, _) = roots.add_parsable_certificates(certs);
+        if anchors == 0 {
+            return Err("holds no CA certificate".to_owned());
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| e.to_string())?;
+        Ok(ClientCa { verifier, anchors })
+    }
+
+    /// Whether `cert` chains to an anchor, now.
+    pub fn trusts(&self, cert: &ClientCert) -> bool {
+        let intermediates: Vec<CertificateDer<'_>> = cert
+            .chain
+            .iter()
+            .map(|c| CertificateDer::from(c.as_slice()))
+            .collect();
+        self.verifier
+            .verify_client_cert(
+                &CertificateDer::from(cert.der.as_slice()),
+                &intermediates,
+                UnixTime::now(),
+            )
+            .is_ok()
     }
 }
 
@@ -111,5 +211,62 @@ mod tests {
             ClientCert::from_header(&HeaderValue::from_static(" :MAMCAQE=: ")).is_some(),
             "surrounding spaces are allowed"
         );
+    }
+
+    fn ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.self_signed(&key).expect("CA");
+        (cert, rcgen::Issuer::new(p, key))
+    }
+
+    fn leaf(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>) -> rcgen::Certificate {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let p = rcgen::CertificateParams::new(vec!["client.test".to_owned()]).expect("params");
+        p.signed_by(&key, issuer).expect("leaf")
+    }
+
+    fn header(der: &[u8]) -> String {
+        format!(":{}:", STANDARD.encode(der))
+    }
+
+    #[test]
+    fn a_client_ca_trusts_its_chains_and_nothing_else() {
+        let (root, root_issuer) = ca("root");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let anchors = ClientCa::new(vec![root.der().clone()], provider.clone()).expect("CA");
+        let direct = leaf(&root_issuer);
+        assert!(anchors.trusts(&ClientCert::from_der(direct.der())));
+
+        // Through an intermediate: trusted only with the chain (TLS, or Client-Cert-Chain).
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "intermediate");
+        let mid = p.signed_by(&key, &root_issuer).expect("intermediate");
+        let mid_issuer = rcgen::Issuer::new(p, key);
+        let deep = leaf(&mid_issuer);
+        assert!(!anchors.trusts(&ClientCert::from_der(deep.der())));
+        let tls = ClientCert::from_tls(&[deep.der().clone(), mid.der().clone()]).expect("cert");
+        assert!(anchors.trusts(&tls));
+        let cert = HeaderValue::from_str(&header(deep.der())).expect("value");
+        let chain = HeaderValue::from_str(&header(mid.der())).expect("value");
+        let forwarded = ClientCert::from_headers(&cert, Some(&chain)).expect("cert");
+        assert_eq!(forwarded, tls);
+        assert!(anchors.trusts(&forwarded));
+        let bad_chain = HeaderValue::from_static(":AA==:, nope");
+        let no_chain = ClientCert::from_headers(&cert, Some(&bad_chain)).expect("cert");
+        assert!(!anchors.trusts(&no_chain), "a malformed chain is no chain");
+
+        // Another CA's certificate, a self-signed one, garbage: not trusted.
+        let (_, other) = ca("root");
+        assert!(!anchors.trusts(&ClientCert::from_der(leaf(&other).der())));
+        let (self_signed, _) = ca("client");
+        assert!(!anchors.trusts(&ClientCert::from_der(self_signed.der())));
+        assert!(!anchors.trusts(&ClientCert::from_der(b"\x30\x00")));
+        assert!(ClientCa::new(vec![CertificateDer::from(vec![1u8, 2])], provider).is_err());
     }
 }

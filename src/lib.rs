@@ -149,6 +149,9 @@ pub mod internal {
     pub mod client_auth {
         pub use crate::client_auth::*;
     }
+    pub mod client_cert {
+        pub use crate::client_cert::*;
+    }
     pub mod discovery {
         pub use crate::discovery::*;
     }

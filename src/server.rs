@@ -505,8 +505,8 @@ fn spawn_connection<S, B>(
                 // docs/design.md §4.17: the certificate the client proved it holds, if any.
                 let cert = session
                     .peer_certificates()
-                    .and_then(<[_]>::first)
-                    .map(|c| Arc::new(ClientCert::from_der(c.as_ref())));
+                    .and_then(ClientCert::from_tls)
+                    .map(Arc::new);
                 let io = TokioIo::new(stream);
                 let info = Conn { info, cert };
                 if h2 {
@@ -551,7 +551,7 @@ impl Conn {
             None if self.info.trusted && options.client_cert_header => req
                 .headers()
                 .get(CLIENT_CERT)
-                .and_then(ClientCert::from_header)
+                .and_then(|c| ClientCert::from_headers(c, req.headers().get(CLIENT_CERT_CHAIN)))
                 .map(Arc::new),
             None => None,
         };

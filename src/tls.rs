@@ -223,6 +223,14 @@ pub fn admin_client_config(cert_file: &Path) -> Result<rustls::ClientConfig, Con
         .with_no_client_auth())
 }
 
+/// `server.client_ca_file`: the anchors of `tls_client_auth` certificates (docs/design.md
+/// §4.19).
+pub fn client_ca(path: &Path) -> Result<crate::client_cert::ClientCa, ConfigError> {
+    let key = "server.client_ca_file";
+    crate::client_cert::ClientCa::new(read_certs(key, path)?, provider())
+        .map_err(|why| ConfigError::invalid(key, format!("{}: {why}", path.display())))
+}
+
 fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())

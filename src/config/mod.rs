@@ -195,6 +195,9 @@ pub struct ServerConfig {
     /// proxy that terminated TLS). From any other peer the header is removed.
     #[serde(default)]
     pub client_cert_header: bool,
+    /// PEM CA certificates a `tls_client_auth` client's certificate must chain to (RFC 8705
+    /// §2.1; docs/design.md §4.19). Read again on reload.
+    pub client_ca_file: Option<PathBuf>,
     /// After SIGTERM/SIGINT: readiness turns 503 and the proxy keeps serving this long.
     #[serde(default = "secs::<5>", deserialize_with = "seconds")]
     pub drain_delay: Duration,
@@ -601,6 +604,13 @@ pub struct ClientConfig {
     /// The JWS `alg` of the client's assertions (OIDC Registration §2), as registered at the
     /// IdP. Default: the IdP's default set (docs/configuration.md).
     pub token_endpoint_auth_signing_alg: Option<String>,
+    /// `tls_client_auth` (RFC 8705 §2.1.2): the one value the client's certificate subject is
+    /// registered as: a distinguished name (RFC 4514) or a subject alternative name.
+    pub tls_client_auth_subject_dn: Option<String>,
+    pub tls_client_auth_san_dns: Option<String>,
+    pub tls_client_auth_san_uri: Option<String>,
+    pub tls_client_auth_san_ip: Option<String>,
+    pub tls_client_auth_san_email: Option<String>,
     /// The client's own back-channel logout endpoint: a logout token the proxy accepted for
     /// this client is passed on to it (the IdP sends it to the proxy instead).
     pub backchannel_logout_uri: Option<String>,
@@ -616,7 +626,22 @@ pub enum TokenEndpointAuthMethod {
     ClientSecretJwt,
     /// A JWT signed with the client's private key (RFC 7523 §2.2, OIDC Core §9).
     PrivateKeyJwt,
+    /// A certificate from a CA, with a registered subject (RFC 8705 §2.1).
+    TlsClientAuth,
+    /// A self-signed certificate registered in the client's JWK Set (RFC 8705 §2.2).
+    SelfSignedTlsClientAuth,
     None,
+}
+
+impl TokenEndpointAuthMethod {
+    /// Whether the client authenticates with a certificate (RFC 8705 §2).
+    pub fn uses_certificate(self) -> bool {
+        matches!(
+            self,
+            TokenEndpointAuthMethod::TlsClientAuth
+                | TokenEndpointAuthMethod::SelfSignedTlsClientAuth
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -984,6 +1009,7 @@ impl Config {
         )?;
         for (id, client) in &self.clients {
             validate_client(id, client)?;
+            validate_certificate_auth(id, client, &self.server)?;
             validate_lifetimes(
                 &format!("clients.{id}"),
                 [
@@ -1308,12 +1334,18 @@ fn validate_assertion_keys(id: &str, client: &ClientConfig) -> Result<(), Config
             "must be at least 1 (seconds)",
         ));
     }
-    if method != Some(TokenEndpointAuthMethod::PrivateKeyJwt)
-        && let Some((name, _)) = sources.iter().find(|(_, set)| *set)
-    {
+    let keyed = matches!(
+        method,
+        Some(
+            TokenEndpointAuthMethod::PrivateKeyJwt
+                | TokenEndpointAuthMethod::SelfSignedTlsClientAuth
+        )
+    );
+    if !keyed && let Some((name, _)) = sources.iter().find(|(_, set)| *set) {
         return Err(ConfigError::invalid(
             key(name),
-            "client keys are only for token_endpoint_auth_method = \"private_key_jwt\"",
+            "client keys are only for token_endpoint_auth_method = \"private_key_jwt\" or \
+             \"self_signed_tls_client_auth\"",
         ));
     }
     if method == Some(TokenEndpointAuthMethod::PrivateKeyJwt)
@@ -1396,6 +1428,123 @@ fn validate_assertion_keys(id: &str, client: &ClientConfig) -> Result<(), Config
             }
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// `tls_client_auth` and `self_signed_tls_client_auth` (docs/design.md §4.19): what each
+/// needs, and a way for a certificate to reach the proxy.
+fn validate_certificate_auth(
+    id: &str,
+    client: &ClientConfig,
+    server: &ServerConfig,
+) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("clients.{id}.{k}");
+    let subjects = [
+        ("subject_dn", &client.tls_client_auth_subject_dn),
+        ("san_dns", &client.tls_client_auth_san_dns),
+        ("san_uri", &client.tls_client_auth_san_uri),
+        ("san_ip", &client.tls_client_auth_san_ip),
+        ("san_email", &client.tls_client_auth_san_email),
+    ];
+    let set: Vec<_> = subjects
+        .iter()
+        .filter_map(|(kind, v)| Some((*kind, v.as_deref()?)))
+        .collect();
+    let Some(method) = client.token_endpoint_auth_method else {
+        return match set.first() {
+            Some((kind, _)) => Err(ConfigError::invalid(
+                key(&format!("tls_client_auth_{kind}")),
+                "only for token_endpoint_auth_method = \"tls_client_auth\"",
+            )),
+            None => Ok(()),
+        };
+    };
+    if method != TokenEndpointAuthMethod::TlsClientAuth
+        && let Some((kind, _)) = set.first()
+    {
+        return Err(ConfigError::invalid(
+            key(&format!("tls_client_auth_{kind}")),
+            "only for token_endpoint_auth_method = \"tls_client_auth\"",
+        ));
+    }
+    if !method.uses_certificate() {
+        return Ok(());
+    }
+    let method_key = key("token_endpoint_auth_method");
+    if let Some(name) = [
+        ("secret", client.secret.is_some()),
+        ("secret_sha256", client.secret_sha256.is_some()),
+    ]
+    .iter()
+    .find_map(|(n, on)| on.then_some(*n))
+    {
+        return Err(ConfigError::invalid(
+            key(name),
+            "a client that authenticates with a certificate has no secret",
+        ));
+    }
+    if client.access_token_format == Some(AccessTokenFormat::Upstream) {
+        return Err(ConfigError::invalid(
+            key("access_token_format"),
+            "\"upstream\" redeems every refresh at the upstream as the client: the proxy cannot \
+             present the client's certificate",
+        ));
+    }
+    if !server.tls_client_certificates && !server.client_cert_header {
+        return Err(ConfigError::invalid(
+            method_key,
+            "no client certificate can reach the proxy: set server.tls_client_certificates \
+             (with the TLS listener) or server.client_cert_header",
+        ));
+    }
+    match method {
+        TokenEndpointAuthMethod::TlsClientAuth => {
+            let (kind, value) = match set.as_slice() {
+                [one] => *one,
+                [] => {
+                    return Err(ConfigError::invalid(
+                        method_key,
+                        "\"tls_client_auth\" needs the certificate's registered subject: one of \
+                         tls_client_auth_subject_dn, _san_dns, _san_uri, _san_ip, _san_email",
+                    ));
+                }
+                [_, (second, _), ..] => {
+                    return Err(ConfigError::invalid(
+                        key(&format!("tls_client_auth_{second}")),
+                        "set exactly one tls_client_auth_* subject (RFC 8705 §2.1.2)",
+                    ));
+                }
+            };
+            crate::client_auth::mtls::Subject::parse(kind, value).map_err(|why| {
+                ConfigError::invalid(key(&format!("tls_client_auth_{kind}")), why)
+            })?;
+            if server.client_ca_file.is_none() {
+                return Err(ConfigError::invalid(
+                    method_key,
+                    "\"tls_client_auth\" needs server.client_ca_file, the CAs its certificate \
+                     chains to",
+                ));
+            }
+        }
+        _ => {
+            if client.jwks.is_none() && client.jwks_uri.is_none() {
+                return Err(ConfigError::invalid(
+                    method_key,
+                    "\"self_signed_tls_client_auth\" needs the client's certificates: jwks (or \
+                     jwks_file) or jwks_uri, with x5c",
+                ));
+            }
+            if client.jwks.is_some() && client.jwks_uri.is_some() {
+                return Err(ConfigError::invalid(
+                    key("jwks_uri"),
+                    "set one of jwks (or jwks_file) and jwks_uri, not both",
+                ));
+            }
+            if let Some(uri) = &client.jwks_uri {
+                validate_jwks_uri(uri).map_err(|why| ConfigError::invalid(key("jwks_uri"), why))?;
+            }
+        }
     }
     Ok(())
 }
@@ -1989,6 +2138,69 @@ mod tests {
             (
                 "[clients.c]\nsecret = \"s\"\ntoken_endpoint_auth_signing_alg = \"HS256\"\n",
                 "clients.c.token_endpoint_auth_signing_alg",
+            ),
+            // docs/design.md §4.19: certificate clients.
+            (
+                "[server]\nclient_cert_header = true\nclient_ca_file = \"ca.pem\"\n\
+                 [clients.c]\ntoken_endpoint_auth_method = \"tls_client_auth\"\n",
+                "clients.c.token_endpoint_auth_method",
+            ),
+            (
+                "[server]\nclient_cert_header = true\nclient_ca_file = \"ca.pem\"\n\
+                 [clients.c]\ntoken_endpoint_auth_method = \"tls_client_auth\"\n\
+                 tls_client_auth_subject_dn = \"CN=c\"\ntls_client_auth_san_dns = \"c.test\"\n",
+                "clients.c.tls_client_auth_san_dns",
+            ),
+            (
+                "[server]\nclient_ca_file = \"ca.pem\"\n\
+                 [clients.c]\ntoken_endpoint_auth_method = \"tls_client_auth\"\n\
+                 tls_client_auth_subject_dn = \"CN=c\"\n",
+                "clients.c.token_endpoint_auth_method",
+            ),
+            (
+                "[server]\nclient_cert_header = true\n\
+                 [clients.c]\ntoken_endpoint_auth_method = \"tls_client_auth\"\n\
+                 tls_client_auth_subject_dn = \"CN=c\"\n",
+                "clients.c.token_endpoint_auth_method",
+            ),
+            (
+                "[server]\nclient_cert_header = true\nclient_ca_file = \"ca.pem\"\n\
+                 [clients.c]\ntoken_endpoint_auth_method = \"tls_client_auth\"\n\
+                 tls_client_auth_subject_dn = \"CN=#0403\"\n",
+                "clients.c.tls_client_auth_subject_dn",
+            ),
+            (
+                "[server]\nclient_cert_header = true\nclient_ca_file = \"ca.pem\"\n\
+                 [clients.c]\ntoken_endpoint_auth_method = \"tls_client_auth\"\n\
+                 tls_client_auth_san_ip = \"c.test\"\n",
+                "clients.c.tls_client_auth_san_ip",
+            ),
+            (
+                "[server]\nclient_cert_header = true\nclient_ca_file = \"ca.pem\"\n\
+                 [clients.c]\ntoken_endpoint_auth_method = \"tls_client_auth\"\n\
+                 tls_client_auth_subject_dn = \"CN=c\"\nsecret = \"s\"\n",
+                "clients.c.secret",
+            ),
+            (
+                "[server]\nclient_cert_header = true\nclient_ca_file = \"ca.pem\"\n\
+                 [clients.c]\ntoken_endpoint_auth_method = \"tls_client_auth\"\n\
+                 tls_client_auth_subject_dn = \"CN=c\"\naccess_token_format = \"upstream\"\n",
+                "clients.c.access_token_format",
+            ),
+            (
+                "[clients.c]\ntls_client_auth_san_dns = \"c.test\"\n",
+                "clients.c.tls_client_auth_san_dns",
+            ),
+            (
+                "[server]\nclient_cert_header = true\n\
+                 [clients.c]\ntoken_endpoint_auth_method = \"self_signed_tls_client_auth\"\n",
+                "clients.c.token_endpoint_auth_method",
+            ),
+            (
+                "[server]\nclient_cert_header = true\n\
+                 [clients.c]\ntoken_endpoint_auth_method = \"self_signed_tls_client_auth\"\n\
+                 jwks_uri = \"http://c.example/jwks\"\n",
+                "clients.c.jwks_uri",
             ),
         ] {
             let text = if extra.starts_with("[upstream]") {

@@ -110,6 +110,7 @@ impl<'a> TokenRequest<'a> {
                 token_endpoint: self.token_url,
             },
             jwks: self.client_jwks,
+            client_cert: self.client_cert,
         }
     }
 }
@@ -157,6 +158,8 @@ pub struct Keys {
     pub kept: KeptKeys,
     /// DPoP server nonces (docs/design.md §4.16), the same on every replica.
     pub dpop_nonces: Nonces,
+    /// `server.client_ca_file`: what `tls_client_auth` certificates chain to (§4.19).
+    pub client_ca: Option<crate::client_cert::ClientCa>,
 }
 
 impl Keys {
@@ -277,6 +280,8 @@ impl ClientJwks for NoClientJwks {
 pub(crate) struct Authn<'a> {
     pub audience: client_auth::assertion::Audience<'a>,
     pub jwks: &'a dyn ClientJwks,
+    /// The certificate the client presented (docs/design.md §4.17), if any.
+    pub client_cert: Option<&'a ClientCert>,
 }
 
 impl Authn<'_> {
@@ -289,6 +294,7 @@ impl Authn<'_> {
                 token_endpoint: None,
             },
             jwks: &NoClientJwks,
+            client_cert: None,
         }
     }
 }
@@ -303,6 +309,15 @@ impl Engine {
         authn: &Authn<'_>,
     ) -> Result<Option<client_auth::assertion::Verified>, ClientAuthError> {
         Clients::verify(client, presented)?;
+        if let Some(auth) = &client.certificate {
+            return match self.certificate_refusal(client, auth, authn).await {
+                None => Ok(None),
+                Some(why) => {
+                    tracing::info!(client_id = %client.id, reason = why, "client certificate refused");
+                    Err(ClientAuthError::Failed { basic: false })
+                }
+            };
+        }
         let (Some(jwt), Some(auth)) = (presented.assertion(), &client.assertion) else {
             return Ok(None);
         };
@@ -347,6 +362,59 @@ impl Engine {
                     "client assertion refused"
                 );
                 Err(ClientAuthError::Failed { basic: false })
+            }
+        }
+    }
+
+    /// Why a certificate client's certificate does not authenticate it (docs/design.md §4.19);
+    /// `None`: it does.
+    async fn certificate_refusal(
+        &self,
+        client: &Client,
+        auth: &client_auth::CertAuth,
+        authn: &Authn<'_>,
+    ) -> Option<&'static str> {
+        use client_auth::{CertAuth, SelfSignedKeys};
+        let Some(cert) = authn.client_cert else {
+            return Some("no client certificate");
+        };
+        match auth {
+            CertAuth::Pki(subject) => {
+                let keys = self.keys();
+                let Some(ca) = &keys.client_ca else {
+                    return Some("no server.client_ca_file");
+                };
+                if !ca.trusts(cert) {
+                    return Some("the certificate does not chain to server.client_ca_file");
+                }
+                (!subject.matches(cert.der()))
+                    .then_some("the certificate's subject is not the registered one")
+            }
+            CertAuth::SelfSigned(keys) => {
+                let registered = |set: &crate::grant::verify::KeySet| {
+                    set.certificates().iter().any(|t| t == cert.thumbprint())
+                };
+                let found = match keys {
+                    SelfSignedKeys::Jwks(set) => registered(set),
+                    SelfSignedKeys::Uri {
+                        uri,
+                        refetch_interval,
+                    } => {
+                        let cached = authn.jwks.keys(&client.id, uri, None).await;
+                        if cached.as_deref().is_some_and(registered) {
+                            true
+                        } else {
+                            // The client may have registered a new certificate: its jwks_uri
+                            // is fetched again (rate-limited).
+                            let again = authn
+                                .jwks
+                                .keys(&client.id, uri, Some(*refetch_interval))
+                                .await;
+                            again.as_deref().is_some_and(registered)
+                        }
+                    }
+                };
+                (!found).then_some("the certificate is not one the client registered")
             }
         }
     }

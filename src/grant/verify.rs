@@ -204,6 +204,10 @@ impl Jwk {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeySet {
     keys: Vec<Jwk>,
+    /// The RFC 8705 §3.1 thumbprints (`x5t#S256`) of the keys' certificates: the first of each
+    /// key's `x5c`, or its `x5t#S256` member (`self_signed_tls_client_auth`, docs/design.md
+    /// §4.19).
+    certificates: Vec<String>,
 }
 
 impl KeySet {
@@ -220,7 +224,17 @@ impl KeySet {
         };
         Ok(KeySet {
             keys: keys.iter().filter_map(Jwk::parse).take(MAX_KEYS).collect(),
+            certificates: keys
+                .iter()
+                .filter_map(certificate_thumbprint)
+                .take(MAX_KEYS)
+                .collect(),
         })
+    }
+
+    /// The thumbprints of the certificates the set's keys carry.
+    pub fn certificates(&self) -> &[String] {
+        &self.certificates
     }
 
     pub fn len(&self) -> usize {
@@ -230,6 +244,24 @@ impl KeySet {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+}
+
+/// A JWK's certificate thumbprint: SHA-256 of the DER of `x5c[0]` (RFC 7517 §4.7: standard
+/// base64), else its own `x5t#S256` (RFC 7517 §4.9).
+fn certificate_thumbprint(key: &Value) -> Option<String> {
+    use base64::engine::general_purpose::STANDARD;
+    let key = key.as_object()?;
+    if let Some(first) = key
+        .get("x5c")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+    {
+        let der = STANDARD.decode(first.as_str()?).ok()?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+        return Some(B64.encode(digest));
+    }
+    let x5t = key.get("x5t#S256")?.as_str()?;
+    (x5t.len() == 43 && B64.decode(x5t).is_ok()).then(|| x5t.to_owned())
 }
 
 /// Why an upstream JWT was refused.

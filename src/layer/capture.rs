@@ -268,7 +268,7 @@ where
         ctx.engine.metrics.capture_skip(CaptureSkip::TooLarge);
         return Ok(rebuilt(parts, bytes));
     }
-    if let Err(why) = assertion_ok(&ctx).await {
+    if let Err(why) = client_auth_ok(&ctx).await {
         let reason = CaptureSkip::ClientAuth;
         tracing::warn!(client_id = %client.id, reason = reason.label(), "capture skipped: {why}");
         ctx.engine.metrics.capture_skip(reason);
@@ -300,13 +300,14 @@ where
 
 /// For a client that authenticates with assertions (or sent one), the proxy's own check of the
 /// assertion the IdP accepted: signature, `iss`/`sub`, `aud`, times (docs/design.md §4.18).
-/// Its `jti` is not recorded: the IdP did.
-async fn assertion_ok(ctx: &CaptureContext) -> Result<(), &'static str> {
+/// Its `jti` is not recorded: the IdP did. For a client that authenticates with a certificate,
+/// the proxy's own check of the certificate it saw (docs/design.md §4.19).
+async fn client_auth_ok(ctx: &CaptureContext) -> Result<(), &'static str> {
     let presented = client_auth::presented(ctx.authorization.as_ref(), &ctx.form)
         .ok()
         .flatten();
     let sent_one = presented.as_ref().is_some_and(|p| p.assertion().is_some());
-    if ctx.client.assertion.is_none() && !sent_one {
+    if ctx.client.assertion.is_none() && ctx.client.certificate.is_none() && !sent_one {
         return Ok(());
     }
     let presented = presented.ok_or("the request names no client")?;
@@ -316,7 +317,8 @@ async fn assertion_ok(ctx: &CaptureContext) -> Result<(), &'static str> {
         .verify_client(
             &ctx.client,
             &presented,
-            &ctx.shared.authn(&issuer, &token_url),
+            &ctx.shared
+                .authn(&issuer, &token_url, ctx.client_cert.as_deref()),
         )
         .await
         .map(|_| ())

@@ -10,6 +10,7 @@ use super::jwks::UpstreamKeys;
 use super::service::RefreshGrant;
 use crate::classify::Endpoints;
 use crate::client_auth::assertion::Audience;
+use crate::client_cert::ClientCert;
 use crate::config::ConfigError;
 use crate::engine::Authn;
 use crate::engine::Engine;
@@ -56,13 +57,19 @@ impl Shared {
 
     /// What client authentication needs (docs/design.md §4.18): the issuer, the token
     /// endpoint's URL as clients see it ([`Endpoints::token_url`]), the `jwks_uri` cache.
-    pub(crate) fn authn<'a>(&'a self, issuer: &'a str, token_url: &'a Option<String>) -> Authn<'a> {
+    pub(crate) fn authn<'a>(
+        &'a self,
+        issuer: &'a str,
+        token_url: &'a Option<String>,
+        client_cert: Option<&'a ClientCert>,
+    ) -> Authn<'a> {
         Authn {
             audience: Audience {
                 issuer,
                 token_endpoint: token_url.as_deref(),
             },
             jwks: &*self.client_keys,
+            client_cert,
         }
     }
 

@@ -301,7 +301,8 @@ where
     let authorization = req.headers().get(AUTHORIZATION);
     let issuer = shared.issuer();
     let token_url = shared.endpoints.load().token_url();
-    let authn = shared.authn(&issuer, &token_url);
+    let client_cert = req.extensions().get::<Arc<ClientCert>>().map(|c| &**c);
+    let authn = shared.authn(&issuer, &token_url, client_cert);
     let answer = if endpoint == Endpoint::Revocation {
         engine
             .revoke(authorization, &form, &authn)

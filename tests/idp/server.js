@@ -26,6 +26,12 @@
 //                          certificate is read from an RFC 9440 `Client-Cert` header (as a
 //                          TLS-terminating proxy in front passes it on), and a public client's
 //                          refresh tokens are bound to it too.
+//   MTLS_CA_FILE           (with MTLS=1) a PEM CA certificate: adds the client `mtls-pki`
+//                          (tls_client_auth, RFC 8705 §2.1), whose certificate must be issued
+//                          by that CA with the subject DN MTLS_PKI_SUBJECT_DN below.
+//   MTLS_SELF_SIGNED_CERT  (with MTLS=1) a PEM self-signed certificate: adds the client
+//                          `mtls-self` (self_signed_tls_client_auth, RFC 8705 §2.2) with that
+//                          certificate in its jwks (x5c).
 //   DPOP=1                 RFC 9449 DPoP on: a token request with a DPoP proof gets DPoP-bound
 //                          tokens (token_type DPoP; a public client's refresh tokens are bound
 //                          to the key too).
@@ -102,8 +108,52 @@ function publicJwk(name) {
   return pub;
 }
 
+// RFC 8705 §2 clients (MTLS=1): the CA and the self-signed certificate come from the test.
+const MTLS_PKI_SUBJECT_DN = 'CN=mtls-pki-client,O=refresh-proxy tests';
+const mtlsCa = env.MTLS === '1' && env.MTLS_CA_FILE
+  ? new crypto.X509Certificate(readFileSync(env.MTLS_CA_FILE))
+  : undefined;
+const mtlsSelfSigned = env.MTLS === '1' && env.MTLS_SELF_SIGNED_CERT
+  ? new crypto.X509Certificate(readFileSync(env.MTLS_SELF_SIGNED_CERT))
+  : undefined;
+const mtlsClients = [];
+if (mtlsCa) {
+  mtlsClients.push({
+    client_id: 'mtls-pki',
+    token_endpoint_auth_method: 'tls_client_auth',
+    tls_client_auth_subject_dn: MTLS_PKI_SUBJECT_DN,
+    tls_client_certificate_bound_access_tokens: true,
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: [REDIRECT_URI],
+  });
+}
+if (mtlsSelfSigned) {
+  mtlsClients.push({
+    client_id: 'mtls-self',
+    token_endpoint_auth_method: 'self_signed_tls_client_auth',
+    tls_client_certificate_bound_access_tokens: true,
+    jwks: {
+      keys: [{
+        ...mtlsSelfSigned.publicKey.export({ format: 'jwk' }),
+        x5c: [mtlsSelfSigned.raw.toString('base64')],
+      }],
+    },
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: [REDIRECT_URI],
+  });
+}
+
+// The client certificate of a request, as node's X509Certificate (undefined: none).
+function requestCertificate(ctx) {
+  const pem = configuration.features.mTLS.getCertificate(ctx);
+  return pem ? new crypto.X509Certificate(pem) : undefined;
+}
+
 const configuration = {
   clients: [
+    ...mtlsClients,
     {
       // Confidential client. oidc-provider 8.8.1 treats client_secret_basic and
       // client_secret_post as interchangeable at the token endpoint (both are accepted for a
@@ -169,6 +219,12 @@ const configuration = {
       redirect_uris: [],
     },
   ],
+  // The default methods, and the RFC 8705 ones when their clients are there.
+  clientAuthMethods: [
+    'client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt', 'none',
+    ...(mtlsCa ? ['tls_client_auth'] : []),
+    ...(mtlsSelfSigned ? ['self_signed_tls_client_auth'] : []),
+  ],
   // Per-process random cookie signing key (cookies then carry a .sig companion).
   cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
   scopes: ['openid', 'offline_access', 'read', 'write'],
@@ -210,6 +266,33 @@ const configuration = {
         if (!match) return undefined;
         const lines = match[1].match(/.{1,64}/g).join('\n');
         return `-----BEGIN CERTIFICATE-----\n${lines}\n-----END CERTIFICATE-----\n`;
+      },
+      tlsClientAuth: mtlsCa !== undefined,
+      selfSignedTlsClientAuth: mtlsSelfSigned !== undefined,
+      // tls_client_auth: issued by MTLS_CA_FILE's CA and valid now (a TLS terminator would
+      // check this; here the certificate comes in a header).
+      certificateAuthorized(ctx) {
+        const cert = requestCertificate(ctx);
+        if (!cert || !mtlsCa) return false;
+        const now = Date.now();
+        return cert.checkIssued(mtlsCa) && cert.verify(mtlsCa.publicKey)
+          && Date.parse(cert.validFrom) <= now && now <= Date.parse(cert.validTo);
+      },
+      // RFC 4514 text lists the last RDN first; node lists them in certificate order.
+      certificateSubjectMatches(ctx, property, expected) {
+        const cert = requestCertificate(ctx);
+        if (!cert) return false;
+        if (property === 'tls_client_auth_subject_dn') {
+          return cert.subject.split('\n').reverse().join(',') === expected;
+        }
+        const kinds = {
+          tls_client_auth_san_dns: 'DNS:',
+          tls_client_auth_san_uri: 'URI:',
+          tls_client_auth_san_ip: 'IP Address:',
+          tls_client_auth_san_email: 'email:',
+        };
+        return (cert.subjectAltName || '').split(', ')
+          .some((name) => name === `${kinds[property]}${expected}`);
       },
     },
     resourceIndicators: jwtAccessTokens

@@ -107,7 +107,16 @@ pub struct IdpOptions {
     pub dpop: bool,
     /// RFC 8705 certificate-bound tokens for `spa`, the certificate read from `Client-Cert`.
     pub mtls: bool,
+    /// With `mtls`: a PEM CA certificate; adds the `tls_client_auth` client `mtls-pki`, whose
+    /// certificate that CA issues with the subject [`MTLS_PKI_SUBJECT_DN`].
+    pub mtls_ca_file: Option<std::path::PathBuf>,
+    /// With `mtls`: a PEM self-signed certificate; adds the `self_signed_tls_client_auth`
+    /// client `mtls-self` with it in its jwks.
+    pub mtls_self_signed_cert: Option<std::path::PathBuf>,
 }
+
+/// The subject the IdP registers for `mtls-pki` (RFC 4514 text).
+pub const MTLS_PKI_SUBJECT_DN: &str = "CN=mtls-pki-client,O=refresh-proxy tests";
 
 impl Idp {
     /// Starts an IdP with default options.
@@ -154,6 +163,8 @@ impl Idp {
             .env_remove("SESSION_REFRESH_TOKENS")
             .env_remove("DPOP")
             .env_remove("MTLS")
+            .env_remove("MTLS_CA_FILE")
+            .env_remove("MTLS_SELF_SIGNED_CERT")
             .env_remove("DEBUG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -176,6 +187,12 @@ impl Idp {
         }
         if opts.mtls {
             cmd.env("MTLS", "1");
+        }
+        if let Some(path) = &opts.mtls_ca_file {
+            cmd.env("MTLS_CA_FILE", path);
+        }
+        if let Some(path) = &opts.mtls_self_signed_cert {
+            cmd.env("MTLS_SELF_SIGNED_CERT", path);
         }
         match opts.refresh_rotation {
             RefreshRotation::ProviderDefault => {}
