@@ -4,7 +4,8 @@
 //! certificate is taken as the TLS layer or the front proxy gave it; its meaning (which family
 //! it binds) is decided elsewhere (docs/design.md §4.17).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use aws_lc_rs::digest;
 use base64::Engine as _;
@@ -27,12 +28,23 @@ pub const MAX_CHAIN: usize = 8;
 
 /// A client certificate: its DER bytes and RFC 8705 §3.1 thumbprint, and the intermediate
 /// certificates that came with it (for a chain check: `tls_client_auth`).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct ClientCert {
     der: Vec<u8>,
     thumbprint: String,
     chain: Vec<Vec<u8>>,
+    /// The outcome of the first chain check, and the [`ClientCa`] generation it was made
+    /// against: a TLS connection's certificate is checked once, as at its handshake.
+    trusted: OnceLock<(u64, bool)>,
 }
+
+impl PartialEq for ClientCert {
+    fn eq(&self, other: &ClientCert) -> bool {
+        self.der == other.der && self.chain == other.chain
+    }
+}
+
+impl Eq for ClientCert {}
 
 impl std::fmt::Debug for ClientCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,6 +61,7 @@ impl ClientCert {
             der: der.to_vec(),
             thumbprint: URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, der)),
             chain: Vec::new(),
+            trusted: OnceLock::new(),
         }
     }
 
@@ -123,11 +136,20 @@ fn byte_sequence(text: &str) -> Option<Vec<u8>> {
 /// (docs/design.md §4.19). The path is checked as RFC 5280 says (signatures, validity, name
 /// and basic constraints, the clientAuth usage when the certificate limits its usage); there
 /// is no revocation check (no CRL or OCSP).
+///
+/// A certificate is checked once per [`ClientCert`]: once per TLS connection (as a TLS server
+/// checks at the handshake), once per request for a front proxy's header. Each `ClientCa` (a
+/// reload makes a new one) has a generation of its own, so a check is never reused against
+/// other anchors.
 #[derive(Clone)]
 pub struct ClientCa {
     verifier: Arc<dyn ClientCertVerifier>,
     anchors: usize,
+    generation: u64,
 }
+
+/// The next [`ClientCa`] generation.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 impl std::fmt::Debug for ClientCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -152,11 +174,28 @@ impl ClientCa {
             rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| e.to_string())?;
-        Ok(ClientCa { verifier, anchors })
+        Ok(ClientCa {
+            verifier,
+            anchors,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        })
     }
 
-    /// Whether `cert` chains to an anchor, now.
+    /// Whether `cert` chains to an anchor (now, or when this certificate was first checked
+    /// against these anchors).
     pub fn trusts(&self, cert: &ClientCert) -> bool {
+        match cert.trusted.get() {
+            Some((generation, ok)) if *generation == self.generation => *ok,
+            _ => {
+                let ok = self.check(cert);
+                // The first check is kept; after a reload, later ones are made each time.
+                let _ = cert.trusted.set((self.generation, ok));
+                ok
+            }
+        }
+    }
+
+    fn check(&self, cert: &ClientCert) -> bool {
         let intermediates: Vec<CertificateDer<'_>> = cert
             .chain
             .iter()
@@ -267,6 +306,16 @@ mod tests {
         let (self_signed, _) = ca("client");
         assert!(!anchors.trusts(&ClientCert::from_der(self_signed.der())));
         assert!(!anchors.trusts(&ClientCert::from_der(b"\x30\x00")));
+        // A check is kept for these anchors only: other anchors (a reload) check again.
+        let (other_root, other_issuer) = ca("other");
+        let others = ClientCa::new(vec![other_root.der().clone()], provider.clone()).expect("CA");
+        let c = ClientCert::from_der(direct.der());
+        assert!(anchors.trusts(&c));
+        assert!(!others.trusts(&c));
+        assert!(anchors.trusts(&c));
+        let theirs = ClientCert::from_der(leaf(&other_issuer).der());
+        assert!(!anchors.trusts(&theirs));
+        assert!(others.trusts(&theirs));
         assert!(ClientCa::new(vec![CertificateDer::from(vec![1u8, 2])], provider).is_err());
     }
 }
