@@ -276,6 +276,7 @@ impl App {
             .shared_endpoints(endpoints.clone())
             .max_body_bytes(config.server.max_body_bytes)?
             .body_read_timeout(config.server.body_read_timeout)
+            .server_timing(config.server.server_timing)
             .engine(engine.clone())
             .logout_relay(pass_ons)
             .fallback_issuer(config.upstream.url.clone());

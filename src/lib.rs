@@ -131,6 +131,7 @@ pub mod otel_export;
 pub(crate) mod proxy;
 pub(crate) mod server;
 pub mod store;
+pub(crate) mod timing;
 pub(crate) mod tls;
 pub(crate) mod upstream_revocation;
 
@@ -160,5 +161,8 @@ pub mod internal {
     }
     pub mod mint {
         pub use crate::mint::*;
+    }
+    pub mod timing {
+        pub use crate::timing::*;
     }
 }

@@ -50,6 +50,8 @@ mod chains;
 mod html;
 #[path = "refresh-bench/load.rs"]
 mod load;
+#[path = "refresh-bench/phases.rs"]
+mod phases;
 #[path = "refresh-bench/progress.rs"]
 mod progress;
 #[path = "refresh-bench/report.rs"]

@@ -195,6 +195,10 @@ pub struct ServerConfig {
     /// proxy that terminated TLS). From any other peer the header is removed.
     #[serde(default)]
     pub client_cert_header: bool,
+    /// Refresh grants the proxy answers carry a W3C `Server-Timing` header saying how long
+    /// each of its phases took (a load-testing aid; off by default).
+    #[serde(default)]
+    pub server_timing: bool,
     /// PEM CA certificates a `tls_client_auth` client's certificate must chain to (RFC 8705
     /// §2.1; docs/design.md §4.19). Read again on reload.
     pub client_ca_file: Option<PathBuf>,

@@ -85,6 +85,8 @@ pub(crate) struct TokenRequest<'a> {
     pub(crate) client_jwks: &'a dyn ClientJwks,
     /// The client certificate the connection presented (docs/design.md §4.17), if any.
     pub(crate) client_cert: Option<&'a ClientCert>,
+    /// Where the phases' ends are marked, with `server.server_timing`.
+    pub(crate) timing: Option<&'a crate::timing::Timing>,
 }
 
 impl<'a> TokenRequest<'a> {
@@ -99,6 +101,7 @@ impl<'a> TokenRequest<'a> {
             token_url: None,
             client_jwks: &NoClientJwks,
             client_cert: None,
+            timing: None,
         }
     }
 

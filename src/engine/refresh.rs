@@ -52,6 +52,12 @@ impl Engine {
                 .await?;
             (client, verified)
         };
+        let mark = |phase| {
+            if let Some(t) = req.timing {
+                t.mark(phase);
+            }
+        };
+        mark(crate::timing::Phase::Auth);
         let policy = &client.policy;
         if policy.refresh_token_ttl == 0 {
             return Err(GrantError::UnauthorizedClient);
@@ -124,6 +130,7 @@ impl Engine {
                 }))
                 .collect(),
         };
+        mark(crate::timing::Phase::Prepare);
         let mut redemption = self.redeem_once(&request).await?;
         // The one-time identifiers are remembered now: a second redemption of this request
         // (ahead, a check's outcome, waiting for another's check) must not see them as replays.
@@ -146,6 +153,7 @@ impl Engine {
         let (redemption, fresh) = self
             .upstream_check(&keys, client, &mut request, redemption, upstream)
             .await?;
+        mark(crate::timing::Phase::Store);
         let now = request.redeem.now_ms;
         let (verdict, family, opaque_stored, kept_answer) = match redemption {
             Redemption::Unknown => return Err(GrantError::InvalidGrant("unknown family")),

@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) logout_relay: Option<super::PassOns>,
     /// `private_key_jwt` clients' `jwks_uri` key sets; one for every worker.
     pub(crate) client_keys: Arc<ClientKeys>,
+    /// Refresh answers say where their time went (`Server-Timing`).
+    pub(crate) server_timing: bool,
 }
 
 impl Shared {
@@ -113,6 +115,7 @@ impl RefreshGrantLayer {
             introspection_auth: None,
             subject_claim: None,
             logout_relay: None,
+            server_timing: false,
         }
     }
 }
@@ -134,6 +137,7 @@ impl RefreshGrantLayer {
                 subject_claim: s.subject_claim.clone(),
                 logout_relay: s.logout_relay.clone(),
                 client_keys: s.client_keys.clone(),
+                server_timing: s.server_timing,
             }),
         }
     }
@@ -159,9 +163,17 @@ pub struct RefreshGrantLayerBuilder {
     introspection_auth: Option<HeaderValue>,
     subject_claim: Option<String>,
     logout_relay: Option<super::PassOns>,
+    server_timing: bool,
 }
 
 impl RefreshGrantLayerBuilder {
+    /// Refresh grants the layer answers carry a W3C `Server-Timing` header: how long each of
+    /// its phases took (docs/behaviour.md, "Server timing"). Off by default: a load-testing aid.
+    pub fn server_timing(mut self, on: bool) -> Self {
+        self.server_timing = on;
+        self
+    }
+
     /// Where accepted back-channel logout tokens are queued to be passed on to the clients'
     /// own `backchannel_logout_uri` (`crate::logout_relay` sends them).
     pub fn logout_relay(mut self, relay: super::PassOns) -> Self {
@@ -249,6 +261,7 @@ impl RefreshGrantLayerBuilder {
                 subject_claim: self.subject_claim,
                 logout_relay: self.logout_relay,
                 client_keys: Arc::default(),
+                server_timing: self.server_timing,
             }),
         }
     }

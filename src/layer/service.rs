@@ -26,6 +26,7 @@ use crate::error::Error;
 use crate::grant::dpop::DpopError;
 use crate::metrics::{Grant, Outcome, Route};
 use crate::oauth;
+use crate::timing::{Phase, Timing};
 
 /// The middleware; see the [module docs](crate::layer).
 #[derive(Debug, Clone)]
@@ -172,6 +173,8 @@ pub(super) fn dpop_header(
 
 /// RFC 9449 §4.1's request header.
 const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
+/// W3C Server Timing's response header (`server.server_timing`).
+const SERVER_TIMING: http::HeaderName = http::HeaderName::from_static("server-timing");
 
 /// The token endpoint: refresh grants the proxy owns are answered here; everything else goes
 /// upstream, and a handled client's answer is captured on the way back.
@@ -189,11 +192,15 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
+    let timing = shared.server_timing.then(Timing::start);
     // `_held`: the connection's body budget taken by this body, given back when done.
     let (req, form, _held) = match read_form(req, &shared).await {
         Ok(read) => read,
         Err(err) => return Ok(refused(&shared, Route::Token, err)),
     };
+    if let Some(t) = &timing {
+        t.mark(Phase::Form);
+    }
     let Some(engine) = shared.engine.clone() else {
         return inner.call(req).await.map(inner_response);
     };
@@ -223,6 +230,7 @@ where
                     token_url: token_url.as_deref(),
                     client_jwks: &*shared.client_keys,
                     client_cert: req.extensions().get::<Arc<ClientCert>>().map(|c| &**c),
+                    timing: timing.as_ref(),
                 },
                 &mut upstream,
             )
@@ -230,17 +238,23 @@ where
         if !matches!(answered, Ok(None)) {
             engine.metrics.refresh_latency(started.elapsed());
         }
-        match answered {
+        let answered_here = match answered {
             Ok(Some(answer)) => {
                 record(Outcome::Ok);
-                return Ok(oauth::token_response(&answer).map(ResponseBody::local));
+                Some(oauth::token_response(&answer).map(ResponseBody::local))
             }
             Err(err) => {
                 let err = Error::Grant(err);
                 record(crate::error::outcome_of(&err));
-                return Ok(local_response(err));
+                Some(local_response(err))
             }
-            Ok(None) => {}
+            Ok(None) => None,
+        };
+        if let Some(mut res) = answered_here {
+            if let Some(t) = &timing {
+                res.headers_mut().insert(SERVER_TIMING, t.header());
+            }
+            return Ok(res);
         }
     }
     // Not answered here: forward, and capture a handled client's new refresh token.

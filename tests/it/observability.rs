@@ -233,6 +233,72 @@ fn problems(
     out
 }
 
+/// `server.server_timing`: a refresh the proxy answers says where its time went, phase by
+/// phase, in a W3C `Server-Timing` header whose parts add up to its total; an error answer says
+/// as much as was reached; off (the default), nothing is said.
+#[tokio::test]
+async fn server_timing_says_where_a_refresh_spent_its_time() {
+    let echo = EchoServer::start().await;
+    for on in [true, false] {
+        let config = format!(
+            "[server]\nserver_timing = {on}\n\
+             [store]\nurl = \"memory://\"\n\
+             [admin]\ntoken = \"admin-token-for-tests-0123456789\"\nissue_token = \"{ISSUE_TOKEN}\"\n\
+             [clients.www]\nsecret = \"{SECRET}\"\nallow_admin_issue = true\n\
+             [upstream]\nurl = \"{up}\"\ndiscovery = false\ntoken_path = \"/token\"\n\
+             revocation = \"absent\"\n",
+            up = echo.url(),
+        );
+        let proxy = TestProxy::start(&config).await;
+        proxy.wait_ready().await;
+        let token = issue(
+            &proxy.admin_url,
+            ISSUE_TOKEN,
+            serde_json::json!({"client_id": "www", "subject": "alice", "count": 1}),
+        )
+        .await
+        .remove(0);
+        let http = reqwest::Client::new();
+        let refresh = |secret: &'static str| {
+            http.post(format!("{}/token", proxy.url))
+                .basic_auth("www", Some(secret))
+                .form(&[("grant_type", "refresh_token"), ("refresh_token", &token)])
+                .send()
+        };
+        let ok = refresh(SECRET).await.expect("refresh");
+        assert_eq!(ok.status(), 200);
+        let refused = refresh("wrong").await.expect("refresh");
+        assert_eq!(refused.status(), 401);
+        let header = |res: &reqwest::Response| {
+            res.headers()
+                .get("server-timing")
+                .map(|v| v.to_str().expect("ASCII").to_owned())
+        };
+        if !on {
+            assert_eq!((header(&ok), header(&refused)), (None, None));
+            continue;
+        }
+        let parts = |text: String| -> Vec<(String, f64)> {
+            text.split(", ")
+                .map(|part| {
+                    let (name, dur) = part.split_once(";dur=").expect("name;dur=");
+                    (name.to_owned(), dur.parse().expect("milliseconds"))
+                })
+                .collect()
+        };
+        let ok = parts(header(&ok).expect("Server-Timing on a refresh"));
+        let names: Vec<&str> = ok.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["form", "auth", "prep", "store", "mint", "total"]);
+        let sum: f64 = ok[..5].iter().map(|(_, d)| d).sum();
+        assert!((sum - ok[5].1).abs() < 0.0015, "{ok:?}");
+        assert!(ok[5].1 > 0.0, "{ok:?}");
+        // Refused at client authentication: the body was read, no further.
+        let refused = parts(header(&refused).expect("Server-Timing on an error"));
+        let names: Vec<&str> = refused.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["form", "total"]);
+    }
+}
+
 #[tokio::test]
 async fn dashboard_and_rules_name_only_what_the_proxy_exports() {
     let mut redis = RedisServer::start();

@@ -83,6 +83,8 @@ pub struct Stats {
     pub exhausted: u64,
     /// Per-second data of the measured window (empty unless [`Plan::timeline`]).
     pub timeline: Timeline,
+    /// Answers that said where their time went (`Server-Timing`), measured window only.
+    pub phases: Vec<crate::phases::Sample>,
 }
 
 impl Stats {
@@ -100,6 +102,7 @@ impl Stats {
             reconnects: 0,
             exhausted: 0,
             timeline: Timeline::default(),
+            phases: Vec::new(),
         }
     }
 
@@ -124,6 +127,7 @@ impl Stats {
         self.reconnects += other.reconnects;
         self.exhausted += other.exhausted;
         self.timeline.merge(&other.timeline);
+        self.phases.extend_from_slice(&other.phases);
     }
 }
 
@@ -166,7 +170,7 @@ impl Conn {
     async fn exchange(
         &mut self,
         request: http::Request<Full<Bytes>>,
-    ) -> Result<(u16, Bytes), &'static str> {
+    ) -> Result<(u16, Bytes, Option<[u32; 6]>), &'static str> {
         let Conn {
             sender,
             driver,
@@ -176,13 +180,17 @@ impl Conn {
             sender.ready().await.map_err(|_| "closed")?;
             let response = sender.send_request(request).await.map_err(|_| "io")?;
             let status = response.status().as_u16();
+            let phases = response
+                .headers()
+                .get("server-timing")
+                .and_then(|v| crate::phases::parse(v.as_bytes()));
             let body = response
                 .into_body()
                 .collect()
                 .await
                 .map_err(|_| "io")?
                 .to_bytes();
-            Ok((status, body))
+            Ok((status, body, phases))
         };
         let mut answer = std::pin::pin!(answer);
         tokio::select! {
@@ -426,7 +434,7 @@ async fn connection(
         let sent = Instant::now();
         let result = tokio::time::timeout(plan.timeout, c.exchange(request)).await;
         let finished = Instant::now();
-        let (status, body) = match result {
+        let (status, body, phases) = match result {
             Ok(Ok(answer)) => answer,
             Ok(Err(kind)) => {
                 if counted {
@@ -460,6 +468,14 @@ async fn connection(
             stats.answered += 1;
             let latency = micros(finished - start);
             stats.latency.saturating_record(latency);
+            if let Some(phases) = phases {
+                let clamp = |us: u64| u32::try_from(us).unwrap_or(u32::MAX);
+                stats.phases.push(crate::phases::Sample {
+                    latency: clamp(latency),
+                    service: clamp(micros(finished - sent)),
+                    phases,
+                });
+            }
             if timeline {
                 stats
                     .timeline

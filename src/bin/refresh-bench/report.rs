@@ -16,6 +16,8 @@ pub struct Summary<'a> {
     elapsed_s: f64,
     chains: usize,
     spares_left: usize,
+    /// [`crate::phases::breakdown`] of the answers that carried `Server-Timing`.
+    phases: Option<Value>,
 }
 
 impl<'a> Summary<'a> {
@@ -32,6 +34,7 @@ impl<'a> Summary<'a> {
             elapsed_s: outcome.elapsed.as_secs_f64(),
             chains,
             spares_left,
+            phases: crate::phases::breakdown(&mut outcome.stats.phases.clone()),
         }
     }
 
@@ -112,6 +115,9 @@ impl<'a> Summary<'a> {
             );
         }
         doc.insert("reconnects".into(), json!(s.reconnects));
+        if let Some(phases) = &self.phases {
+            doc.insert("phases_us".into(), phases.clone());
+        }
         Value::Object(doc)
     }
 
@@ -184,6 +190,9 @@ impl<'a> Summary<'a> {
         }
         if s.reconnects > 0 {
             let _ = writeln!(out, "  reconnects {}", s.reconnects);
+        }
+        if let Some(phases) = &self.phases {
+            out.push_str(&crate::phases::human(phases));
         }
         out
     }
