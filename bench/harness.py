@@ -139,12 +139,14 @@ def run(argv: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProc
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _process_cpu_s(pid: int) -> float:
+def _process_cpu_s(pid: int, kernel_only: bool = False) -> float:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
     fields = stat[stat.rindex(")") + 2:].split()
+    if kernel_only:
+        return int(fields[12]) / CLK_TCK  # stime: the kernel's work for the process
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
 
 
@@ -181,6 +183,8 @@ class CpuMeter:
     def _sample(self) -> dict[str, float]:
         snap = {g: sum(_process_cpu_s(p) for root in roots for p in _tree(root))
                 for g, roots in self.groups.items()}
+        # The proxies' kernel time alone: the socket work part of the CPU floor (issue 18).
+        snap["proxy_kernel"] = sum(_process_cpu_s(p, True) for p in self.groups.get("proxy", []))
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
         snap["generator"] = ru.ru_utime + ru.ru_stime
         snap["machine"] = _machine_busy_s()
@@ -193,7 +197,7 @@ class CpuMeter:
         after = self._sample()
         cpu = {k: round(after[k] - before[k], 3) for k in after}
         cpu["outside"] = round(cpu["machine"] - sum(v for k, v in cpu.items()
-                                                    if k not in ("machine", "wall")), 3)
+                                                    if k not in ("machine", "wall", "proxy_kernel")), 3)
         cpu["cores_busy"] = round(cpu["machine"] / cpu["wall"], 2) if cpu["wall"] else 0.0
         return out, cpu
 
@@ -636,6 +640,16 @@ return 1
 CPU_GROUPS = ("proxy", "redis", "nginx", "backend", "idp", "generator", "outside")
 
 
+def ecdsa_sign_us() -> float:
+    """Microseconds per ECDSA P-256 signature on one core: `openssl speed -mr ecdsap256`."""
+    out = run(["openssl", "speed", "-seconds", "2", "-mr", "ecdsap256"], timeout=60).stdout
+    for line in out.splitlines():
+        # +F4:<index>:<bits>:<signatures/s>:<verifications/s>
+        if line.startswith("+F4:"):
+            return 1e6 / float(line.split(":")[3])
+    raise RuntimeError(f"openssl speed gave no ECDSA line: {out[-500:]}")
+
+
 def cpu_per_request(runs: list[dict]) -> dict[str, float]:
     """Median over the rounds of each group's CPU µs per request."""
     out = {}
@@ -799,6 +813,8 @@ def measure_everything(args: argparse.Namespace, tmp: Path, procs: Processes) ->
 
     evalsha = EvalshaBaseline(redis)
     evalsha.check()
+    sign_us = ecdsa_sign_us()
+    log(f"openssl speed ecdsap256: {sign_us:.1f} µs a signature (one core)")
 
     client = (CLIENT_ID, CLIENT_SECRET)
     closed = {
@@ -857,6 +873,21 @@ def measure_everything(args: argparse.Namespace, tmp: Path, procs: Processes) ->
         m["cpu_us_per_request"] = cpu_per_request(raw[key])
         m["cores_busy"] = round(statistics.median(o["cpu_s"]["cores_busy"] for o in raw[key]), 2)
         measurements[key] = m
+
+    # CPU against the floor (issue 18): a refresh's proxy CPU against one ES256 signature plus
+    # the kernel's work for the proxy's sockets in the same run; a forwarded GET's proxy CPU
+    # against nginx's.
+    def per_request(key: str, group: str) -> list[float]:
+        return [o["cpu_s"][group] * 1e6 / o["requests_total"] for o in raw[key]]
+    measurements["cpu_refresh"] = dict(summary(per_request("refresh_es256_redis", "proxy")),
+                                       label="proxy CPU per ES256 refresh (closed loop)", unit="µs")
+    measurements["cpu_floor"] = dict(
+        summary([sign_us + k for k in per_request("refresh_es256_redis", "proxy_kernel")]),
+        label="floor: openssl ES256 signature + proxy kernel time", unit="µs", sign_us=round(sign_us, 1))
+    measurements["cpu_fwd_proxy"] = dict(summary(per_request("fwd_proxy_wrk", "proxy")),
+                                         label="proxy CPU per forwarded GET (wrk)", unit="µs")
+    measurements["cpu_fwd_nginx"] = dict(summary(per_request("fwd_nginx_wrk", "nginx")),
+                                         label="nginx CPU per proxied GET (wrk)", unit="µs")
 
     # Open loop, fixed rates: half the measured maximum of the thing under test; the baseline
     # at the same rate, interleaved.
@@ -1091,6 +1122,10 @@ def evaluate(m: dict) -> list[dict]:
         ratio_line("refresh opaque / ES256 JWT (Redis)", "refresh_opaque_redis", "refresh_es256_redis", ">=", 1.1),
         ratio_line("refresh memory:// / Redis (ES256)", "refresh_es256_memory", "refresh_es256_redis", ">=", 1.3),
         ratio_line("forwarding req/s: proxy / nginx (wrk)", "fwd_proxy_wrk", "fwd_nginx_wrk", ">=", 1.0),
+        ratio_line("CPU per ES256 refresh / floor", "cpu_refresh", "cpu_floor", "<=", 1.25,
+                   note=f"floor = {m['cpu_floor']['sign_us']} µs a signature (openssl speed, one core) "
+                        f"+ the proxy's kernel time per refresh"),
+        ratio_line("CPU per forwarded GET: proxy / nginx", "cpu_fwd_proxy", "cpu_fwd_nginx", "<=", 1.0),
         ratio_line(f"forwarding p99 at {m['open_fwd_proxy']['rate']:,}/s: proxy / nginx", "open_fwd_proxy",
                    "open_fwd_nginx", "<=", 1.0,
                    note=f"added p99 over direct: proxy {fwd_added['open_fwd_proxy']:.0f} µs, "
