@@ -738,6 +738,107 @@ fn sealed(keys: &Keys, mut family: NewFamily) -> NewFamily {
 
 #[cfg(test)]
 mod tests {
+    // docs/design.md §4.19: a `self_signed_tls_client_auth` client with `jwks_uri`.
+    mod certificate_auth {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use serde_json::json;
+
+        use super::super::*;
+        use crate::classify::Form;
+        use crate::grant::verify::KeySet;
+
+        /// The client's `jwks_uri`: the cached set, and the one a refetch finds.
+        struct Registered {
+            cached: Arc<KeySet>,
+            fetched: Arc<KeySet>,
+            calls: AtomicUsize,
+        }
+
+        impl ClientJwks for Registered {
+            fn keys<'a>(
+                &'a self,
+                _: &'a str,
+                _: &'a str,
+                refetch: Option<std::time::Duration>,
+            ) -> KeysFuture<'a> {
+                self.calls.fetch_add(1, Ordering::Relaxed);
+                let set = match refetch {
+                    Some(_) => self.fetched.clone(),
+                    None => self.cached.clone(),
+                };
+                Box::pin(std::future::ready(Some(set)))
+            }
+        }
+
+        fn set_with(thumbprints: &[&str]) -> Arc<KeySet> {
+            let keys: Vec<_> = thumbprints
+                .iter()
+                .map(|t| json!({"kty": "EC", "x5t#S256": t}))
+                .collect();
+            let doc = json!({ "keys": keys }).to_string();
+            Arc::new(KeySet::parse(doc.as_bytes()).expect("a JWK Set"))
+        }
+
+        #[tokio::test]
+        async fn a_certificate_new_to_the_cached_set_is_looked_for_again() {
+            let config = crate::config::Config::from_toml_str(
+                "[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+                 [server]\nclient_cert_header = true\n\
+                 [clients.dev]\ntoken_endpoint_auth_method = \"self_signed_tls_client_auth\"\n\
+                 jwks_uri = \"http://127.0.0.1:9/jwks\"\n",
+                std::path::Path::new("."),
+                std::iter::empty(),
+            )
+            .expect("config");
+            let engine = Engine::new(
+                AnyStore::Memory(crate::store::MemoryStore::new()),
+                crate::app::build_keys(&config).expect("keys"),
+                300,
+                None,
+            );
+            let cert = ClientCert::from_der(b"\x30\x03\x02\x01\x07");
+            let other = ClientCert::from_der(b"\x30\x03\x02\x01\x08");
+            let jwks = Registered {
+                cached: set_with(&[]),
+                fetched: set_with(&[cert.thumbprint()]),
+                calls: AtomicUsize::new(0),
+            };
+            let client = engine.keys().clients.get("dev").cloned().expect("client");
+            assert!(!client.is_public());
+            let form = Form::parse(b"client_id=dev").expect("form");
+            let presented = client_auth::presented(None, &form)
+                .expect("well-formed")
+                .expect("a client");
+            let authn = |client_cert| Authn {
+                audience: client_auth::assertion::Audience {
+                    issuer: "https://idp.example",
+                    token_endpoint: None,
+                },
+                jwks: &jwks,
+                client_cert,
+            };
+            let with_cert = authn(Some(&cert));
+            let verdict = engine.verify_client(&client, &presented, &with_cert).await;
+            assert!(verdict.is_ok(), "registered since the cached set");
+            assert_eq!(
+                jwks.calls.load(Ordering::Relaxed),
+                2,
+                "cached, then fetched"
+            );
+            for (what, c) in [("another certificate", Some(&other)), ("none", None)] {
+                let with = authn(c);
+                let verdict = engine.verify_client(&client, &presented, &with).await;
+                assert_eq!(
+                    verdict.err(),
+                    Some(ClientAuthError::Failed { basic: false }),
+                    "{what}"
+                );
+            }
+        }
+    }
+
     // Engine-level verdicts on the memory store, with a clock the test moves: no IdP, no
     // sockets. The store-level rules are tests/it/store_contract.rs's; these check what the
     // engine answers for them.
