@@ -4,6 +4,8 @@
 //! certificate is taken as the TLS layer or the front proxy gave it; its meaning (which family
 //! it binds) is decided elsewhere (docs/design.md §4.17).
 
+pub mod subject;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 

@@ -77,6 +77,9 @@
 //!   pool and Redis connection, so a request never leaves its thread.
 //! - `tls`: rustls set-up on aws-lc-rs, the crate's one crypto backend.
 //! - `net`: IP networks from config (`server.trusted_proxies`). Pure.
+//! - `client_cert`: the client certificate a connection or a trusted front proxy gave, the
+//!   anchors of `tls_client_auth` chains, and certificate subjects. Pure.
+//! - `timing`: the phases of a refresh for `server.server_timing` (`Server-Timing`). Pure.
 //! - [`otel`]: the proxy's OpenTelemetry spans and the W3C trace context it continues and
 //!   passes upstream; off (no span, no header touched) unless the exporter turns it on.
 //! - [`otel_export`]: the OTLP exporter from the `OTEL_*` environment (what `main.rs` sets up
@@ -88,7 +91,7 @@
 //! checks this list against every `use crate::…` and `crate::…` path under `src/`.
 //!
 //! <!-- layers -->
-//! 1. `net`, `conn`, `body`, `client_cert`, [`otel`]
+//! 1. `net`, `conn`, `body`, `client_cert`, `timing`, [`otel`]
 //! 2. `config`
 //! 3. `tls`, `classify`, `oauth`
 //! 4. `metrics`, `mint`

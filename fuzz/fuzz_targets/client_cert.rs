@@ -1,4 +1,4 @@
-//! Client certificates (`client_cert`, `client_auth::mtls`): what a trusted front proxy's
+//! Client certificates (`client_cert`, `client_cert::subject`): what a trusted front proxy's
 //! `Client-Cert`/`Client-Cert-Chain` headers and a client's TLS certificate can make the proxy
 //! read, and the RFC 4514 subject names of `tls_client_auth` (docs/design.md §4.19).
 //!
@@ -24,7 +24,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use http::HeaderValue;
 use libfuzzer_sys::fuzz_target;
-use refresh_proxy::internal::client_auth::mtls::Subject;
+use refresh_proxy::internal::client_cert::subject::Subject;
 use refresh_proxy::internal::client_cert::{ClientCert, MAX_CERT_BYTES, X5T_S256};
 
 fn subjects() -> Vec<Subject> {

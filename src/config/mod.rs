@@ -1520,7 +1520,7 @@ fn validate_certificate_auth(
                     ));
                 }
             };
-            crate::client_auth::mtls::Subject::parse(kind, value).map_err(|why| {
+            crate::client_cert::subject::Subject::parse(kind, value).map_err(|why| {
                 ConfigError::invalid(key(&format!("tls_client_auth_{kind}")), why)
             })?;
             if server.client_ca_file.is_none() {
