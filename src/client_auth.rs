@@ -664,21 +664,16 @@ fn certificate_auth(
 ) -> Result<Option<CertAuth>, ConfigError> {
     Ok(Some(match c.token_endpoint_auth_method {
         Some(TokenEndpointAuthMethod::TlsClientAuth) => {
-            let (kind, value) = [
-                ("subject_dn", &c.tls_client_auth_subject_dn),
-                ("san_dns", &c.tls_client_auth_san_dns),
-                ("san_uri", &c.tls_client_auth_san_uri),
-                ("san_ip", &c.tls_client_auth_san_ip),
-                ("san_email", &c.tls_client_auth_san_email),
-            ]
-            .into_iter()
-            .find_map(|(kind, v)| Some((kind, v.as_deref()?)))
-            .ok_or_else(|| {
-                ConfigError::invalid(
-                    format!("clients.{id}.token_endpoint_auth_method"),
-                    "no tls_client_auth_* subject",
-                )
-            })?;
+            let (kind, value) = c
+                .tls_client_auth_subjects()
+                .into_iter()
+                .find_map(|(kind, v)| Some((kind, v?)))
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        format!("clients.{id}.token_endpoint_auth_method"),
+                        "no tls_client_auth_* subject",
+                    )
+                })?;
             CertAuth::Pki(mtls::Subject::parse(kind, value).map_err(|why| {
                 ConfigError::invalid(format!("clients.{id}.tls_client_auth_{kind}"), why)
             })?)

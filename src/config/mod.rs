@@ -675,6 +675,18 @@ impl Default for LogConfig {
 }
 
 impl ClientConfig {
+    /// The `tls_client_auth_*` subject keys (RFC 8705 §2.1.2), by kind (`subject_dn`,
+    /// `san_dns`, …), each with its value when set.
+    pub fn tls_client_auth_subjects(&self) -> [(&'static str, Option<&str>); 5] {
+        [
+            ("subject_dn", self.tls_client_auth_subject_dn.as_deref()),
+            ("san_dns", self.tls_client_auth_san_dns.as_deref()),
+            ("san_uri", self.tls_client_auth_san_uri.as_deref()),
+            ("san_ip", self.tls_client_auth_san_ip.as_deref()),
+            ("san_email", self.tls_client_auth_san_email.as_deref()),
+        ]
+    }
+
     /// This client's policy, with `[tokens]` defaults filled in where it sets nothing.
     pub fn policy(&self, defaults: &TokensConfig) -> ClientPolicy {
         ClientPolicy {
@@ -1444,16 +1456,10 @@ fn validate_certificate_auth(
     server: &ServerConfig,
 ) -> Result<(), ConfigError> {
     let key = |k: &str| format!("clients.{id}.{k}");
-    let subjects = [
-        ("subject_dn", &client.tls_client_auth_subject_dn),
-        ("san_dns", &client.tls_client_auth_san_dns),
-        ("san_uri", &client.tls_client_auth_san_uri),
-        ("san_ip", &client.tls_client_auth_san_ip),
-        ("san_email", &client.tls_client_auth_san_email),
-    ];
-    let set: Vec<_> = subjects
-        .iter()
-        .filter_map(|(kind, v)| Some((*kind, v.as_deref()?)))
+    let set: Vec<_> = client
+        .tls_client_auth_subjects()
+        .into_iter()
+        .filter_map(|(kind, v)| Some((kind, v?)))
         .collect();
     let Some(method) = client.token_endpoint_auth_method else {
         return match set.first() {

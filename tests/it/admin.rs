@@ -90,10 +90,7 @@ struct Answer {
 impl Stack {
     async fn start(kind: Kind, tokens: Tokens) -> Stack {
         let echo = EchoServer::start().await;
-        let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
-        let store = redis
-            .as_ref()
-            .map_or("memory://".to_owned(), RedisServer::url);
+        let (redis, store) = kind.start();
         let proxy = TestProxy::start(&config_text(&store, tokens, &echo.url())).await;
         proxy.wait_ready().await;
         Stack {
@@ -725,10 +722,7 @@ fn text(bytes: &[u8]) -> String {
 
 async fn the_cli_issues_tokens_the_proxy_accepts_and_revokes_them(kind: Kind) {
     let echo = EchoServer::start().await;
-    let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
-    let store = redis
-        .as_ref()
-        .map_or("memory://".to_owned(), RedisServer::url);
+    let (redis, store) = kind.start();
     let proxy = ProxyProcess::spawn(&config_text(&store, BOTH, &echo.url()));
     proxy.wait_ready().await;
     let admin = admin_addr(&proxy);

@@ -47,10 +47,7 @@ impl Rig {
     async fn start_full(kind: Kind, key: TestKey, tokens: &str, upstream: &str) -> Rig {
         let idp = FakeIdp::start().await;
         idp.set_jwks(json!({"keys": [key.jwk()]}));
-        let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
-        let store = redis
-            .as_ref()
-            .map_or("memory://".to_owned(), RedisServer::url);
+        let (redis, store) = kind.start();
         let text = format!(
             "[store]\nurl = \"{store}\"\n\
              [tokens]\nrefresh_token_key = \"{key}\"\n{tokens}\n\

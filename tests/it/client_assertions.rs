@@ -101,10 +101,7 @@ impl WithIdp {
 
     async fn start_with(kind: Kind, clients: &str) -> WithIdp {
         let (listener, idp) = Idp::start_behind_proxy(IdpOptions::default()).await;
-        let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
-        let store = redis
-            .as_ref()
-            .map_or("memory://".to_owned(), RedisServer::url);
+        let (redis, store) = kind.start();
         let text = format!(
             "[store]\nurl = \"{store}\"\n\
              [tokens]\nrefresh_token_key = \"{key}\"\n{clients}\n\

@@ -58,10 +58,7 @@ impl Stack {
             ..IdpOptions::default()
         })
         .await;
-        let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
-        let store = redis
-            .as_ref()
-            .map_or("memory://".to_owned(), RedisServer::url);
+        let (redis, store) = kind.start();
         let text = format!(
             // Generous store timeouts: this test is about the grace rule, and a slow answer
             // on a loaded machine must not turn into a 503.

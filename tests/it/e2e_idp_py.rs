@@ -30,10 +30,7 @@ impl Stack {
     async fn start(kind: Kind) -> Stack {
         let idp = PyIdp::start().await;
         eprintln!("django-oauth-toolkit started in {:?}", idp.start_time);
-        let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
-        let store = redis
-            .as_ref()
-            .map_or("memory://".to_owned(), RedisServer::url);
+        let (redis, store) = kind.start();
         let text = format!(
             "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
              [store]\nurl = \"{store}\"\n\

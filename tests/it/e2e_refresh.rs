@@ -37,10 +37,7 @@ impl Stack {
             ..opts
         })
         .await;
-        let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
-        let store = redis
-            .as_ref()
-            .map_or("memory://".to_owned(), RedisServer::url);
+        let (redis, store) = kind.start();
         let text = format!(
             "{more}\n[store]\nurl = \"{store}\"\n\
              [tokens]\nrefresh_token_key = \"{key}\"\n{tokens}\n\

@@ -66,10 +66,7 @@ impl Stack {
         } else {
             format!("{upstream}\n")
         };
-        let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
-        let store = redis
-            .as_ref()
-            .map_or("memory://".to_owned(), RedisServer::url);
+        let (redis, store) = kind.start();
         let text = format!(
             "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
              [store]\nurl = \"{store}\"\n\

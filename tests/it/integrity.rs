@@ -29,10 +29,7 @@ struct Stack {
 impl Stack {
     async fn start(kind: Kind) -> Stack {
         let echo = EchoServer::start().await;
-        let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
-        let store = redis
-            .as_ref()
-            .map_or("memory://".to_owned(), RedisServer::url);
+        let (redis, store) = kind.start();
         let config = format!(
             "[store]\nurl = \"{store}\"\nkey_prefix = \"{PREFIX}\"\n\
              [tokens]\nrefresh_token_key = \"{key}\"\n\

@@ -10,7 +10,6 @@ use std::time::Duration;
 use crate::support::StoreKind as Kind;
 use crate::support::fake_idp::{FakeIdp, TestKey, payload};
 use crate::support::proxy::ProxyProcess;
-use crate::support::redis::RedisServer;
 use refresh_proxy::internal::mint::refresh::RefreshTokenKey;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -203,10 +202,8 @@ async fn each_key_rotates_under_traffic_without_logging_anyone_out(kind: Kind) {
             "iat": now(), "exp": now() + 3600, "auth_time": now() - 5,
         })),
     }));
-    let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
-    let store = redis
-        .as_ref()
-        .map_or("memory://".to_owned(), RedisServer::url);
+    // Held to the end of the test: the store the proxy process uses.
+    let (_redis, store) = kind.start();
     let before = Keys {
         refresh: vec![REFRESH_A],
         signing: vec![sa.clone()],

@@ -25,10 +25,7 @@ struct Stack {
 impl Stack {
     async fn start(kind: Kind) -> Stack {
         let echo = EchoServer::start_recording().await;
-        let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
-        let store = redis
-            .as_ref()
-            .map_or("memory://".to_owned(), RedisServer::url);
+        let (redis, store) = kind.start();
         let text = format!(
             "[server]\nworkers = {WORKERS}\n\
              [store]\nurl = \"{store}\"\n\
