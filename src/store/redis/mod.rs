@@ -21,6 +21,7 @@
 //! that failed may still have run on the server; the grace rule makes the client's retry safe.
 
 mod conn;
+mod msgpack;
 
 use crate::config::store_url::RedisUrl;
 
@@ -352,8 +353,9 @@ fn verifier_and_seal(f: &NewFamily) -> Vec<u8> {
     [f.verifier.as_bytes(), f.seal.as_bytes()].concat()
 }
 
-fn text(b: Vec<u8>) -> Result<String, StoreError> {
-    String::from_utf8(b).map_err(|_| StoreError::Protocol("a family field is not UTF-8".into()))
+fn text(b: impl Into<Vec<u8>>) -> Result<String, StoreError> {
+    String::from_utf8(b.into())
+        .map_err(|_| StoreError::Protocol("a family field is not UTF-8".into()))
 }
 
 fn num<T: std::str::FromStr>(s: &str) -> Result<T, StoreError> {
@@ -361,16 +363,19 @@ fn num<T: std::str::FromStr>(s: &str) -> Result<T, StoreError> {
         .map_err(|_| StoreError::Protocol(format!("not a number: {s:?}")))
 }
 
-fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
+/// The redeem script's answer: one MessagePack array of strings (src/store/redis/redeem.lua).
+fn parse_redemption(reply: &[u8]) -> Result<Redemption, StoreError> {
+    let strings = msgpack::Strings::parse(reply).ok_or_else(|| {
+        StoreError::Protocol("the redeem script's answer is not an array of strings".into())
+    })?;
+    let reply = strings.as_slice();
     let fields = reply.len();
     let bad = || StoreError::Protocol(format!("redeem script answered {fields} fields"));
-    match reply.first().map(Vec::as_slice) {
+    match reply.first().copied() {
         Some(b"unknown") => return Ok(Redemption::Unknown),
         Some(b"corrupt") => return Ok(Redemption::Corrupt),
         Some(b"replayed") => {
-            let index = reply
-                .get(1)
-                .map(|b| String::from_utf8_lossy(b).into_owned());
+            let index = reply.get(1).map(|b| String::from_utf8_lossy(b));
             return Ok(Redemption::Replayed {
                 index: num(index.as_deref().unwrap_or(""))?,
             });
@@ -396,7 +401,7 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
         key,
         kept,
         binding,
-    ] = <[Vec<u8>; 18]>::try_from(reply).map_err(|_| bad())?;
+    ] = <[&[u8]; 18]>::try_from(reply).map_err(|_| bad())?;
     let (verdict, generation, scope) = (text(verdict)?, text(generation)?, text(scope)?);
     let format = text(format)?;
     let verifier_of = |b: &[u8]| Verifier::from_slice(b).unwrap_or_default();
@@ -425,7 +430,7 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
         },
         "ahead" => Verdict::Ahead {
             current: num(&generation)?,
-            verifier: verifier_of(&verifier),
+            verifier: verifier_of(verifier),
         },
         "unverified" => Verdict::Unverified,
         "expired" => Verdict::Expired,
@@ -448,10 +453,10 @@ fn parse_redemption(reply: Vec<Vec<u8>>) -> Result<Redemption, StoreError> {
             expires_at_ms: num(&text(expires)?)?,
             binding: Some(text(binding)?).filter(|b| !b.is_empty()),
             // A missing or malformed seal reads as all zeros, which no family has.
-            seal: Seal::from_slice(&seal).unwrap_or_default(),
+            seal: Seal::from_slice(seal).unwrap_or_default(),
         },
         opaque_stored: stored == b"1",
-        upstream_token: (!kept.is_empty()).then_some(kept),
+        upstream_token: (!kept.is_empty()).then(|| kept.to_vec()),
     })
 }
 
@@ -744,7 +749,7 @@ impl TokenStore for RedisStore {
             chunk.copy_from_slice(v.as_bytes());
         }
         let successors = &successors[..r.successors.len().min(MAX_KEYS) * DIGEST_BYTES];
-        let reply: Vec<Vec<u8>> = self
+        let reply: Vec<u8> = self
             .bounded(self.scripts.redeem.eval(&mut conn, keys, |cmd| {
                 cmd.arg(r.generation)
                     .arg(r.client_id)
@@ -783,7 +788,7 @@ impl TokenStore for RedisStore {
                 }
             }))
             .await?;
-        parse_redemption(reply)
+        parse_redemption(&reply)
     }
 
     async fn access_token(

@@ -20,7 +20,10 @@
 --          refresh token, sealed ('' = unchanged), 21 the upstream's answer, sealed, for an
 --          'upstream'-format family ('' = none), 22 the keys the request proved it holds
 --          ('jkt:...' and 'x5t#S256:...', separated by spaces; '' = none)
--- Returns  {'replayed', index (0-based, of KEYS[3..])}, {'unknown'}, {'corrupt'} or
+-- Returns  one MessagePack array of strings (cmsgpack.pack, the scripting engine's own C
+--          encoder): a single bulk reply is parsed by the proxy in one step, where an array
+--          reply costs a parse and an allocation per field (docs/design.md §6). The array is
+--          {'replayed', index (0-based, of KEYS[3..])}, {'unknown'}, {'corrupt'} or
 --          {verdict, generation, scope, client, subject, format, at claims, id claims,
 --           auth time, opaque stored ('0'|'1'), current generation, granted scope,
 --           absolute deadline, seal, verifier ('ahead' only), successor key index
@@ -35,13 +38,13 @@ local function int(x) return string.format('%.0f', x) end
 -- replay changes nothing (docs/design.md §4.15).
 for i = 3, #KEYS do
   if not redis.call('SET', KEYS[i], '1', 'NX', 'PXAT', ARGV[20 + i]) then
-    return {'replayed', tostring(i - 3)}
+    return cmsgpack.pack({'replayed', tostring(i - 3)})
   end
 end
 
 local f = redis.call('HMGET', KEYS[1], 'c', 's', 'g', 'sc', 'n', 'r', 'i', 'e', 'f', 'a', 'd', 't', 'v',
   'u', 'k', 'lf', 'lu', 'cf', 'b')
-if not f[1] then return {'unknown'} end
+if not f[1] then return cmsgpack.pack({'unknown'}) end
 -- Fields at their default are left out ('sc' until it differs from 'g'): see CREATE in mod.rs.
 local client, subject, granted, scope = f[1], f[2], f[3], f[4] or f[3]
 local n, rotated, idle, expires = tonumber(f[5] or '0'), tonumber(f[6]), tonumber(f[7]), tonumber(f[8])
@@ -51,7 +54,9 @@ local fmt, atc, idc, auth = f[9] or 'jwt', f[10] or '', f[11] or '', f[12] or ''
 local v, seal = string.sub(f[13] or '', 1, 12), string.sub(f[13] or '', 13)
 -- A record this script cannot read (changed in the store, or written by something else) is
 -- reported, not guessed at.
-if not (subject and granted and n and rotated and idle and expires) then return {'corrupt'} end
+if not (subject and granted and n and rotated and idle and expires) then
+  return cmsgpack.pack({'corrupt'})
+end
 local g, now = tonumber(ARGV[1]), tonumber(ARGV[5])
 -- The upstream session check (docs/design.md §4.13): the kept token, when the upstream last
 -- confirmed the family, the last fencing token, the lease's end, the last failure.
@@ -63,11 +68,10 @@ local bound = f[19] or ''
 
 local key, out_token = 0, ''
 local function reply(verdict, gen, sc, stored)
-  return {verdict, int(gen), sc, client, subject, fmt, atc, idc, auth, stored, int(n),
-    granted, int(expires), seal,
-    -- Only the verdicts that use them carry the verifier and the key index (fewer reply
-    -- allocations on the common path).
-    verdict == 'ahead' and v or '', verdict == 'grace' and int(key) or '', out_token, bound}
+  return cmsgpack.pack({verdict, int(gen), sc, client, subject, fmt, atc, idc, auth, stored,
+    int(n), granted, int(expires), seal,
+    -- Only the verdicts that use them carry the verifier and the key index.
+    verdict == 'ahead' and v or '', verdict == 'grace' and int(key) or '', out_token, bound})
 end
 
 if now >= expires or now >= idle then
