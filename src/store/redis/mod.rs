@@ -200,12 +200,29 @@ impl RedisStore {
         format!("{}used:{id}", self.prefix)
     }
 
+    /// `<prefix>{<family>}:f`; written by hand, as every refresh makes two keys (`format!`'s
+    /// machinery costs more than the copies).
     fn family_key(&self, family: &str) -> String {
-        format!("{}{{{family}}}:f", self.prefix)
+        self.slot_key(family, &[":f"])
     }
 
+    /// `<prefix>{<family>}:at:<digest>`.
     fn access_token_key(&self, family: &str, digest: &str) -> String {
-        format!("{}{{{family}}}:at:{digest}", self.prefix)
+        self.slot_key(family, &[":at:", digest])
+    }
+
+    fn slot_key(&self, family: &str, tail: &[&str]) -> String {
+        let len =
+            self.prefix.len() + family.len() + 2 + tail.iter().map(|t| t.len()).sum::<usize>();
+        let mut key = String::with_capacity(len);
+        key.push_str(&self.prefix);
+        key.push('{');
+        key.push_str(family);
+        key.push('}');
+        for t in tail {
+            key.push_str(t);
+        }
+        key
     }
 
     /// The set of a subject's family ids (its own slot; docs/design.md §6: secondary indexes may span
@@ -353,6 +370,10 @@ fn verifier_and_seal(f: &NewFamily) -> Vec<u8> {
     [f.verifier.as_bytes(), f.seal.as_bytes()].concat()
 }
 
+fn utf8(b: &[u8]) -> Result<&str, StoreError> {
+    std::str::from_utf8(b).map_err(|_| StoreError::Protocol("a family field is not UTF-8".into()))
+}
+
 fn text(b: impl Into<Vec<u8>>) -> Result<String, StoreError> {
     String::from_utf8(b.into())
         .map_err(|_| StoreError::Protocol("a family field is not UTF-8".into()))
@@ -402,34 +423,35 @@ fn parse_redemption(reply: &[u8]) -> Result<Redemption, StoreError> {
         kept,
         binding,
     ] = <[&[u8]; 18]>::try_from(reply).map_err(|_| bad())?;
-    let (verdict, generation, scope) = (text(verdict)?, text(generation)?, text(scope)?);
-    let format = text(format)?;
+    // Read in place; only what the family keeps is copied into a String.
+    let (verdict, generation, scope) = (utf8(verdict)?, utf8(generation)?, text(scope)?);
+    let format = utf8(format)?;
     let verifier_of = |b: &[u8]| Verifier::from_slice(b).unwrap_or_default();
-    let verdict = match verdict.as_str() {
+    let verdict = match verdict {
         "rotated" => Verdict::Rotated {
-            generation: num(&generation)?,
+            generation: num(generation)?,
             scope,
         },
         "reused" => Verdict::Reused { scope },
         "grace" => Verdict::Grace {
-            generation: num(&generation)?,
+            generation: num(generation)?,
             scope,
-            key: if key.is_empty() { 0 } else { num(&text(key)?)? },
+            key: if key.is_empty() { 0 } else { num(utf8(key)?)? },
         },
         "check_due" => Verdict::CheckDue {
-            fence: num(&generation)?,
+            fence: num(generation)?,
         },
         "check_in_flight" => Verdict::CheckInFlight {
-            until_ms: num(&generation)?,
+            until_ms: num(generation)?,
         },
         "check_failed" => Verdict::CheckFailed,
         "check_revoked" => Verdict::CheckRevoked,
         "reuse" => Verdict::ReuseDetected {
-            presented: num(&generation)?,
-            current: num(&text(current)?)?,
+            presented: num(generation)?,
+            current: num(utf8(current)?)?,
         },
         "ahead" => Verdict::Ahead {
-            current: num(&generation)?,
+            current: num(generation)?,
             verifier: verifier_of(verifier),
         },
         "unverified" => Verdict::Unverified,
@@ -445,13 +467,13 @@ fn parse_redemption(reply: &[u8]) -> Result<Redemption, StoreError> {
             client_id: text(client)?,
             subject: text(subject)?,
             granted_scope: text(granted)?,
-            format: TokenFormat::parse(&format)
+            format: TokenFormat::parse(format)
                 .ok_or_else(|| StoreError::Protocol(format!("unknown format {format:?}")))?,
             at_claims: text(atc)?,
             id_claims: text(idc)?,
-            auth_time: text(auth)?.parse().ok(),
-            expires_at_ms: num(&text(expires)?)?,
-            binding: Some(text(binding)?).filter(|b| !b.is_empty()),
+            auth_time: utf8(auth)?.parse().ok(),
+            expires_at_ms: num(utf8(expires)?)?,
+            binding: (!binding.is_empty()).then(|| text(binding)).transpose()?,
             // A missing or malformed seal reads as all zeros, which no family has.
             seal: Seal::from_slice(seal).unwrap_or_default(),
         },
