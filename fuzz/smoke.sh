@@ -33,11 +33,12 @@ fi
 declare -A max_len=(
   [form]=65536 [basic_auth]=4096 [refresh_token]=4096 [config]=16384
   [discovery]=16384 [jwt_verify]=16384 [capture]=16384 [dpop_proof]=8192
-  [client_cert]=32768
+  [client_cert]=32768 [store_answer]=16384
 )
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(form basic_auth refresh_token config discovery jwt_verify capture dpop_proof client_cert)
+  targets=(form basic_auth refresh_token config discovery jwt_verify capture dpop_proof client_cert
+    store_answer)
 fi
 
 scratch="$(mktemp -d)"

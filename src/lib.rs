@@ -168,4 +168,8 @@ pub mod internal {
     pub mod timing {
         pub use crate::timing::*;
     }
+    /// The Redis store's reading of the redeem script's answer.
+    pub mod store_redis {
+        pub use crate::store::redis::{msgpack, parse_redemption};
+    }
 }

@@ -22,7 +22,7 @@
 //! Every key of a family is in one Redis Cluster hash slot.
 
 mod memory;
-mod redis;
+pub(crate) mod redis;
 
 use std::future::Future;
 

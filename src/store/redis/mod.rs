@@ -21,7 +21,7 @@
 //! that failed may still have run on the server; the grace rule makes the client's retry safe.
 
 mod conn;
-mod msgpack;
+pub mod msgpack;
 
 use crate::config::store_url::RedisUrl;
 
@@ -385,7 +385,7 @@ fn num<T: std::str::FromStr>(s: &str) -> Result<T, StoreError> {
 }
 
 /// The redeem script's answer: one MessagePack array of strings (src/store/redis/redeem.lua).
-fn parse_redemption(reply: &[u8]) -> Result<Redemption, StoreError> {
+pub fn parse_redemption(reply: &[u8]) -> Result<Redemption, StoreError> {
     let strings = msgpack::Strings::parse(reply).ok_or_else(|| {
         StoreError::Protocol("the redeem script's answer is not an array of strings".into())
     })?;

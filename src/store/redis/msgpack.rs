@@ -8,10 +8,10 @@
 //! protocol error, never as a verdict.
 
 /// The most strings one reply may carry (the redeem script's longest answer).
-pub(super) const MAX_FIELDS: usize = 18;
+pub const MAX_FIELDS: usize = 18;
 
 /// The strings of one array, borrowed from the reply.
-pub(super) struct Strings<'a> {
+pub struct Strings<'a> {
     items: [&'a [u8]; MAX_FIELDS],
     len: usize,
 }
@@ -19,7 +19,7 @@ pub(super) struct Strings<'a> {
 impl<'a> Strings<'a> {
     /// Reads `bytes` as one array of at most [`MAX_FIELDS`] strings (`str` or `bin`, any
     /// width), nothing before or after it.
-    pub(super) fn parse(bytes: &'a [u8]) -> Option<Strings<'a>> {
+    pub fn parse(bytes: &'a [u8]) -> Option<Strings<'a>> {
         let mut r = Reader { bytes };
         let len = match r.byte()? {
             b @ 0x90..=0x9f => usize::from(b & 0x0f),
@@ -44,7 +44,7 @@ impl<'a> Strings<'a> {
         r.bytes.is_empty().then_some(Strings { items, len })
     }
 
-    pub(super) fn as_slice(&self) -> &[&'a [u8]] {
+    pub fn as_slice(&self) -> &[&'a [u8]] {
         &self.items[..self.len]
     }
 }
