@@ -422,7 +422,7 @@ pub fn parse_redemption(reply: &[u8]) -> Result<Redemption, StoreError> {
         key,
         kept,
         binding,
-    ] = <[&[u8]; 18]>::try_from(reply).map_err(|_| bad())?;
+    ] = <[&[u8]; msgpack::MAX_FIELDS]>::try_from(reply).map_err(|_| bad())?;
     // Read in place; only what the family keeps is copied into a String.
     let (verdict, generation, scope) = (utf8(verdict)?, utf8(generation)?, text(scope)?);
     let format = utf8(format)?;

@@ -7,7 +7,8 @@
 //! the array, more than [`MAX_FIELDS`] strings) is refused: the caller reports it as a store
 //! protocol error, never as a verdict.
 
-/// The most strings one reply may carry (the redeem script's longest answer).
+/// The most strings one reply may carry: the redeem script's longest answer, whose eighteen
+/// fields `parse_redemption` destructures (so the two cannot drift apart).
 pub const MAX_FIELDS: usize = 18;
 
 /// The strings of one array, borrowed from the reply.
