@@ -53,8 +53,16 @@ fn cluster_promotes_a_replica_when_a_master_dies() {
     let replica = cluster.replicas_of(master);
     assert_eq!(replica.len(), 1, "one replica per master");
     assert_eq!(cluster.cli(master, &["SET", key, "v1"]), "OK");
-    // The write reaches the replica before the crash (replication is asynchronous).
+    // The write reaches the replica before the crash (replication is asynchronous): the
+    // master counts its acknowledgement, and the replica itself holds the key (DBSIZE needs no
+    // READONLY on a cluster replica).
     assert_eq!(cluster.cli(master, &["WAIT", "1", "2000"]), "1");
+    assert_eq!(
+        cluster.cli(replica[0], &["DBSIZE"]),
+        "1",
+        "the replica holds the key before the crash\n{}",
+        cluster.diagnostics()
+    );
 
     let killed = cluster.kill_master_of_slot(slot_of(key));
     assert_eq!(killed, master);
@@ -62,8 +70,12 @@ fn cluster_promotes_a_replica_when_a_master_dies() {
         cluster.wait_healthy(Duration::from_secs(10))
     });
     let promoted = cluster.master_of_slot(slot_of(key));
-    assert_eq!(promoted, replica[0]);
-    assert_eq!(cluster.cli(promoted, &["GET", key]), "v1");
+    assert_eq!(promoted, replica[0], "{}", cluster.diagnostics());
+    // Once, under CI's full parallel load, the promoted replica answered an empty GET right
+    // after every node saw it serving the slot; the cause is not known. Poll briefly, and if it
+    // persists fail with every node's log and view (the DBSIZE check above tells whether the
+    // replica held the key before the crash).
+    cluster.wait_value(promoted, key, "v1", Duration::from_secs(5));
     let other = cluster.live_ports()[0];
     assert_eq!(cluster.cli(other, &["-c", "GET", key]), "v1");
 

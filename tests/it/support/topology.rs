@@ -782,6 +782,35 @@ impl Cluster {
         self.opts.cli(port, args)
     }
 
+    /// Every node's log and its view of the cluster, for a failing assertion's message.
+    pub fn diagnostics(&self) -> String {
+        let views: Vec<String> = self
+            .live_ports()
+            .into_iter()
+            .map(
+                |port| match self.opts.try_cli(port, &["CLUSTER", "NODES"]) {
+                    Ok(nodes) => format!("CLUSTER NODES on {port}:\n{nodes}"),
+                    Err(e) => format!("CLUSTER NODES on {port}: {e}"),
+                },
+            )
+            .collect();
+        format!("{}\n{}", views.join("\n"), all_logs(&self.nodes))
+    }
+
+    /// Polls `GET key` on the node on `port` (no redirects) until it answers `want`; panics
+    /// with [`Cluster::diagnostics`] after `timeout`.
+    pub fn wait_value(&self, port: u16, key: &str, want: &str, timeout: Duration) {
+        let result = wait_for(timeout, || {
+            match self.opts.try_cli(port, &["GET", key])? {
+                got if got == want => Ok(()),
+                got => Err(format!("GET {key} on {port} is {got:?}, want {want:?}")),
+            }
+        });
+        if let Err(e) = result {
+            panic!("{e}\n{}", self.diagnostics());
+        }
+    }
+
     /// `CLUSTER NODES` as seen by the node on `port`.
     fn view(&self, port: u16) -> Result<Vec<ClusterNodeLine>, String> {
         parse_cluster_nodes(&self.opts.try_cli(port, &["CLUSTER", "NODES"])?)
