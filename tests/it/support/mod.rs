@@ -19,6 +19,8 @@
 //! - [`relay`]: a TCP relay to Redis that can lose an answer after Redis ran the request.
 //! - [`h2raw`]: a raw HTTP/2 client writing exact frames (stream floods, rapid reset, bad
 //!   header blocks).
+//! - [`ports`]: ports for servers the tests start, outside the ephemeral range and reserved
+//!   across test processes.
 #![allow(dead_code)]
 
 pub mod assertion;
@@ -30,6 +32,7 @@ pub mod idp;
 pub mod idp_py;
 pub mod jose;
 pub mod load;
+pub mod ports;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
@@ -88,12 +91,10 @@ impl StoreKind {
 /// A `tokens.refresh_token_key` for tests (at least 32 bytes).
 pub const TEST_REFRESH_KEY: &str = "test-refresh-token-key-0123456789abcdef";
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A free port on 127.0.0.1 for a server the test starts, reserved for this test process
+/// ([`ports`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    ports::take(1)[0]
 }
 
 /// A fresh temporary directory for one test.

@@ -321,15 +321,9 @@ fn run_cli(argv: &[OsString], timeout: Duration) -> Result<String, String> {
     }
 }
 
-/// `n` distinct ports that were free a moment ago (all held at once, so no duplicates).
+/// `n` distinct free ports, reserved for this test process ([`super::ports`]).
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local address").port())
-        .collect()
+    super::ports::take(n)
 }
 
 /// Polls `probe` until it returns `Ok` or `timeout` passes; the error is the probe's last one.
