@@ -321,11 +321,6 @@ fn run_cli(argv: &[OsString], timeout: Duration) -> Result<String, String> {
     }
 }
 
-/// `n` distinct free ports, reserved for this test process ([`super::ports`]).
-fn free_ports(n: usize) -> Vec<u16> {
-    super::ports::take(n)
-}
-
 /// Polls `probe` until it returns `Ok` or `timeout` passes; the error is the probe's last one.
 fn wait_for<T>(
     timeout: Duration,
@@ -518,7 +513,7 @@ pub struct Standalone {
 impl Standalone {
     pub fn start(opts: Options) -> Standalone {
         let root = super::temp_dir("standalone");
-        let port = free_ports(1)[0];
+        let port = super::free_port();
         let node = Node::new(&root, "node", port, false, |dir| {
             opts.data_node_conf(port, dir)
         });
@@ -674,7 +669,7 @@ pub struct Cluster {
 impl Cluster {
     pub fn start(opts: Options) -> Cluster {
         let root = super::temp_dir("cluster");
-        let ports = free_ports(12);
+        let ports = super::ports::take(12);
         let nodes = (0..6)
             .map(|i| {
                 let (port, bus) = (ports[i], ports[i + 6]);
@@ -1012,7 +1007,7 @@ impl Sentinel {
 
     fn launch(opts: Options, sentinels_require_auth: bool) -> Sentinel {
         let root = super::temp_dir("sentinel");
-        let ports = free_ports(5);
+        let ports = super::ports::take(5);
         let (master_port, replica_port) = (ports[0], ports[1]);
         let data = vec![
             Node::new(&root, "master", master_port, false, |dir| {
