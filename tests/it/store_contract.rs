@@ -742,14 +742,42 @@ async fn revocation_by_subject_and_by_client<S: TokenStore>(store: S) {
         verdict(go(&store, &bob_www, r).await),
         Verdict::Rotated { .. }
     ));
+    // A subject with families of two clients: revoking one client spares the other's, which
+    // stays in the subject's index.
+    let carol_www = mk("www", "carol");
+    let carol_app = mk("app", "carol");
+    for f in [&carol_www, &carol_app] {
+        store.create_family(f).await.expect("create");
+    }
     let client = Selection::all(Index::Client("www"));
+    let other = Selection {
+        client_id: Some("app"),
+        ..client
+    };
     assert_eq!(
-        store.revoke_many(&client).await.expect("revoke"),
-        vec![ended(&bob_www)]
+        store.revoke_many(&other).await.expect("revoke"),
+        vec![],
+        "www's index, limited to app's families: none"
     );
     assert_eq!(
-        go(&store, &bob_www, redeem(1, t0)).await,
-        Redemption::Unknown
+        ids(store.revoke_many(&client).await.expect("revoke")),
+        sorted([&bob_www, &carol_www])
+    );
+    for f in [&bob_www, &carol_www] {
+        assert_eq!(go(&store, f, redeem(1, t0)).await, Redemption::Unknown);
+    }
+    let mut r = redeem(0, t0);
+    r.client_id = "app";
+    assert!(matches!(
+        verdict(go(&store, &carol_app, r).await),
+        Verdict::Rotated { .. }
+    ));
+    assert_eq!(
+        store
+            .revoke_many(&Selection::all(Index::Subject("carol")))
+            .await
+            .expect("revoke"),
+        vec![ended(&carol_app)]
     );
     let nobody = Selection::all(Index::Client("nobody"));
     assert_eq!(store.revoke_many(&nobody).await.expect("revoke"), vec![]);
@@ -1429,6 +1457,115 @@ async fn redis_keeps_every_key_of_a_family_in_one_slot_and_no_token() {
         .await
         .expect("pttl");
     assert!(ttl > 0, "family keys expire");
+}
+
+/// A plain connection to `server`, to look at the keys a store wrote.
+async fn raw(server: &crate::support::redis::RedisServer) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn")
+}
+
+/// The client's index grows with its subjects, not with its families: a client that keeps
+/// opening families for the same users adds no member per family (docs/design.md §6).
+#[tokio::test]
+async fn redis_indexes_a_client_by_its_subjects() {
+    let server = crate::support::redis::RedisServer::start();
+    let store = redis_store(&server);
+    let t0 = now();
+    let families: Vec<NewFamily> = (0..60)
+        .map(|i| NewFamily {
+            subject: format!("user-{}", i % 3),
+            session: None,
+            ..family(t0, TokenFormat::Jwt)
+        })
+        .collect();
+    store
+        .create_families(&families[..30])
+        .await
+        .expect("create");
+    for f in &families[30..] {
+        store.create_family(f).await.expect("create");
+    }
+    let mut conn = raw(&server).await;
+    let subjects: Vec<String> = ::redis::cmd("SMEMBERS")
+        .arg("rp:idx:client-subjects:www")
+        .query_async(&mut conn)
+        .await
+        .expect("smembers");
+    let mut subjects = subjects;
+    subjects.sort();
+    assert_eq!(subjects, ["user-0", "user-1", "user-2"]);
+    let legacy: i64 = ::redis::cmd("EXISTS")
+        .arg("rp:idx:client:www")
+        .query_async(&mut conn)
+        .await
+        .expect("exists");
+    assert_eq!(legacy, 0, "no set with a member per family");
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg("rp:idx:client-subjects:www")
+        .query_async(&mut conn)
+        .await
+        .expect("pttl");
+    assert!(
+        ttl > 6 * DAY && ttl <= 7 * DAY,
+        "lives as long as the longest family: {ttl}"
+    );
+    let gone = store
+        .revoke_many(&Selection::all(Index::Client("www")))
+        .await
+        .expect("revoke");
+    assert_eq!(ids(gone), sorted(&families));
+}
+
+/// Families that an earlier version indexed per client (`idx:client:<client>`, a member per
+/// family) are still ended by revocation by client: an upgrade must not make a revocation
+/// silently miss them.
+#[tokio::test]
+async fn redis_revocation_by_client_reads_the_earlier_per_family_index() {
+    let server = crate::support::redis::RedisServer::start();
+    let store = redis_store(&server);
+    let t0 = now();
+    let old = NewFamily {
+        session: None,
+        ..family(t0, TokenFormat::Jwt)
+    };
+    let new = NewFamily {
+        subject: "bob".into(),
+        session: None,
+        ..family(t0, TokenFormat::Jwt)
+    };
+    store.create_family(&old).await.expect("create");
+    store.create_family(&new).await.expect("create");
+    // `old` as the earlier version left it: in the subject's set and the per-family client
+    // set, with no client-subjects entry for its subject.
+    let mut conn = raw(&server).await;
+    let _: () = ::redis::pipe()
+        .cmd("SREM")
+        .arg("rp:idx:client-subjects:www")
+        .arg("alice")
+        .ignore()
+        .cmd("SADD")
+        .arg("rp:idx:client:www")
+        .arg(old.id.as_str())
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("pipe");
+    let gone = store
+        .revoke_many(&Selection::all(Index::Client("www")))
+        .await
+        .expect("revoke");
+    assert_eq!(ids(gone), sorted([&old, &new]));
+    assert_eq!(go(&store, &old, redeem(0, t0)).await, Redemption::Unknown);
+    let left: i64 = ::redis::cmd("EXISTS")
+        .arg("rp:idx:client:www")
+        .query_async(&mut conn)
+        .await
+        .expect("exists");
+    assert_eq!(left, 0, "the emptied set is gone");
 }
 
 /// The contract on Redis topologies: one topology per test, every case on its own key prefix.

@@ -8,9 +8,14 @@
 //!   the token.
 //! - `<prefix>used:<digest>` — a one-time identifier seen (a logout token's, a client
 //!   assertion's or a DPoP proof's `jti`), expiring when it may no longer be presented.
-//! - `<prefix>idx:sub:<subject>`, `<prefix>idx:client:<client>`, `<prefix>idx:sid:<session>` —
-//!   sets of family ids, each in its own slot, for revocation by subject, client or upstream
-//!   session (idempotent, lazily cleaned).
+//! - `<prefix>idx:sub:<subject>`, `<prefix>idx:sid:<session>` — sets of family ids, each in
+//!   its own slot, for revocation by subject or upstream session (idempotent, lazily cleaned).
+//! - `<prefix>idx:client-subjects:<client>` — the set of subjects a client has opened families
+//!   for: revocation by client reads each of those subjects' sets and ends that client's
+//!   families there (docs/design.md §6). One member per user, not per family.
+//! - `<prefix>idx:client:<client>` — the set of family ids per client that earlier versions
+//!   wrote; no longer written, still read by revocation by client until it expires with the
+//!   last family it names.
 //!
 //! Each family operation is one Lua script on one shard: one round trip per refresh
 //! (`redeem.lua`, the twin of [`crate::grant::rules::redeem`]), sent as EVALSHA, and as EVAL
@@ -93,8 +98,11 @@ return {'revoked', f[1], f[3] or ''}
 
 /// Families written per pipeline by `create_families`.
 const BATCH: usize = 1000;
-/// Index members read per SSCAN step when revoking by subject or client.
+/// Index members read per SSCAN step when revoking.
 const SCAN_COUNT: usize = 1000;
+/// A client's subjects read per SSCAN step when revoking by client; their sets are revoked
+/// together.
+const SUBJECT_SCAN_COUNT: usize = 100;
 
 /// A Lua script: its source, and its SHA-1 for EVALSHA.
 struct Lua {
@@ -231,7 +239,14 @@ impl RedisStore {
         format!("{}idx:sub:{subject}", self.prefix)
     }
 
-    fn client_key(&self, client_id: &str) -> String {
+    /// The set of the subjects a client has opened families for (its own slot).
+    fn client_subjects_key(&self, client_id: &str) -> String {
+        format!("{}idx:client-subjects:{client_id}", self.prefix)
+    }
+
+    /// The set of a client's family ids that versions before the client-subjects index
+    /// wrote: read by revocation by client until it expires (with the last family it names).
+    fn legacy_client_key(&self, client_id: &str) -> String {
         format!("{}idx:client:{client_id}", self.prefix)
     }
 
@@ -239,17 +254,9 @@ impl RedisStore {
         format!("{}idx:sid:{session}", self.prefix)
     }
 
-    fn index_key(&self, index: Index<'_>) -> String {
-        match index {
-            Index::Subject(s) => self.subject_key(s),
-            Index::Client(c) => self.client_key(c),
-            Index::Session(s) => self.session_key(s),
-        }
-    }
-
-    /// Adds families to the subject and client indexes, one group (one slot) per set. Each
-    /// set lives as long as the longest family added to it (NX then GT: set a first expiry,
-    /// then only ever extend it).
+    /// Adds families to the subject (and session) indexes and their subject to the client's
+    /// subjects, one group (one slot) per set. Each set lives as long as the longest family
+    /// added through it (NX then GT: set a first expiry, then only ever extend it).
     fn index(
         &self,
         batch: &mut Batch,
@@ -258,34 +265,91 @@ impl RedisStore {
         ttl_ms: i64,
     ) {
         let (subject, client, session) = owner;
-        let session = session.map(|s| self.session_key(s));
-        for key in [self.subject_key(subject), self.client_key(client)]
-            .into_iter()
-            .chain(session)
+        let session = session.map(|s| (self.session_key(s), ids));
+        for (key, members) in [
+            (self.subject_key(subject), ids),
+            (self.client_subjects_key(client), &[subject][..]),
+        ]
+        .into_iter()
+        .chain(session)
         {
             let pipe = batch.group();
-            pipe.cmd("SADD").arg(&key).arg(ids).ignore();
+            pipe.cmd("SADD").arg(&key).arg(members).ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).arg("NX").ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).arg("GT").ignore();
         }
     }
 
-    /// Revokes the families of an index set that `selection` selects, one script each (sent
-    /// together for one scan step: the connection pipelines them); drops the set when it is
-    /// left with none it spared.
+    /// Revokes the families `selection` selects. By subject or session: one index set. By
+    /// client: the client's families in the set of each subject it has opened families for,
+    /// then those an earlier version's per-client set still names.
     async fn revoke_index(&self, selection: &Selection<'_>) -> Result<Vec<Ended>, StoreError> {
-        let key = self.index_key(selection.index);
+        let client = match selection.index {
+            Index::Subject(s) => return self.revoke_set(&self.subject_key(s), selection).await,
+            Index::Session(s) => return self.revoke_set(&self.session_key(s), selection).await,
+            Index::Client(c) => c,
+        };
+        if selection.client_id.is_some_and(|other| other != client) {
+            return Ok(Vec::new());
+        }
+        let selection = Selection {
+            client_id: Some(client),
+            ..*selection
+        };
+        let mut ended = Vec::new();
+        let subjects_key = self.client_subjects_key(client);
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, subjects): (u64, Vec<String>) = self
+                .bounded(
+                    redis::cmd("SSCAN")
+                        .arg(&subjects_key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(SUBJECT_SCAN_COUNT)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let keys: Vec<String> = subjects.iter().map(|s| self.subject_key(s)).collect();
+            let done = futures_util::future::try_join_all(
+                keys.iter().map(|key| self.revoke_set(key, &selection)),
+            )
+            .await?;
+            ended.extend(done.into_iter().flatten());
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        ended.extend(
+            self.revoke_set(&self.legacy_client_key(client), &selection)
+                .await?,
+        );
+        // The subjects stay listed: a family of the client opened for one of them while this
+        // ran must stay reachable (the set expires with the client's last family).
+        Ok(ended)
+    }
+
+    /// Revokes the families of index set `key` that `selection` selects, one script each
+    /// (sent together for one scan step: the connection pipelines them), and takes the ones
+    /// that ended, or were already gone, out of the set. Only those: a family added while
+    /// this runs stays indexed (an emptied set is gone in Redis).
+    async fn revoke_set(
+        &self,
+        key: &str,
+        selection: &Selection<'_>,
+    ) -> Result<Vec<Ended>, StoreError> {
         let mut conn = self.conn.clone();
         let mut cursor: u64 = 0;
         let mut ended = Vec::new();
-        let mut spared = false;
         let client = selection.client_id.unwrap_or("");
         let offline = if selection.keep_offline { "1" } else { "0" };
         loop {
             let (next, ids): (u64, Vec<String>) = self
                 .bounded(
                     redis::cmd("SSCAN")
-                        .arg(&key)
+                        .arg(key)
                         .arg(cursor)
                         .arg("COUNT")
                         .arg(SCAN_COUNT)
@@ -316,14 +380,14 @@ impl RedisStore {
                         gone.push(id);
                         ended.push(e);
                     }
-                    Revoke::NotOwner => spared = true,
+                    Revoke::NotOwner => {}
                     Revoke::Unknown => gone.push(id),
                 }
             }
-            if spared && !gone.is_empty() {
+            if !gone.is_empty() {
                 self.bounded(
                     redis::cmd("SREM")
-                        .arg(&key)
+                        .arg(key)
                         .arg(&gone)
                         .query_async::<()>(&mut conn),
                 )
@@ -333,10 +397,6 @@ impl RedisStore {
                 break;
             }
             cursor = next;
-        }
-        if !spared {
-            self.bounded(redis::cmd("DEL").arg(&key).query_async::<()>(&mut conn))
-                .await?;
         }
         Ok(ended)
     }
