@@ -244,7 +244,7 @@ def cluster_spread(args, procs: h.Processes, tmp: Path, upstream: str) -> dict:
     issued = {p: redis_counters(p) for p in nodes.ports}
     run = measured_run(args, proxy, nodes.ports, tokens, args.spread_batch, chains=args.connections_spread)
     procs.stop(proxy.proc)
-    index_keys = [f"{PREFIX}idx:sub:{SUBJECT}", f"{PREFIX}idx:client:{h.CLIENT_ID}"]
+    index_keys = [f"{PREFIX}idx:sub:{SUBJECT}", f"{PREFIX}idx:client-subjects:{h.CLIENT_ID}"]
     index_at = {k: nodes.owner(k) for k in index_keys}
     index_bytes = {k: int(h.run(["redis-cli", "-p", str(index_at[k]), "MEMORY", "USAGE", k, "SAMPLES", "0"])
                           .stdout.strip() or 0) for k in index_keys}

@@ -207,7 +207,7 @@ async fn measure(v: &Variant) {
         .query(&mut con)
         .expect("OBJECT ENCODING");
     let hashes = memory_usage(&mut con, &sample) * (N / SAMPLE) as i64;
-    let by_index: Vec<(&str, i64, usize)> = ["sub", "client", "sid"]
+    let by_index: Vec<(&str, i64, usize)> = ["sub", "client-subjects", "sid"]
         .into_iter()
         .map(|name| {
             let prefix = format!("rp:idx:{name}:");

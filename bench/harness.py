@@ -1028,7 +1028,7 @@ def redis_per_family(args: argparse.Namespace, procs: Processes, tmp: Path, upst
     sample = [k for k in r.cli("SCAN", "0", "MATCH", "rp:{*}:f", "COUNT", "1000").split()[1:] if k.endswith(":f")]
     family_key_bytes = int(r.cli("MEMORY", "USAGE", sample[0], "SAMPLES", "0").strip()) if sample else None
     sub_idx = int(r.cli("MEMORY", "USAGE", "rp:idx:sub:bench-memory", "SAMPLES", "0").strip() or 0)
-    client_idx = int(r.cli("MEMORY", "USAGE", f"rp:idx:client:{CLIENT_ID}", "SAMPLES", "0").strip() or 0)
+    client_idx = int(r.cli("MEMORY", "USAGE", f"rp:idx:client-subjects:{CLIENT_ID}", "SAMPLES", "0").strip() or 0)
     procs.stop(proxy.proc)
     procs.stop(r.proc)
     per = (after - before) / args.families
