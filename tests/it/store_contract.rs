@@ -1520,6 +1520,69 @@ async fn redis_indexes_a_client_by_its_subjects() {
     assert_eq!(ids(gone), sorted(&families));
 }
 
+/// A user who keeps logging in opens a family each time; the families end (here revoked,
+/// as by expiry or logout), but their ids were left in the subject's index, which grew by one
+/// member a login for as long as the user stayed active. Each family opened now takes ended
+/// ones out (docs/design.md §6), and never a live one.
+#[tokio::test]
+async fn redis_keeps_a_subjects_index_to_its_live_families() {
+    let server = crate::support::redis::RedisServer::start();
+    let store = redis_store(&server);
+    let t0 = now();
+    let login = || NewFamily {
+        subject: "dave".into(),
+        session: None,
+        ..family(t0, TokenFormat::Jwt)
+    };
+    let mut conn = raw(&server).await;
+    let mut previous: Option<NewFamily> = None;
+    for _ in 0..50 {
+        let f = login();
+        store.create_family(&f).await.expect("create");
+        if let Some(p) = previous.take() {
+            let gone = store
+                .revoke_family(p.id.as_str(), None)
+                .await
+                .expect("revoke");
+            assert!(matches!(gone, Revoke::Revoked(_)), "{gone:?}");
+        }
+        previous = Some(f);
+    }
+    let members: i64 = ::redis::cmd("SCARD")
+        .arg("rp:idx:sub:dave")
+        .query_async(&mut conn)
+        .await
+        .expect("scard");
+    assert!(
+        (1..=3).contains(&members),
+        "50 logins, one family live: {members} members"
+    );
+
+    // Live families are never taken out, one at a time or in bulk.
+    let live: Vec<NewFamily> = (0..40)
+        .map(|_| NewFamily {
+            subject: "erin".into(),
+            session: None,
+            ..family(t0, TokenFormat::Jwt)
+        })
+        .collect();
+    for f in &live[..20] {
+        store.create_family(f).await.expect("create");
+    }
+    store.create_families(&live[20..]).await.expect("create");
+    let members: i64 = ::redis::cmd("SCARD")
+        .arg("rp:idx:sub:erin")
+        .query_async(&mut conn)
+        .await
+        .expect("scard");
+    assert_eq!(members, 40);
+    let gone = store
+        .revoke_many(&Selection::all(Index::Subject("erin")))
+        .await
+        .expect("revoke");
+    assert_eq!(ids(gone), sorted(&live));
+}
+
 /// Families that an earlier version indexed per client (`idx:client:<client>`, a member per
 /// family) are still ended by revocation by client: an upgrade must not make a revocation
 /// silently miss them.

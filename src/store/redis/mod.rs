@@ -100,6 +100,13 @@ return {'revoked', f[1], f[3] or ''}
 const BATCH: usize = 1000;
 /// Index members read per SSCAN step when revoking.
 const SCAN_COUNT: usize = 1000;
+/// Members of a subject's index checked for ended families per family opened (docs/design.md
+/// §6): with at most one live family among them, each opening takes out at least two ended
+/// ones, so the set of a user who keeps logging in stays at about its live families plus
+/// half as many again.
+const PRUNE_SAMPLE: usize = 3;
+/// At most this many checked per subject per batch of `create_families`.
+const PRUNE_SAMPLE_MAX: usize = 100;
 /// A client's subjects read per SSCAN step when revoking by client; their sets are revoked
 /// together.
 const SUBJECT_SCAN_COUNT: usize = 100;
@@ -278,6 +285,51 @@ impl RedisStore {
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).arg("NX").ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).arg("GT").ignore();
         }
+    }
+
+    /// Takes out of index set `key` those of `sample` random members whose family has ended
+    /// (its key is gone: expired, revoked or ended by reuse; family ids are never reused, and
+    /// a family is written before its index entry). Every family opened prunes its subject's
+    /// set so, which bounds the set of a user who keeps logging in (docs/design.md §6).
+    /// Housekeeping: a failure leaves the members for a later prune or revocation and is not
+    /// the caller's.
+    async fn prune(&self, key: &str, sample: usize) {
+        if let Err(e) = self.bounded(self.try_prune(key, sample)).await {
+            tracing::warn!(error = %e, "token store: pruning a subject index failed");
+        }
+    }
+
+    async fn try_prune(&self, key: &str, sample: usize) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("SRANDMEMBER")
+            .arg(key)
+            .arg(sample)
+            .query_async(&mut conn)
+            .await?;
+        let checks = ids.iter().map(|id| {
+            let family_key = self.family_key(id);
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd("EXISTS")
+                    .arg(&family_key)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            }
+        });
+        let live = futures_util::future::try_join_all(checks).await?;
+        let ended: Vec<&String> = ids
+            .iter()
+            .zip(live)
+            .filter_map(|(id, live)| (live == 0).then_some(id))
+            .collect();
+        if !ended.is_empty() {
+            redis::cmd("SREM")
+                .arg(key)
+                .arg(&ended)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Revokes the families `selection` selects. By subject or session: one index set. By
@@ -576,7 +628,14 @@ impl TokenStore for RedisStore {
             &[f.id.as_str()],
             f.expires_at_ms - f.created_ms,
         );
-        self.bounded(conn.run(batch)).await
+        // The prune beside the index write: the family is written, and whether the sample
+        // includes its new entry or not, it is live.
+        let subject = self.subject_key(&f.subject);
+        let (indexed, ()) = tokio::join!(
+            self.bounded(conn.run(batch)),
+            self.prune(&subject, PRUNE_SAMPLE)
+        );
+        indexed
     }
 
     async fn create_families(&self, families: &[NewFamily]) -> Result<(), StoreError> {
@@ -627,6 +686,10 @@ impl TokenStore for RedisStore {
                     .arg(f.idle_deadline_ms.min(f.expires_at_ms))
                     .ignore();
             }
+            // The families first, then their index entries: a prune that finds an indexed
+            // family's key missing takes it for ended.
+            self.bounded(conn.run(batch)).await?;
+            let mut batch = conn.batch();
             // Index by (subject, client, session) group.
             type Owner<'a> = (&'a str, &'a str, Option<&'a str>);
             let mut by_owner: std::collections::HashMap<Owner<'_>, (Vec<&str>, i64)> =
@@ -645,7 +708,20 @@ impl TokenStore for RedisStore {
             for (owner, (ids, ttl)) in &by_owner {
                 self.index(&mut batch, *owner, ids, *ttl);
             }
-            self.bounded(conn.run(batch)).await?;
+            let prunes = by_owner.iter().map(|((subject, _, _), (ids, _))| {
+                (
+                    self.subject_key(subject),
+                    (PRUNE_SAMPLE * ids.len()).min(PRUNE_SAMPLE_MAX),
+                )
+            });
+            let prunes: Vec<(String, usize)> = prunes.collect();
+            let (indexed, _) = tokio::join!(
+                self.bounded(conn.run(batch)),
+                futures_util::future::join_all(
+                    prunes.iter().map(|(key, sample)| self.prune(key, *sample))
+                )
+            );
+            indexed?;
         }
         Ok(())
     }
