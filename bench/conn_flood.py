@@ -41,16 +41,13 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ports import free_port  # noqa: E402
+
 ADMIN_TOKEN = "flood-admin-token-0123456789"
 CLIENT_SECRET = "flood-client-secret"
 REFRESH_KEY = "flood-refresh-token-key-0123456789abcdef"
 BODY = 65536
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Upstream(http.server.BaseHTTPRequestHandler):

@@ -42,6 +42,7 @@ from pathlib import Path
 # bench/cluster_spread.py uses this module's helpers as `harness`: one copy of it, not two.
 sys.modules.setdefault("harness", sys.modules[__name__])
 import cluster_spread  # noqa: E402
+from ports import free_port  # noqa: E402,F401  (also cluster_spread's, as h.free_port)
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where `cargo build --release` put the binaries (run.sh builds with the caller's
@@ -73,10 +74,6 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_status(port: int, path: str, timeout: float = 1.0) -> int | None:
