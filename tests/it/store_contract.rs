@@ -783,6 +783,35 @@ async fn revocation_by_subject_and_by_client<S: TokenStore>(store: S) {
     assert_eq!(store.revoke_many(&nobody).await.expect("revoke"), vec![]);
 }
 
+/// Revocation by subject and by client over sets larger than one scan step: every family is
+/// ended once, and another client's families of the same subjects are spared.
+async fn revocation_reads_large_indexes_to_the_end<S: TokenStore>(store: S) {
+    let t0 = now();
+    let mk = |client: &str, subject: &str| NewFamily {
+        id: FamilyId::random(),
+        client_id: client.into(),
+        subject: subject.into(),
+        session: None,
+        ..family(t0, TokenFormat::Jwt)
+    };
+    let www: Vec<NewFamily> = (0..2_400)
+        .map(|i| mk("www", if i % 2 == 0 { "fay" } else { "gus" }))
+        .collect();
+    let app: Vec<NewFamily> = (0..5).map(|_| mk("app", "fay")).collect();
+    store.create_families(&www).await.expect("create");
+    store.create_families(&app).await.expect("create");
+    let gone = store
+        .revoke_many(&Selection::all(Index::Client("www")))
+        .await
+        .expect("revoke");
+    assert_eq!(ids(gone), sorted(&www));
+    let gone = store
+        .revoke_many(&Selection::all(Index::Subject("fay")))
+        .await
+        .expect("revoke");
+    assert_eq!(ids(gone), sorted(&app));
+}
+
 /// Back-channel logout: a session's families, one client's only, sparing `offline_access`
 /// ones when asked; what is spared stays in the index for a later revocation.
 async fn revocation_by_session_spares_what_it_is_told_to<S: TokenStore>(store: S) {
@@ -1351,6 +1380,7 @@ contract!(
     introspection_sees_only_the_live_generation,
     revocation_by_subject_and_by_client,
     revocation_by_session_spares_what_it_is_told_to,
+    revocation_reads_large_indexes_to_the_end,
     a_due_check_goes_to_one_redemption_and_its_outcome_rotates,
     a_failed_check_is_served_for_a_while_then_refused,
     an_upstream_invalid_grant_revokes_the_family,

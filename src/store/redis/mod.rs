@@ -98,7 +98,8 @@ return {'revoked', f[1], f[3] or ''}
 
 /// Families written per pipeline by `create_families`.
 const BATCH: usize = 1000;
-/// Index members read per SSCAN step when revoking.
+/// Index members read per SSCAN step when revoking: the revoke scripts of one step are in
+/// flight together.
 const SCAN_COUNT: usize = 1000;
 /// Members of a subject's index checked for ended families per family opened (docs/design.md
 /// §6): with at most one live family among them, each opening takes out at least two ended
@@ -108,7 +109,9 @@ const PRUNE_SAMPLE: usize = 3;
 /// At most this many checked per subject per batch of `create_families`.
 const PRUNE_SAMPLE_MAX: usize = 100;
 /// A client's subjects read per SSCAN step when revoking by client; their sets are revoked
-/// together.
+/// together, each [`SCAN_COUNT`] / this many members a step, so that about as many scripts
+/// are in flight as for one set (a step's scripts must finish within
+/// `store.operation_timeout`).
 const SUBJECT_SCAN_COUNT: usize = 100;
 
 /// A Lua script: its source, and its SHA-1 for EVALSHA.
@@ -337,8 +340,16 @@ impl RedisStore {
     /// then those an earlier version's per-client set still names.
     async fn revoke_index(&self, selection: &Selection<'_>) -> Result<Vec<Ended>, StoreError> {
         let client = match selection.index {
-            Index::Subject(s) => return self.revoke_set(&self.subject_key(s), selection).await,
-            Index::Session(s) => return self.revoke_set(&self.session_key(s), selection).await,
+            Index::Subject(s) => {
+                return self
+                    .revoke_set(&self.subject_key(s), selection, SCAN_COUNT)
+                    .await;
+            }
+            Index::Session(s) => {
+                return self
+                    .revoke_set(&self.session_key(s), selection, SCAN_COUNT)
+                    .await;
+            }
             Index::Client(c) => c,
         };
         if selection.client_id.is_some_and(|other| other != client) {
@@ -365,7 +376,8 @@ impl RedisStore {
                 .await?;
             let keys: Vec<String> = subjects.iter().map(|s| self.subject_key(s)).collect();
             let done = futures_util::future::try_join_all(
-                keys.iter().map(|key| self.revoke_set(key, &selection)),
+                keys.iter()
+                    .map(|key| self.revoke_set(key, &selection, SCAN_COUNT / SUBJECT_SCAN_COUNT)),
             )
             .await?;
             ended.extend(done.into_iter().flatten());
@@ -375,7 +387,7 @@ impl RedisStore {
             cursor = next;
         }
         ended.extend(
-            self.revoke_set(&self.legacy_client_key(client), &selection)
+            self.revoke_set(&self.legacy_client_key(client), &selection, SCAN_COUNT)
                 .await?,
         );
         // The subjects stay listed: a family of the client opened for one of them while this
@@ -384,13 +396,15 @@ impl RedisStore {
     }
 
     /// Revokes the families of index set `key` that `selection` selects, one script each
-    /// (sent together for one scan step: the connection pipelines them), and takes the ones
+    /// (sent together for one scan step of about `scan_count` members: the connection
+    /// pipelines them), and takes the ones
     /// that ended, or were already gone, out of the set. Only those: a family added while
     /// this runs stays indexed (an emptied set is gone in Redis).
     async fn revoke_set(
         &self,
         key: &str,
         selection: &Selection<'_>,
+        scan_count: usize,
     ) -> Result<Vec<Ended>, StoreError> {
         let mut conn = self.conn.clone();
         let mut cursor: u64 = 0;
@@ -404,7 +418,7 @@ impl RedisStore {
                         .arg(key)
                         .arg(cursor)
                         .arg("COUNT")
-                        .arg(SCAN_COUNT)
+                        .arg(scan_count)
                         .query_async(&mut conn),
                 )
                 .await?;
