@@ -1498,6 +1498,24 @@ async fn raw(server: &crate::support::redis::RedisServer) -> ::redis::aio::Multi
         .expect("conn")
 }
 
+/// `command key`'s integer answer (SCARD, EXISTS, PTTL).
+async fn number(conn: &mut ::redis::aio::MultiplexedConnection, command: &str, key: &str) -> i64 {
+    ::redis::cmd(command)
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect(command)
+}
+
+/// A family of client `www` for `subject`, with no upstream session.
+fn family_for(t0: i64, subject: &str) -> NewFamily {
+    NewFamily {
+        subject: subject.into(),
+        session: None,
+        ..family(t0, TokenFormat::Jwt)
+    }
+}
+
 /// The client's index grows with its subjects, not with its families: a client that keeps
 /// opening families for the same users adds no member per family (docs/design.md §6).
 #[tokio::test]
@@ -1506,11 +1524,7 @@ async fn redis_indexes_a_client_by_its_subjects() {
     let store = redis_store(&server);
     let t0 = now();
     let families: Vec<NewFamily> = (0..60)
-        .map(|i| NewFamily {
-            subject: format!("user-{}", i % 3),
-            session: None,
-            ..family(t0, TokenFormat::Jwt)
-        })
+        .map(|i| family_for(t0, &format!("user-{}", i % 3)))
         .collect();
     store
         .create_families(&families[..30])
@@ -1528,17 +1542,9 @@ async fn redis_indexes_a_client_by_its_subjects() {
     let mut subjects = subjects;
     subjects.sort();
     assert_eq!(subjects, ["user-0", "user-1", "user-2"]);
-    let legacy: i64 = ::redis::cmd("EXISTS")
-        .arg("rp:idx:client:www")
-        .query_async(&mut conn)
-        .await
-        .expect("exists");
+    let legacy = number(&mut conn, "EXISTS", "rp:idx:client:www").await;
     assert_eq!(legacy, 0, "no set with a member per family");
-    let ttl: i64 = ::redis::cmd("PTTL")
-        .arg("rp:idx:client-subjects:www")
-        .query_async(&mut conn)
-        .await
-        .expect("pttl");
+    let ttl = number(&mut conn, "PTTL", "rp:idx:client-subjects:www").await;
     assert!(
         ttl > 6 * DAY && ttl <= 7 * DAY,
         "lives as long as the longest family: {ttl}"
@@ -1559,11 +1565,7 @@ async fn redis_keeps_a_subjects_index_to_its_live_families() {
     let server = crate::support::redis::RedisServer::start();
     let store = redis_store(&server);
     let t0 = now();
-    let login = || NewFamily {
-        subject: "dave".into(),
-        session: None,
-        ..family(t0, TokenFormat::Jwt)
-    };
+    let login = || family_for(t0, "dave");
     let mut conn = raw(&server).await;
     let mut previous: Option<NewFamily> = None;
     for _ in 0..50 {
@@ -1578,33 +1580,19 @@ async fn redis_keeps_a_subjects_index_to_its_live_families() {
         }
         previous = Some(f);
     }
-    let members: i64 = ::redis::cmd("SCARD")
-        .arg("rp:idx:sub:dave")
-        .query_async(&mut conn)
-        .await
-        .expect("scard");
+    let members = number(&mut conn, "SCARD", "rp:idx:sub:dave").await;
     assert!(
         (1..=3).contains(&members),
         "50 logins, one family live: {members} members"
     );
 
     // Live families are never taken out, one at a time or in bulk.
-    let live: Vec<NewFamily> = (0..40)
-        .map(|_| NewFamily {
-            subject: "erin".into(),
-            session: None,
-            ..family(t0, TokenFormat::Jwt)
-        })
-        .collect();
+    let live: Vec<NewFamily> = (0..40).map(|_| family_for(t0, "erin")).collect();
     for f in &live[..20] {
         store.create_family(f).await.expect("create");
     }
     store.create_families(&live[20..]).await.expect("create");
-    let members: i64 = ::redis::cmd("SCARD")
-        .arg("rp:idx:sub:erin")
-        .query_async(&mut conn)
-        .await
-        .expect("scard");
+    let members = number(&mut conn, "SCARD", "rp:idx:sub:erin").await;
     assert_eq!(members, 40);
     let gone = store
         .revoke_many(&Selection::all(Index::Subject("erin")))
@@ -1621,15 +1609,8 @@ async fn redis_revocation_by_client_reads_the_earlier_per_family_index() {
     let server = crate::support::redis::RedisServer::start();
     let store = redis_store(&server);
     let t0 = now();
-    let old = NewFamily {
-        session: None,
-        ..family(t0, TokenFormat::Jwt)
-    };
-    let new = NewFamily {
-        subject: "bob".into(),
-        session: None,
-        ..family(t0, TokenFormat::Jwt)
-    };
+    let old = family_for(t0, "alice");
+    let new = family_for(t0, "bob");
     store.create_family(&old).await.expect("create");
     store.create_family(&new).await.expect("create");
     // `old` as the earlier version left it: in the subject's set and the per-family client
@@ -1653,11 +1634,7 @@ async fn redis_revocation_by_client_reads_the_earlier_per_family_index() {
         .expect("revoke");
     assert_eq!(ids(gone), sorted([&old, &new]));
     assert_eq!(go(&store, &old, redeem(0, t0)).await, Redemption::Unknown);
-    let left: i64 = ::redis::cmd("EXISTS")
-        .arg("rp:idx:client:www")
-        .query_async(&mut conn)
-        .await
-        .expect("exists");
+    let left = number(&mut conn, "EXISTS", "rp:idx:client:www").await;
     assert_eq!(left, 0, "the emptied set is gone");
 }
 

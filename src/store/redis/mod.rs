@@ -361,18 +361,10 @@ impl RedisStore {
         };
         let mut ended = Vec::new();
         let subjects_key = self.client_subjects_key(client);
-        let mut conn = self.conn.clone();
         let mut cursor: u64 = 0;
         loop {
-            let (next, subjects): (u64, Vec<String>) = self
-                .bounded(
-                    redis::cmd("SSCAN")
-                        .arg(&subjects_key)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(SUBJECT_SCAN_COUNT)
-                        .query_async(&mut conn),
-                )
+            let (next, subjects) = self
+                .scan_step(&subjects_key, cursor, SUBJECT_SCAN_COUNT)
                 .await?;
             let keys: Vec<String> = subjects.iter().map(|s| self.subject_key(s)).collect();
             let done = futures_util::future::try_join_all(
@@ -395,11 +387,31 @@ impl RedisStore {
         Ok(ended)
     }
 
+    /// One SSCAN step of set `key` from `cursor`: the next cursor (0 at the end) and about
+    /// `count` members.
+    async fn scan_step(
+        &self,
+        key: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(
+            redis::cmd("SSCAN")
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
     /// Revokes the families of index set `key` that `selection` selects, one script each
     /// (sent together for one scan step of about `scan_count` members: the connection
-    /// pipelines them), and takes the ones
-    /// that ended, or were already gone, out of the set. Only those: a family added while
-    /// this runs stays indexed (an emptied set is gone in Redis).
+    /// pipelines them), and takes the ones that ended, or were already gone, out of the set.
+    /// Only those: a family added while this runs stays indexed (an emptied set is gone in
+    /// Redis).
     async fn revoke_set(
         &self,
         key: &str,
@@ -412,16 +424,7 @@ impl RedisStore {
         let client = selection.client_id.unwrap_or("");
         let offline = if selection.keep_offline { "1" } else { "0" };
         loop {
-            let (next, ids): (u64, Vec<String>) = self
-                .bounded(
-                    redis::cmd("SSCAN")
-                        .arg(key)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(scan_count)
-                        .query_async(&mut conn),
-                )
-                .await?;
+            let (next, ids) = self.scan_step(key, cursor, scan_count).await?;
             let revocations = ids.iter().map(|id| {
                 let family_key = self.family_key(id);
                 let mut conn = conn.clone();
@@ -722,13 +725,19 @@ impl TokenStore for RedisStore {
             for (owner, (ids, ttl)) in &by_owner {
                 self.index(&mut batch, *owner, ids, *ttl);
             }
-            let prunes = by_owner.iter().map(|((subject, _, _), (ids, _))| {
-                (
-                    self.subject_key(subject),
-                    (PRUNE_SAMPLE * ids.len()).min(PRUNE_SAMPLE_MAX),
-                )
-            });
-            let prunes: Vec<(String, usize)> = prunes.collect();
+            // One prune per subject, checking PRUNE_SAMPLE members per family it got.
+            let mut opened: std::collections::HashMap<&str, usize> =
+                std::collections::HashMap::new();
+            for f in chunk {
+                *opened.entry(f.subject.as_str()).or_default() += 1;
+            }
+            let prunes: Vec<(String, usize)> = opened
+                .into_iter()
+                .map(|(subject, n)| {
+                    let sample = (PRUNE_SAMPLE * n).min(PRUNE_SAMPLE_MAX);
+                    (self.subject_key(subject), sample)
+                })
+                .collect();
             let (indexed, _) = tokio::join!(
                 self.bounded(conn.run(batch)),
                 futures_util::future::join_all(
