@@ -1,15 +1,15 @@
 //! The least a forwarder on the proxy's runtime can cost: a lower bound for the "CPU per
 //! forwarded GET" line of bench/README.md, measured beside nginx and the proxy by
-//! `python3 bench/bounds.py`.
+//! `python3 bench/forward_bound.py`.
 //!
 //! What it keeps of the proxy: tokio, one single-threaded runtime per worker thread (the
 //! listener shared with `SO_REUSEPORT`), keep-alive HTTP/1.1 on both sides, and `httparse`, the
 //! parser under hyper. What it leaves out: hyper's connection state machines, `HeaderMap`s and
 //! `Request`/`Response` values, every header rule (hop-by-hop fields, `X-Forwarded-*`, the
 //! request id), the access log, timers, limits, the pool (each client connection gets its own
-//! upstream connection) and every error path. It relays a request head byte for byte and
-//! handles only bodiless requests and answers framed by `Content-Length`: enough for the
-//! benchmark's GETs, and nothing to forward real traffic with.
+//! upstream connection) and every error path. It relays each message byte for byte and handles
+//! only messages without a body or framed by `Content-Length`: enough for the benchmark's GETs,
+//! and nothing to forward real traffic with.
 //!
 //! `cargo run --release --example bare_forward -- LISTEN UPSTREAM [WORKERS]`
 
@@ -67,14 +67,12 @@ async fn relay(mut client: TcpStream, upstream: SocketAddr) -> std::io::Result<(
     let mut inbuf = Vec::with_capacity(8192);
     let mut outbuf = Vec::with_capacity(8192);
     loop {
-        // The request head, relayed as it came.
-        let head = match read_message(&mut client, &mut inbuf, Side::Request).await? {
-            Some(n) => n,
-            None => return Ok(()),
+        // Each message, head and `Content-Length` body, relayed as it came.
+        let Some(n) = read_message(&mut client, &mut inbuf, Side::Request).await? else {
+            return Ok(());
         };
-        up.write_all(&inbuf[..head]).await?;
-        inbuf.drain(..head);
-        // The answer: head and Content-Length body, relayed as they came.
+        up.write_all(&inbuf[..n]).await?;
+        inbuf.drain(..n);
         let Some(n) = read_message(&mut up, &mut outbuf, Side::Response).await? else {
             return Ok(());
         };
